@@ -1,0 +1,344 @@
+#include "core/config.h"
+
+#include <boost/program_options.hpp>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "core/error.h"
+
+extern char** environ;
+
+namespace shoal {
+namespace po = boost::program_options;
+
+namespace {
+
+std::string trim(const std::string& s) {
+  std::size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+std::int64_t parse_int(const std::string& key, const std::string& text) {
+  std::string t = trim(text);
+  std::int64_t value = 0;
+  auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), value);
+  SHOAL_REQUIRE(ec == std::errc() && ptr == t.data() + t.size() && !t.empty(), ConfigError,
+                key << ": '" << text << "' is not an integer");
+  return value;
+}
+
+double parse_float(const std::string& key, const std::string& text) {
+  std::string t = trim(text);
+  char* end = nullptr;
+  errno = 0;
+  double value = std::strtod(t.c_str(), &end);
+  SHOAL_REQUIRE(!t.empty() && end == t.c_str() + t.size() && errno == 0 && std::isfinite(value), ConfigError,
+                key << ": '" << text << "' is not a finite number");
+  return value;
+}
+
+bool parse_bool(const std::string& key, const std::string& text) {
+  std::string t = trim(text);
+  if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+  if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+  SHOAL_THROW(ConfigError, key << ": '" << text << "' is not a boolean (true/false)");
+}
+
+std::string format_float(double v) {
+  std::ostringstream out;
+  out << std::setprecision(8) << v;
+  return out.str();
+}
+
+template <typename T>
+std::string range_text(T lo, T hi) {
+  std::ostringstream out;
+  out << '[' << lo << ", " << hi << ']';
+  return out.str();
+}
+
+// Builders: an accessor returns a reference to the field inside a JobConfig.
+template <typename Access>
+Setting int_setting(std::string key, Access access, std::int64_t lo, std::int64_t hi, std::string help) {
+  Setting s;
+  s.key = key;
+  s.kind = "int";
+  s.range = range_text(lo, hi);
+  s.help = std::move(help);
+  s.set = [=](JobConfig& c, const std::string& text) {
+    std::int64_t v = parse_int(key, text);
+    SHOAL_REQUIRE(v >= lo && v <= hi, ConfigError, key << " = " << v << " is out of range " << range_text(lo, hi));
+    access(c) = static_cast<std::remove_reference_t<decltype(access(c))>>(v);
+  };
+  s.get = [=](const JobConfig& c) { return std::to_string(access(const_cast<JobConfig&>(c))); };
+  return s;
+}
+
+template <typename Access>
+Setting float_setting(std::string key, Access access, double lo, double hi, bool lo_open, std::string help) {
+  Setting s;
+  s.key = key;
+  s.kind = "float";
+  s.range = (lo_open ? "(" : "[") + format_float(lo) + ", " + format_float(hi) + "]";
+  s.help = std::move(help);
+  std::string range = s.range;
+  s.set = [=](JobConfig& c, const std::string& text) {
+    double v = parse_float(key, text);
+    bool ok = (lo_open ? v > lo : v >= lo) && v <= hi;
+    SHOAL_REQUIRE(ok, ConfigError, key << " = " << text << " is out of range " << range);
+    access(c) = static_cast<std::remove_reference_t<decltype(access(c))>>(v);
+  };
+  s.get = [=](const JobConfig& c) { return format_float(access(const_cast<JobConfig&>(c))); };
+  return s;
+}
+
+template <typename Access>
+Setting bool_setting(std::string key, Access access, std::string help) {
+  Setting s;
+  s.key = key;
+  s.kind = "bool";
+  s.help = std::move(help);
+  s.set = [=](JobConfig& c, const std::string& text) { access(c) = parse_bool(key, text); };
+  s.get = [=](const JobConfig& c) { return std::string(access(const_cast<JobConfig&>(c)) ? "true" : "false"); };
+  return s;
+}
+
+template <typename Access>
+Setting string_setting(std::string key, Access access, std::string help) {
+  Setting s;
+  s.key = key;
+  s.kind = "string";
+  s.help = std::move(help);
+  s.set = [=](JobConfig& c, const std::string& text) { access(c) = trim(text); };
+  s.get = [=](const JobConfig& c) { return access(const_cast<JobConfig&>(c)); };
+  return s;
+}
+
+template <typename Access>
+Setting choice_setting(std::string key, Access access, std::vector<std::string> choices, std::string help) {
+  Setting s;
+  s.key = key;
+  for (std::size_t i = 0; i < choices.size(); ++i) s.kind += (i ? " \\| " : "") + choices[i];
+  s.help = std::move(help);
+  s.set = [=](JobConfig& c, const std::string& text) {
+    std::string t = trim(text);
+    for (const auto& choice : choices) {
+      if (t == choice) {
+        access(c) = t;
+        return;
+      }
+    }
+    std::string list;
+    for (std::size_t i = 0; i < choices.size(); ++i) list += (i ? ", " : "") + choices[i];
+    SHOAL_THROW(ConfigError, key << " = '" << text << "' is not one of: " << list);
+  };
+  s.get = [=](const JobConfig& c) { return access(const_cast<JobConfig&>(c)); };
+  return s;
+}
+
+}  // namespace
+
+SettingsRegistry::SettingsRegistry() {
+  constexpr std::int64_t kBig = 1'000'000'000'000LL;
+  auto& s = settings_;
+  s.push_back(choice_setting("model", [](JobConfig& c) -> auto& { return c.model; }, {"mlp", "cnn", "cnn_bn", "resnet20"},
+                             "model from the zoo (docs/models.md)"));
+
+  s.push_back(choice_setting("data.format", [](JobConfig& c) -> auto& { return c.data_format; }, {"idx", "cifar10"},
+                             "dataset file format: idx (MNIST, Fashion-MNIST) or cifar10 (binary version)"));
+  s.push_back(string_setting("data.dir", [](JobConfig& c) -> auto& { return c.data_dir; },
+                             "folder with train-images-idx3-ubyte[.gz] etc. (idx) or data_batch_*.bin (cifar10)"));
+  s.push_back(int_setting("data.train_limit", [](JobConfig& c) -> auto& { return c.train_limit; }, 0, kBig,
+                          "use only the first N training samples (0: all)"));
+  s.push_back(int_setting("data.test_limit", [](JobConfig& c) -> auto& { return c.test_limit; }, 0, kBig,
+                          "use only the first N test samples (0: all)"));
+  s.push_back(bool_setting("data.normalize", [](JobConfig& c) -> auto& { return c.normalize; },
+                           "normalise inputs per channel with the training set's mean and standard deviation"));
+
+  s.push_back(int_setting("train.epochs", [](JobConfig& c) -> auto& { return c.epochs; }, 1, 100000,
+                          "passes over the training set"));
+  s.push_back(int_setting("train.batch_size", [](JobConfig& c) -> auto& { return c.batch_size; }, 1, 65536,
+                          "samples per step (per worker in distributed jobs)"));
+  s.push_back(int_setting("train.eval_batch_size", [](JobConfig& c) -> auto& { return c.eval_batch_size; }, 1,
+                          65536, "samples per forward pass when evaluating"));
+  s.push_back(int_setting("train.seed", [](JobConfig& c) -> auto& { return c.seed; }, 0, kBig,
+                          "seed for weights, shuffling and dropout: the same seed gives the same run"));
+
+  s.push_back(choice_setting("optimizer.name", [](JobConfig& c) -> auto& { return c.optimizer_name; },
+                             {"sgd", "adam", "adamw"}, "update rule; sgd uses optimizer.momentum"));
+  s.push_back(float_setting("optimizer.lr", [](JobConfig& c) -> auto& { return c.optimizer.lr; }, 0, 10, true,
+                            "base learning rate"));
+  s.push_back(float_setting("optimizer.momentum", [](JobConfig& c) -> auto& { return c.optimizer.momentum; }, 0,
+                            0.999999, false, "sgd momentum (0: plain SGD)"));
+  s.push_back(bool_setting("optimizer.nesterov", [](JobConfig& c) -> auto& { return c.optimizer.nesterov; },
+                           "Nesterov momentum (sgd)"));
+  s.push_back(float_setting("optimizer.weight_decay", [](JobConfig& c) -> auto& { return c.optimizer.weight_decay; },
+                            0, 1, false, "L2 penalty (decoupled for adamw)"));
+  s.push_back(float_setting("optimizer.beta1", [](JobConfig& c) -> auto& { return c.optimizer.beta1; }, 0, 0.999999,
+                            false, "Adam first-moment decay"));
+  s.push_back(float_setting("optimizer.beta2", [](JobConfig& c) -> auto& { return c.optimizer.beta2; }, 0, 0.999999,
+                            false, "Adam second-moment decay"));
+  s.push_back(float_setting("optimizer.eps", [](JobConfig& c) -> auto& { return c.optimizer.eps; }, 0, 1, true,
+                            "Adam denominator epsilon"));
+
+  s.push_back(choice_setting("lr.schedule", [](JobConfig& c) -> auto& { return c.lr_schedule; },
+                             {"constant", "step", "cosine"}, "learning-rate schedule after warm-up"));
+  s.push_back(float_setting("lr.warmup_epochs", [](JobConfig& c) -> auto& { return c.warmup_epochs; }, 0, 1000,
+                            false, "linear warm-up length in epochs (fractions allowed)"));
+  s.push_back(float_setting("lr.step_epochs", [](JobConfig& c) -> auto& { return c.step_epochs; }, 0, 100000, true,
+                            "step schedule: multiply by lr.gamma every this many epochs"));
+  s.push_back(float_setting("lr.gamma", [](JobConfig& c) -> auto& { return c.lr_gamma; }, 0, 1, true,
+                            "step schedule: decay factor"));
+  s.push_back(float_setting("lr.min", [](JobConfig& c) -> auto& { return c.lr_min; }, 0, 10, false,
+                            "cosine schedule: final learning rate"));
+
+  s.push_back(int_setting("threads", [](JobConfig& c) -> auto& { return c.threads; }, 0, 4096,
+                          "compute threads per process (0: all cores)"));
+  s.push_back(choice_setting("device", [](JobConfig& c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},
+                             "where to compute; auto picks cuda when a GPU and the CUDA backend are available"));
+  s.push_back(choice_setting("log.level", [](JobConfig& c) -> auto& { return c.log_level; },
+                             {"debug", "info", "warn", "error", "off"}, "least severe log level printed"));
+  s.push_back(string_setting("metrics.file", [](JobConfig& c) -> auto& { return c.metrics_file; },
+                             "append metrics as JSON lines to this file (empty: none)"));
+  s.push_back(choice_setting("progress", [](JobConfig& c) -> auto& { return c.progress; },
+                             {"auto", "bar", "lines", "off"},
+                             "progress display: a live line on a terminal, plain lines otherwise (auto)"));
+}
+
+const Setting* SettingsRegistry::find(const std::string& key) const {
+  for (const auto& s : settings_)
+    if (s.key == key) return &s;
+  return nullptr;
+}
+
+std::string SettingsRegistry::env_name(const std::string& key) {
+  std::string name = "SHOAL_";
+  for (char c : key) name += (c == '.') ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
+std::string SettingsRegistry::help_text() const {
+  JobConfig defaults;
+  std::ostringstream out;
+  out << "Job settings (INI file keys; override with --key=value or SHOAL_KEY=value):\n";
+  for (const auto& s : settings_) {
+    std::string kind = s.kind;
+    for (std::size_t p; (p = kind.find("\\|")) != std::string::npos;) kind.replace(p, 2, "|");
+    out << "  --" << std::left << std::setw(24) << s.key << " " << s.help << "\n"
+        << "    " << std::setw(24) << "" << kind << (s.range.empty() ? "" : " " + s.range) << ", default '"
+        << s.get(defaults) << "'\n";
+  }
+  return out.str();
+}
+
+std::string SettingsRegistry::markdown_table() const {
+  JobConfig defaults;
+  std::ostringstream out;
+  out << "| key | type | default | environment | meaning |\n| --- | --- | --- | --- | --- |\n";
+  for (const auto& s : settings_) {
+    out << "| `" << s.key << "` | " << s.kind << (s.range.empty() ? "" : " " + s.range) << " | `" << s.get(defaults)
+        << "` | `" << env_name(s.key) << "` | " << s.help << " |\n";
+  }
+  return out.str();
+}
+
+std::string LoadedConfig::describe(const SettingsRegistry& registry) const {
+  std::ostringstream out;
+  for (const auto& s : registry.settings()) {
+    auto it = sources.find(s.key);
+    out << "  " << std::left << std::setw(24) << s.key << " = " << std::setw(20) << s.get(config) << " ("
+        << (it == sources.end() ? "default" : it->second) << ")\n";
+  }
+  return out.str();
+}
+
+std::vector<std::string> process_environment() {
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) env.emplace_back(*e);
+  return env;
+}
+
+LoadedConfig load_config(const std::vector<std::string>& args, const std::vector<std::string>& environment,
+                         const SettingsRegistry& registry) {
+  po::options_description desc;
+  desc.add_options()("help,h", "show help");
+  for (const auto& s : registry.settings()) {
+    auto* value = po::value<std::string>();
+    if (s.kind == "bool") value->implicit_value("true");
+    desc.add_options()(s.key.c_str(), value, s.help.c_str());
+  }
+  po::options_description with_positional = desc;
+  with_positional.add_options()("operand", po::value<std::vector<std::string>>(), "");
+  po::positional_options_description positional;
+  positional.add("operand", -1);
+
+  LoadedConfig loaded;
+  po::variables_map vm;
+  try {
+    auto parsed = po::command_line_parser(args).options(with_positional).positional(positional).run();
+    for (const auto& opt : parsed.options)
+      if (opt.string_key != "operand" && opt.string_key != "help") loaded.sources[opt.string_key] = "command line";
+    po::store(parsed, vm);
+  } catch (const po::error& e) {
+    SHOAL_THROW(ConfigError, "command line: " << e.what());
+  }
+  loaded.help = vm.count("help") > 0;
+  if (vm.count("operand")) {
+    auto operands = vm["operand"].as<std::vector<std::string>>();
+    loaded.config_path = operands.front();
+    loaded.positional.assign(operands.begin() + 1, operands.end());
+  }
+
+  // Environment: every SHOAL_* variable must name a key.
+  for (const auto& entry : environment) {
+    if (entry.rfind("SHOAL_", 0) != 0) continue;
+    std::size_t eq = entry.find('=');
+    std::string name = entry.substr(0, eq);
+    std::string value = eq == std::string::npos ? "" : entry.substr(eq + 1);
+    const Setting* match = nullptr;
+    for (const auto& s : registry.settings())
+      if (SettingsRegistry::env_name(s.key) == name) match = &s;
+    SHOAL_REQUIRE(match != nullptr, ConfigError,
+                  "environment variable " << name << " does not name a setting (see shoal --help)");
+    if (vm.count(match->key)) continue;  // the command line wins
+    vm.insert({match->key, po::variable_value(value, false)});
+    loaded.sources[match->key] = "env " + name;
+  }
+
+  if (!loaded.config_path.empty()) {
+    std::ifstream file(loaded.config_path);
+    SHOAL_REQUIRE(file.good(), ConfigError, "cannot open job file '" << loaded.config_path << "'");
+    try {
+      auto parsed = po::parse_config_file(file, desc, /*allow_unregistered=*/false);
+      std::map<std::string, int> seen;
+      for (const auto& opt : parsed.options) {
+        SHOAL_REQUIRE(++seen[opt.string_key] == 1, ConfigError,
+                      loaded.config_path << ": key " << opt.string_key << " is given more than once");
+        if (!vm.count(opt.string_key)) loaded.sources[opt.string_key] = "file " + loaded.config_path;
+      }
+      po::store(parsed, vm);
+    } catch (const po::unknown_option& e) {
+      SHOAL_THROW(ConfigError, loaded.config_path << ": unknown key '" << e.get_option_name() << "'");
+    } catch (const po::error& e) {
+      SHOAL_THROW(ConfigError, loaded.config_path << ": " << e.what());
+    }
+  }
+
+  for (const auto& s : registry.settings()) {
+    if (!vm.count(s.key)) continue;
+    try {
+      s.set(loaded.config, vm[s.key].as<std::string>());
+    } catch (const ConfigError& e) {
+      SHOAL_THROW(ConfigError, e.what() << " (from " << loaded.sources[s.key] << ")");
+    }
+  }
+  loaded.config.optimizer.kind = parse_optimizer_kind(loaded.config.optimizer_name);
+  return loaded;
+}
+
+}  // namespace shoal

@@ -1,0 +1,88 @@
+// The job configuration: one typed struct, and one registry that knows every key (its type,
+// default, allowed range and help). Values come from an INI job file, `SHOAL_*` environment
+// variables and `--key=value` options; the command line wins over the environment, which wins
+// over the file. Unknown keys and out-of-range values are ConfigErrors that name the key and
+// where its value came from. The registry also prints --help and docs/configuration.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/optimizer.h"
+
+namespace shoal {
+
+struct JobConfig {
+  std::string model = "cnn";
+
+  std::string data_format = "idx";
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::int64_t train_limit = 0;  // 0: the whole training set
+  std::int64_t test_limit = 0;
+  bool normalize = true;
+
+  std::int64_t epochs = 10;
+  std::int64_t batch_size = 64;
+  std::int64_t eval_batch_size = 1000;
+  std::uint64_t seed = 1;
+
+  std::string optimizer_name = "sgd";  // parsed into optimizer.kind
+  OptimizerConfig optimizer;
+  std::string lr_schedule = "constant";
+  double warmup_epochs = 0;
+  double step_epochs = 1;
+  double lr_gamma = 0.1;
+  double lr_min = 0;
+
+  std::int64_t threads = 0;  // 0: all cores
+  std::string device = "auto";
+  std::string log_level = "info";
+  std::string metrics_file;
+  std::string progress = "auto";
+};
+
+// One configuration key.
+struct Setting {
+  std::string key;
+  std::string kind;  // "int", "float", "bool", "string" or "a | b | c"
+  std::string range;  // human-readable bounds, "" if none
+  std::string help;
+  std::function<void(JobConfig&, const std::string&)> set;  // parses and validates; throws ConfigError
+  std::function<std::string(const JobConfig&)> get;
+};
+
+class SettingsRegistry {
+ public:
+  SettingsRegistry();  // registers every key of JobConfig
+  const std::vector<Setting>& settings() const { return settings_; }
+  const Setting* find(const std::string& key) const;
+  static std::string env_name(const std::string& key);  // "train.batch_size" -> "SHOAL_TRAIN_BATCH_SIZE"
+  std::string help_text() const;       // for --help
+  std::string markdown_table() const;  // for docs/configuration.md
+
+ private:
+  std::vector<Setting> settings_;
+};
+
+struct LoadedConfig {
+  JobConfig config;
+  std::map<std::string, std::string> sources;  // key -> "default", "file <path>", "env SHOAL_X", "command line"
+  bool help = false;
+  std::string config_path;
+  std::vector<std::string> positional;  // command-specific operands after the config file
+
+  // "key = value   (source)" lines, one per key.
+  std::string describe(const SettingsRegistry& registry) const;
+};
+
+// Parses `args` (after the subcommand): [CONFIG] [--key=value | --key value]... [--help].
+// `environment` is a list of "NAME=value" strings (normally environ); only SHOAL_* are read.
+LoadedConfig load_config(const std::vector<std::string>& args, const std::vector<std::string>& environment,
+                         const SettingsRegistry& registry);
+
+std::vector<std::string> process_environment();
+
+}  // namespace shoal

@@ -1,0 +1,79 @@
+// Typed errors for the whole library and the macros that raise them.
+// Library code never aborts on bad input: it throws one of these, and `main` turns it into a
+// one-line message and a documented exit code (see docs/configuration.md, "Exit codes").
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace shoal {
+
+// Exit codes are part of the CLI contract: 1-127 are permanent failures, so that Kubernetes
+// does not restart a job whose configuration is wrong.
+enum class ExitCode : int {
+  ok = 0,
+  internal = 1,
+  usage = 2,     // bad command line or configuration
+  data = 3,      // a dataset file is missing, truncated or corrupt
+  io = 4,        // a file or socket could not be read or written
+  checkpoint = 5,
+  timeout = 6,
+  device = 7,    // the requested device or library is not available
+  protocol = 8,  // a peer sent something we cannot accept
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(const std::string& what, ExitCode code) : std::runtime_error(what), code_(code) {}
+  ExitCode code() const { return code_; }
+
+ private:
+  ExitCode code_;
+};
+
+#define SHOAL_DEFINE_ERROR(Name, Code)                                     \
+  class Name : public Error {                                              \
+   public:                                                                 \
+    explicit Name(const std::string& what) : Error(what, ExitCode::Code) {} \
+  }
+
+SHOAL_DEFINE_ERROR(ConfigError, usage);
+SHOAL_DEFINE_ERROR(DataError, data);
+SHOAL_DEFINE_ERROR(IoError, io);
+SHOAL_DEFINE_ERROR(CheckpointError, checkpoint);
+SHOAL_DEFINE_ERROR(TimeoutError, timeout);
+SHOAL_DEFINE_ERROR(DeviceError, device);
+SHOAL_DEFINE_ERROR(ProtocolError, protocol);
+SHOAL_DEFINE_ERROR(InternalError, internal);
+
+#undef SHOAL_DEFINE_ERROR
+
+namespace detail {
+std::string where(const char* file, int line);
+}  // namespace detail
+
+}  // namespace shoal
+
+// SHOAL_THROW(ConfigError, "key " << k << " out of range") builds the message with <<.
+#define SHOAL_THROW(ErrorType, message)         \
+  do {                                          \
+    std::ostringstream shoal_msg_;              \
+    shoal_msg_ << message;                      \
+    throw ::shoal::ErrorType(shoal_msg_.str()); \
+  } while (0)
+
+// SHOAL_REQUIRE(cond, ErrorType, message): for checks on external input.
+#define SHOAL_REQUIRE(cond, ErrorType, message) \
+  do {                                          \
+    if (!(cond)) SHOAL_THROW(ErrorType, message); \
+  } while (0)
+
+// SHOAL_ASSERT(cond, message): an internal invariant; the message carries file:line because a
+// failure here is our bug, not the user's.
+#define SHOAL_ASSERT(cond, message)                                                          \
+  do {                                                                                       \
+    if (!(cond))                                                                             \
+      SHOAL_THROW(InternalError, ::shoal::detail::where(__FILE__, __LINE__)                  \
+                                     << ": internal check failed: " #cond ": " << message); \
+  } while (0)

@@ -1,0 +1,106 @@
+// The one `shoal` binary: dispatches to a role (train, and later coordinator, ps, worker,
+// launch) and turns library errors into a one-line message and a documented exit code.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "worker/train_job.h"
+
+namespace shoal {
+namespace {
+
+const char* kUsage =
+    "usage: shoal COMMAND [JOB.ini] [--key=value ...]\n"
+    "\n"
+    "Shoal trains neural networks on one machine or many (docs/architecture.md).\n"
+    "\n"
+    "commands:\n"
+    "  train JOB.ini     train in this process and report test accuracy after every epoch\n"
+    "  config JOB.ini    check a job file and print the effective configuration\n"
+    "  config --markdown print the settings table of docs/configuration.md\n"
+    "  version           print the version and what this build can use (CUDA, cuDNN, NCCL)\n"
+    "  help              this text\n"
+    "\n"
+    "Every setting can be given in the job file ([section] key = value), as --section.key=value\n"
+    "on the command line, or as SHOAL_SECTION_KEY in the environment; the command line wins over\n"
+    "the environment, which wins over the file.\n"
+    "\n"
+    "exit codes: 0 success, 2 bad command line or configuration, 3 bad dataset file, 4 I/O error,\n"
+    "5 checkpoint error, 6 timeout, 7 device unavailable, 8 protocol error, 1 internal error.\n";
+
+int print_help(const SettingsRegistry& registry, const char* command) {
+  std::printf("%s\n", kUsage);
+  if (command != nullptr) std::printf("options of '%s':\n", command);
+  std::printf("%s", registry.help_text().c_str());
+  return 0;
+}
+
+LoadedConfig load_and_report(const std::vector<std::string>& args, const SettingsRegistry& registry, Logger& log) {
+  LoadedConfig loaded = load_config(args, process_environment(), registry);
+  log = log.with_level(parse_log_level(loaded.config.log_level));
+  return loaded;
+}
+
+int run(int argc, char** argv) {
+  SettingsRegistry registry;
+  if (argc < 2) {
+    std::fprintf(stderr, "%s", kUsage);
+    return static_cast<int>(ExitCode::usage);
+  }
+  std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "help" || command == "--help" || command == "-h") return print_help(registry, nullptr);
+  if (command == "version" || command == "--version") {
+    std::printf("%s\n", build_description().c_str());
+    return 0;
+  }
+
+  Logger log(command, LogLevel::info);
+  if (command == "config") {
+    if (args.size() == 1 && args[0] == "--markdown") {
+      std::printf("%s", registry.markdown_table().c_str());
+      return 0;
+    }
+    LoadedConfig loaded = load_and_report(args, registry, log);
+    if (loaded.help) return print_help(registry, "config");
+    std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
+    return 0;
+  }
+  if (command == "train") {
+    LoadedConfig loaded = load_and_report(args, registry, log);
+    if (loaded.help) return print_help(registry, "train");
+    SHOAL_REQUIRE(loaded.positional.empty(), ConfigError,
+                  "train takes one job file, got extra operand '" << loaded.positional.front() << "'");
+    std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
+    std::fflush(stdout);
+    run_train_job(loaded.config, log);
+    return 0;
+  }
+  std::fprintf(stderr, "shoal: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  return static_cast<int>(ExitCode::usage);
+}
+
+}  // namespace
+}  // namespace shoal
+
+int main(int argc, char** argv) {
+  try {
+    return shoal::run(argc, argv);
+  } catch (const shoal::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "shoal: error: %s\n", e.what());
+    return static_cast<int>(e.code());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "shoal: error: out of memory\n");
+    return static_cast<int>(shoal::ExitCode::internal);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shoal: error: %s\n", e.what());
+    return static_cast<int>(shoal::ExitCode::internal);
+  }
+}

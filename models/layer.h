@@ -1,0 +1,55 @@
+// Layers: forward keeps what backward needs; backward writes parameter gradients (overwriting)
+// and returns the input gradient. Outputs are owned by the layer and reallocated only when the
+// batch shape changes. Every layer has a CPU implementation through the Backend and is checked
+// against finite differences (tests/models/gradient_check_test.cc).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "models/parameters.h"
+
+namespace shoal {
+
+struct LayerContext {
+  Backend& backend;
+  bool training = true;
+  std::uint64_t seed = 0;  // varies per step: dropout masks
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string describe() const = 0;  // "conv 1->32 3x3 pad 1"
+  virtual Shape output_shape(const Shape& input) const = 0;
+  // Declares parameters and buffers under `prefix` ("conv1."); called once before allocation.
+  virtual void declare(ParameterSet& /*set*/, const std::string& /*prefix*/) {}
+  virtual const Tensor& forward(LayerContext& ctx, const Tensor& x) = 0;
+  // dy has the shape of the last forward output. When need_dx is false the input gradient
+  // may be skipped (the first layer) and the returned tensor is undefined.
+  virtual const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) = 0;
+  // Parameters this layer (and its sublayers) owns, in declaration order.
+  const std::vector<Parameter*>& parameters() const { return params_; }
+
+ protected:
+  // Returns t, reallocated on the backend if its shape differs.
+  static Tensor& ensure(Backend& backend, Tensor& t, const Shape& shape);
+  std::vector<Parameter*> params_;
+};
+
+std::unique_ptr<Layer> conv2d(std::int64_t in, std::int64_t out, int kernel, int stride, int pad, bool bias = true);
+std::unique_ptr<Layer> linear(std::int64_t in, std::int64_t out);
+std::unique_ptr<Layer> relu();
+std::unique_ptr<Layer> max_pool(int kernel, int stride);
+std::unique_ptr<Layer> global_avg_pool();
+std::unique_ptr<Layer> batch_norm(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
+std::unique_ptr<Layer> dropout(float p, std::uint64_t salt);
+std::unique_ptr<Layer> flatten();
+// ResNet basic block: conv3x3-bn-relu-conv3x3-bn + shortcut (1x1 conv + bn when the shape
+// changes), then relu.
+std::unique_ptr<Layer> basic_block(std::int64_t in, std::int64_t out, int stride);
+
+}  // namespace shoal

@@ -1,0 +1,34 @@
+#include "models/shard.h"
+
+#include <numeric>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace shoal {
+
+std::string DataShard::str() const {
+  return "epoch " + std::to_string(epoch) + " shard " + std::to_string(index) + " [" + std::to_string(begin) + ", " +
+         std::to_string(end) + ")";
+}
+
+std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch) {
+  std::vector<std::int64_t> order(static_cast<std::size_t>(count));
+  std::iota(order.begin(), order.end(), 0);
+  Rng rng(hash_combine(seed, 0x5348554646ULL + static_cast<std::uint64_t>(epoch)));
+  for (std::int64_t i = count - 1; i > 0; --i) {
+    auto j = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(i + 1)));
+    std::swap(order[i], order[j]);
+  }
+  return order;
+}
+
+std::vector<DataShard> split_epoch(std::int64_t count, std::int64_t shard_size, std::int64_t epoch) {
+  SHOAL_ASSERT(shard_size > 0, "shard size must be positive");
+  std::vector<DataShard> shards;
+  for (std::int64_t begin = 0, i = 0; begin < count; begin += shard_size, ++i)
+    shards.push_back(DataShard{epoch, i, begin, std::min(count, begin + shard_size)});
+  return shards;
+}
+
+}  // namespace shoal

@@ -1,0 +1,67 @@
+#include "worker/train_job.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.h"
+
+namespace shoal {
+
+Device resolve_device(const std::string& setting) {
+  if (setting == "cpu") return Device::cpu();
+  if (setting == "cuda") return Device::cuda(0);
+  // auto: the CUDA backend arrives in a later release; until then auto means cpu.
+  return Device::cpu();
+}
+
+TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
+  auto started = std::chrono::steady_clock::now();
+  auto backend = make_backend(BackendOptions{resolve_device(config.device), static_cast<int>(config.threads)});
+  SHOAL_LOG(log, info, "backend: " << backend->describe());
+
+  TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
+  SHOAL_LOG(log, info, "data: " << data.train.name << " " << data.train.count << " samples, " << data.test.name << " "
+                                << data.test.count << " samples, " << data.train.channels << "x" << data.train.height
+                                << "x" << data.train.width);
+  Normalization norm = config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
+
+  auto model = build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width},
+                           data.train.classes);
+  model->build(*backend, config.seed);
+  std::printf("%s\n", model->summary().c_str());
+
+  OptimizerConfig opt = config.optimizer;
+  LocalStrategy strategy(*backend, *model, Optimizer(opt));
+  TrainerOptions options;
+  options.epochs = config.epochs;
+  options.batch_size = config.batch_size;
+  options.eval_batch_size = config.eval_batch_size;
+  options.seed = config.seed;
+  std::int64_t steps_per_epoch = (data.train.count + config.batch_size - 1) / config.batch_size;
+  options.schedule = make_lr_schedule(config.lr_schedule, opt.lr, config.warmup_epochs, config.step_epochs,
+                                      config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
+
+  Progress progress(resolve_progress_mode(config.progress, stdout), stdout);
+  MetricsWriter metrics = config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(config.metrics_file);
+  metrics.write({{"event", std::string("start")},
+                 {"model", config.model},
+                 {"parameters", model->params().parameter_count()},
+                 {"train_samples", data.train.count},
+                 {"test_samples", data.test.count},
+                 {"batch_size", config.batch_size},
+                 {"backend", backend->describe()}});
+  Trainer trainer(*backend, *model, strategy, norm, options, log, progress, metrics);
+  TrainJobResult result;
+  result.epochs = trainer.run(data.train, data.test);
+  result.final_test_accuracy = result.epochs.empty() ? 0 : result.epochs.back().test.accuracy;
+  double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s)\n", 100 * result.final_test_accuracy,
+              config.model.c_str(), static_cast<long long>(config.epochs), total);
+  std::fflush(stdout);
+  metrics.write({{"event", std::string("end")},
+                 {"final_test_accuracy", result.final_test_accuracy},
+                 {"seconds", total}});
+  return result;
+}
+
+}  // namespace shoal

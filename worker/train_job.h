@@ -1,0 +1,23 @@
+// `shoal train`: a whole single-process training job from a JobConfig (data, model, backend,
+// local optimizer, the training loop), printing progress and the final test accuracy.
+#pragma once
+
+#include <vector>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "worker/trainer.h"
+
+namespace shoal {
+
+struct TrainJobResult {
+  std::vector<EpochResult> epochs;
+  double final_test_accuracy = 0;
+};
+
+// Resolves device = auto|cpu|cuda to a device this build and machine can use.
+Device resolve_device(const std::string& setting);
+
+TrainJobResult run_train_job(const JobConfig& config, const Logger& log);
+
+}  // namespace shoal

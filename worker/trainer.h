@@ -1,0 +1,86 @@
+// The training loop, written once: batches from data shards, forward, loss, backward with the
+// strategy's hooks, learning-rate schedule, evaluation, progress and metrics. `shoal train`
+// runs it with LocalStrategy; distributed workers run the same loop with another strategy and
+// shards leased from the coordinator.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/optimizer.h"
+#include "models/dataset.h"
+#include "models/model.h"
+#include "models/shard.h"
+#include "worker/progress.h"
+#include "worker/strategy.h"
+
+namespace shoal {
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;
+  std::int64_t samples = 0;
+};
+
+struct EpochResult {
+  std::int64_t epoch = 0;
+  double train_loss = 0, train_accuracy = 0;
+  EvalResult test;
+  double samples_per_second = 0;
+  double seconds = 0;
+};
+
+struct TrainerOptions {
+  std::int64_t epochs = 1;
+  std::int64_t batch_size = 64;
+  std::int64_t eval_batch_size = 1000;
+  std::uint64_t seed = 1;
+  LrSchedule schedule;
+};
+
+class Trainer {
+ public:
+  Trainer(Backend& backend, Model& model, Strategy& strategy, const Normalization& norm, TrainerOptions options,
+          Logger log, Progress& progress, MetricsWriter& metrics);
+
+  // Trains for options.epochs over `train`, evaluating on `test` after each epoch.
+  std::vector<EpochResult> run(const Dataset& train, const Dataset& test);
+
+  // One pass over the samples order[shard.begin, shard.end), in batches. Returns loss stats.
+  LossStats train_shard(const Dataset& data, const std::vector<std::int64_t>& order, const DataShard& shard);
+  // One optimisation step on these samples.
+  LossStats train_batch(const Dataset& data, std::span<const std::int64_t> samples);
+  EvalResult evaluate(const Dataset& data);
+
+  std::int64_t step() const { return step_; }
+
+ private:
+  void load_batch(const Dataset& data, std::span<const std::int64_t> samples);
+
+  Backend& backend_;
+  Model& model_;
+  Strategy& strategy_;
+  Normalization norm_;
+  TrainerOptions options_;
+  Logger log_;
+  Progress& progress_;
+  MetricsWriter& metrics_;
+  std::int64_t step_ = 0;
+  std::vector<float> host_x_;
+  std::vector<std::int32_t> host_y_;
+  Tensor x_, y_, dlogits_;
+  // Running totals for the progress line of the current epoch.
+  LossStats epoch_stats_;
+  std::int64_t epoch_samples_ = 0;
+  double epoch_seconds_ = 0;
+};
+
+// LR schedule in steps from the job's epoch-based settings.
+LrSchedule make_lr_schedule(const std::string& kind, float base_lr, double warmup_epochs, double step_epochs,
+                            double gamma, double min_lr, std::int64_t steps_per_epoch, std::int64_t epochs);
+
+}  // namespace shoal
