@@ -51,7 +51,7 @@ bool parse_bool(const std::string& key, const std::string& text) {
 
 std::string format_float(double v) {
   std::ostringstream out;
-  out << std::setprecision(8) << v;
+  out << std::setprecision(7) << v;  // float fields print as written
   return out.str();
 }
 
@@ -241,8 +241,10 @@ std::string SettingsRegistry::markdown_table() const {
   std::ostringstream out;
   out << "| key | type | default | environment | meaning |\n| --- | --- | --- | --- | --- |\n";
   for (const auto& s : settings_) {
-    out << "| `" << s.key << "` | " << s.kind << (s.range.empty() ? "" : " " + s.range) << " | `" << s.get(defaults)
-        << "` | `" << env_name(s.key) << "` | " << s.help << " |\n";
+    std::string value = s.get(defaults);
+    out << "| `" << s.key << "` | " << s.kind << (s.range.empty() ? "" : " " + s.range) << " | "
+        << (value.empty() ? std::string("*(empty)*") : "`" + value + "`") << " | `" << env_name(s.key) << "` | "
+        << s.help << " |\n";
   }
   return out.str();
 }
@@ -278,11 +280,18 @@ LoadedConfig load_config(const std::vector<std::string>& args, const std::vector
   positional.add("operand", -1);
 
   LoadedConfig loaded;
+  // Raw values by key; the first source to give a key wins (command line, environment, file).
+  std::map<std::string, std::string> values;
   po::variables_map vm;
   try {
     auto parsed = po::command_line_parser(args).options(with_positional).positional(positional).run();
-    for (const auto& opt : parsed.options)
-      if (opt.string_key != "operand" && opt.string_key != "help") loaded.sources[opt.string_key] = "command line";
+    for (const auto& opt : parsed.options) {
+      if (opt.string_key == "operand" || opt.string_key == "help") continue;
+      SHOAL_REQUIRE(!values.count(opt.string_key), ConfigError,
+                    "command line: --" << opt.string_key << " is given more than once");
+      values[opt.string_key] = opt.value.empty() ? std::string("true") : opt.value.front();
+      loaded.sources[opt.string_key] = "command line";
+    }
     po::store(parsed, vm);
   } catch (const po::error& e) {
     SHOAL_THROW(ConfigError, "command line: " << e.what());
@@ -305,34 +314,36 @@ LoadedConfig load_config(const std::vector<std::string>& args, const std::vector
       if (SettingsRegistry::env_name(s.key) == name) match = &s;
     SHOAL_REQUIRE(match != nullptr, ConfigError,
                   "environment variable " << name << " does not name a setting (see shoal --help)");
-    if (vm.count(match->key)) continue;  // the command line wins
-    vm.insert({match->key, po::variable_value(value, false)});
+    if (values.count(match->key)) continue;  // the command line wins
+    values[match->key] = value;
     loaded.sources[match->key] = "env " + name;
   }
 
   if (!loaded.config_path.empty()) {
     std::ifstream file(loaded.config_path);
     SHOAL_REQUIRE(file.good(), ConfigError, "cannot open job file '" << loaded.config_path << "'");
+    po::parsed_options parsed(&desc);
     try {
-      auto parsed = po::parse_config_file(file, desc, /*allow_unregistered=*/false);
-      std::map<std::string, int> seen;
-      for (const auto& opt : parsed.options) {
-        SHOAL_REQUIRE(++seen[opt.string_key] == 1, ConfigError,
-                      loaded.config_path << ": key " << opt.string_key << " is given more than once");
-        if (!vm.count(opt.string_key)) loaded.sources[opt.string_key] = "file " + loaded.config_path;
-      }
-      po::store(parsed, vm);
+      parsed = po::parse_config_file(file, desc, /*allow_unregistered=*/false);
     } catch (const po::unknown_option& e) {
       SHOAL_THROW(ConfigError, loaded.config_path << ": unknown key '" << e.get_option_name() << "'");
     } catch (const po::error& e) {
       SHOAL_THROW(ConfigError, loaded.config_path << ": " << e.what());
     }
+    std::map<std::string, int> seen;
+    for (const auto& opt : parsed.options) {
+      SHOAL_REQUIRE(++seen[opt.string_key] == 1, ConfigError,
+                    loaded.config_path << ": key " << opt.string_key << " is given more than once");
+      if (values.count(opt.string_key)) continue;
+      values[opt.string_key] = opt.value.empty() ? std::string() : opt.value.front();
+      loaded.sources[opt.string_key] = "file " + loaded.config_path;
+    }
   }
 
   for (const auto& s : registry.settings()) {
-    if (!vm.count(s.key)) continue;
+    if (!values.count(s.key)) continue;
     try {
-      s.set(loaded.config, vm[s.key].as<std::string>());
+      s.set(loaded.config, values[s.key]);
     } catch (const ConfigError& e) {
       SHOAL_THROW(ConfigError, e.what() << " (from " << loaded.sources[s.key] << ")");
     }

@@ -82,7 +82,7 @@ int run(int argc, char** argv) {
     run_train_job(loaded.config, log);
     return 0;
   }
-  std::fprintf(stderr, "shoal: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  std::fprintf(stderr, "shoal: error: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return static_cast<int>(ExitCode::usage);
 }
 

@@ -117,6 +117,7 @@ struct NormEntry {
   dnnl::batch_normalization_forward::primitive_desc fwd_pd;
   dnnl::batch_normalization_forward fwd;
   std::optional<dnnl::batch_normalization_backward> bwd;
+  Tensor zero_shift;  // oneDNN's backward asks for the shift argument although it does not read it
 };
 
 struct EltwiseEntry {
@@ -450,6 +451,7 @@ class CpuBackend final : public Backend {
                                                    flags),
           engine_, entry->fwd_pd);
       entry->bwd = dnnl::batch_normalization_backward(bpd);
+      entry->zero_shift = Tensor::zeros(Shape{d[1]});
     }
     return *norms_.emplace(key, std::move(entry)).first->second;
   }
@@ -505,6 +507,7 @@ class CpuBackend final : public Backend {
     e.bwd->execute(stream_, {{DNNL_ARG_SRC, memory(md, engine_, x.raw())},
                              {DNNL_ARG_DIFF_DST, memory(md, engine_, dy.raw())},
                              {DNNL_ARG_SCALE, memory(cmd, engine_, gamma.raw())},
+                             {DNNL_ARG_SHIFT, memory(cmd, engine_, e.zero_shift.raw())},
                              {DNNL_ARG_MEAN, memory(cmd, engine_, saved_mean.raw())},
                              {DNNL_ARG_VARIANCE, memory(cmd, engine_, saved_var.raw())},
                              {DNNL_ARG_DIFF_SRC, memory(md, engine_, dx.raw())},

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Configures (once) and builds Shoal into ./build with Ninja. Extra arguments go to CMake on the
+# first configure, e.g. launch/build.sh -DSHOAL_CUDA=OFF.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ ! -f build/build.ninja ]]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >build-configure.log 2>&1 ||
+    { cat build-configure.log; exit 1; }
+  grep "shoal:" build-configure.log || true
+fi
+cmake --build build

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what Shoal needs from Debian 12 (bookworm), if anything is missing. Idempotent and
+# quiet when everything is present. Why each package is needed: docs/dependencies.md.
+#   launch/setup-debian.sh          build + run + test dependencies
+#   launch/setup-debian.sh --bench  also the benchmark peers (PyTorch, iperf3)
+set -euo pipefail
+
+packages=(
+  g++ cmake ninja-build pkg-config ccache         # toolchain
+  libdnnl-dev                                     # oneDNN: CPU backend
+  libboost-program-options-dev                    # configuration
+  zlib1g-dev                                      # gzip IDX files
+  libzmq3-dev cppzmq-dev                          # transport (ZeroMQ)
+  capnproto libcapnp-dev                          # wire protocol (Cap'n Proto)
+  libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
+  libgtest-dev                                    # tests
+  dataset-fashion-mnist                           # the main job's data
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  # Benchmark peers. Without an optimised BLAS, Debian's PyTorch falls back to the reference
+  # BLAS and runs 10x slower: the comparison would flatter Shoal.
+  packages+=(python3-torch python3-numpy libopenblas0-pthread iperf3)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"

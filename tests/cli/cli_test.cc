@@ -1,0 +1,131 @@
+// The real `shoal` binary as a process: a short training run, reproducibility, exit codes and
+// messages for bad input, and the docs' settings table kept in sync with the registry.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "tests/support/subprocess.h"
+
+namespace shoal {
+namespace {
+
+using testing::read_file;
+using testing::run;
+using testing::TempDir;
+using testing::write_file;
+
+const std::string kShoal = SHOAL_BINARY;
+
+std::vector<std::string> small_job(const TempDir& dir, const std::string& model) {
+  return {kShoal, "train", std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_cnn.ini", "--model=" + model,
+          "--train.epochs=2", "--data.train_limit=4000", "--data.test_limit=1000", "--progress=lines",
+          "--metrics.file=" + dir.file("metrics.jsonl"), "--threads=2"};
+}
+
+std::vector<std::string> lines_with(const std::string& text, const std::string& needle) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.find(needle) != std::string::npos) out.push_back(line);
+  return out;
+}
+
+double json_number(const std::string& line, const std::string& key) {
+  std::smatch m;
+  std::regex re("\"" + key + "\": ([-0-9.eE+]+)");
+  if (!std::regex_search(line, m, re)) return -1;
+  return std::stod(m[1]);
+}
+
+TEST(Cli, TrainsAndWritesMetrics) {
+  TempDir dir;
+  auto r = run(small_job(dir, "mlp"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("effective configuration"), std::string::npos);
+  EXPECT_NE(r.output.find("parameters: 6 tensors, 235146 values"), std::string::npos) << "model summary printed";
+  EXPECT_NE(r.output.find("final test accuracy"), std::string::npos);
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 2u);
+  double loss = json_number(epochs[1], "train_loss");
+  EXPECT_GT(loss, 0);
+  EXPECT_LT(loss, 0.8) << epochs[1];
+  EXPECT_GT(json_number(epochs[1], "test_accuracy"), 0.7) << epochs[1];
+}
+
+TEST(Cli, SameSeedGivesTheSameMetrics) {
+  TempDir a, b;
+  ASSERT_EQ(run(small_job(a, "cnn")).exit_code, 0);
+  ASSERT_EQ(run(small_job(b, "cnn")).exit_code, 0);
+  auto ea = lines_with(read_file(a.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  auto eb = lines_with(read_file(b.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(ea.size(), 2u);
+  ASSERT_EQ(eb.size(), 2u);
+  for (const char* key : {"train_loss", "train_accuracy", "test_loss", "test_accuracy"})
+    EXPECT_EQ(json_number(ea[1], key), json_number(eb[1], key)) << key;
+}
+
+struct BadRun {
+  const char* name;
+  std::vector<std::string> args;
+  std::map<std::string, std::string> env;
+  int exit_code;
+  std::string message;
+};
+
+TEST(Cli, BadInputGivesOneLineErrorAndDocumentedExitCode) {
+  TempDir dir;
+  write_file(dir.file("bad.ini"), "[train]\nepochs = 3\nlearning_rate = 0.1\n");
+  write_file(dir.file("train-images-idx3-ubyte"), std::string("\0\0\x08\x03", 4));  // truncated header
+  write_file(dir.file("train-labels-idx1-ubyte"), "");
+  std::vector<BadRun> cases = {
+      {"unknown key in job file", {"train", dir.file("bad.ini")}, {}, 2, "unknown key 'train.learning_rate'"},
+      {"out of range option", {"train", "--train.batch_size=0"}, {}, 2, "train.batch_size = 0 is out of range"},
+      {"unknown environment key", {"train"}, {{"SHOAL_BATCH", "3"}}, 2, "SHOAL_BATCH"},
+      {"unknown command", {"trian"}, {}, 2, "unknown command 'trian'"},
+      {"missing data", {"train", "--data.dir=/nonexistent"}, {}, 3, "not found in '/nonexistent'"},
+      {"corrupt data", {"train", "--data.dir=" + dir.path()}, {}, 3, "truncated IDX header"},
+      {"cuda unavailable", {"train", "--device=cuda", "--train.epochs=1"}, {}, 7, "device = cuda"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv{kShoal};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    auto r = run(argv, c.env, std::chrono::seconds(60));
+    EXPECT_EQ(r.exit_code, c.exit_code) << c.name << "\n" << r.output;
+    EXPECT_NE(r.output.find("shoal: error: "), std::string::npos) << c.name << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.name << "\n" << r.output;
+  }
+}
+
+TEST(Cli, HelpDocumentsEveryOption) {
+  auto general = run({kShoal, "--help"});
+  auto train = run({kShoal, "train", "--help"});
+  EXPECT_EQ(general.exit_code, 0);
+  EXPECT_EQ(train.exit_code, 0);
+  for (const char* key : {"--model", "--train.batch_size", "--optimizer.lr", "--lr.schedule", "--threads", "--device",
+                          "--metrics.file", "--data.dir"}) {
+    EXPECT_NE(general.output.find(key), std::string::npos) << key;
+    EXPECT_NE(train.output.find(key), std::string::npos) << key;
+  }
+}
+
+TEST(Cli, ConfigurationDocsMatchTheRegistry) {
+  auto table = run({kShoal, "config", "--markdown"});
+  ASSERT_EQ(table.exit_code, 0);
+  std::string docs = read_file(std::string(SHOAL_SOURCE_DIR) + "/docs/configuration.md");
+  EXPECT_NE(docs.find(table.output), std::string::npos)
+      << "docs/configuration.md is out of date; regenerate its table with `shoal config --markdown`";
+}
+
+TEST(Cli, ExampleJobFilesAreValid) {
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(SHOAL_SOURCE_DIR) + "/examples")) {
+    if (entry.path().extension() != ".ini") continue;
+    auto r = run({kShoal, "config", entry.path().string()});
+    EXPECT_EQ(r.exit_code, 0) << entry.path() << "\n" << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace shoal
