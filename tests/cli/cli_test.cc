@@ -129,3 +129,26 @@ TEST(Cli, ExampleJobFilesAreValid) {
 
 }  // namespace
 }  // namespace shoal
+
+namespace shoal {
+namespace {
+
+// The accuracy the project promises on the real Fashion-MNIST test set, with the shipped
+// example job files, in at most 10 epochs.
+double final_accuracy(const std::string& job) {
+  TempDir dir;
+  auto r = run({kShoal, "train", std::string(SHOAL_SOURCE_DIR) + "/examples/" + job, "--progress=off",
+                "--metrics.file=" + dir.file("m.jsonl")},
+               {}, std::chrono::minutes(10));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto end = lines_with(read_file(dir.file("m.jsonl")), "\"event\": \"end\"");
+  EXPECT_EQ(end.size(), 1u) << r.output;
+  return end.empty() ? 0 : json_number(end[0], "final_test_accuracy");
+}
+
+TEST(Accuracy, MlpReaches88PercentIn10Epochs) { EXPECT_GE(final_accuracy("fashion_mnist_mlp.ini"), 0.88); }
+
+TEST(Accuracy, CnnReaches91PercentIn10Epochs) { EXPECT_GE(final_accuracy("fashion_mnist_cnn.ini"), 0.91); }
+
+}  // namespace
+}  // namespace shoal
