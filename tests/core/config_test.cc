@@ -59,6 +59,8 @@ struct BadInput {
   std::string must_mention;           // the error names this
 };
 
+void PrintTo(const BadInput& bad, std::ostream* os) { *os << bad.name; }
+
 class ConfigErrors : public ::testing::TestWithParam<BadInput> {};
 
 TEST_P(ConfigErrors, AreConfigErrorsNamingTheKey) {
