@@ -197,6 +197,39 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(float_setting("lr.min", [](JobConfig& c) -> auto& { return c.lr_min; }, 0, 10, false,
                             "cosine schedule: final learning rate"));
 
+  s.push_back(int_setting("data.shard_size", [](JobConfig& c) -> auto& { return c.shard_size; }, 1, kBig,
+                          "distributed jobs: samples per data shard the coordinator leases to a worker"));
+
+  s.push_back(string_setting("cluster.coordinator", [](JobConfig& c) -> auto& { return c.coordinator_address; },
+                             "ZeroMQ address of the coordinator (it binds there; everyone else connects)"));
+  s.push_back(int_setting("cluster.servers", [](JobConfig& c) -> auto& { return c.servers; }, 1, 1024,
+                          "parameter servers the job waits for before it starts"));
+  s.push_back(int_setting("cluster.workers", [](JobConfig& c) -> auto& { return c.workers; }, 1, 4096,
+                          "workers the job waits for before it starts"));
+  s.push_back(float_setting("cluster.heartbeat_seconds", [](JobConfig& c) -> auto& { return c.heartbeat_seconds; },
+                            0.01, 3600, false, "how often every process tells the coordinator it is alive"));
+  s.push_back(float_setting("cluster.dead_after_seconds", [](JobConfig& c) -> auto& { return c.dead_after_seconds; },
+                            0.05, 86400, false, "a process silent this long is declared dead"));
+  s.push_back(float_setting("cluster.request_timeout_seconds",
+                            [](JobConfig& c) -> auto& { return c.request_timeout_seconds; }, 0.1, 86400, false,
+                            "longest wait for any reply (pulls included) before a TimeoutError"));
+  s.push_back(float_setting("cluster.startup_timeout_seconds",
+                            [](JobConfig& c) -> auto& { return c.startup_timeout_seconds; }, 0.1, 86400, false,
+                            "how long the coordinator waits for all servers and workers to register"));
+  s.push_back(float_setting("cluster.lease_timeout_seconds", [](JobConfig& c) -> auto& { return c.lease_timeout_seconds; },
+                            0.1, 86400, false, "a leased data shard not finished in this time goes back to the queue"));
+  s.push_back(int_setting("node.rank", [](JobConfig& c) -> auto& { return c.node_rank; }, -1, 1 << 20,
+                          "this process's rank within its role (-1: the coordinator assigns one)"));
+  s.push_back(string_setting("node.address", [](JobConfig& c) -> auto& { return c.node_address; },
+                             "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
+  s.push_back(int_setting("async.staleness", [](JobConfig& c) -> auto& { return c.staleness; }, 0, 1 << 20,
+                          "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "
+                          "gradients averaged)"));
+  s.push_back(int_setting("async.chunk_kib", [](JobConfig& c) -> auto& { return c.chunk_kib; }, 1, 1 << 20,
+                          "largest chunk a parameter tensor is cut into for the servers, in KiB"));
+  s.push_back(int_setting("async.max_in_flight", [](JobConfig& c) -> auto& { return c.max_in_flight; }, 1, 1024,
+                          "most unacknowledged pushes per server a worker keeps in flight"));
+
   s.push_back(int_setting("threads", [](JobConfig& c) -> auto& { return c.threads; }, 0, 4096,
                           "compute threads per process (0: all cores)"));
   s.push_back(choice_setting("device", [](JobConfig& c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},

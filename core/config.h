@@ -37,6 +37,22 @@ struct JobConfig {
   double lr_gamma = 0.1;
   double lr_min = 0;
 
+  // Distributed jobs (shoal coordinator / ps / worker / launch).
+  std::string coordinator_address = "tcp://127.0.0.1:7600";
+  std::int64_t servers = 2;
+  std::int64_t workers = 2;
+  std::int64_t node_rank = -1;
+  std::string node_address = "tcp://127.0.0.1:0";
+  std::int64_t staleness = 2;
+  std::int64_t chunk_kib = 4096;
+  std::int64_t max_in_flight = 8;
+  std::int64_t shard_size = 1024;
+  double heartbeat_seconds = 1.0;
+  double dead_after_seconds = 5.0;
+  double lease_timeout_seconds = 120.0;
+  double request_timeout_seconds = 60.0;
+  double startup_timeout_seconds = 120.0;
+
   std::int64_t threads = 0;  // 0: all cores
   std::string device = "auto";
   std::string log_level = "info";

@@ -1,5 +1,6 @@
 // The one `shoal` binary: dispatches to a role (train, and later coordinator, ps, worker,
 // launch) and turns library errors into a one-line message and a documented exit code.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -10,7 +11,11 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "coordinator/coordinator.h"
+#include "launch/local_launcher.h"
+#include "ps/parameter_server.h"
 #include "worker/train_job.h"
+#include "worker/worker_job.h"
 
 namespace shoal {
 namespace {
@@ -22,6 +27,12 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  train JOB.ini     train in this process and report test accuracy after every epoch\n"
+    "  launch JOB.ini --local\n"
+    "                    run a whole asynchronous job here: coordinator, cluster.servers\n"
+    "                    parameter servers and cluster.workers workers as processes on loopback\n"
+    "  coordinator JOB.ini  the control plane of an asynchronous job\n"
+    "  ps JOB.ini        one parameter-server shard (node.rank, node.address)\n"
+    "  worker JOB.ini    one worker of an asynchronous job (node.rank)\n"
     "  config JOB.ini    check a job file and print the effective configuration\n"
     "  config --markdown print the settings table of docs/configuration.md\n"
     "  version           print the version and what this build can use (CUDA, cuDNN, NCCL)\n"
@@ -80,6 +91,41 @@ int run(int argc, char** argv) {
     std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
     std::fflush(stdout);
     run_train_job(loaded.config, log);
+    return 0;
+  }
+  if (command == "coordinator" || command == "ps" || command == "worker" || command == "launch") {
+    bool local = false;
+    if (command == "launch") {
+      auto it = std::find(args.begin(), args.end(), "--local");
+      local = it != args.end();
+      if (local) args.erase(it);
+    }
+    LoadedConfig loaded = load_and_report(args, registry, log);
+    if (loaded.help) return print_help(registry, command.c_str());
+    SHOAL_REQUIRE(loaded.positional.empty(), ConfigError,
+                  command << " takes one job file, got extra operand '" << loaded.positional.front() << "'");
+    if (command == "launch") {
+      SHOAL_REQUIRE(local, ConfigError,
+                    "launch needs --local (launching under mpirun or Kubernetes is not supported yet)");
+      // The coordinator prints the effective configuration.
+      std::vector<std::string> overrides;
+      for (const auto& a : args)
+        if (a != loaded.config_path) overrides.push_back(a);
+      return run_local_launch(loaded.config_path, overrides, loaded.config, log);
+    }
+    zmq::context_t context(1);
+    if (command == "coordinator") {
+      std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
+      std::fflush(stdout);
+      MetricsWriter metrics = loaded.config.metrics_file.empty() ? MetricsWriter()
+                                                                  : MetricsWriter(loaded.config.metrics_file);
+      Coordinator coordinator(context, loaded.config, log, metrics);
+      coordinator.run();
+    } else if (command == "ps") {
+      ParameterServer::run_role(context, loaded.config, log);
+    } else {
+      run_worker_role(context, loaded.config, log);
+    }
     return 0;
   }
   std::fprintf(stderr, "shoal: error: unknown command '%s'\n\n%s", command.c_str(), kUsage);

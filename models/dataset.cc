@@ -177,6 +177,34 @@ TrainTestData load_train_test(const std::string& format, const std::string& dir,
   return data;
 }
 
+DatasetInfo probe_train_set(const std::string& format, const std::string& dir, std::int64_t limit) {
+  DatasetInfo info;
+  if (format == "idx") {
+    std::string images = first_existing(dir, "train-images-idx3-ubyte");
+    auto head = read_maybe_gzip(images, 16);
+    SHOAL_REQUIRE(head.size() == 16 && head[0] == 0 && head[1] == 0 && head[2] == 0x08 && head[3] == 3, DataError,
+                  images << ": not an IDX image file");
+    info.count = big_endian_u32(head.data() + 4);
+    info.channels = 1;
+    info.height = big_endian_u32(head.data() + 8);
+    info.width = big_endian_u32(head.data() + 12);
+  } else if (format == "cifar10") {
+    std::string base = dir;
+    if (std::filesystem::exists(std::filesystem::path(dir) / "cifar-10-batches-bin"))
+      base = (std::filesystem::path(dir) / "cifar-10-batches-bin").string();
+    for (int i = 1; i <= 5; ++i)
+      info.count += static_cast<std::int64_t>(
+          std::filesystem::file_size(first_existing(base, "data_batch_" + std::to_string(i) + ".bin")) / 3073);
+    info.channels = 3;
+    info.height = info.width = 32;
+  } else {
+    SHOAL_THROW(ConfigError, "data.format = '" << format << "' is not one of: idx, cifar10");
+  }
+  SHOAL_REQUIRE(info.count > 0 && info.height > 0 && info.width > 0, DataError, "training set in '" << dir << "' is empty");
+  if (limit > 0 && limit < info.count) info.count = limit;
+  return info;
+}
+
 Normalization compute_normalization(const Dataset& data) {
   Normalization n;
   std::int64_t plane = data.height * data.width;

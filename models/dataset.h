@@ -41,6 +41,13 @@ struct TrainTestData {
 TrainTestData load_train_test(const std::string& format, const std::string& dir, std::int64_t train_limit,
                               std::int64_t test_limit);
 
+// Sample count and shape of the training set, from the file headers alone (the coordinator
+// plans shards and the partition table without loading the data).
+struct DatasetInfo {
+  std::int64_t count = 0, channels = 0, height = 0, width = 0, classes = 10;
+};
+DatasetInfo probe_train_set(const std::string& format, const std::string& dir, std::int64_t limit);
+
 Normalization compute_normalization(const Dataset& data);
 Normalization identity_normalization(std::int64_t channels);  // x / 255
 

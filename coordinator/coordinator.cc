@@ -1,0 +1,319 @@
+#include "coordinator/coordinator.h"
+
+#include <cstdio>
+
+#include "coordinator/partitioner.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "models/dataset.h"
+#include "models/model.h"
+
+namespace shoal {
+namespace {
+
+std::chrono::milliseconds ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+}
+
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+}  // namespace
+
+Coordinator::Coordinator(zmq::context_t& context, const JobConfig& config, Logger log, MetricsWriter& metrics)
+    : config_(config),
+      log_(std::move(log)),
+      metrics_(metrics),
+      socket_(context, config.coordinator_address, log_),
+      members_(ms(config.dead_after_seconds)) {
+  DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
+  train_samples_ = info.count;
+  // The model's layout (not its values) decides the partition table.
+  auto backend = make_backend(BackendOptions{Device::cpu(), 1});
+  auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
+  model->build(*backend, config.seed);
+  model_elements_ = model->params().parameter_count();
+  SHOAL_LOG(log_, info, "listening on " << socket_.endpoint() << "; model " << config.model << " has "
+                                        << model_elements_ << " parameters; " << train_samples_
+                                        << " training samples; waiting for " << config.servers << " servers and "
+                                        << config.workers << " workers");
+}
+
+void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message) {
+  Outgoing out("coordinator", in.request_id());
+  auto err = out.body().initError();
+  err.setCode(code);
+  err.setMessage(message);
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::publish_table() {
+  std::vector<ServerRange> servers;
+  for (const auto* m : members_.members(wire::Role::SERVER, true)) servers.push_back(ServerRange{m->id, m->address, 0, 0});
+  PartitionTable t = make_partition(model_elements_, config_.chunk_kib * 1024 / 4, servers);
+  t.version = 1;
+  t.train_samples = train_samples_;
+  // Server-side schedules count updates: one per worker push, or one per averaged step when
+  // synchronous.
+  std::int64_t batch = config_.batch_size * (config_.staleness == 0 ? config_.workers : 1);
+  t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
+  table_ = t;
+  book_.emplace(train_samples_, config_.shard_size, config_.epochs, ms(config_.lease_timeout_seconds));
+  std::string layout;
+  for (const auto& s : t.servers)
+    layout += " " + s.id + "=keys[" + std::to_string(s.first_key) + "," + std::to_string(s.end_key) + ")/" +
+              std::to_string(t.server_elements(&s - t.servers.data())) + " values";
+  SHOAL_LOG(log_, info, "partition table: " << t.chunks.size() << " chunks of up to " << t.chunks.front().numel
+                                            << " values;" << layout);
+}
+
+bool Coordinator::everyone_told() const {
+  for (wire::Role role : {wire::Role::SERVER, wire::Role::WORKER})
+    for (const auto* m : members_.members(role, true))
+      if (!told_.count(m->id)) return false;
+  return true;
+}
+
+void Coordinator::handle(Incoming& in, Clock::time_point now) {
+  using K = wire::Envelope::Body;
+  auto body = in.envelope().getBody();
+  const std::string sender = in.sender();
+  const bool over = (book_ && book_->finished()) || !failure_.empty();
+  if (in.kind() == K::REGISTER) {
+    auto reg = body.getRegister();
+    if (table_) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                  "the job has started; joining a running job is not supported yet (elasticity)");
+      return;
+    }
+    bool server = reg.getRole() == wire::Role::SERVER;
+    std::size_t have = members_.count(reg.getRole(), true), want = static_cast<std::size_t>(server ? config_.servers : config_.workers);
+    if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                  std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
+      return;
+    }
+    try {
+      const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
+      Outgoing out("coordinator", in.request_id());
+      auto r = out.body().initRegisterReply();
+      r.setId(m.id);
+      r.setRank(m.rank);
+      socket_.send(in.peer, out);
+      SHOAL_LOG(log_, info, "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
+                                          << members_.count(wire::Role::SERVER, true) << "/" << config_.servers
+                                          << " servers, " << members_.count(wire::Role::WORKER, true) << "/"
+                                          << config_.workers << " workers)");
+    } catch (const ProtocolError& e) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
+    }
+    return;
+  }
+
+  const Member* member = members_.find(sender);
+  if (member == nullptr || !member->alive) {
+    socket_.reject("unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
+    reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live member of this job");
+    return;
+  }
+  members_.heard_from(sender, now);
+
+  switch (in.kind()) {
+    case K::HEARTBEAT: {
+      Outgoing out("coordinator", in.request_id());
+      auto r = out.body().initHeartbeatReply();
+      r.setGeneration(members_.generation());
+      auto live = members_.live_workers();
+      auto list = r.initLiveWorkers(static_cast<unsigned>(live.size()));
+      for (std::size_t i = 0; i < live.size(); ++i) list.set(static_cast<unsigned>(i), live[i]);
+      r.setShutdown(over);
+      if (over) told_[sender] = true;
+      socket_.send(in.peer, out);
+      return;
+    }
+    case K::TABLE_REQUEST: {
+      if (!table_) {
+        reply_error(in, wire::ErrorCode::NOT_READY, "the partition table is not published yet");
+        return;
+      }
+      table_->live_workers = members_.live_workers();
+      Outgoing out("coordinator", in.request_id());
+      table_->to_wire(out.body().initPartitionTable());
+      socket_.send(in.peer, out);
+      return;
+    }
+    case K::LEASE_REQUEST: {
+      if (member->role != wire::Role::WORKER || !book_) {
+        reply_error(in, wire::ErrorCode::NOT_READY, "no leases before the job starts");
+        return;
+      }
+      Outgoing out("coordinator", in.request_id());
+      auto grant = out.body().initLeaseGrant();
+      LeaseBook::Task task;
+      if (over)
+        task.kind = LeaseBook::Task::finished;
+      else
+        task = book_->next(sender, now);
+      switch (task.kind) {
+        case LeaseBook::Task::train: {
+          auto s = grant.initShard();
+          s.setEpoch(static_cast<std::uint32_t>(task.shard.epoch));
+          s.setIndex(static_cast<std::uint32_t>(task.shard.index));
+          s.setBegin(static_cast<std::uint64_t>(task.shard.begin));
+          s.setEnd(static_cast<std::uint64_t>(task.shard.end));
+          break;
+        }
+        case LeaseBook::Task::evaluate:
+          grant.setEvaluate(static_cast<std::uint32_t>(task.epoch));
+          break;
+        case LeaseBook::Task::wait:
+          grant.setWait(20);
+          break;
+        case LeaseBook::Task::finished:
+          grant.setFinished();
+          members_.mark_finished(sender);
+          told_[sender] = true;
+          break;
+      }
+      socket_.send(in.peer, out);
+      return;
+    }
+    case K::LEASE_DONE: {
+      auto d = body.getLeaseDone();
+      if (book_) {
+        ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(), static_cast<std::int64_t>(d.getCorrect())};
+        if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, now))
+          SHOAL_LOG(log_, debug, sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex()
+                                        << ", which was already done");
+      }
+      Outgoing out("coordinator", in.request_id());
+      out.body().setAck();
+      socket_.send(in.peer, out);
+      return;
+    }
+    case K::EVAL_DONE: {
+      auto d = body.getEvalDone();
+      if (book_) book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
+      Outgoing out("coordinator", in.request_id());
+      out.body().setAck();
+      socket_.send(in.peer, out);
+      return;
+    }
+    default:
+      socket_.reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + sender);
+      reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                  std::string("the coordinator does not handle ") + kind_name(in.kind()));
+  }
+}
+
+void Coordinator::check_liveness(Clock::time_point now) {
+  for (const auto& id : members_.expire(now)) {
+    const Member* m = members_.find(id);
+    if (m->role == wire::Role::WORKER) {
+      int returned = book_ ? book_->release(id) : 0;
+      SHOAL_LOG(log_, warn, id << " declared dead (no heartbeat for " << config_.dead_after_seconds << " s); "
+                               << returned << " leased shard(s) back in the queue; "
+                               << members_.live_workers().size() << " workers remain");
+      if (book_ && members_.live_workers().empty() && !book_->finished())
+        failure_ = "every worker is gone before the job finished";
+    } else if (m->role == wire::Role::SERVER && table_) {
+      failure_ = "parameter server " + id + " stopped answering heartbeats; the job cannot continue "
+                 "without it (restoring a server from a checkpoint is not supported yet)";
+    }
+    if (!failure_.empty()) SHOAL_LOG(log_, error, failure_);
+  }
+  if (book_) {
+    int expired = book_->expire(now);
+    if (expired > 0) SHOAL_LOG(log_, warn, expired << " shard lease(s) expired and went back to the queue");
+  }
+}
+
+void Coordinator::report_epochs(Clock::time_point now) {
+  if (!book_) return;
+  for (const EpochReport& r : book_->take_completed()) {
+    double seconds = seconds_between(r.started, r.completed);
+    double train_loss = r.samples_done > 0 ? r.loss_sum / static_cast<double>(r.samples_done) : 0;
+    double train_acc = r.samples_done > 0 ? static_cast<double>(r.correct) / static_cast<double>(r.samples_done) : 0;
+    double rate = seconds > 0 ? static_cast<double>(r.samples_processed) / seconds : 0;
+    char line[400];
+    std::snprintf(line, sizeof(line),
+                  "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s  |  "
+                  "%lld/%lld samples done, %lld processed, %lld shard(s) re-leased",
+                  static_cast<long long>(r.epoch), static_cast<long long>(config_.epochs), train_loss, 100 * train_acc,
+                  r.test_loss, 100 * r.test_accuracy, rate, static_cast<long long>(r.samples_done),
+                  static_cast<long long>(r.samples_total), static_cast<long long>(r.samples_processed),
+                  static_cast<long long>(r.shards_released));
+    std::printf("%s\n", line);
+    std::fflush(stdout);
+    metrics_.write({{"event", std::string("epoch")},
+                    {"epoch", r.epoch},
+                    {"train_loss", train_loss},
+                    {"train_accuracy", train_acc},
+                    {"test_loss", r.test_loss},
+                    {"test_accuracy", r.test_accuracy},
+                    {"samples_per_second", rate},
+                    {"seconds", seconds},
+                    {"samples_total", r.samples_total},
+                    {"samples_done", r.samples_done},
+                    {"samples_processed", r.samples_processed},
+                    {"shards_released", r.shards_released},
+                    {"elapsed", seconds_between(started_, now)}});
+    result_.epochs.push_back(r);
+    result_.final_test_accuracy = r.test_accuracy;
+  }
+}
+
+CoordinatorResult Coordinator::run() {
+  started_ = Clock::now();
+  auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
+  std::optional<Clock::time_point> end_deadline;
+  while (!stop_) {
+    auto in = socket_.receive(std::chrono::milliseconds(20));
+    auto now = Clock::now();
+    if (in) {
+      try {
+        handle(*in, now);
+      } catch (const kj::Exception& e) {
+        socket_.reject("malformed field", e.getDescription().cStr());
+      }
+    }
+    check_liveness(now);
+    if (!table_) {
+      if (members_.count(wire::Role::SERVER, true) == static_cast<std::size_t>(config_.servers) &&
+          members_.count(wire::Role::WORKER, true) == static_cast<std::size_t>(config_.workers)) {
+        publish_table();
+        metrics_.write({{"event", std::string("start")},
+                        {"model", config_.model},
+                        {"parameters", model_elements_},
+                        {"train_samples", train_samples_},
+                        {"servers", config_.servers},
+                        {"workers", config_.workers},
+                        {"staleness", config_.staleness}});
+      } else if (now > startup_deadline) {
+        SHOAL_THROW(TimeoutError, "only " << members_.count(wire::Role::SERVER, true) << "/" << config_.servers
+                                          << " servers and " << members_.count(wire::Role::WORKER, true) << "/"
+                                          << config_.workers << " workers registered within "
+                                          << config_.startup_timeout_seconds << " s (cluster.startup_timeout_seconds)");
+      }
+      continue;
+    }
+    report_epochs(now);
+    bool over = book_->finished() || !failure_.empty();
+    if (over && !end_deadline) end_deadline = now + 2 * ms(config_.dead_after_seconds + config_.heartbeat_seconds);
+    if (over && (everyone_told() || now > *end_deadline)) break;
+  }
+  if (!failure_.empty()) SHOAL_THROW(TimeoutError, failure_);
+  if (stop_) SHOAL_THROW(TimeoutError, "stopped before the job finished");
+  double total = seconds_between(started_, Clock::now());
+  std::printf("final test accuracy: %.2f%% (%s, async, %lld servers, %lld workers, staleness %lld, %lld epochs, %.1f s)\n",
+              100 * result_.final_test_accuracy, config_.model.c_str(), static_cast<long long>(config_.servers),
+              static_cast<long long>(config_.workers), static_cast<long long>(config_.staleness),
+              static_cast<long long>(config_.epochs), total);
+  std::fflush(stdout);
+  metrics_.write({{"event", std::string("end")},
+                  {"final_test_accuracy", result_.final_test_accuracy},
+                  {"seconds", total},
+                  {"dropped_messages", static_cast<std::int64_t>(socket_.counters().total_dropped())}});
+  return result_;
+}
+
+}  // namespace shoal

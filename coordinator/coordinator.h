@@ -1,0 +1,62 @@
+// The coordinator (`shoal coordinator`): the control plane of an asynchronous job. It waits for
+// the configured servers and workers to register, publishes the partition table, leases data
+// shards, watches heartbeats (a dead worker's shards go back to the queue), has a worker
+// evaluate the model after each epoch, and ends the job. It never touches tensor bytes.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <zmq.hpp>
+
+#include "coordinator/lease_book.h"
+#include "coordinator/membership.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/partition.h"
+#include "core/transport.h"
+
+namespace shoal {
+
+struct CoordinatorResult {
+  double final_test_accuracy = 0;
+  std::vector<EpochReport> epochs;
+};
+
+class Coordinator {
+ public:
+  Coordinator(zmq::context_t& context, const JobConfig& config, Logger log, MetricsWriter& metrics);
+  const std::string& endpoint() const { return socket_.endpoint(); }
+  // Runs the job to its end; throws TimeoutError if the cluster does not assemble in time or
+  // a parameter server is lost.
+  CoordinatorResult run();
+  void request_stop() { stop_ = true; }
+  const ProtocolCounters& counters() const { return socket_.counters(); }
+
+ private:
+  void handle(Incoming& in, Clock::time_point now);
+  void publish_table();
+  void reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message);
+  void check_liveness(Clock::time_point now);
+  void report_epochs(Clock::time_point now);
+  bool everyone_told() const;
+
+  const JobConfig& config_;
+  Logger log_;
+  MetricsWriter& metrics_;
+  ServerSocket socket_;
+  Membership members_;
+  std::int64_t train_samples_ = 0;
+  std::int64_t model_elements_ = 0;
+  std::optional<PartitionTable> table_;
+  std::optional<LeaseBook> book_;
+  std::map<std::string, bool> told_;  // members told that the job is over
+  Clock::time_point started_;
+  std::atomic<bool> stop_{false};
+  CoordinatorResult result_;
+  std::string failure_;
+};
+
+}  // namespace shoal

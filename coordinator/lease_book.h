@@ -1,0 +1,91 @@
+// Data-shard leases. Each epoch is cut into shards; a worker asks for work and gets the next
+// shard (or an evaluation to run, or "wait", or "finished"). A lease not completed before
+// its deadline, or held by a worker that died, goes back to the front of the queue, so the
+// shards of a dead or slow worker are done by the others. Epochs overlap: once every shard of
+// an epoch has been handed out, the next epoch's shards are offered, so no worker idles
+// waiting for a slow one. The book counts, per epoch, every sample done (each shard once) and
+// every sample processed (redone shards included).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/shard.h"
+
+namespace shoal {
+
+struct ShardStats {
+  std::int64_t samples = 0;
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+};
+
+struct EpochReport {
+  std::int64_t epoch = 0;
+  std::int64_t samples_total = 0;
+  std::int64_t samples_done = 0;       // samples in shards completed, each shard counted once
+  std::int64_t samples_processed = 0;  // every completion, duplicates included
+  std::int64_t shards_total = 0, shards_done = 0, shards_released = 0;
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  bool complete = false;
+  bool evaluated = false;
+  double test_loss = 0, test_accuracy = 0;
+  std::chrono::steady_clock::time_point started{}, completed{};
+};
+
+class LeaseBook {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  struct Task {
+    enum Kind { train, evaluate, wait, finished } kind = wait;
+    DataShard shard;
+    std::int64_t epoch = 0;  // evaluate
+  };
+
+  LeaseBook(std::int64_t samples, std::int64_t shard_size, std::int64_t epochs,
+            std::chrono::steady_clock::duration lease_timeout);
+
+  Task next(const std::string& worker, TimePoint now);
+  // A worker reports a finished shard. Returns false if the shard was unknown or already
+  // done (the samples still count as processed).
+  bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
+                TimePoint now);
+  bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy);
+  // A worker died: its shards and evaluation go back to the queue.
+  int release(const std::string& worker);
+  // Leases past their deadline go back to the queue; returns how many.
+  int expire(TimePoint now);
+
+  bool finished() const;
+  // Epochs completed (and evaluated) since the last call, in order.
+  std::vector<EpochReport> take_completed();
+  const std::map<std::int64_t, EpochReport>& reports() const { return reports_; }
+
+ private:
+  struct Lease {
+    std::string worker;
+    TimePoint deadline;
+  };
+  void open_next_epoch(TimePoint now);
+  void requeue(std::int64_t epoch, std::int64_t index);
+
+  std::int64_t samples_, shard_size_, epochs_;
+  std::chrono::steady_clock::duration timeout_;
+  std::int64_t opened_ = 0;                                     // epochs whose shards were queued
+  std::deque<std::pair<std::int64_t, std::int64_t>> queue_;     // (epoch, shard index)
+  std::map<std::pair<std::int64_t, std::int64_t>, Lease> leases_;
+  std::map<std::int64_t, std::vector<bool>> done_;              // epoch -> shard done
+  std::deque<std::int64_t> eval_queue_;
+  std::map<std::int64_t, Lease> eval_leases_;
+  std::map<std::int64_t, EpochReport> reports_;
+  std::int64_t next_report_ = 1;
+};
+
+}  // namespace shoal

@@ -1,0 +1,33 @@
+#include "coordinator/partitioner.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace shoal {
+
+PartitionTable make_partition(std::int64_t total, std::int64_t chunk_elements, const std::vector<ServerRange>& servers) {
+  SHOAL_ASSERT(total > 0 && chunk_elements > 0 && !servers.empty(), "bad partition request");
+  const auto n = static_cast<std::int64_t>(servers.size());
+  std::int64_t chunk = std::min(chunk_elements, std::max<std::int64_t>(1, (total + 4 * n - 1) / (4 * n)));
+  PartitionTable t;
+  t.total_elements = total;
+  for (std::int64_t offset = 0; offset < total; offset += chunk)
+    t.chunks.push_back(ChunkSpan{offset, std::min(chunk, total - offset)});
+  // Server s takes chunks until the running total passes (s + 1) / n of the bytes.
+  t.servers = servers;
+  std::uint32_t key = 0;
+  std::int64_t covered = 0;
+  for (std::int64_t s = 0; s < n; ++s) {
+    t.servers[s].first_key = key;
+    std::int64_t target = total * (s + 1) / n;
+    while (key < t.chunks.size() && (s == n - 1 || covered + t.chunks[key].numel / 2 < target)) {
+      covered += t.chunks[key].numel;
+      ++key;
+    }
+    t.servers[s].end_key = key;
+  }
+  return t;
+}
+
+}  // namespace shoal

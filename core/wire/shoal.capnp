@@ -1,0 +1,159 @@
+# The Shoal wire protocol: one Envelope per ZeroMQ message, followed by one frame of raw
+# little-endian float32 bytes per ChunkData entry (in list order). Tensor bytes never enter
+# the envelope. Every rule a receiver checks is in docs/protocol.md.
+@0xf4e88c2f10012387;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("shoal::wire");
+
+const protocolVersion :UInt16 = 1;
+
+enum Role {
+  coordinator @0;
+  server @1;
+  worker @2;
+}
+
+enum ErrorCode {
+  badRequest @0;      # malformed or inconsistent request
+  unknownSender @1;   # the sender is not (or not yet) a member of the job
+  notReady @2;        # try again shortly (e.g. the partition table is not published yet)
+  timeout @3;         # a bounded wait expired on the server
+  shuttingDown @4;    # the job is over
+}
+
+struct Envelope {
+  version @0 :UInt16;
+  sender @1 :Text;      # node id: "coordinator", "ps.0", "worker.3"
+  requestId @2 :UInt64; # echoed in the reply
+  body :union {
+    register @3 :Register;
+    registerReply @4 :RegisterReply;
+    heartbeat @5 :Heartbeat;
+    heartbeatReply @6 :HeartbeatReply;
+    tableRequest @7 :Void;
+    partitionTable @8 :PartitionTable;
+    leaseRequest @9 :Void;
+    leaseGrant @10 :LeaseGrant;
+    leaseDone @11 :LeaseDone;
+    evalDone @12 :EvalDone;
+    push @13 :Push;
+    pushAck @14 :PushAck;
+    pull @15 :Pull;
+    pullReply @16 :PullReply;
+    error @17 :ErrorReply;
+    shutdown @18 :Shutdown;
+    ack @19 :Void;
+    leave @20 :Void;    # a worker that finished tells the servers it no longer takes part in clocks
+  }
+}
+
+struct Register {
+  role @0 :Role;
+  rank @1 :Int32;       # requested rank, -1 to let the coordinator choose
+  address @2 :Text;     # servers: where workers connect
+  device @3 :Text;
+}
+
+struct RegisterReply {
+  id @0 :Text;
+  rank @1 :Int32;
+}
+
+struct Heartbeat {
+  generation @0 :UInt64;   # the last generation the sender has seen
+  clock @1 :UInt64;        # workers: steps pushed; servers: steps applied
+}
+
+struct HeartbeatReply {
+  generation @0 :UInt64;
+  liveWorkers @1 :List(Text);  # workers that take part in staleness clocks (alive, not finished)
+  shutdown @2 :Bool;
+}
+
+struct ServerEntry {
+  id @0 :Text;
+  address @1 :Text;
+  firstKey @2 :UInt32;    # owns keys [firstKey, endKey)
+  endKey @3 :UInt32;
+}
+
+struct Chunk {
+  offset @0 :UInt64;      # first element in the model's flat parameter arena
+  numel @1 :UInt32;
+}
+
+struct PartitionTable {
+  version @0 :UInt64;
+  totalElements @1 :UInt64;
+  chunks @2 :List(Chunk);        # key = index in this list; contiguous, covering the arena
+  servers @3 :List(ServerEntry);
+  liveWorkers @4 :List(Text);
+  stepsPerEpoch @5 :UInt64;      # server-side learning-rate schedule
+  trainSamples @6 :UInt64;
+}
+
+struct Shard {
+  epoch @0 :UInt32;
+  index @1 :UInt32;
+  begin @2 :UInt64;       # positions [begin, end) in the epoch's permutation
+  end @3 :UInt64;
+}
+
+struct LeaseGrant {
+  union {
+    shard @0 :Shard;
+    evaluate @1 :UInt32;  # evaluate the current model on the test set for this epoch
+    wait @2 :UInt32;      # nothing to do now; ask again after this many milliseconds
+    finished @3 :Void;    # the job is over
+  }
+}
+
+struct LeaseDone {
+  epoch @0 :UInt32;
+  index @1 :UInt32;
+  samples @2 :UInt64;
+  lossSum @3 :Float64;
+  correct @4 :UInt64;
+  seconds @5 :Float64;
+}
+
+struct EvalDone {
+  epoch @0 :UInt32;
+  loss @1 :Float64;
+  accuracy @2 :Float64;
+  samples @3 :UInt64;
+}
+
+struct ChunkData {
+  key @0 :UInt32;
+  numel @1 :UInt32;       # the matching frame holds numel * 4 bytes
+}
+
+struct Push {
+  clock @0 :UInt64;               # the worker's step this gradient belongs to
+  chunks @1 :List(ChunkData);     # empty: the worker had no data for this clock (idle)
+}
+
+struct PushAck {
+  clock @0 :UInt64;
+}
+
+struct Pull {
+  clock @0 :UInt64;      # the step the worker is about to compute
+  bounded @1 :Bool;      # false: answer at once (evaluation), ignoring staleness
+}
+
+struct PullReply {
+  clock @0 :UInt64;
+  chunks @1 :List(ChunkData);
+}
+
+struct ErrorReply {
+  code @0 :ErrorCode;
+  message @1 :Text;
+}
+
+struct Shutdown {
+  reason @0 :Text;
+}

@@ -1,0 +1,242 @@
+#include "launch/local_launcher.h"
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <cstring>
+#include <thread>
+
+#include "core/error.h"
+
+namespace shoal {
+namespace {
+
+std::atomic<int> g_signal{0};
+int g_wake_fd = -1;
+
+void on_signal(int sig) {
+  g_signal = sig;
+  if (g_wake_fd >= 0) {
+    char c = 1;
+    (void)!write(g_wake_fd, &c, 1);
+  }
+}
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+  int out = -1;        // read end of its stdout+stderr
+  std::string partial;  // an unfinished line
+  bool exited = false;
+  int code = 0;
+};
+
+std::string self_executable() {
+  char path[4096];
+  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  SHOAL_REQUIRE(n > 0, IoError, "cannot find the shoal executable (/proc/self/exe)");
+  path[n] = 0;
+  return path;
+}
+
+Child spawn(const std::string& name, const std::vector<std::string>& argv) {
+  int fds[2];
+  SHOAL_REQUIRE(pipe(fds) == 0, IoError, "pipe failed: " << std::strerror(errno));
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  SHOAL_REQUIRE(pid >= 0, IoError, "fork failed: " << std::strerror(errno));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // the launcher died: so do we
+    if (getppid() != parent) _exit(1);
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  close(fds[1]);
+  Child c;
+  c.name = name;
+  c.pid = pid;
+  c.out = fds[0];
+  return c;
+}
+
+void print_lines(Child& c, const char* data, std::size_t n, std::size_t width) {
+  c.partial.append(data, n);
+  std::size_t start = 0, nl;
+  while ((nl = c.partial.find('\n', start)) != std::string::npos) {
+    std::string line = c.partial.substr(start, nl - start);
+    std::printf("%-*s | %s\n", static_cast<int>(width), c.name.c_str(), line.c_str());
+    start = nl + 1;
+  }
+  c.partial.erase(0, start);
+  std::fflush(stdout);
+}
+
+void drain(Child& c, std::size_t width) {
+  if (c.out < 0) return;
+  char buf[65536];
+  while (true) {
+    ssize_t n = read(c.out, buf, sizeof(buf));
+    if (n > 0) {
+      print_lines(c, buf, static_cast<std::size_t>(n), width);
+      continue;
+    }
+    if (n == 0) {
+      if (!c.partial.empty()) print_lines(c, "\n", 1, width);
+      close(c.out);
+      c.out = -1;
+    }
+    return;
+  }
+}
+
+int status_code(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+}  // namespace
+
+int pick_free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  SHOAL_REQUIRE(fd >= 0, IoError, "socket failed: " << std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    SHOAL_THROW(IoError, "cannot find a free port: " << std::strerror(errno));
+  }
+  int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+int run_local_launch(const std::string& job_file, const std::vector<std::string>& overrides, const JobConfig& config,
+                     Logger log) {
+  const std::string exe = self_executable();
+  const std::string coordinator = "tcp://127.0.0.1:" + std::to_string(pick_free_port());
+  // Settings the launcher decides are taken out of what is passed along.
+  std::vector<std::string> passed;
+  for (const auto& a : overrides) {
+    bool ours = false;
+    for (const char* key : {"--cluster.coordinator", "--node.rank", "--node.address", "--progress"})
+      if (a.rfind(key, 0) == 0) ours = true;
+    if (!ours) passed.push_back(a);
+  }
+  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  const long worker_threads = config.threads > 0 ? config.threads : std::max(1L, cores / config.workers);
+
+  auto command = [&](const std::string& role, int rank, long threads) {
+    std::vector<std::string> argv{exe, role};
+    if (!job_file.empty()) argv.push_back(job_file);
+    argv.insert(argv.end(), passed.begin(), passed.end());
+    argv.push_back("--cluster.coordinator=" + coordinator);
+    argv.push_back("--progress=off");
+    if (rank >= 0) argv.push_back("--node.rank=" + std::to_string(rank));
+    if (role == "ps") argv.push_back("--node.address=tcp://127.0.0.1:0");
+    if (config.threads == 0 && threads > 0) argv.push_back("--threads=" + std::to_string(threads));
+    return argv;
+  };
+
+  int wake[2];
+  SHOAL_REQUIRE(pipe(wake) == 0, IoError, "pipe failed");
+  g_wake_fd = wake[1];
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  SHOAL_LOG(log, info, "starting a local job: coordinator at " << coordinator << ", " << config.servers
+                                                               << " servers, " << config.workers << " workers ("
+                                                               << worker_threads << " threads each)");
+  std::vector<Child> children;
+  children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
+  for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
+  for (int i = 0; i < config.workers; ++i)
+    children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+  std::size_t width = 0;
+  for (const auto& c : children) width = std::max(width, c.name.size());
+
+  using Clock = std::chrono::steady_clock;
+  std::optional<Clock::time_point> stop_at, kill_at;
+  int result = -1;
+  auto terminate_all = [&](int sig) {
+    for (auto& c : children)
+      if (!c.exited) kill(c.pid, sig);
+  };
+  while (true) {
+    std::vector<pollfd> fds{{wake[0], POLLIN, 0}};
+    for (auto& c : children)
+      if (c.out >= 0) fds.push_back({c.out, POLLIN, 0});
+    poll(fds.data(), fds.size(), 100);
+    if (fds[0].revents & POLLIN) {
+      char buf[16];
+      (void)!read(wake[0], buf, sizeof(buf));
+    }
+    for (auto& c : children) drain(c, width);
+    for (auto& c : children) {
+      int status = 0;
+      if (!c.exited && waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        c.exited = true;
+        c.code = status_code(status);
+        drain(c, width);
+        if (c.code != 0)
+          SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
+        else if (c.name == "coordinator")
+          SHOAL_LOG(log, info, "the coordinator finished the job");
+        if (c.name == "coordinator") {
+          result = c.code;
+          // The others are told by the coordinator and leave on their own; give them a moment.
+          stop_at = Clock::now() + std::chrono::milliseconds(
+                                       static_cast<std::int64_t>(1000 * (config.heartbeat_seconds * 2 + 3)));
+        }
+      }
+    }
+    auto now = Clock::now();
+    if (g_signal != 0 && result < 0) {
+      SHOAL_LOG(log, warn, "signal " << g_signal << ": stopping every process of the job");
+      result = 128 + g_signal;
+      stop_at = now;
+    }
+    bool all_exited = std::all_of(children.begin(), children.end(), [](const Child& c) { return c.exited; });
+    if (all_exited) break;
+    if (stop_at && now >= *stop_at && !kill_at) {
+      terminate_all(SIGTERM);
+      kill_at = now + std::chrono::seconds(3);
+    }
+    if (kill_at && now >= *kill_at) {
+      terminate_all(SIGKILL);
+      kill_at = now + std::chrono::hours(1);
+    }
+  }
+  for (auto& c : children) drain(c, width);
+  close(wake[0]);
+  close(wake[1]);
+  g_wake_fd = -1;
+  return result < 0 ? 1 : result;
+}
+
+}  // namespace shoal

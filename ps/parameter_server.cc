@@ -1,0 +1,348 @@
+#include "ps/parameter_server.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "core/control_client.h"
+#include "core/error.h"
+#include "models/dataset.h"
+#include "models/model.h"
+
+namespace shoal {
+
+ParameterServer::ParameterServer(zmq::context_t& context, const std::string& bind_address, Backend& backend, Logger log)
+    : socket_(context, bind_address, log), backend_(backend), log_(std::move(log)) {}
+
+void ParameterServer::start(const std::string& id, const PartitionTable& table, std::size_t index,
+                            const float* initial, const ServerOptions& options) {
+  id_ = id;
+  options_ = options;
+  optimizer_ = std::make_unique<Optimizer>(options.optimizer);
+  const ServerRange& range = table.servers.at(index);
+  first_key_ = range.first_key;
+  chunks_.clear();
+  for (std::uint32_t key = range.first_key; key < range.end_key; ++key) {
+    ChunkState c;
+    c.key = key;
+    c.span = table.chunks[key];
+    c.value = backend_.allocate(Shape{c.span.numel});
+    backend_.copy_from_host(initial + c.span.offset, c.value);
+    c.state = optimizer_->make_state(backend_, c.span.numel);
+    if (options.staleness == 0) c.sum = backend_.allocate(Shape{c.span.numel});
+    chunks_.push_back(std::move(c));
+  }
+  set_live_workers(table.live_workers);
+  started_ = true;
+}
+
+void ParameterServer::set_live_workers(const std::vector<std::string>& workers) {
+  std::set<std::string> live;
+  for (const auto& w : workers)
+    if (!left_.count(w)) live.insert(w);
+  if (live == live_) return;
+  for (const auto& w : live_)
+    if (!live.count(w)) SHOAL_LOG(log_, info, w << " no longer takes part in clocks");
+  live_ = std::move(live);
+  known_.insert(live_.begin(), live_.end());
+  try_finish_steps();
+  retry_parked();
+}
+
+void ParameterServer::read_values(float* arena) const {
+  for (const auto& c : chunks_) backend_.copy_to_host(c.value, arena + c.span.offset);
+}
+
+ParameterServer::ChunkState* ParameterServer::find_chunk(std::uint32_t key) {
+  if (key < first_key_ || key >= first_key_ + chunks_.size()) return nullptr;
+  return &chunks_[key - first_key_];
+}
+
+void ParameterServer::error_reply(const Incoming& in, wire::ErrorCode code, const std::string& message) {
+  Outgoing out(id_, in.request_id());
+  auto err = out.body().initError();
+  err.setCode(code);
+  err.setMessage(message);
+  socket_.send(in.peer, out);
+}
+
+std::uint64_t ParameterServer::slowest_clock() const {
+  std::uint64_t slowest = UINT64_MAX;
+  for (const auto& w : live_) {
+    auto it = clocks_.find(w);
+    slowest = std::min(slowest, it == clocks_.end() ? std::uint64_t{0} : it->second);
+  }
+  return slowest;
+}
+
+bool ParameterServer::pull_ready(const std::string& worker, std::uint64_t clock) const {
+  (void)worker;
+  if (options_.staleness == 0) {
+    for (const auto& c : chunks_)
+      if (c.applied < clock) return false;
+    return true;
+  }
+  std::uint64_t slowest = slowest_clock();
+  return slowest == UINT64_MAX || clock <= slowest + static_cast<std::uint64_t>(options_.staleness);
+}
+
+void ParameterServer::answer_pull(const std::string& peer, std::uint64_t request_id) {
+  Outgoing out(id_, request_id);
+  auto reply = out.body().initPullReply();
+  std::uint64_t clock = UINT64_MAX;
+  for (const auto& c : chunks_) clock = std::min(clock, c.applied);
+  reply.setClock(chunks_.empty() ? 0 : clock);
+  auto list = reply.initChunks(static_cast<unsigned>(chunks_.size()));
+  for (std::size_t i = 0; i < chunks_.size(); ++i) {
+    const ChunkState& c = chunks_[i];
+    list[static_cast<unsigned>(i)].setKey(c.key);
+    list[static_cast<unsigned>(i)].setNumel(static_cast<std::uint32_t>(c.span.numel));
+    // A copy: the values keep changing under later pushes while the frame is being sent.
+    zmq::message_t frame(c.value.bytes());
+    backend_.copy_to_host(c.value, frame.data());
+    out.add_payload(std::move(frame));
+  }
+  socket_.send(peer, out);
+  ++stats_.pulls;
+}
+
+void ParameterServer::apply(ChunkState& chunk, const Tensor& grad) {
+  float lr = options_.schedule.at(static_cast<std::int64_t>(chunk.state.updates));
+  optimizer_->apply(backend_, chunk.value, grad, chunk.state, lr);
+  ++chunk.applied;
+  ++stats_.updates;
+}
+
+void ParameterServer::try_finish_steps() {
+  if (options_.staleness != 0 || live_.empty()) return;
+  for (auto& c : chunks_) {
+    bool all = std::all_of(live_.begin(), live_.end(), [&](const std::string& w) { return c.pushed.count(w) > 0; });
+    if (!all || c.pushed.empty()) continue;
+    if (c.contributors > 0) {
+      backend_.scale(c.sum, 1.f / static_cast<float>(c.contributors));
+      apply(c, c.sum);
+    } else {
+      ++c.applied;  // every worker was idle for this step
+    }
+    c.pushed.clear();
+    c.contributors = 0;
+  }
+}
+
+void ParameterServer::retry_parked() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    if (!live_.count(it->worker)) {
+      Outgoing out(id_, it->request_id);
+      auto err = out.body().initError();
+      err.setCode(wire::ErrorCode::UNKNOWN_SENDER);
+      err.setMessage(it->worker + " no longer takes part in this job");
+      socket_.send(it->peer, out);
+      it = parked_.erase(it);
+    } else if (pull_ready(it->worker, it->clock)) {
+      answer_pull(it->peer, it->request_id);
+      it = parked_.erase(it);
+    } else if (now > it->deadline) {
+      Outgoing out(id_, it->request_id);
+      auto err = out.body().initError();
+      err.setCode(wire::ErrorCode::TIMEOUT);
+      err.setMessage("pull for step " + std::to_string(it->clock) + " waited " +
+                     std::to_string(options_.pull_timeout.count()) + " ms for the slowest worker (clock " +
+                     std::to_string(slowest_clock()) + ")");
+      socket_.send(it->peer, out);
+      ++stats_.pull_timeouts;
+      it = parked_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ParameterServer::handle_push(Incoming& in) {
+  const std::string worker = in.sender();
+  auto push = in.envelope().getBody().getPush();
+  auto chunks = push.getChunks();
+  const std::uint64_t clock = push.getClock();
+  // Check the whole message before changing anything.
+  std::set<std::uint32_t> seen;
+  for (unsigned i = 0; i < chunks.size(); ++i) {
+    ChunkState* c = find_chunk(chunks[i].getKey());
+    std::string problem;
+    if (c == nullptr)
+      problem = "chunk key " + std::to_string(chunks[i].getKey()) + " is not owned by " + id_;
+    else if (c->span.numel != chunks[i].getNumel())
+      problem = "chunk key " + std::to_string(c->key) + " has " + std::to_string(c->span.numel) + " values, not " +
+                std::to_string(chunks[i].getNumel());
+    else if (!seen.insert(c->key).second)
+      problem = "chunk key " + std::to_string(c->key) + " pushed twice in one message";
+    else if (options_.staleness == 0 && clock != c->applied)
+      problem = "push for step " + std::to_string(clock) + " but chunk " + std::to_string(c->key) + " is at step " +
+                std::to_string(c->applied);
+    if (!problem.empty()) {
+      socket_.reject("bad push", problem + " (from " + worker + ")");
+      error_reply(in, wire::ErrorCode::BAD_REQUEST, problem);
+      return;
+    }
+  }
+  for (unsigned i = 0; i < chunks.size(); ++i) {
+    ChunkState& c = *find_chunk(chunks[i].getKey());
+    zmq::message_t& frame = in.payloads()[i];
+    Tensor grad = Tensor::borrow(frame.data(), Shape{c.span.numel}, DType::f32);
+    if (options_.staleness == 0) {
+      if (c.contributors == 0)
+        backend_.copy(grad, c.sum);
+      else
+        backend_.axpy(1.f, grad, c.sum);
+      ++c.contributors;
+      c.pushed.insert(worker);
+    } else {
+      apply(c, grad);
+    }
+  }
+  if (options_.staleness == 0 && chunks.size() == 0)
+    for (auto& c : chunks_) c.pushed.insert(worker);  // an idle step: no data, but the clock moves
+  auto& worker_clock = clocks_[worker];
+  worker_clock = std::max(worker_clock, clock + 1);
+  ++stats_.pushes;
+  Outgoing out(id_, in.request_id());
+  out.body().initPushAck().setClock(clock);
+  socket_.send(in.peer, out);
+  try_finish_steps();
+  retry_parked();
+}
+
+void ParameterServer::handle_pull(Incoming& in) {
+  auto pull = in.envelope().getBody().getPull();
+  if (!pull.getBounded() || pull_ready(in.sender(), pull.getClock())) {
+    answer_pull(in.peer, in.request_id());
+    return;
+  }
+  ++stats_.parked;
+  parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getClock(),
+                               std::chrono::steady_clock::now() + options_.pull_timeout});
+}
+
+void ParameterServer::handle(Incoming& in) {
+  using K = wire::Envelope::Body;
+  if (!started_) {
+    error_reply(in, wire::ErrorCode::NOT_READY, id_ + " has no partition table yet");
+    return;
+  }
+  const std::string sender = in.sender();
+  if (!live_.count(sender)) {
+    // Not (or no longer) a worker of this job: an unknown id, a worker that left or died.
+    bool ever = known_.count(sender) > 0;
+    socket_.reject(ever ? "sender not live" : "unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
+    error_reply(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live worker of this job");
+    return;
+  }
+  switch (in.kind()) {
+    case K::PUSH: handle_push(in); break;
+    case K::PULL: handle_pull(in); break;
+    case K::LEAVE: {
+      left_.insert(sender);
+      live_.erase(sender);
+      SHOAL_LOG(log_, debug, sender << " left");
+      Outgoing out(id_, in.request_id());
+      out.body().setAck();
+      socket_.send(in.peer, out);
+      try_finish_steps();
+      retry_parked();
+      break;
+    }
+    default:
+      socket_.reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + sender);
+      error_reply(in, wire::ErrorCode::BAD_REQUEST, std::string("a parameter server does not handle ") + kind_name(in.kind()));
+  }
+}
+
+void ParameterServer::serve(std::chrono::milliseconds timeout) {
+  auto in = socket_.receive(timeout);
+  while (in) {
+    try {
+      handle(*in);
+    } catch (const kj::Exception& e) {
+      socket_.reject("malformed field", e.getDescription().cStr());
+    }
+    in = socket_.try_receive();
+  }
+  if (!parked_.empty()) retry_parked();
+}
+
+namespace {
+std::string advertised(const std::string& endpoint) {
+  for (const char* any : {"tcp://0.0.0.0:", "tcp://*:"}) {
+    if (endpoint.rfind(any, 0) == 0) {
+      char host[256] = {0};
+      gethostname(host, sizeof(host) - 1);
+      return std::string("tcp://") + host + ":" + endpoint.substr(std::strlen(any));
+    }
+  }
+  return endpoint;
+}
+}  // namespace
+
+void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config, Logger log) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
+  ParameterServer server(context, config.node_address, *backend, log);
+  Seconds timeout(config.request_timeout_seconds);
+  ControlClient control(context, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
+  std::string id = control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
+                                         advertised(server.endpoint()), Seconds(config.startup_timeout_seconds));
+  log = log.with_role(id);
+  server.log_ = log;
+  SHOAL_LOG(log, info, "listening on " << server.endpoint() << ", registered as " << id);
+  PartitionTable table = control.fetch_table(Seconds(config.startup_timeout_seconds));
+  std::size_t index = table.servers.size();
+  for (std::size_t i = 0; i < table.servers.size(); ++i)
+    if (table.servers[i].id == id) index = i;
+  SHOAL_REQUIRE(index < table.servers.size(), ProtocolError, "the partition table has no entry for " << id);
+
+  // Every process builds the same initial model from the seed; this server keeps its part.
+  DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
+  auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
+  model->build(*backend, config.seed);
+  SHOAL_REQUIRE(model->params().parameter_count() == table.total_elements, ProtocolError,
+                "the partition table covers " << table.total_elements << " values but model " << config.model
+                                              << " has " << model->params().parameter_count());
+  ServerOptions options;
+  options.staleness = config.staleness;
+  options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
+  options.optimizer = config.optimizer;
+  options.schedule.kind = parse_lr_schedule(config.lr_schedule);
+  options.schedule.base_lr = config.optimizer.lr;
+  options.schedule.warmup_steps = static_cast<std::int64_t>(config.warmup_epochs * static_cast<double>(table.steps_per_epoch));
+  options.schedule.step_size = std::max<std::int64_t>(1, static_cast<std::int64_t>(config.step_epochs * static_cast<double>(table.steps_per_epoch)));
+  options.schedule.gamma = static_cast<float>(config.lr_gamma);
+  options.schedule.total_steps = table.steps_per_epoch * config.epochs;
+  options.schedule.min_lr = static_cast<float>(config.lr_min);
+  server.start(id, table, index, model->params().values().data<float>(), options);
+  model.reset();
+  SHOAL_LOG(log, info, "serving keys [" << table.servers[index].first_key << ", " << table.servers[index].end_key << "): "
+                                        << table.server_elements(index) << " values; staleness " << config.staleness);
+
+  Heartbeat heartbeat(context, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
+                      Seconds(config.dead_after_seconds));
+  std::uint64_t generation = 0;
+  while (!heartbeat.shutdown_requested()) {
+    SHOAL_REQUIRE(!heartbeat.coordinator_lost(), TimeoutError,
+                  id << " lost the coordinator (no heartbeat reply for " << config.dead_after_seconds << " s)");
+    server.serve(std::chrono::milliseconds(20));
+    if (heartbeat.generation() != generation) {
+      generation = heartbeat.generation();
+      server.set_live_workers(heartbeat.live_workers());
+    }
+    std::uint64_t applied = 0;
+    for (const auto& c : server.chunks_) applied = std::max(applied, c.applied);
+    heartbeat.set_clock(applied);
+  }
+  const ServerStats& s = server.stats();
+  SHOAL_LOG(log, info, "shutting down (" << heartbeat.shutdown_reason() << "): " << s.pushes << " pushes, " << s.pulls
+                                         << " pulls, " << s.updates << " chunk updates, " << s.parked
+                                         << " pulls waited for stragglers, "
+                                         << server.counters().total_dropped() << " messages dropped");
+}
+
+}  // namespace shoal

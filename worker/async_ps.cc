@@ -1,0 +1,211 @@
+#include "worker/async_ps.h"
+
+#include <cstring>
+#include <thread>
+
+#include "core/error.h"
+
+namespace shoal {
+
+AsyncPsStrategy::AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id,
+                                 Model& model, Logger log, AsyncPsOptions options)
+    : table_(table), id_(std::move(worker_id)), model_(model), log_(std::move(log)), options_(options) {
+  SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
+                "the partition table covers " << table.total_elements << " values but the model has "
+                                              << model.params().parameter_count());
+  owner_.resize(table.chunks.size());
+  for (std::size_t s = 0; s < table.servers.size(); ++s) {
+    Link link;
+    link.id = table.servers[s].id;
+    link.address = table.servers[s].address;
+    link.socket = std::make_unique<ClientSocket>(context, link.address, log_);
+    for (std::uint32_t k = table.servers[s].first_key; k < table.servers[s].end_key; ++k) {
+      link.keys.push_back(k);
+      owner_[k] = s;
+    }
+    links_.push_back(std::move(link));
+  }
+  pushed_from_ = table_.chunks.size();
+}
+
+void AsyncPsStrategy::send_pull(Link& link, bool bounded) {
+  std::uint64_t id = next_request_++;
+  Outgoing msg(id_, id);
+  auto pull = msg.body().initPull();
+  pull.setClock(clock_);
+  pull.setBounded(bounded);
+  link.socket->send(msg);
+  link.pull_id = id;
+  link.pull_bounded = bounded;
+}
+
+void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
+  using K = wire::Envelope::Body;
+  switch (in.kind()) {
+    case K::PUSH_ACK:
+      if (link.in_flight > 0) --link.in_flight;
+      return;
+    case K::PULL_REPLY: {
+      if (!link.pull_id || in.request_id() != *link.pull_id) return;  // a reply to an abandoned pull
+      auto chunks = in.envelope().getBody().getPullReply().getChunks();
+      SHOAL_REQUIRE(chunks.size() == link.keys.size(), ProtocolError,
+                    link.id << " answered a pull with " << chunks.size() << " chunks, expected " << link.keys.size());
+      float* values = model_.params().values().data<float>();
+      for (unsigned i = 0; i < chunks.size(); ++i) {
+        std::uint32_t key = chunks[i].getKey();
+        SHOAL_REQUIRE(key < owner_.size() && owner_[key] == static_cast<std::size_t>(&link - links_.data()) &&
+                          chunks[i].getNumel() == table_.chunks[key].numel,
+                      ProtocolError, link.id << " sent chunk key " << key << " that does not match the partition table");
+        std::memcpy(values + table_.chunks[key].offset, in.payloads()[i].data(), in.payloads()[i].size());
+      }
+      link.pull_id.reset();
+      return;
+    }
+    case K::ERROR: {
+      auto err = in.envelope().getBody().getError();
+      bool pull = link.pull_id && in.request_id() == *link.pull_id;
+      if (pull && (err.getCode() == wire::ErrorCode::NOT_READY || err.getCode() == wire::ErrorCode::UNKNOWN_SENDER)) {
+        // The server has not yet heard from the coordinator that we exist: ask again shortly.
+        link.pull_id.reset();
+        link.retry_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+        return;
+      }
+      if (err.getCode() == wire::ErrorCode::TIMEOUT)
+        SHOAL_THROW(TimeoutError, link.id << ": " << err.getMessage().cStr());
+      SHOAL_THROW(ProtocolError, link.id << " refused a request: " << err.getMessage().cStr());
+    }
+    default:
+      link.socket->reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + link.id);
+  }
+}
+
+template <typename Done>
+void AsyncPsStrategy::pump_until(Done done, const char* waiting_for) {
+  auto started = std::chrono::steady_clock::now();
+  auto deadline = started + std::chrono::duration_cast<std::chrono::milliseconds>(options_.request_timeout);
+  std::vector<zmq::pollitem_t> items;
+  for (auto& link : links_) items.push_back(zmq::pollitem_t{link.socket->raw().handle(), 0, ZMQ_POLLIN, 0});
+  while (!done()) {
+    auto now = std::chrono::steady_clock::now();
+    // Pulls refused during start-up are sent again, within the start-up allowance.
+    for (auto& link : links_) {
+      if (!link.pull_id && link.retry_at != std::chrono::steady_clock::time_point{} && now >= link.retry_at) {
+        link.retry_at = {};
+        send_pull(link, link.pull_bounded);
+        deadline = std::max(deadline, std::min(now + std::chrono::milliseconds(1000),
+                                               started + std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                             options_.startup_timeout)));
+      }
+    }
+    if (now > deadline) {
+      std::string who;
+      for (const auto& link : links_)
+        if (link.in_flight > 0 || link.pull_id) who += " " + link.id + " (" + link.address + ")";
+      SHOAL_THROW(TimeoutError, "no answer for " << waiting_for << " within " << options_.request_timeout.count()
+                                                 << " s from:" << (who.empty() ? std::string(" ?") : who));
+    }
+    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(10));
+    for (std::size_t i = 0; i < links_.size(); ++i) {
+      if (!(items[i].revents & ZMQ_POLLIN)) continue;
+      while (auto in = links_[i].socket->try_receive()) handle_reply(links_[i], *in);
+    }
+  }
+}
+
+void AsyncPsStrategy::await_parameters() {
+  if (fresh_) return;
+  for (auto& link : links_)
+    if (!link.pull_id && link.retry_at == std::chrono::steady_clock::time_point{}) send_pull(link, true);
+  pump_until(
+      [&] {
+        for (const auto& link : links_)
+          if (link.pull_id || link.retry_at != std::chrono::steady_clock::time_point{}) return false;
+        return true;
+      },
+      "a pull");
+  fresh_ = true;
+}
+
+void AsyncPsStrategy::begin_step(Model& /*model*/, std::int64_t /*step*/) {
+  await_parameters();
+  pushed_from_ = table_.chunks.size();
+  ready_offset_ = table_.total_elements;
+}
+
+void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>& keys) {
+  Link& link = links_[server];
+  pump_until([&] { return link.in_flight < options_.max_in_flight; }, "a push acknowledgement");
+  Outgoing msg(id_, next_request_++);
+  auto p = msg.body().initPush();
+  p.setClock(clock_);
+  auto list = p.initChunks(static_cast<unsigned>(keys.size()));
+  const float* grads = model_.params().grads().data<float>();
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const ChunkSpan& c = table_.chunks[keys[i]];
+    list[static_cast<unsigned>(i)].setKey(keys[i]);
+    list[static_cast<unsigned>(i)].setNumel(static_cast<std::uint32_t>(c.numel));
+    msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float));
+  }
+  link.socket->send(msg);
+  ++link.in_flight;
+}
+
+void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parameter*>& params) {
+  for (const Parameter* p : params) ready_offset_ = std::min(ready_offset_, p->offset);
+  std::size_t from = pushed_from_;
+  while (from > 0 && table_.chunks[from - 1].offset >= ready_offset_) --from;
+  if (from == pushed_from_) return;
+  std::vector<std::vector<std::uint32_t>> per_server(links_.size());
+  for (std::size_t k = from; k < pushed_from_; ++k) per_server[owner_[k]].push_back(static_cast<std::uint32_t>(k));
+  pushed_from_ = from;
+  for (std::size_t s = 0; s < links_.size(); ++s)
+    if (!per_server[s].empty()) push(s, per_server[s]);
+}
+
+void AsyncPsStrategy::end_step(Model& model, std::int64_t /*step*/, float /*lr*/) {
+  ready_offset_ = 0;
+  gradients_ready(model, {});
+  finish_step();
+}
+
+void AsyncPsStrategy::finish_step() {
+  pump_until(
+      [&] {
+        for (const auto& link : links_)
+          if (link.in_flight > 0) return false;
+        return true;
+      },
+      "push acknowledgements");
+  ++clock_;
+  fresh_ = false;
+  for (auto& link : links_) send_pull(link, true);
+}
+
+void AsyncPsStrategy::idle_step() {
+  for (auto& link : links_) {
+    Outgoing msg(id_, next_request_++);
+    msg.body().initPush().setClock(clock_);
+    link.socket->send(msg);
+    ++link.in_flight;
+  }
+  finish_step();
+}
+
+void AsyncPsStrategy::leave() {
+  for (auto& link : links_) {
+    Outgoing msg(id_, next_request_++);
+    msg.body().setLeave();
+    link.socket->send(msg);
+  }
+  // Best effort: the servers also learn it from the coordinator.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  std::size_t acked = 0;
+  while (acked < links_.size() && std::chrono::steady_clock::now() < deadline) {
+    for (auto& link : links_)
+      while (auto in = link.socket->try_receive())
+        if (in->kind() == wire::Envelope::Body::ACK) ++acked;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+}  // namespace shoal

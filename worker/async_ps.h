@@ -1,0 +1,82 @@
+// The asynchronous parameter-server strategy of a worker. Per step: wait for the parameters
+// pulled at the end of the previous step, forward/backward, push each chunk of gradients as
+// soon as backward has produced it (while the earlier layers are still computing), and once
+// every push is acknowledged issue the pull for the next step. Gradient frames are sent
+// zero-copy from the gradient arena, which is why a step waits for every acknowledgement
+// before the next backward may overwrite it. At most `max_in_flight` pushes per server are
+// unacknowledged; every wait has a deadline.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "core/control_client.h"
+#include "core/partition.h"
+#include "core/transport.h"
+#include "worker/strategy.h"
+
+namespace shoal {
+
+struct AsyncPsOptions {
+  int max_in_flight = 8;
+  Seconds request_timeout{60.0};
+  Seconds startup_timeout{120.0};  // pulls refused as "not ready" are retried this long
+};
+
+class AsyncPsStrategy final : public Strategy {
+ public:
+  AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id, Model& model,
+                  Logger log, AsyncPsOptions options);
+
+  void begin_step(Model& model, std::int64_t step) override;
+  void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
+  void end_step(Model& model, std::int64_t step, float lr) override;
+
+  // Makes sure the model holds the parameters for the next step (waits for the pull).
+  void await_parameters();
+  // No data for this step: tell the servers, so workers that have data are not held back.
+  void idle_step();
+  // This worker is done: it stops taking part in the servers' clocks.
+  void leave();
+  std::uint64_t clock() const { return clock_; }
+
+ private:
+  struct Link {
+    std::string id, address;
+    std::unique_ptr<ClientSocket> socket;
+    std::vector<std::uint32_t> keys;
+    int in_flight = 0;
+    std::optional<std::uint64_t> pull_id;  // outstanding pull
+    bool pull_bounded = true;
+    std::chrono::steady_clock::time_point retry_at{};
+  };
+
+  void send_pull(Link& link, bool bounded);
+  // Waits for every push acknowledgement, moves the clock and asks for the next parameters.
+  void finish_step();
+  void push(std::size_t server, const std::vector<std::uint32_t>& keys);
+  // Handles replies until `done()` holds; throws TimeoutError at the deadline.
+  template <typename Done>
+  void pump_until(Done done, const char* waiting_for);
+  void handle_reply(Link& link, Incoming& in);
+
+  PartitionTable table_;
+  std::string id_;
+  Model& model_;
+  Logger log_;
+  AsyncPsOptions options_;
+  std::vector<Link> links_;
+  std::vector<std::size_t> owner_;  // key -> link
+  std::uint64_t clock_ = 0;
+  std::uint64_t next_request_ = 1;
+  bool fresh_ = false;
+  std::size_t pushed_from_ = 0;  // chunks [pushed_from_, end) pushed this step
+  std::int64_t ready_offset_ = 0;
+};
+
+}  // namespace shoal

@@ -1,0 +1,98 @@
+#include "worker/worker_job.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "core/control_client.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "models/dataset.h"
+#include "worker/async_ps.h"
+#include "worker/trainer.h"
+
+namespace shoal {
+
+void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
+  TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
+  Normalization norm = config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
+  auto model = build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width},
+                           data.train.classes);
+  model->build(*backend, config.seed);
+
+  Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
+  ControlClient control(context, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
+                        timeout);
+  std::string id = control.register_node(wire::Role::WORKER, static_cast<int>(config.node_rank), "", startup);
+  log = log.with_role(id);
+  PartitionTable table = control.fetch_table(startup);
+  SHOAL_LOG(log, info, "registered; " << table.servers.size() << " servers, " << table.chunks.size()
+                                      << " chunks; backend " << backend->describe());
+  Heartbeat heartbeat(context, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
+                      Seconds(config.dead_after_seconds));
+
+  AsyncPsOptions options;
+  options.max_in_flight = static_cast<int>(config.max_in_flight);
+  options.request_timeout = timeout;
+  options.startup_timeout = startup;
+  AsyncPsStrategy strategy(context, table, id, *model, log, options);
+
+  TrainerOptions trainer_options;
+  trainer_options.batch_size = config.batch_size;
+  trainer_options.eval_batch_size = config.eval_batch_size;
+  trainer_options.seed = hash_combine(config.seed, hash_string(id));  // dropout differs per worker
+  Progress progress(ProgressMode::off, stdout);
+  MetricsWriter no_metrics;
+  Trainer trainer(*backend, *model, strategy, norm, trainer_options, log, progress, no_metrics);
+
+  std::int64_t permutation_epoch = -1;
+  std::vector<std::int64_t> order;
+  std::int64_t shards = 0, samples = 0;
+  while (true) {
+    SHOAL_REQUIRE(!heartbeat.coordinator_lost(), TimeoutError,
+                  id << " lost the coordinator (no heartbeat reply for " << config.dead_after_seconds << " s)");
+    if (heartbeat.shutdown_requested()) {
+      SHOAL_LOG(log, info, "stopping: " << heartbeat.shutdown_reason());
+      break;
+    }
+    // Parameters first, then the lease: in a synchronous job this keeps every worker's step
+    // c drawn from the shards handed out for step c.
+    strategy.await_parameters();
+    heartbeat.set_clock(strategy.clock());
+    LeaseTask task = control.request_lease();
+    if (task.kind == LeaseTask::finished) {
+      strategy.leave();
+      SHOAL_LOG(log, info, "job finished: trained " << shards << " shards, " << samples << " samples, "
+                                                    << strategy.clock() << " steps");
+      break;
+    }
+    if (task.kind == LeaseTask::wait) {
+      strategy.idle_step();
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::uint32_t>(task.wait_ms, 5)));
+      continue;
+    }
+    if (task.kind == LeaseTask::evaluate) {
+      EvalResult r = trainer.evaluate(data.test);
+      control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
+      SHOAL_LOG(log, debug, "evaluated epoch " << task.epoch << ": accuracy " << r.accuracy);
+      continue;
+    }
+    if (task.epoch != permutation_epoch) {
+      order = epoch_permutation(data.train.count, config.seed, task.epoch);
+      permutation_epoch = task.epoch;
+    }
+    SHOAL_REQUIRE(task.end <= data.train.count, ProtocolError,
+                  "shard [" << task.begin << ", " << task.end << ") is outside the " << data.train.count
+                            << " training samples this worker has: do all processes use the same data?");
+    auto started = std::chrono::steady_clock::now();
+    LossStats s = trainer.train_shard(data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
+    ++shards;
+    samples += s.count;
+  }
+}
+
+}  // namespace shoal
