@@ -61,8 +61,8 @@ std::optional<Incoming> Socket::try_receive() {
       return in;
     } catch (const ProtocolError& e) {
       std::string what = e.what();
-      // The reason is the message up to the first digit or quote, so counts group by kind.
-      std::string reason = what.substr(0, what.find_first_of("0123456789'\""));
+      // The reason is the message up to the first colon, digit or quote, so counts group by kind.
+      std::string reason = what.substr(0, what.find_first_of(":0123456789'\""));
       while (!reason.empty() && (reason.back() == ' ' || reason.back() == ':')) reason.pop_back();
       reject(reason.empty() ? what : reason, what);
     }

@@ -1,0 +1,166 @@
+// The coordinator's plain state classes: the partitioner, membership and the lease book,
+// including the contract fault tolerance rests on — a dead or slow worker's shards are done by
+// others and every sample of every epoch is done exactly once in the count.
+#include <gtest/gtest.h>
+
+#include <capnp/message.h>
+
+#include <set>
+
+#include "coordinator/lease_book.h"
+#include "coordinator/membership.h"
+#include "coordinator/partitioner.h"
+#include "core/error.h"
+
+namespace shoal {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<ServerRange> servers(int n) {
+  std::vector<ServerRange> s;
+  for (int i = 0; i < n; ++i) s.push_back(ServerRange{"ps." + std::to_string(i), "inproc://ps" + std::to_string(i), 0, 0});
+  return s;
+}
+
+TEST(Partitioner, ContiguousBalancedRanges) {
+  for (int n : {1, 2, 3, 4}) {
+    PartitionTable t = make_partition(10'000'000, 1 << 20, servers(n));
+    // 4 MiB chunks of a 40 MB model, or smaller so that each server gets at least 4.
+    EXPECT_EQ(t.chunks.size(), n <= 2 ? 10u : static_cast<std::size_t>(4 * n)) << n << " servers";
+    for (const auto& c : t.chunks) EXPECT_LE(c.numel, 1 << 20);
+    std::int64_t next = 0;
+    for (const auto& c : t.chunks) {
+      EXPECT_EQ(c.offset, next);
+      next += c.numel;
+    }
+    EXPECT_EQ(next, 10'000'000);
+    std::uint32_t key = 0;
+    for (std::size_t s = 0; s < t.servers.size(); ++s) {
+      EXPECT_EQ(t.servers[s].first_key, key);
+      key = t.servers[s].end_key;
+      double share = static_cast<double>(t.server_elements(s)) / 1e7;
+      EXPECT_NEAR(share, 1.0 / n, 0.06) << n << " servers, server " << s;
+    }
+    EXPECT_EQ(key, t.chunks.size());
+  }
+  // A small model still gives every server chunks.
+  PartitionTable small = make_partition(421642, 1 << 20, servers(2));
+  EXPECT_GE(small.chunks.size(), 8u);
+  EXPECT_GT(small.server_elements(0), 0);
+  EXPECT_GT(small.server_elements(1), 0);
+}
+
+TEST(PartitionTableWire, RoundTripAndRejectsInconsistentTables) {
+  PartitionTable t = make_partition(1000, 100, servers(3));
+  t.version = 4;
+  t.steps_per_epoch = 7;
+  t.live_workers = {"worker.0", "worker.1"};
+  capnp::MallocMessageBuilder b;
+  auto root = b.initRoot<wire::PartitionTable>();
+  t.to_wire(root);
+  PartitionTable back = PartitionTable::from_wire(root.asReader());
+  EXPECT_EQ(back.chunks.size(), t.chunks.size());
+  EXPECT_EQ(back.servers[2].end_key, t.servers[2].end_key);
+  EXPECT_EQ(back.live_workers, t.live_workers);
+  EXPECT_EQ(back.steps_per_epoch, 7);
+  root.getChunks()[3].setOffset(5);  // a gap
+  EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+  t.to_wire(root);
+  root.getServers()[1].setFirstKey(0);  // overlapping ranges
+  EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+}
+
+TEST(Membership, RegistrationHeartbeatsAndDeath) {
+  Membership m(5s);
+  auto t0 = Clock::now();
+  EXPECT_EQ(m.add(wire::Role::SERVER, -1, "tcp://a", t0).id, "ps.0");
+  EXPECT_EQ(m.add(wire::Role::SERVER, -1, "tcp://b", t0).id, "ps.1");
+  EXPECT_EQ(m.add(wire::Role::WORKER, 3, "", t0).id, "worker.3");
+  EXPECT_EQ(m.add(wire::Role::WORKER, -1, "", t0).id, "worker.0");
+  EXPECT_THROW(m.add(wire::Role::WORKER, 3, "", t0), ProtocolError) << "a live id cannot register twice";
+  auto gen = m.generation();
+  EXPECT_TRUE(m.heard_from("worker.3", t0 + 4s));
+  EXPECT_FALSE(m.heard_from("worker.9", t0));
+  auto dead = m.expire(t0 + 6s);
+  // worker.3 was heard at 4 s; the others were silent since 0 s.
+  EXPECT_EQ(std::set<std::string>(dead.begin(), dead.end()), (std::set<std::string>{"ps.0", "ps.1", "worker.0"}));
+  EXPECT_GT(m.generation(), gen);
+  EXPECT_EQ(m.live_workers(), std::vector<std::string>{"worker.3"});
+  EXPECT_FALSE(m.heard_from("worker.0", t0 + 7s)) << "the dead stay dead";
+  m.mark_finished("worker.3");
+  EXPECT_TRUE(m.live_workers().empty());
+}
+
+TEST(LeaseBook, EveryShardOnceAcrossEpochsThenEvaluationThenFinished) {
+  LeaseBook book(1000, 300, 2, 60s);
+  auto now = Clock::now();
+  std::map<std::int64_t, std::int64_t> samples;
+  int evaluations = 0;
+  for (int guard = 0; guard < 100 && !book.finished(); ++guard) {
+    auto task = book.next("w", now);
+    if (task.kind == LeaseBook::Task::train) {
+      samples[task.shard.epoch] += task.shard.size();
+      book.complete("w", task.shard.epoch, task.shard.index, ShardStats{task.shard.size(), 1.0, 1}, now);
+    } else if (task.kind == LeaseBook::Task::evaluate) {
+      ++evaluations;
+      EXPECT_TRUE(book.evaluated("w", task.epoch, 0.5, 0.9));
+    }
+  }
+  EXPECT_TRUE(book.finished());
+  EXPECT_EQ(samples[1], 1000);
+  EXPECT_EQ(samples[2], 1000);
+  EXPECT_EQ(evaluations, 2);
+  auto reports = book.take_completed();
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[0].samples_done, 1000);
+  EXPECT_EQ(reports[0].shards_total, 4);
+  EXPECT_EQ(book.next("w", now).kind, LeaseBook::Task::finished);
+}
+
+TEST(LeaseBook, DeadWorkersShardsAreRedoneByOthers) {
+  LeaseBook book(1000, 250, 1, 60s);
+  auto now = Clock::now();
+  auto a1 = book.next("a", now), b1 = book.next("b", now), a2 = book.next("a", now);
+  ASSERT_EQ(a1.kind, LeaseBook::Task::train);
+  EXPECT_EQ(book.release("a"), 2) << "both of a's leases return";
+  std::set<std::int64_t> done;
+  book.complete("b", 1, b1.shard.index, ShardStats{250, 0, 0}, now);
+  done.insert(b1.shard.index);
+  while (true) {
+    auto t = book.next("b", now);
+    if (t.kind != LeaseBook::Task::train) break;
+    done.insert(t.shard.index);
+    book.complete("b", 1, t.shard.index, ShardStats{250, 0, 0}, now);
+  }
+  EXPECT_EQ(done, (std::set<std::int64_t>{0, 1, 2, 3}));
+  EXPECT_TRUE(done.count(a1.shard.index) && done.count(a2.shard.index));
+  const EpochReport& r = book.reports().at(1);
+  EXPECT_EQ(r.samples_done, 1000);
+  EXPECT_EQ(r.shards_released, 2);
+  // A late completion from the dead worker counts as processed, not as done twice.
+  EXPECT_FALSE(book.complete("a", 1, a1.shard.index, ShardStats{250, 0, 0}, now));
+  EXPECT_EQ(book.reports().at(1).samples_done, 1000);
+  EXPECT_EQ(book.reports().at(1).samples_processed, 1250);
+}
+
+TEST(LeaseBook, ExpiredLeasesAndEvaluationsGoBackToTheQueue) {
+  LeaseBook book(100, 100, 1, 10s);
+  auto now = Clock::now();
+  auto t = book.next("slow", now);
+  ASSERT_EQ(t.kind, LeaseBook::Task::train);
+  EXPECT_EQ(book.next("fast", now).kind, LeaseBook::Task::wait) << "nothing left, but not finished";
+  EXPECT_EQ(book.expire(now + 5s), 0);
+  EXPECT_EQ(book.expire(now + 11s), 1);
+  auto again = book.next("fast", now + 11s);
+  ASSERT_EQ(again.kind, LeaseBook::Task::train);
+  EXPECT_EQ(again.shard.index, t.shard.index);
+  book.complete("fast", 1, again.shard.index, ShardStats{100, 0, 0}, now + 12s);
+  auto eval = book.next("fast", now + 12s);
+  ASSERT_EQ(eval.kind, LeaseBook::Task::evaluate);
+  EXPECT_EQ(book.release("fast"), 0);
+  EXPECT_EQ(book.next("other", now + 13s).kind, LeaseBook::Task::evaluate) << "the evaluation is reassigned";
+}
+
+}  // namespace
+}  // namespace shoal

@@ -1,0 +1,108 @@
+// The decoder fuzz target run over generated inputs in every test run: random frames, and
+// valid messages of every kind with bytes flipped, truncated or extended. None may crash or
+// throw anything but a rejection; unchanged valid messages must be accepted.
+#include <gtest/gtest.h>
+
+#include "core/partition.h"
+#include "core/rng.h"
+#include "core/wire/codec.h"
+#include "tests/fuzz/decode_one.h"
+
+namespace shoal {
+namespace {
+
+std::string encode(std::vector<zmq::message_t> frames) {
+  std::string out(1, static_cast<char>(frames.size() - 1));
+  for (auto& f : frames) {
+    out += static_cast<char>(f.size() & 0xff);
+    out += static_cast<char>(f.size() >> 8);
+    out.append(static_cast<const char*>(f.data()), f.size());
+  }
+  return out;
+}
+
+std::vector<std::string> valid_messages() {
+  std::vector<std::string> out;
+  {
+    Outgoing m("worker.0", 1);
+    auto p = m.body().initPush();
+    p.setClock(3);
+    auto l = p.initChunks(2);
+    l[0].setKey(0);
+    l[0].setNumel(4);
+    l[1].setKey(1);
+    l[1].setNumel(2);
+    m.add_payload(zmq::message_t(16));
+    m.add_payload(zmq::message_t(8));
+    out.push_back(encode(m.frames()));
+  }
+  {
+    Outgoing m("coordinator", 2);
+    PartitionTable t;
+    t.total_elements = 10;
+    t.chunks = {{0, 6}, {6, 4}};
+    t.servers = {{"ps.0", "tcp://h:1", 0, 1}, {"ps.1", "tcp://h:2", 1, 2}};
+    t.live_workers = {"worker.0"};
+    t.to_wire(m.body().initPartitionTable());
+    out.push_back(encode(m.frames()));
+  }
+  {
+    Outgoing m("ps.0", 3);
+    auto e = m.body().initError();
+    e.setCode(wire::ErrorCode::TIMEOUT);
+    e.setMessage("late");
+    out.push_back(encode(m.frames()));
+  }
+  {
+    Outgoing m("coordinator", 4);
+    auto s = m.body().initLeaseGrant().initShard();
+    s.setEpoch(1);
+    s.setEnd(64);
+    out.push_back(encode(m.frames()));
+  }
+  {
+    Outgoing m("worker.1", 5);
+    auto r = m.body().initRegister();
+    r.setRole(wire::Role::SERVER);
+    r.setAddress("tcp://127.0.0.1:5000");
+    out.push_back(encode(m.frames()));
+  }
+  return out;
+}
+
+TEST(DecoderFuzz, ValidMessagesAreAccepted) {
+  for (const auto& m : valid_messages())
+    EXPECT_EQ(decode_one(reinterpret_cast<const std::uint8_t*>(m.data()), m.size()), 1);
+}
+
+TEST(DecoderFuzz, RandomAndMutatedInputsAreRejectedNotCrashed) {
+  Rng rng(2024);
+  auto seeds = valid_messages();
+  int accepted = 0, rejected = 0;
+  for (int i = 0; i < 30000; ++i) {
+    std::string input;
+    if (i % 3 == 0) {
+      input.resize(rng.below(300));
+      for (auto& c : input) c = static_cast<char>(rng.below(256));
+    } else {
+      input = seeds[rng.below(seeds.size())];
+      int edits = 1 + static_cast<int>(rng.below(4));
+      for (int e = 0; e < edits; ++e) {
+        switch (rng.below(4)) {
+          case 0: input[rng.below(input.size())] ^= static_cast<char>(1 << rng.below(8)); break;
+          case 1: input[rng.below(input.size())] = static_cast<char>(rng.below(256)); break;
+          case 2: input.resize(rng.below(input.size() + 1)); break;
+          default: input += static_cast<char>(rng.below(256)); break;
+        }
+        if (input.empty()) input = "x";
+      }
+    }
+    int r = decode_one(reinterpret_cast<const std::uint8_t*>(input.data()), input.size());
+    (r ? accepted : rejected)++;
+  }
+  EXPECT_GT(rejected, 10000);
+  EXPECT_EQ(accepted + rejected, 30000);
+}
+
+}  // namespace
+}  // namespace shoal
