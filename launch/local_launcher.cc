@@ -1,6 +1,7 @@
 #include "launch/local_launcher.h"
 
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -69,6 +70,7 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
     _exit(127);
   }
   close(fds[1]);
+  fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);  // drain() must never block
   Child c;
   c.name = name;
   c.pid = pid;
@@ -76,11 +78,14 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
   return c;
 }
 
+std::string g_final_line;  // the coordinator's "final test accuracy" line, repeated at the end
+
 void print_lines(Child& c, const char* data, std::size_t n, std::size_t width) {
   c.partial.append(data, n);
   std::size_t start = 0, nl;
   while ((nl = c.partial.find('\n', start)) != std::string::npos) {
     std::string line = c.partial.substr(start, nl - start);
+    if (c.name == "coordinator" && line.rfind("final test accuracy", 0) == 0) g_final_line = line;
     std::printf("%-*s | %s\n", static_cast<int>(width), c.name.c_str(), line.c_str());
     start = nl + 1;
   }
@@ -183,6 +188,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   using Clock = std::chrono::steady_clock;
   std::optional<Clock::time_point> stop_at, kill_at;
   int result = -1;
+  bool interrupted = false;
   auto terminate_all = [&](int sig) {
     for (auto& c : children)
       if (!c.exited) kill(c.pid, sig);
@@ -196,6 +202,13 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
       char buf[16];
       (void)!read(wake[0], buf, sizeof(buf));
     }
+    if (g_signal != 0 && !interrupted) {
+      // Before reaping: children that saw the same Ctrl-C must not decide the exit code.
+      interrupted = true;
+      SHOAL_LOG(log, warn, "signal " << g_signal << ": stopping every process of the job");
+      result = 128 + g_signal;
+      stop_at = Clock::now();
+    }
     for (auto& c : children) drain(c, width);
     for (auto& c : children) {
       int status = 0;
@@ -207,7 +220,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
           SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
         else if (c.name == "coordinator")
           SHOAL_LOG(log, info, "the coordinator finished the job");
-        if (c.name == "coordinator") {
+        if (c.name == "coordinator" && !interrupted) {
           result = c.code;
           // The others are told by the coordinator and leave on their own; give them a moment.
           stop_at = Clock::now() + std::chrono::milliseconds(
@@ -216,11 +229,6 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
       }
     }
     auto now = Clock::now();
-    if (g_signal != 0 && result < 0) {
-      SHOAL_LOG(log, warn, "signal " << g_signal << ": stopping every process of the job");
-      result = 128 + g_signal;
-      stop_at = now;
-    }
     bool all_exited = std::all_of(children.begin(), children.end(), [](const Child& c) { return c.exited; });
     if (all_exited) break;
     if (stop_at && now >= *stop_at && !kill_at) {
@@ -233,6 +241,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     }
   }
   for (auto& c : children) drain(c, width);
+  if (result == 0 && !g_final_line.empty()) std::printf("%s\n", g_final_line.c_str());
   close(wake[0]);
   close(wake[1]);
   g_wake_fd = -1;
