@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/process.h"
 #include "coordinator/coordinator.h"
 #include "launch/local_launcher.h"
 #include "ps/parameter_server.h"
@@ -136,6 +137,7 @@ int run(int argc, char** argv) {
 }  // namespace shoal
 
 int main(int argc, char** argv) {
+  shoal::tune_allocator();
   try {
     return shoal::run(argc, argv);
   } catch (const shoal::Error& e) {

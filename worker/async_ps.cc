@@ -158,8 +158,9 @@ void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parame
   std::vector<std::vector<std::uint32_t>> per_server(links_.size());
   for (std::size_t k = from; k < pushed_from_; ++k) per_server[owner_[k]].push_back(static_cast<std::uint32_t>(k));
   pushed_from_ = from;
+  // One message per chunk: a server applies chunk k while chunk k + 1 is still on the wire.
   for (std::size_t s = 0; s < links_.size(); ++s)
-    if (!per_server[s].empty()) push(s, per_server[s]);
+    for (auto key : per_server[s]) push(s, {key});
 }
 
 void AsyncPsStrategy::end_step(Model& model, std::int64_t /*step*/, float /*lr*/) {
