@@ -89,22 +89,22 @@ bool ParameterServer::pull_ready(const std::string& worker, std::uint64_t clock)
 }
 
 void ParameterServer::answer_pull(const std::string& peer, std::uint64_t request_id) {
-  Outgoing out(id_, request_id);
-  auto reply = out.body().initPullReply();
   std::uint64_t clock = UINT64_MAX;
   for (const auto& c : chunks_) clock = std::min(clock, c.applied);
-  reply.setClock(chunks_.empty() ? 0 : clock);
-  auto list = reply.initChunks(static_cast<unsigned>(chunks_.size()));
-  for (std::size_t i = 0; i < chunks_.size(); ++i) {
-    const ChunkState& c = chunks_[i];
-    list[static_cast<unsigned>(i)].setKey(c.key);
-    list[static_cast<unsigned>(i)].setNumel(static_cast<std::uint32_t>(c.span.numel));
+  // One message per chunk, so the worker copies chunk k while chunk k + 1 is on the wire.
+  for (const ChunkState& c : chunks_) {
+    Outgoing out(id_, request_id);
+    auto reply = out.body().initPullReply();
+    reply.setClock(clock);
+    auto list = reply.initChunks(1);
+    list[0].setKey(c.key);
+    list[0].setNumel(static_cast<std::uint32_t>(c.span.numel));
     // A copy: the values keep changing under later pushes while the frame is being sent.
     zmq::message_t frame(c.value.bytes());
     backend_.copy_to_host(c.value, frame.data());
     out.add_payload(std::move(frame));
+    socket_.send(peer, out);
   }
-  socket_.send(peer, out);
   ++stats_.pulls;
 }
 

@@ -37,6 +37,7 @@ void AsyncPsStrategy::send_pull(Link& link, bool bounded) {
   link.socket->send(msg);
   link.pull_id = id;
   link.pull_bounded = bounded;
+  link.pulled.clear();
 }
 
 void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
@@ -48,17 +49,19 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
     case K::PULL_REPLY: {
       if (!link.pull_id || in.request_id() != *link.pull_id) return;  // a reply to an abandoned pull
       auto chunks = in.envelope().getBody().getPullReply().getChunks();
-      SHOAL_REQUIRE(chunks.size() == link.keys.size(), ProtocolError,
-                    link.id << " answered a pull with " << chunks.size() << " chunks, expected " << link.keys.size());
       float* values = model_.params().values().data<float>();
       for (unsigned i = 0; i < chunks.size(); ++i) {
         std::uint32_t key = chunks[i].getKey();
         SHOAL_REQUIRE(key < owner_.size() && owner_[key] == static_cast<std::size_t>(&link - links_.data()) &&
                           chunks[i].getNumel() == table_.chunks[key].numel,
                       ProtocolError, link.id << " sent chunk key " << key << " that does not match the partition table");
+        SHOAL_REQUIRE(link.pulled.insert(key).second, ProtocolError, link.id << " sent chunk key " << key << " twice");
         std::memcpy(values + table_.chunks[key].offset, in.payloads()[i].data(), in.payloads()[i].size());
       }
-      link.pull_id.reset();
+      if (link.pulled.size() == link.keys.size()) {  // replies come one chunk at a time
+        link.pull_id.reset();
+        link.pulled.clear();
+      }
       return;
     }
     case K::ERROR: {
@@ -67,6 +70,7 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
       if (pull && (err.getCode() == wire::ErrorCode::NOT_READY || err.getCode() == wire::ErrorCode::UNKNOWN_SENDER)) {
         // The server has not yet heard from the coordinator that we exist: ask again shortly.
         link.pull_id.reset();
+        link.pulled.clear();
         link.retry_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
         return;
       }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -52,6 +53,7 @@ class AsyncPsStrategy final : public Strategy {
     std::vector<std::uint32_t> keys;
     int in_flight = 0;
     std::optional<std::uint64_t> pull_id;  // outstanding pull
+    std::set<std::uint32_t> pulled;        // chunks of it received so far
     bool pull_bounded = true;
     std::chrono::steady_clock::time_point retry_at{};
   };
