@@ -54,6 +54,10 @@ void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger lo
     SHOAL_REQUIRE(!heartbeat.coordinator_lost(), TimeoutError,
                   id << " lost the coordinator (no heartbeat reply for " << config.dead_after_seconds << " s)");
     if (heartbeat.shutdown_requested()) {
+      // The coordinator either ended the job or no longer counts us (declared dead while we
+      // were unreachable): the latter is an error, so a supervisor sees the failure.
+      SHOAL_REQUIRE(heartbeat.shutdown_reason() == "the job is over", TimeoutError,
+                    id << " was dropped from the job: " << heartbeat.shutdown_reason());
       SHOAL_LOG(log, info, "stopping: " << heartbeat.shutdown_reason());
       break;
     }
