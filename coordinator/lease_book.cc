@@ -95,10 +95,10 @@ bool LeaseBook::evaluated(const std::string& worker, std::int64_t epoch, double 
   return true;
 }
 
-int LeaseBook::release(const std::string& worker) {
+int LeaseBook::reclaim(const std::function<bool(const Lease&)>& lost) {
   int n = 0;
   for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.worker == worker) {
+    if (lost(it->second)) {
       requeue(it->first.first, it->first.second);
       it = leases_.erase(it);
       ++n;
@@ -107,7 +107,7 @@ int LeaseBook::release(const std::string& worker) {
     }
   }
   for (auto it = eval_leases_.begin(); it != eval_leases_.end();) {
-    if (it->second.worker == worker) {
+    if (lost(it->second)) {
       eval_queue_.push_front(it->first);
       it = eval_leases_.erase(it);
     } else {
@@ -117,26 +117,12 @@ int LeaseBook::release(const std::string& worker) {
   return n;
 }
 
+int LeaseBook::release(const std::string& worker) {
+  return reclaim([&](const Lease& lease) { return lease.worker == worker; });
+}
+
 int LeaseBook::expire(TimePoint now) {
-  int n = 0;
-  for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.deadline < now) {
-      requeue(it->first.first, it->first.second);
-      it = leases_.erase(it);
-      ++n;
-    } else {
-      ++it;
-    }
-  }
-  for (auto it = eval_leases_.begin(); it != eval_leases_.end();) {
-    if (it->second.deadline < now) {
-      eval_queue_.push_front(it->first);
-      it = eval_leases_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  return n;
+  return reclaim([&](const Lease& lease) { return lease.deadline < now; });
 }
 
 bool LeaseBook::finished() const {

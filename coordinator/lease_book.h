@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -74,6 +75,9 @@ class LeaseBook {
     TimePoint deadline;
   };
   void open_next_epoch(TimePoint now);
+  // Puts every shard and evaluation lease for which `lost` holds back in its queue; returns
+  // the number of shard leases.
+  int reclaim(const std::function<bool(const Lease&)>& lost);
   void requeue(std::int64_t epoch, std::int64_t index);
 
   std::int64_t samples_, shard_size_, epochs_;

@@ -12,6 +12,9 @@
 namespace shoal {
 namespace {
 
+using testing::free_port;
+using testing::json_number;
+using testing::lines_with;
 using testing::read_file;
 using testing::run;
 using testing::TempDir;
@@ -23,21 +26,6 @@ std::vector<std::string> small_job(const TempDir& dir, const std::string& model)
   return {kShoal, "train", std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_cnn.ini", "--model=" + model,
           "--train.epochs=2", "--data.train_limit=4000", "--data.test_limit=1000", "--progress=lines",
           "--metrics.file=" + dir.file("metrics.jsonl"), "--threads=2"};
-}
-
-std::vector<std::string> lines_with(const std::string& text, const std::string& needle) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (line.find(needle) != std::string::npos) out.push_back(line);
-  return out;
-}
-
-double json_number(const std::string& line, const std::string& key) {
-  std::smatch m;
-  std::regex re("\"" + key + "\": ([-0-9.eE+]+)");
-  if (!std::regex_search(line, m, re)) return -1;
-  return std::stod(m[1]);
 }
 
 TEST(Cli, TrainsAndWritesMetrics) {

@@ -19,38 +19,15 @@ namespace shoal {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::free_port;
+using testing::json_number;
+using testing::lines_with;
 using testing::read_file;
 using testing::Subprocess;
 using testing::TempDir;
 
 const std::string kShoal = SHOAL_BINARY;
 const std::string kJob = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_async.ini";
-
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::vector<std::string> lines_with(const std::string& text, const std::string& needle) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (line.find(needle) != std::string::npos) out.push_back(line);
-  return out;
-}
-
-double json_number(const std::string& line, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(line, m, std::regex("\"" + key + "\": ([-0-9.eE+]+)"))) return NAN;
-  return std::stod(m[1]);
-}
 
 bool wait_for_output(Subprocess& p, const std::string& needle, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -142,12 +119,13 @@ TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {
 }
 
 TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
+  // Three workers applying momentum SGD asynchronously: a smaller step than the example job's.
   Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000",
-             "--data.shard_size=400", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
+             "--data.shard_size=400", "--optimizer.lr=0.01", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
             2, 3);
   ASSERT_TRUE(wait_for_output(*c.coord, "partition table", 60s)) << c.all_output();
   std::this_thread::sleep_for(1500ms);  // well inside the first epoch
-  ASSERT_TRUE(c.workers[1]->running()) << "the job ended before the kill";
+  ASSERT_TRUE(c.workers[1]->running()) << "worker.1 ended before the kill:\n" << c.all_output();
   c.workers[1]->signal(SIGKILL);
   EXPECT_EQ(c.workers[1]->wait(5s), 128 + SIGKILL);
   ASSERT_EQ(c.coord->wait(180s), 0) << c.all_output();

@@ -57,6 +57,12 @@ class TempDir {
 };
 
 std::string read_file(const std::string& path);
+// Lines of `text` that contain `needle`.
+std::vector<std::string> lines_with(const std::string& text, const std::string& needle);
+// The number after "key": in a JSON line, or NaN.
+double json_number(const std::string& line, const std::string& key);
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int free_port();
 void write_file(const std::string& path, const std::string& content);
 
 }  // namespace shoal::testing
