@@ -119,6 +119,7 @@ class Backend {
   virtual void axpy(float alpha, const Tensor& x, Tensor& y) = 0;       // y += alpha * x
   virtual void scale(Tensor& x, float alpha) = 0;                       // x *= alpha
   virtual double sum_squares(const Tensor& x) = 0;
+  virtual bool all_finite(const Tensor& x) = 0;  // no NaN or infinity
 
   // Optimizer updates on matching flat tensors (whole parameters or chunks of them).
   virtual void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, const SgdHyper& h) = 0;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -180,6 +181,12 @@ void ParameterServer::handle_push(Incoming& in) {
     else if (options_.staleness == 0 && clock != c->applied)
       problem = "push for step " + std::to_string(clock) + " but chunk " + std::to_string(c->key) + " is at step " +
                 std::to_string(c->applied);
+    if (problem.empty()) {
+      // A NaN or infinity would poison the model for every worker: refuse it whole.
+      Tensor grad = Tensor::borrow(in.payloads()[i].data(), Shape{c->span.numel}, DType::f32);
+      if (!backend_.all_finite(grad))
+        problem = "chunk key " + std::to_string(c->key) + " carries a non-finite gradient (NaN or infinity)";
+    }
     if (!problem.empty()) {
       socket_.reject("bad push", problem + " (from " + worker + ")");
       error_reply(in, wire::ErrorCode::BAD_REQUEST, problem);

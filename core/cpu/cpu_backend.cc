@@ -614,6 +614,17 @@ class CpuBackend final : public Backend {
     return total;
   }
 
+  bool all_finite(const Tensor& x) override {
+    check_cpu_f32(x, "finite check input");
+    const auto* bits = static_cast<const std::uint32_t*>(x.raw());
+    std::int64_t n = x.numel();
+    std::uint32_t bad = 0;
+    // Exponent bits all ones is exactly NaN or infinity; an integer test vectorises.
+#pragma omp parallel for simd reduction(| : bad) if (n > 1 << 20)
+    for (std::int64_t i = 0; i < n; ++i) bad |= static_cast<std::uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    return bad == 0;
+  }
+
   void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, const SgdHyper& h) override {
     check_same_numel(param, grad);
     float* w = param.data<float>();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/backend.h"
@@ -349,6 +350,18 @@ TEST(ForwardReference, DropoutKeepsExpectationAndIsDeterministic) {
   EXPECT_NEAR(mean, 1.0, 0.01);
   auto zeros = std::count(a.begin(), a.end(), 0.f);
   EXPECT_NEAR(static_cast<double>(zeros) / static_cast<double>(a.size()), 0.3, 0.01);
+}
+
+TEST(Backend, AllFiniteFindsNanAndInfinity) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), 2});
+  Tensor t = backend->allocate(Shape{3000000});
+  EXPECT_TRUE(backend->all_finite(t));
+  t.data<float>()[2999999] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(backend->all_finite(t));
+  t.data<float>()[2999999] = std::numeric_limits<float>::max();
+  EXPECT_TRUE(backend->all_finite(t)) << "large is not infinite";
+  t.data<float>()[17] = std::nanf("");
+  EXPECT_FALSE(backend->all_finite(t));
 }
 
 TEST(ModelZoo, ShapesAndParameterCounts) {

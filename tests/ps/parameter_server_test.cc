@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -234,6 +236,9 @@ TEST(ParameterServer, MalformedMessagesAreRejectedCountedAndSurvived) {
   wrong_version.body().initPull();
   const std::string wrong_version_bytes = envelope_bytes(wrong_version);
   const std::string floats3(12, '\0');
+  std::string nan3 = floats3;
+  const float nan_value = std::nanf("");
+  std::memcpy(nan3.data() + 4, &nan_value, 4);
   Rng rng(1);
   std::string noise(64, '\0');
   for (auto& ch : noise) ch = static_cast<char>(rng.below(256));
@@ -253,6 +258,7 @@ TEST(ParameterServer, MalformedMessagesAreRejectedCountedAndSurvived) {
       {"unknown sender", {valid_push("intruder.7", 0, 3), floats3}, "unknown sender"},
       {"chunk not owned", {valid_push("worker.0", 1000, 3), floats3}, "bad push"},
       {"chunk size differs from the table", {valid_push("worker.0", 3, 3), floats3}, "bad push"},
+      {"non-finite gradient", {valid_push("worker.0", 0, 3), nan3}, "bad push"},
       {"empty message", {std::string()}, "envelope of"},
   };
   for (const auto& c : cases) {
