@@ -81,8 +81,8 @@ class ServerFarm {
     for (int i = 0; i < n; ++i) {
       auto s = std::make_unique<Slot>();
       s->backend = make_backend(BackendOptions{Device::cpu(), 1});
-      s->server = std::make_unique<ParameterServer>(s->context, "tcp://127.0.0.1:0", *s->backend,
-                                                    Logger("ps", LogLevel::warn));
+      s->server =
+          std::make_unique<ParameterServer>(s->context, "tcp://127.0.0.1:0", *s->backend, Logger("ps", LogLevel::warn));
       ranges.push_back(ServerRange{"ps." + std::to_string(i), s->server->endpoint(), 0, 0});
       slots_.push_back(std::move(s));
     }
@@ -140,7 +140,7 @@ std::vector<double> push_pull_rounds(int servers, std::int64_t in, std::int64_t 
   strategy.begin_step(*model, 0);  // first pull, outside the timing
   for (int r = 0; r < rounds; ++r) {
     auto t = Clock::now();
-    strategy.gradients_ready(*model, all);   // pushes every chunk
+    strategy.gradients_ready(*model, all);  // pushes every chunk
     strategy.end_step(*model, r, 0);        // waits for acks, sends the pulls
     strategy.begin_step(*model, r + 1);     // waits for the pulled values
     times.push_back(std::chrono::duration<double>(Clock::now() - t).count());
@@ -160,9 +160,10 @@ int run(int argc, char** argv) {
   double copy = memcpy_gbps();
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
-  std::printf("# parameter-server push+pull, 1 worker, %.1f MB model (%.0f MB moved per round), loopback TCP,\n"
-              "# median of %d runs x %d rounds; %ld cores on %s\n",
-              bytes / 2 / 1e6, bytes / 1e6, runs, rounds, sysconf(_SC_NPROCESSORS_ONLN), host);
+  std::printf(
+      "# parameter-server push+pull, 1 worker, %.1f MB model (%.0f MB moved per round), loopback TCP,\n"
+      "# median of %d runs x %d rounds; %ld cores on %s\n",
+      bytes / 2 / 1e6, bytes / 1e6, runs, rounds, sysconf(_SC_NPROCESSORS_ONLN), host);
   std::printf("| what | time per round | GB/s | vs raw loopback TCP |\n| --- | ---: | ---: | ---: |\n");
   for (int servers : {1, 2, 4}) {
     std::vector<double> all;

@@ -15,7 +15,9 @@ std::chrono::milliseconds ms(double seconds) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
 }
 
-double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 }  // namespace
 
@@ -32,10 +34,10 @@ Coordinator::Coordinator(zmq::context_t& context, const JobConfig& config, Logge
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->build(*backend, config.seed);
   model_elements_ = model->params().parameter_count();
-  SHOAL_LOG(log_, info, "listening on " << socket_.endpoint() << "; model " << config.model << " has "
-                                        << model_elements_ << " parameters; " << train_samples_
-                                        << " training samples; waiting for " << config.servers << " servers and "
-                                        << config.workers << " workers");
+  SHOAL_LOG(log_, info,
+            "listening on " << socket_.endpoint() << "; model " << config.model << " has " << model_elements_
+                            << " parameters; " << train_samples_ << " training samples; waiting for " << config.servers
+                            << " servers and " << config.workers << " workers");
 }
 
 void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message) {
@@ -48,7 +50,8 @@ void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const st
 
 void Coordinator::publish_table() {
   std::vector<ServerRange> servers;
-  for (const auto* m : members_.members(wire::Role::SERVER, true)) servers.push_back(ServerRange{m->id, m->address, 0, 0});
+  for (const auto* m : members_.members(wire::Role::SERVER, true))
+    servers.push_back(ServerRange{m->id, m->address, 0, 0});
   PartitionTable t = make_partition(model_elements_, config_.chunk_kib * 1024 / 4, servers);
   t.version = 1;
   t.train_samples = train_samples_;
@@ -62,8 +65,9 @@ void Coordinator::publish_table() {
   for (const auto& s : t.servers)
     layout += " " + s.id + "=keys[" + std::to_string(s.first_key) + "," + std::to_string(s.end_key) + ")/" +
               std::to_string(t.server_elements(&s - t.servers.data())) + " values";
-  SHOAL_LOG(log_, info, "partition table: " << t.chunks.size() << " chunks of up to " << t.chunks.front().numel
-                                            << " values;" << layout);
+  SHOAL_LOG(
+      log_, info,
+      "partition table: " << t.chunks.size() << " chunks of up to " << t.chunks.front().numel << " values;" << layout);
 }
 
 bool Coordinator::everyone_told() const {
@@ -86,7 +90,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       return;
     }
     bool server = reg.getRole() == wire::Role::SERVER;
-    std::size_t have = members_.count(reg.getRole(), true), want = static_cast<std::size_t>(server ? config_.servers : config_.workers);
+    std::size_t have = members_.count(reg.getRole(), true),
+                want = static_cast<std::size_t>(server ? config_.servers : config_.workers);
     if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST,
                   std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
@@ -99,10 +104,10 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       r.setId(m.id);
       r.setRank(m.rank);
       socket_.send(in.peer, out);
-      SHOAL_LOG(log_, info, "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
-                                          << members_.count(wire::Role::SERVER, true) << "/" << config_.servers
-                                          << " servers, " << members_.count(wire::Role::WORKER, true) << "/"
-                                          << config_.workers << " workers)");
+      SHOAL_LOG(log_, info,
+                "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
+                              << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
+                              << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
     } catch (const ProtocolError& e) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
     }
@@ -180,10 +185,12 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     case K::LEASE_DONE: {
       auto d = body.getLeaseDone();
       if (book_) {
-        ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(), static_cast<std::int64_t>(d.getCorrect())};
+        ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
+                         static_cast<std::int64_t>(d.getCorrect())};
         if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, now))
-          SHOAL_LOG(log_, debug, sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex()
-                                        << ", which was already done");
+          SHOAL_LOG(
+              log_, debug,
+              sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex() << ", which was already done");
       }
       Outgoing out("coordinator", in.request_id());
       out.body().setAck();
@@ -210,13 +217,14 @@ void Coordinator::check_liveness(Clock::time_point now) {
     const Member* m = members_.find(id);
     if (m->role == wire::Role::WORKER) {
       int returned = book_ ? book_->release(id) : 0;
-      SHOAL_LOG(log_, warn, id << " declared dead (no heartbeat for " << config_.dead_after_seconds << " s); "
-                               << returned << " leased shard(s) back in the queue; "
-                               << members_.live_workers().size() << " workers remain");
+      SHOAL_LOG(log_, warn,
+                id << " declared dead (no heartbeat for " << config_.dead_after_seconds << " s); " << returned
+                   << " leased shard(s) back in the queue; " << members_.live_workers().size() << " workers remain");
       if (book_ && members_.live_workers().empty() && !book_->finished())
         failure_ = "every worker is gone before the job finished";
     } else if (m->role == wire::Role::SERVER && table_) {
-      failure_ = "parameter server " + id + " stopped answering heartbeats; the job cannot continue "
+      failure_ = "parameter server " + id +
+                 " stopped answering heartbeats; the job cannot continue "
                  "without it (restoring a server from a checkpoint is not supported yet)";
     }
     if (!failure_.empty()) SHOAL_LOG(log_, error, failure_);
@@ -304,10 +312,11 @@ CoordinatorResult Coordinator::run() {
   if (!failure_.empty()) SHOAL_THROW(TimeoutError, failure_);
   if (stop_) SHOAL_THROW(TimeoutError, "stopped before the job finished");
   double total = seconds_between(started_, Clock::now());
-  std::printf("final test accuracy: %.2f%% (%s, async, %lld servers, %lld workers, staleness %lld, %lld epochs, %.1f s)\n",
-              100 * result_.final_test_accuracy, config_.model.c_str(), static_cast<long long>(config_.servers),
-              static_cast<long long>(config_.workers), static_cast<long long>(config_.staleness),
-              static_cast<long long>(config_.epochs), total);
+  std::printf(
+      "final test accuracy: %.2f%% (%s, async, %lld servers, %lld workers, staleness %lld, %lld epochs, %.1f s)\n",
+      100 * result_.final_test_accuracy, config_.model.c_str(), static_cast<long long>(config_.servers),
+      static_cast<long long>(config_.workers), static_cast<long long>(config_.staleness),
+      static_cast<long long>(config_.epochs), total);
   std::fflush(stdout);
   metrics_.write({{"event", std::string("end")},
                   {"final_test_accuracy", result_.final_test_accuracy},

@@ -82,10 +82,10 @@ class LeaseBook {
 
   std::int64_t samples_, shard_size_, epochs_;
   std::chrono::steady_clock::duration timeout_;
-  std::int64_t opened_ = 0;                                     // epochs whose shards were queued
-  std::deque<std::pair<std::int64_t, std::int64_t>> queue_;     // (epoch, shard index)
+  std::int64_t opened_ = 0;                                  // epochs whose shards were queued
+  std::deque<std::pair<std::int64_t, std::int64_t>> queue_;  // (epoch, shard index)
   std::map<std::pair<std::int64_t, std::int64_t>, Lease> leases_;
-  std::map<std::int64_t, std::vector<bool>> done_;              // epoch -> shard done
+  std::map<std::int64_t, std::vector<bool>> done_;  // epoch -> shard done
   std::deque<std::int64_t> eval_queue_;
   std::map<std::int64_t, Lease> eval_leases_;
   std::map<std::int64_t, EpochReport> reports_;

@@ -9,9 +9,12 @@ namespace shoal {
 
 const char* role_name(wire::Role role) {
   switch (role) {
-    case wire::Role::COORDINATOR: return "coordinator";
-    case wire::Role::SERVER: return "ps";
-    case wire::Role::WORKER: return "worker";
+    case wire::Role::COORDINATOR:
+      return "coordinator";
+    case wire::Role::SERVER:
+      return "ps";
+    case wire::Role::WORKER:
+      return "worker";
   }
   return "unknown";
 }
@@ -27,8 +30,7 @@ const Member& Membership::add(wire::Role role, int rank, const std::string& addr
   }
   std::string id = std::string(role_name(role)) + "." + std::to_string(rank);
   auto it = members_.find(id);
-  SHOAL_REQUIRE(it == members_.end() || !it->second.alive, ProtocolError,
-                id << " is already registered and alive");
+  SHOAL_REQUIRE(it == members_.end() || !it->second.alive, ProtocolError, id << " is already registered and alive");
   Member m;
   m.id = id;
   m.role = role;

@@ -6,7 +6,8 @@
 
 namespace shoal {
 
-PartitionTable make_partition(std::int64_t total, std::int64_t chunk_elements, const std::vector<ServerRange>& servers) {
+PartitionTable make_partition(std::int64_t total, std::int64_t chunk_elements,
+                              const std::vector<ServerRange>& servers) {
   SHOAL_ASSERT(total > 0 && chunk_elements > 0 && !servers.empty(), "bad partition request");
   const auto n = static_cast<std::int64_t>(servers.size());
   std::int64_t chunk = std::min(chunk_elements, std::max<std::int64_t>(1, (total + 4 * n - 1) / (4 * n)));

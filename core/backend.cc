@@ -41,7 +41,8 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
       return make_cpu_backend(options.threads);
     case DeviceKind::cuda:
       if (!cuda_built())
-        SHOAL_THROW(DeviceError, "device = cuda, but this shoal was built without CUDA (SHOAL_CUDA=OFF or no toolkit found)");
+        SHOAL_THROW(DeviceError,
+                    "device = cuda, but this shoal was built without CUDA (SHOAL_CUDA=OFF or no toolkit found)");
       if (cuda_device_count() == 0) SHOAL_THROW(DeviceError, "device = cuda, but no CUDA GPU is visible");
       SHOAL_THROW(DeviceError, "device = cuda: the CUDA backend is not implemented yet; use device = cpu");
   }

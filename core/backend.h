@@ -66,7 +66,7 @@ class Backend {
 
   // Memory.
   virtual Tensor allocate(const Shape& shape, DType dtype = DType::f32) = 0;  // zero-filled
-  virtual void copy(const Tensor& src, Tensor& dst) = 0;                     // same device, same size
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;                      // same device, same size
   virtual void copy_from_host(const void* src, Tensor& dst) = 0;
   virtual void copy_to_host(const Tensor& src, void* dst) = 0;
   virtual void fill(Tensor& t, float value) = 0;
@@ -101,8 +101,7 @@ class Backend {
                                             const Tensor& running_mean, const Tensor& running_var, Tensor& y,
                                             float eps) = 0;
   virtual void batch_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& saved_mean,
-                                   const Tensor& saved_var, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
-                                   float eps) = 0;
+                                   const Tensor& saved_var, Tensor& dx, Tensor& dgamma, Tensor& dbeta, float eps) = 0;
 
   // Inverted dropout: y = x * mask / (1 - p). The mask is a function of (seed, element index)
   // only, so every backend draws the same one.

@@ -146,101 +146,134 @@ Setting choice_setting(std::string key, Access access, std::vector<std::string> 
 SettingsRegistry::SettingsRegistry() {
   constexpr std::int64_t kBig = 1'000'000'000'000LL;
   auto& s = settings_;
-  s.push_back(choice_setting("model", [](JobConfig& c) -> auto& { return c.model; }, {"mlp", "cnn", "cnn_bn", "resnet20"},
-                             "model from the zoo (docs/models.md)"));
+  s.push_back(choice_setting(
+      "model", [](JobConfig & c) -> auto& { return c.model; }, {"mlp", "cnn", "cnn_bn", "resnet20"},
+      "model from the zoo (docs/models.md)"));
 
-  s.push_back(choice_setting("data.format", [](JobConfig& c) -> auto& { return c.data_format; }, {"idx", "cifar10"},
-                             "dataset file format: idx (MNIST, Fashion-MNIST) or cifar10 (binary version)"));
-  s.push_back(string_setting("data.dir", [](JobConfig& c) -> auto& { return c.data_dir; },
-                             "folder with train-images-idx3-ubyte[.gz] etc. (idx) or data_batch_*.bin (cifar10)"));
-  s.push_back(int_setting("data.train_limit", [](JobConfig& c) -> auto& { return c.train_limit; }, 0, kBig,
-                          "use only the first N training samples (0: all)"));
-  s.push_back(int_setting("data.test_limit", [](JobConfig& c) -> auto& { return c.test_limit; }, 0, kBig,
-                          "use only the first N test samples (0: all)"));
-  s.push_back(bool_setting("data.normalize", [](JobConfig& c) -> auto& { return c.normalize; },
-                           "normalise inputs per channel with the training set's mean and standard deviation"));
+  s.push_back(choice_setting(
+      "data.format", [](JobConfig & c) -> auto& { return c.data_format; }, {"idx", "cifar10"},
+      "dataset file format: idx (MNIST, Fashion-MNIST) or cifar10 (binary version)"));
+  s.push_back(string_setting(
+      "data.dir", [](JobConfig & c) -> auto& { return c.data_dir; },
+      "folder with train-images-idx3-ubyte[.gz] etc. (idx) or data_batch_*.bin (cifar10)"));
+  s.push_back(int_setting(
+      "data.train_limit", [](JobConfig & c) -> auto& { return c.train_limit; }, 0, kBig,
+      "use only the first N training samples (0: all)"));
+  s.push_back(int_setting(
+      "data.test_limit", [](JobConfig & c) -> auto& { return c.test_limit; }, 0, kBig,
+      "use only the first N test samples (0: all)"));
+  s.push_back(bool_setting(
+      "data.normalize", [](JobConfig & c) -> auto& { return c.normalize; },
+      "normalise inputs per channel with the training set's mean and standard deviation"));
 
-  s.push_back(int_setting("train.epochs", [](JobConfig& c) -> auto& { return c.epochs; }, 1, 100000,
-                          "passes over the training set"));
-  s.push_back(int_setting("train.batch_size", [](JobConfig& c) -> auto& { return c.batch_size; }, 1, 65536,
-                          "samples per step (per worker in distributed jobs)"));
-  s.push_back(int_setting("train.eval_batch_size", [](JobConfig& c) -> auto& { return c.eval_batch_size; }, 1,
-                          65536, "samples per forward pass when evaluating"));
-  s.push_back(int_setting("train.seed", [](JobConfig& c) -> auto& { return c.seed; }, 0, kBig,
-                          "seed for weights, shuffling and dropout: the same seed gives the same run"));
+  s.push_back(int_setting(
+      "train.epochs", [](JobConfig & c) -> auto& { return c.epochs; }, 1, 100000, "passes over the training set"));
+  s.push_back(int_setting(
+      "train.batch_size", [](JobConfig & c) -> auto& { return c.batch_size; }, 1, 65536,
+      "samples per step (per worker in distributed jobs)"));
+  s.push_back(int_setting(
+      "train.eval_batch_size", [](JobConfig & c) -> auto& { return c.eval_batch_size; }, 1, 65536,
+      "samples per forward pass when evaluating"));
+  s.push_back(int_setting(
+      "train.seed", [](JobConfig & c) -> auto& { return c.seed; }, 0, kBig,
+      "seed for weights, shuffling and dropout: the same seed gives the same run"));
 
-  s.push_back(choice_setting("optimizer.name", [](JobConfig& c) -> auto& { return c.optimizer_name; },
-                             {"sgd", "adam", "adamw"}, "update rule; sgd uses optimizer.momentum"));
-  s.push_back(float_setting("optimizer.lr", [](JobConfig& c) -> auto& { return c.optimizer.lr; }, 0, 10, true,
-                            "base learning rate"));
-  s.push_back(float_setting("optimizer.momentum", [](JobConfig& c) -> auto& { return c.optimizer.momentum; }, 0,
-                            0.999999, false, "sgd momentum (0: plain SGD)"));
-  s.push_back(bool_setting("optimizer.nesterov", [](JobConfig& c) -> auto& { return c.optimizer.nesterov; },
-                           "Nesterov momentum (sgd)"));
-  s.push_back(float_setting("optimizer.weight_decay", [](JobConfig& c) -> auto& { return c.optimizer.weight_decay; },
-                            0, 1, false, "L2 penalty (decoupled for adamw)"));
-  s.push_back(float_setting("optimizer.beta1", [](JobConfig& c) -> auto& { return c.optimizer.beta1; }, 0, 0.999999,
-                            false, "Adam first-moment decay"));
-  s.push_back(float_setting("optimizer.beta2", [](JobConfig& c) -> auto& { return c.optimizer.beta2; }, 0, 0.999999,
-                            false, "Adam second-moment decay"));
-  s.push_back(float_setting("optimizer.eps", [](JobConfig& c) -> auto& { return c.optimizer.eps; }, 0, 1, true,
-                            "Adam denominator epsilon"));
+  s.push_back(choice_setting(
+      "optimizer.name", [](JobConfig & c) -> auto& { return c.optimizer_name; }, {"sgd", "adam", "adamw"},
+      "update rule; sgd uses optimizer.momentum"));
+  s.push_back(float_setting(
+      "optimizer.lr", [](JobConfig & c) -> auto& { return c.optimizer.lr; }, 0, 10, true, "base learning rate"));
+  s.push_back(float_setting(
+      "optimizer.momentum", [](JobConfig & c) -> auto& { return c.optimizer.momentum; }, 0, 0.999999, false,
+      "sgd momentum (0: plain SGD)"));
+  s.push_back(bool_setting(
+      "optimizer.nesterov", [](JobConfig & c) -> auto& { return c.optimizer.nesterov; }, "Nesterov momentum (sgd)"));
+  s.push_back(float_setting(
+      "optimizer.weight_decay", [](JobConfig & c) -> auto& { return c.optimizer.weight_decay; }, 0, 1, false,
+      "L2 penalty (decoupled for adamw)"));
+  s.push_back(float_setting(
+      "optimizer.beta1", [](JobConfig & c) -> auto& { return c.optimizer.beta1; }, 0, 0.999999, false,
+      "Adam first-moment decay"));
+  s.push_back(float_setting(
+      "optimizer.beta2", [](JobConfig & c) -> auto& { return c.optimizer.beta2; }, 0, 0.999999, false,
+      "Adam second-moment decay"));
+  s.push_back(float_setting(
+      "optimizer.eps", [](JobConfig & c) -> auto& { return c.optimizer.eps; }, 0, 1, true, "Adam denominator epsilon"));
 
-  s.push_back(choice_setting("lr.schedule", [](JobConfig& c) -> auto& { return c.lr_schedule; },
-                             {"constant", "step", "cosine"}, "learning-rate schedule after warm-up"));
-  s.push_back(float_setting("lr.warmup_epochs", [](JobConfig& c) -> auto& { return c.warmup_epochs; }, 0, 1000,
-                            false, "linear warm-up length in epochs (fractions allowed)"));
-  s.push_back(float_setting("lr.step_epochs", [](JobConfig& c) -> auto& { return c.step_epochs; }, 0, 100000, true,
-                            "step schedule: multiply by lr.gamma every this many epochs"));
-  s.push_back(float_setting("lr.gamma", [](JobConfig& c) -> auto& { return c.lr_gamma; }, 0, 1, true,
-                            "step schedule: decay factor"));
-  s.push_back(float_setting("lr.min", [](JobConfig& c) -> auto& { return c.lr_min; }, 0, 10, false,
-                            "cosine schedule: final learning rate"));
+  s.push_back(choice_setting(
+      "lr.schedule", [](JobConfig & c) -> auto& { return c.lr_schedule; }, {"constant", "step", "cosine"},
+      "learning-rate schedule after warm-up"));
+  s.push_back(float_setting(
+      "lr.warmup_epochs", [](JobConfig & c) -> auto& { return c.warmup_epochs; }, 0, 1000, false,
+      "linear warm-up length in epochs (fractions allowed)"));
+  s.push_back(float_setting(
+      "lr.step_epochs", [](JobConfig & c) -> auto& { return c.step_epochs; }, 0, 100000, true,
+      "step schedule: multiply by lr.gamma every this many epochs"));
+  s.push_back(float_setting(
+      "lr.gamma", [](JobConfig & c) -> auto& { return c.lr_gamma; }, 0, 1, true, "step schedule: decay factor"));
+  s.push_back(float_setting(
+      "lr.min", [](JobConfig & c) -> auto& { return c.lr_min; }, 0, 10, false, "cosine schedule: final learning rate"));
 
-  s.push_back(int_setting("data.shard_size", [](JobConfig& c) -> auto& { return c.shard_size; }, 1, kBig,
-                          "distributed jobs: samples per data shard the coordinator leases to a worker"));
+  s.push_back(int_setting(
+      "data.shard_size", [](JobConfig & c) -> auto& { return c.shard_size; }, 1, kBig,
+      "distributed jobs: samples per data shard the coordinator leases to a worker"));
 
-  s.push_back(string_setting("cluster.coordinator", [](JobConfig& c) -> auto& { return c.coordinator_address; },
-                             "ZeroMQ address of the coordinator (it binds there; everyone else connects)"));
-  s.push_back(int_setting("cluster.servers", [](JobConfig& c) -> auto& { return c.servers; }, 1, 1024,
-                          "parameter servers the job waits for before it starts"));
-  s.push_back(int_setting("cluster.workers", [](JobConfig& c) -> auto& { return c.workers; }, 1, 4096,
-                          "workers the job waits for before it starts"));
-  s.push_back(float_setting("cluster.heartbeat_seconds", [](JobConfig& c) -> auto& { return c.heartbeat_seconds; },
-                            0.01, 3600, false, "how often every process tells the coordinator it is alive"));
-  s.push_back(float_setting("cluster.dead_after_seconds", [](JobConfig& c) -> auto& { return c.dead_after_seconds; },
-                            0.05, 86400, false, "a process silent this long is declared dead"));
-  s.push_back(float_setting("cluster.request_timeout_seconds",
-                            [](JobConfig& c) -> auto& { return c.request_timeout_seconds; }, 0.1, 86400, false,
-                            "longest wait for any reply (pulls included) before a TimeoutError"));
-  s.push_back(float_setting("cluster.startup_timeout_seconds",
-                            [](JobConfig& c) -> auto& { return c.startup_timeout_seconds; }, 0.1, 86400, false,
-                            "how long the coordinator waits for all servers and workers to register"));
-  s.push_back(float_setting("cluster.lease_timeout_seconds", [](JobConfig& c) -> auto& { return c.lease_timeout_seconds; },
-                            0.1, 86400, false, "a leased data shard not finished in this time goes back to the queue"));
-  s.push_back(int_setting("node.rank", [](JobConfig& c) -> auto& { return c.node_rank; }, -1, 1 << 20,
-                          "this process's rank within its role (-1: the coordinator assigns one)"));
-  s.push_back(string_setting("node.address", [](JobConfig& c) -> auto& { return c.node_address; },
-                             "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
-  s.push_back(int_setting("async.staleness", [](JobConfig& c) -> auto& { return c.staleness; }, 0, 1 << 20,
-                          "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "
-                          "gradients averaged)"));
-  s.push_back(int_setting("async.chunk_kib", [](JobConfig& c) -> auto& { return c.chunk_kib; }, 1, 1 << 20,
-                          "largest chunk a parameter tensor is cut into for the servers, in KiB"));
-  s.push_back(int_setting("async.max_in_flight", [](JobConfig& c) -> auto& { return c.max_in_flight; }, 1, 1024,
-                          "most unacknowledged pushes per server a worker keeps in flight"));
+  s.push_back(string_setting(
+      "cluster.coordinator", [](JobConfig & c) -> auto& { return c.coordinator_address; },
+      "ZeroMQ address of the coordinator (it binds there; everyone else connects)"));
+  s.push_back(int_setting(
+      "cluster.servers", [](JobConfig & c) -> auto& { return c.servers; }, 1, 1024,
+      "parameter servers the job waits for before it starts"));
+  s.push_back(int_setting(
+      "cluster.workers", [](JobConfig & c) -> auto& { return c.workers; }, 1, 4096,
+      "workers the job waits for before it starts"));
+  s.push_back(float_setting(
+      "cluster.heartbeat_seconds", [](JobConfig & c) -> auto& { return c.heartbeat_seconds; }, 0.01, 3600, false,
+      "how often every process tells the coordinator it is alive"));
+  s.push_back(float_setting(
+      "cluster.dead_after_seconds", [](JobConfig & c) -> auto& { return c.dead_after_seconds; }, 0.05, 86400, false,
+      "a process silent this long is declared dead"));
+  s.push_back(float_setting(
+      "cluster.request_timeout_seconds", [](JobConfig & c) -> auto& { return c.request_timeout_seconds; }, 0.1, 86400,
+      false, "longest wait for any reply (pulls included) before a TimeoutError"));
+  s.push_back(float_setting(
+      "cluster.startup_timeout_seconds", [](JobConfig & c) -> auto& { return c.startup_timeout_seconds; }, 0.1, 86400,
+      false, "how long the coordinator waits for all servers and workers to register"));
+  s.push_back(float_setting(
+      "cluster.lease_timeout_seconds", [](JobConfig & c) -> auto& { return c.lease_timeout_seconds; }, 0.1, 86400,
+      false, "a leased data shard not finished in this time goes back to the queue"));
+  s.push_back(int_setting(
+      "node.rank", [](JobConfig & c) -> auto& { return c.node_rank; }, -1, 1 << 20,
+      "this process's rank within its role (-1: the coordinator assigns one)"));
+  s.push_back(string_setting(
+      "node.address", [](JobConfig & c) -> auto& { return c.node_address; },
+      "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
+  s.push_back(int_setting(
+      "async.staleness", [](JobConfig & c) -> auto& { return c.staleness; }, 0, 1 << 20,
+      "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "
+      "gradients averaged)"));
+  s.push_back(int_setting(
+      "async.chunk_kib", [](JobConfig & c) -> auto& { return c.chunk_kib; }, 1, 1 << 20,
+      "largest chunk a parameter tensor is cut into for the servers, in KiB"));
+  s.push_back(int_setting(
+      "async.max_in_flight", [](JobConfig & c) -> auto& { return c.max_in_flight; }, 1, 1024,
+      "most unacknowledged pushes per server a worker keeps in flight"));
 
-  s.push_back(int_setting("threads", [](JobConfig& c) -> auto& { return c.threads; }, 0, 4096,
-                          "compute threads per process (0: all cores)"));
-  s.push_back(choice_setting("device", [](JobConfig& c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},
-                             "where to compute; auto picks cuda when a GPU and the CUDA backend are available"));
-  s.push_back(choice_setting("log.level", [](JobConfig& c) -> auto& { return c.log_level; },
-                             {"debug", "info", "warn", "error", "off"}, "least severe log level printed"));
-  s.push_back(string_setting("metrics.file", [](JobConfig& c) -> auto& { return c.metrics_file; },
-                             "append metrics as JSON lines to this file (empty: none)"));
-  s.push_back(choice_setting("progress", [](JobConfig& c) -> auto& { return c.progress; },
-                             {"auto", "bar", "lines", "off"},
-                             "progress display: a live line on a terminal, plain lines otherwise (auto)"));
+  s.push_back(int_setting(
+      "threads", [](JobConfig & c) -> auto& { return c.threads; }, 0, 4096,
+      "compute threads per process (0: all cores)"));
+  s.push_back(choice_setting(
+      "device", [](JobConfig & c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},
+      "where to compute; auto picks cuda when a GPU and the CUDA backend are available"));
+  s.push_back(choice_setting(
+      "log.level", [](JobConfig & c) -> auto& { return c.log_level; }, {"debug", "info", "warn", "error", "off"},
+      "least severe log level printed"));
+  s.push_back(string_setting(
+      "metrics.file", [](JobConfig & c) -> auto& { return c.metrics_file; },
+      "append metrics as JSON lines to this file (empty: none)"));
+  s.push_back(choice_setting(
+      "progress", [](JobConfig & c) -> auto& { return c.progress; }, {"auto", "bar", "lines", "off"},
+      "progress display: a live line on a terminal, plain lines otherwise (auto)"));
 }
 
 const Setting* SettingsRegistry::find(const std::string& key) const {

@@ -63,7 +63,7 @@ struct JobConfig {
 // One configuration key.
 struct Setting {
   std::string key;
-  std::string kind;  // "int", "float", "bool", "string" or "a | b | c"
+  std::string kind;   // "int", "float", "bool", "string" or "a | b | c"
   std::string range;  // human-readable bounds, "" if none
   std::string help;
   std::function<void(JobConfig&, const std::string&)> set;  // parses and validates; throws ConfigError
@@ -76,8 +76,8 @@ class SettingsRegistry {
   const std::vector<Setting>& settings() const { return settings_; }
   const Setting* find(const std::string& key) const;
   static std::string env_name(const std::string& key);  // "train.batch_size" -> "SHOAL_TRAIN_BATCH_SIZE"
-  std::string help_text() const;       // for --help
-  std::string markdown_table() const;  // for docs/configuration.md
+  std::string help_text() const;                        // for --help
+  std::string markdown_table() const;                   // for docs/configuration.md
 
  private:
   std::vector<Setting> settings_;

@@ -31,7 +31,7 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout) {
     auto reply = socket_.receive(left);
     if (!reply) {
       SHOAL_THROW(TimeoutError, "no reply from the coordinator at " << socket_.address() << " to " << kind_name(kind)
-                                                                   << " within " << timeout.count() << " s");
+                                                                    << " within " << timeout.count() << " s");
     }
     if (reply->request_id() == id) return std::move(*reply);
   }
@@ -63,7 +63,7 @@ std::string ControlClient::register_node(wire::Role role, int rank, const std::s
     }
     SHOAL_REQUIRE(std::chrono::steady_clock::now() < give_up, TimeoutError,
                   "could not register with the coordinator at " << socket_.address() << " within " << deadline.count()
-                                                                 << " s (cluster.startup_timeout_seconds)");
+                                                                << " s (cluster.startup_timeout_seconds)");
   }
 }
 
@@ -81,8 +81,8 @@ PartitionTable ControlClient::fetch_table(Seconds deadline) {
         SHOAL_THROW(ProtocolError, "the coordinator refused the partition table: " << err.getMessage().cStr());
     }
     SHOAL_REQUIRE(std::chrono::steady_clock::now() < give_up, TimeoutError,
-                  "the coordinator did not publish the partition table within " << deadline.count()
-                                                                                << " s: are all servers and workers up?");
+                  "the coordinator did not publish the partition table within "
+                      << deadline.count() << " s: are all servers and workers up?");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
@@ -212,7 +212,8 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
       lost_ = true;
     }
     auto next = started + to_ms(interval);
-    while (!stop_ && std::chrono::steady_clock::now() < next) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    while (!stop_ && std::chrono::steady_clock::now() < next)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
 

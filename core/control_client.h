@@ -37,8 +37,8 @@ class ControlClient {
   // Waits until the coordinator publishes the partition table.
   PartitionTable fetch_table(Seconds deadline);
   LeaseTask request_lease();
-  void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum,
-                    std::int64_t correct, double seconds);
+  void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
+                    double seconds);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
   const std::string& id() const { return sender_; }
 

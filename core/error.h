@@ -14,9 +14,9 @@ namespace shoal {
 enum class ExitCode : int {
   ok = 0,
   internal = 1,
-  usage = 2,     // bad command line or configuration
-  data = 3,      // a dataset file is missing, truncated or corrupt
-  io = 4,        // a file or socket could not be read or written
+  usage = 2,  // bad command line or configuration
+  data = 3,   // a dataset file is missing, truncated or corrupt
+  io = 4,     // a file or socket could not be read or written
   checkpoint = 5,
   timeout = 6,
   device = 7,    // the requested device or library is not available
@@ -32,9 +32,9 @@ class Error : public std::runtime_error {
   ExitCode code_;
 };
 
-#define SHOAL_DEFINE_ERROR(Name, Code)                                     \
-  class Name : public Error {                                              \
-   public:                                                                 \
+#define SHOAL_DEFINE_ERROR(Name, Code)                                      \
+  class Name : public Error {                                               \
+   public:                                                                  \
     explicit Name(const std::string& what) : Error(what, ExitCode::Code) {} \
   }
 
@@ -64,16 +64,16 @@ std::string where(const char* file, int line);
   } while (0)
 
 // SHOAL_REQUIRE(cond, ErrorType, message): for checks on external input.
-#define SHOAL_REQUIRE(cond, ErrorType, message) \
-  do {                                          \
+#define SHOAL_REQUIRE(cond, ErrorType, message)   \
+  do {                                            \
     if (!(cond)) SHOAL_THROW(ErrorType, message); \
   } while (0)
 
 // SHOAL_ASSERT(cond, message): an internal invariant; the message carries file:line because a
 // failure here is our bug, not the user's.
-#define SHOAL_ASSERT(cond, message)                                                          \
-  do {                                                                                       \
-    if (!(cond))                                                                             \
-      SHOAL_THROW(InternalError, ::shoal::detail::where(__FILE__, __LINE__)                  \
+#define SHOAL_ASSERT(cond, message)                                                         \
+  do {                                                                                      \
+    if (!(cond))                                                                            \
+      SHOAL_THROW(InternalError, ::shoal::detail::where(__FILE__, __LINE__)                 \
                                      << ": internal check failed: " #cond ": " << message); \
   } while (0)

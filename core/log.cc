@@ -23,11 +23,16 @@ std::string host_and_pid() {
 
 char level_letter(LogLevel level) {
   switch (level) {
-    case LogLevel::debug: return 'D';
-    case LogLevel::info: return 'I';
-    case LogLevel::warn: return 'W';
-    case LogLevel::error: return 'E';
-    default: return '?';
+    case LogLevel::debug:
+      return 'D';
+    case LogLevel::info:
+      return 'I';
+    case LogLevel::warn:
+      return 'W';
+    case LogLevel::error:
+      return 'E';
+    default:
+      return '?';
   }
 }
 
@@ -44,11 +49,16 @@ LogLevel parse_log_level(std::string_view name) {
 
 const char* log_level_name(LogLevel level) {
   switch (level) {
-    case LogLevel::debug: return "debug";
-    case LogLevel::info: return "info";
-    case LogLevel::warn: return "warn";
-    case LogLevel::error: return "error";
-    default: return "off";
+    case LogLevel::debug:
+      return "debug";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::error:
+      return "error";
+    default:
+      return "off";
   }
 }
 
@@ -62,7 +72,9 @@ void LogSink::write_line(std::string_view line) {
 Logger::Logger() : Logger("shoal", LogLevel::info) {}
 
 Logger::Logger(std::string role, LogLevel level, std::shared_ptr<LogSink> sink)
-    : prefix_(role + " " + host_and_pid()), level_(level), sink_(sink ? std::move(sink) : std::make_shared<LogSink>()) {}
+    : prefix_(role + " " + host_and_pid()),
+      level_(level),
+      sink_(sink ? std::move(sink) : std::make_shared<LogSink>()) {}
 
 Logger Logger::with_role(std::string role, int rank) const {
   Logger copy = *this;

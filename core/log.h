@@ -49,11 +49,11 @@ class Logger {
 
 }  // namespace shoal
 
-#define SHOAL_LOG(logger, lvl, message)                             \
-  do {                                                              \
-    if ((logger).enabled(::shoal::LogLevel::lvl)) {                 \
-      std::ostringstream shoal_log_;                                \
-      shoal_log_ << message;                                        \
-      (logger).write(::shoal::LogLevel::lvl, shoal_log_.str());     \
-    }                                                               \
+#define SHOAL_LOG(logger, lvl, message)                         \
+  do {                                                          \
+    if ((logger).enabled(::shoal::LogLevel::lvl)) {             \
+      std::ostringstream shoal_log_;                            \
+      shoal_log_ << message;                                    \
+      (logger).write(::shoal::LogLevel::lvl, shoal_log_.str()); \
+    }                                                           \
   } while (0)

@@ -19,7 +19,7 @@ std::string json_escape(const std::string& text);
 
 class MetricsWriter {
  public:
-  MetricsWriter() = default;  // writes nothing
+  MetricsWriter() = default;                        // writes nothing
   explicit MetricsWriter(const std::string& path);  // appends; throws IoError
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;

@@ -38,9 +38,8 @@ OptimizerState Optimizer::make_state(Backend& backend, std::int64_t numel) const
 }
 
 void Optimizer::apply(Backend& backend, Tensor& param, const Tensor& grad, OptimizerState& state, float lr) const {
-  SHOAL_ASSERT(static_cast<int>(state.slots.size()) == slot_count(), "optimizer state has " << state.slots.size()
-                                                                                            << " slots, expected "
-                                                                                            << slot_count());
+  SHOAL_ASSERT(static_cast<int>(state.slots.size()) == slot_count(),
+               "optimizer state has " << state.slots.size() << " slots, expected " << slot_count());
   ++state.updates;
   if (config_.kind == OptimizerKind::sgd) {
     SgdHyper h{lr, config_.momentum, config_.nesterov, config_.weight_decay};
@@ -65,7 +64,8 @@ float LrSchedule::at(std::int64_t step) const {
     case LrScheduleKind::constant:
       return base_lr;
     case LrScheduleKind::step:
-      return base_lr * std::pow(gamma, static_cast<float>((step - warmup_steps) / std::max<std::int64_t>(1, step_size)));
+      return base_lr *
+             std::pow(gamma, static_cast<float>((step - warmup_steps) / std::max<std::int64_t>(1, step_size)));
     case LrScheduleKind::cosine: {
       std::int64_t span = std::max<std::int64_t>(1, total_steps - warmup_steps);
       double t = std::clamp(static_cast<double>(step - warmup_steps) / static_cast<double>(span), 0.0, 1.0);

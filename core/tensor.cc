@@ -10,18 +10,24 @@ namespace shoal {
 
 std::size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::f32: return 4;
-    case DType::i32: return 4;
-    case DType::u8: return 1;
+    case DType::f32:
+      return 4;
+    case DType::i32:
+      return 4;
+    case DType::u8:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "f32";
-    case DType::i32: return "i32";
-    case DType::u8: return "u8";
+    case DType::f32:
+      return "f32";
+    case DType::i32:
+      return "i32";
+    case DType::u8:
+      return "u8";
   }
   return "?";
 }
@@ -102,8 +108,7 @@ Tensor Tensor::flat_slice(std::int64_t offset, std::int64_t count) const {
 std::string Tensor::describe() const { return std::string(dtype_name(dtype_)) + shape_.str() + " on " + device_.str(); }
 
 void check_dtype(const Tensor& t, DType expected) {
-  SHOAL_ASSERT(t.dtype() == expected,
-               "tensor " << t.describe() << " accessed as " << dtype_name(expected));
+  SHOAL_ASSERT(t.dtype() == expected, "tensor " << t.describe() << " accessed as " << dtype_name(expected));
 }
 
 }  // namespace shoal

@@ -1,7 +1,7 @@
 #include "launch/local_launcher.h"
 
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <optional>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "core/error.h"
@@ -35,7 +35,7 @@ void on_signal(int sig) {
 struct Child {
   std::string name;
   pid_t pid = -1;
-  int out = -1;        // read end of its stdout+stderr
+  int out = -1;         // read end of its stdout+stderr
   std::string partial;  // an unfinished line
   bool exited = false;
   int code = 0;
@@ -174,9 +174,10 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  SHOAL_LOG(log, info, "starting a local job: coordinator at " << coordinator << ", " << config.servers
-                                                               << " servers, " << config.workers << " workers ("
-                                                               << worker_threads << " threads each)");
+  SHOAL_LOG(log, info,
+            "starting a local job: coordinator at " << coordinator << ", " << config.servers << " servers, "
+                                                    << config.workers << " workers (" << worker_threads
+                                                    << " threads each)");
   std::vector<Child> children;
   children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
   for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
@@ -223,8 +224,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         if (c.name == "coordinator" && !interrupted) {
           result = c.code;
           // The others are told by the coordinator and leave on their own; give them a moment.
-          stop_at = Clock::now() + std::chrono::milliseconds(
-                                       static_cast<std::int64_t>(1000 * (config.heartbeat_seconds * 2 + 3)));
+          stop_at = Clock::now() +
+                    std::chrono::milliseconds(static_cast<std::int64_t>(1000 * (config.heartbeat_seconds * 2 + 3)));
         }
       }
     }

@@ -7,12 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/coordinator.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process.h"
-#include "coordinator/coordinator.h"
 #include "launch/local_launcher.h"
 #include "ps/parameter_server.h"
 #include "worker/train_job.h"
@@ -118,8 +118,8 @@ int run(int argc, char** argv) {
     if (command == "coordinator") {
       std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
       std::fflush(stdout);
-      MetricsWriter metrics = loaded.config.metrics_file.empty() ? MetricsWriter()
-                                                                  : MetricsWriter(loaded.config.metrics_file);
+      MetricsWriter metrics =
+          loaded.config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(loaded.config.metrics_file);
       Coordinator coordinator(context, loaded.config, log, metrics);
       coordinator.run();
     } else if (command == "ps") {

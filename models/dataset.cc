@@ -58,13 +58,14 @@ struct IdxFile {
 IdxFile read_idx_file(const std::string& path, std::size_t expected_rank) {
   // First the header alone, to know how many bytes to expect.
   auto head = read_maybe_gzip(path, 4 + 4 * expected_rank);
-  SHOAL_REQUIRE(head.size() >= 4, DataError, path << ": file too short for an IDX header (" << head.size() << " bytes)");
-  SHOAL_REQUIRE(head[0] == 0 && head[1] == 0, DataError,
-                path << ": bad IDX magic number (first bytes " << int(head[0]) << ", " << int(head[1])
-                     << "; expected 0, 0)");
-  SHOAL_REQUIRE(head[2] == 0x08, DataError,
-                path << ": IDX element type 0x" << std::hex << int(head[2]) << std::dec
-                     << " is not unsigned byte (0x08)");
+  SHOAL_REQUIRE(head.size() >= 4, DataError,
+                path << ": file too short for an IDX header (" << head.size() << " bytes)");
+  SHOAL_REQUIRE(
+      head[0] == 0 && head[1] == 0, DataError,
+      path << ": bad IDX magic number (first bytes " << int(head[0]) << ", " << int(head[1]) << "; expected 0, 0)");
+  SHOAL_REQUIRE(
+      head[2] == 0x08, DataError,
+      path << ": IDX element type 0x" << std::hex << int(head[2]) << std::dec << " is not unsigned byte (0x08)");
   SHOAL_REQUIRE(head[3] == expected_rank, DataError,
                 path << ": IDX file has " << int(head[3]) << " dimensions, expected " << expected_rank);
   SHOAL_REQUIRE(head.size() == 4 + 4 * expected_rank, DataError, path << ": truncated IDX header");
@@ -80,9 +81,9 @@ IdxFile read_idx_file(const std::string& path, std::size_t expected_rank) {
   }
   std::size_t expected = idx.header + payload;
   idx.bytes = read_maybe_gzip(path, expected + 1);
-  SHOAL_REQUIRE(idx.bytes.size() >= expected, DataError,
-                path << ": truncated: header promises " << payload << " data bytes, file has "
-                     << idx.bytes.size() - idx.header);
+  SHOAL_REQUIRE(
+      idx.bytes.size() >= expected, DataError,
+      path << ": truncated: header promises " << payload << " data bytes, file has " << idx.bytes.size() - idx.header);
   SHOAL_REQUIRE(idx.bytes.size() == expected, DataError,
                 path << ": unexpected bytes after the " << payload << " data bytes the header promises");
   return idx;
@@ -140,7 +141,8 @@ Dataset read_cifar10(const std::vector<std::string>& paths, std::int64_t limit) 
     for (std::size_t r = 0; r < bytes.size() / kRecord; ++r) {
       if (limit > 0 && d.count >= limit) break;
       const std::uint8_t* rec = bytes.data() + r * kRecord;
-      SHOAL_REQUIRE(rec[0] < 10, DataError, path << ": record " << r << " has label " << int(rec[0]) << " (expected 0..9)");
+      SHOAL_REQUIRE(rec[0] < 10, DataError,
+                    path << ": record " << r << " has label " << int(rec[0]) << " (expected 0..9)");
       d.labels.push_back(rec[0]);
       d.pixels.insert(d.pixels.end(), rec + 1, rec + kRecord);
       ++d.count;
@@ -153,8 +155,8 @@ TrainTestData load_train_test(const std::string& format, const std::string& dir,
                               std::int64_t test_limit) {
   TrainTestData data;
   if (format == "idx") {
-    data.train = read_idx(first_existing(dir, "train-images-idx3-ubyte"), first_existing(dir, "train-labels-idx1-ubyte"),
-                          train_limit);
+    data.train = read_idx(first_existing(dir, "train-images-idx3-ubyte"),
+                          first_existing(dir, "train-labels-idx1-ubyte"), train_limit);
     data.test = read_idx(first_existing(dir, "t10k-images-idx3-ubyte"), first_existing(dir, "t10k-labels-idx1-ubyte"),
                          test_limit);
   } else if (format == "cifar10") {
@@ -162,7 +164,8 @@ TrainTestData load_train_test(const std::string& format, const std::string& dir,
     if (std::filesystem::exists(std::filesystem::path(dir) / "cifar-10-batches-bin"))
       base = (std::filesystem::path(dir) / "cifar-10-batches-bin").string();
     std::vector<std::string> train_files;
-    for (int i = 1; i <= 5; ++i) train_files.push_back(first_existing(base, "data_batch_" + std::to_string(i) + ".bin"));
+    for (int i = 1; i <= 5; ++i)
+      train_files.push_back(first_existing(base, "data_batch_" + std::to_string(i) + ".bin"));
     data.train = read_cifar10(train_files, train_limit);
     data.test = read_cifar10({first_existing(base, "test_batch.bin")}, test_limit);
   } else {
@@ -200,7 +203,8 @@ DatasetInfo probe_train_set(const std::string& format, const std::string& dir, s
   } else {
     SHOAL_THROW(ConfigError, "data.format = '" << format << "' is not one of: idx, cifar10");
   }
-  SHOAL_REQUIRE(info.count > 0 && info.height > 0 && info.width > 0, DataError, "training set in '" << dir << "' is empty");
+  SHOAL_REQUIRE(info.count > 0 && info.height > 0 && info.width > 0, DataError,
+                "training set in '" << dir << "' is empty");
   if (limit > 0 && limit < info.count) info.count = limit;
   return info;
 }

@@ -50,11 +50,11 @@ std::string Model::summary() const {
     std::int64_t count = 0;
     for (const auto* p : layers_[i]->parameters()) count += p->shape.numel();
     std::vector<std::int64_t> out_dims(shape.dims().begin() + 1, shape.dims().end());
-    out << "  " << std::left << std::setw(10) << layer_names_[i] << std::setw(44) << layers_[i]->describe()
-        << " -> " << std::setw(14) << Shape(out_dims).str() << std::right << std::setw(10) << count << " params\n";
+    out << "  " << std::left << std::setw(10) << layer_names_[i] << std::setw(44) << layers_[i]->describe() << " -> "
+        << std::setw(14) << Shape(out_dims).str() << std::right << std::setw(10) << count << " params\n";
   }
-  out << "  parameters: " << params_.parameters().size() << " tensors, " << params_.parameter_count()
-      << " values (" << std::fixed << std::setprecision(2) << params_.parameter_count() * 4.0 / (1 << 20) << " MiB)";
+  out << "  parameters: " << params_.parameters().size() << " tensors, " << params_.parameter_count() << " values ("
+      << std::fixed << std::setprecision(2) << params_.parameter_count() * 4.0 / (1 << 20) << " MiB)";
   return out.str();
 }
 
@@ -70,8 +70,8 @@ std::unique_ptr<Model> build_model(const std::string& name, const Shape& sample_
     m->add("relu2", relu());
     m->add("fc3", linear(128, classes));
   } else if (name == "cnn" || name == "cnn_bn") {
-    SHOAL_REQUIRE(h % 4 == 0 && w % 4 == 0, ConfigError, "model " << name << " needs H and W divisible by 4, got "
-                                                                 << sample_shape.str());
+    SHOAL_REQUIRE(h % 4 == 0 && w % 4 == 0, ConfigError,
+                  "model " << name << " needs H and W divisible by 4, got " << sample_shape.str());
     const bool bn = name == "cnn_bn";
     m->add("conv1", conv2d(c, 32, 3, 1, 1));
     if (bn) m->add("bn1", batch_norm(32));

@@ -17,8 +17,8 @@ namespace shoal {
 ParameterServer::ParameterServer(zmq::context_t& context, const std::string& bind_address, Backend& backend, Logger log)
     : socket_(context, bind_address, log), backend_(backend), log_(std::move(log)) {}
 
-void ParameterServer::start(const std::string& id, const PartitionTable& table, std::size_t index,
-                            const float* initial, const ServerOptions& options) {
+void ParameterServer::start(const std::string& id, const PartitionTable& table, std::size_t index, const float* initial,
+                            const ServerOptions& options) {
   id_ = id;
   options_ = options;
   optimizer_ = std::make_unique<Optimizer>(options.optimizer);
@@ -241,13 +241,18 @@ void ParameterServer::handle(Incoming& in) {
   if (!live_.count(sender)) {
     // Not (or no longer) a worker of this job: an unknown id, a worker that left or died.
     bool ever = known_.count(sender) > 0;
-    socket_.reject(ever ? "sender not live" : "unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
+    socket_.reject(ever ? "sender not live" : "unknown sender",
+                   kind_name(in.kind()) + std::string(" from '") + sender + "'");
     error_reply(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live worker of this job");
     return;
   }
   switch (in.kind()) {
-    case K::PUSH: handle_push(in); break;
-    case K::PULL: handle_pull(in); break;
+    case K::PUSH:
+      handle_push(in);
+      break;
+    case K::PULL:
+      handle_pull(in);
+      break;
     case K::LEAVE: {
       left_.insert(sender);
       live_.erase(sender);
@@ -261,7 +266,8 @@ void ParameterServer::handle(Incoming& in) {
     }
     default:
       socket_.reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + sender);
-      error_reply(in, wire::ErrorCode::BAD_REQUEST, std::string("a parameter server does not handle ") + kind_name(in.kind()));
+      error_reply(in, wire::ErrorCode::BAD_REQUEST,
+                  std::string("a parameter server does not handle ") + kind_name(in.kind()));
   }
 }
 
@@ -312,23 +318,26 @@ void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config,
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->build(*backend, config.seed);
   SHOAL_REQUIRE(model->params().parameter_count() == table.total_elements, ProtocolError,
-                "the partition table covers " << table.total_elements << " values but model " << config.model
-                                              << " has " << model->params().parameter_count());
+                "the partition table covers " << table.total_elements << " values but model " << config.model << " has "
+                                              << model->params().parameter_count());
   ServerOptions options;
   options.staleness = config.staleness;
   options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
   options.optimizer = config.optimizer;
   options.schedule.kind = parse_lr_schedule(config.lr_schedule);
   options.schedule.base_lr = config.optimizer.lr;
-  options.schedule.warmup_steps = static_cast<std::int64_t>(config.warmup_epochs * static_cast<double>(table.steps_per_epoch));
-  options.schedule.step_size = std::max<std::int64_t>(1, static_cast<std::int64_t>(config.step_epochs * static_cast<double>(table.steps_per_epoch)));
+  options.schedule.warmup_steps =
+      static_cast<std::int64_t>(config.warmup_epochs * static_cast<double>(table.steps_per_epoch));
+  options.schedule.step_size = std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(config.step_epochs * static_cast<double>(table.steps_per_epoch)));
   options.schedule.gamma = static_cast<float>(config.lr_gamma);
   options.schedule.total_steps = table.steps_per_epoch * config.epochs;
   options.schedule.min_lr = static_cast<float>(config.lr_min);
   server.start(id, table, index, model->params().values().data<float>(), options);
   model.reset();
-  SHOAL_LOG(log, info, "serving keys [" << table.servers[index].first_key << ", " << table.servers[index].end_key << "): "
-                                        << table.server_elements(index) << " values; staleness " << config.staleness);
+  SHOAL_LOG(log, info,
+            "serving keys [" << table.servers[index].first_key << ", " << table.servers[index].end_key
+                             << "): " << table.server_elements(index) << " values; staleness " << config.staleness);
 
   Heartbeat heartbeat(context, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
@@ -346,10 +355,11 @@ void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config,
     heartbeat.set_clock(applied);
   }
   const ServerStats& s = server.stats();
-  SHOAL_LOG(log, info, "shutting down (" << heartbeat.shutdown_reason() << "): " << s.pushes << " pushes, " << s.pulls
-                                         << " pulls, " << s.updates << " chunk updates, " << s.parked
-                                         << " pulls waited for stragglers, "
-                                         << server.counters().total_dropped() << " messages dropped");
+  SHOAL_LOG(log, info,
+            "shutting down (" << heartbeat.shutdown_reason() << "): " << s.pushes << " pushes, " << s.pulls
+                              << " pulls, " << s.updates << " chunk updates, " << s.parked
+                              << " pulls waited for stragglers, " << server.counters().total_dropped()
+                              << " messages dropped");
 }
 
 }  // namespace shoal

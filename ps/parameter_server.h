@@ -67,9 +67,9 @@ class ParameterServer {
     ChunkSpan span;
     Tensor value, sum;
     OptimizerState state;
-    std::uint64_t applied = 0;      // updates applied (= synchronous steps when staleness is 0)
-    std::set<std::string> pushed;   // synchronous: workers that pushed step `applied`
-    int contributors = 0;           // synchronous: pushes with data in `sum`
+    std::uint64_t applied = 0;     // updates applied (= synchronous steps when staleness is 0)
+    std::set<std::string> pushed;  // synchronous: workers that pushed step `applied`
+    int contributors = 0;          // synchronous: pushes with data in `sum`
   };
   struct ParkedPull {
     std::string peer, worker;

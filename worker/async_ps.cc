@@ -54,7 +54,8 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
         std::uint32_t key = chunks[i].getKey();
         SHOAL_REQUIRE(key < owner_.size() && owner_[key] == static_cast<std::size_t>(&link - links_.data()) &&
                           chunks[i].getNumel() == table_.chunks[key].numel,
-                      ProtocolError, link.id << " sent chunk key " << key << " that does not match the partition table");
+                      ProtocolError,
+                      link.id << " sent chunk key " << key << " that does not match the partition table");
         SHOAL_REQUIRE(link.pulled.insert(key).second, ProtocolError, link.id << " sent chunk key " << key << " twice");
         std::memcpy(values + table_.chunks[key].offset, in.payloads()[i].data(), in.payloads()[i].size());
       }
@@ -96,9 +97,10 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for) {
       if (!link.pull_id && link.retry_at != std::chrono::steady_clock::time_point{} && now >= link.retry_at) {
         link.retry_at = {};
         send_pull(link, link.pull_bounded);
-        deadline = std::max(deadline, std::min(now + std::chrono::milliseconds(1000),
-                                               started + std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                             options_.startup_timeout)));
+        deadline = std::max(
+            deadline,
+            std::min(now + std::chrono::milliseconds(1000),
+                     started + std::chrono::duration_cast<std::chrono::milliseconds>(options_.startup_timeout)));
       }
     }
     if (now > deadline) {

@@ -31,8 +31,8 @@ struct AsyncPsOptions {
 
 class AsyncPsStrategy final : public Strategy {
  public:
-  AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id, Model& model,
-                  Logger log, AsyncPsOptions options);
+  AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id, Model& model, Logger log,
+                  AsyncPsOptions options);
 
   void begin_step(Model& model, std::int64_t step) override;
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;

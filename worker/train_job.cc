@@ -20,13 +20,15 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   SHOAL_LOG(log, info, "backend: " << backend->describe());
 
   TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
-  SHOAL_LOG(log, info, "data: " << data.train.name << " " << data.train.count << " samples, " << data.test.name << " "
-                                << data.test.count << " samples, " << data.train.channels << "x" << data.train.height
-                                << "x" << data.train.width);
-  Normalization norm = config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
+  SHOAL_LOG(log, info,
+            "data: " << data.train.name << " " << data.train.count << " samples, " << data.test.name << " "
+                     << data.test.count << " samples, " << data.train.channels << "x" << data.train.height << "x"
+                     << data.train.width);
+  Normalization norm =
+      config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
 
-  auto model = build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width},
-                           data.train.classes);
+  auto model =
+      build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
   model->build(*backend, config.seed);
   std::printf("%s\n", model->summary().c_str());
 
@@ -58,9 +60,8 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s)\n", 100 * result.final_test_accuracy,
               config.model.c_str(), static_cast<long long>(config.epochs), total);
   std::fflush(stdout);
-  metrics.write({{"event", std::string("end")},
-                 {"final_test_accuracy", result.final_test_accuracy},
-                 {"seconds", total}});
+  metrics.write(
+      {{"event", std::string("end")}, {"final_test_accuracy", result.final_test_accuracy}, {"seconds", total}});
   return result;
 }
 

@@ -66,7 +66,8 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
   LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, 1.f / static_cast<float>(samples.size()));
   SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DataError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
-  model_.backward(ctx, dlogits_, [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
+  model_.backward(ctx, dlogits_,
+                  [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
   strategy_.end_step(model_, step_, options_.schedule.at(step_));
   ++step_;
   return stats;
@@ -77,7 +78,8 @@ LossStats Trainer::train_shard(const Dataset& data, const std::vector<std::int64
   for (std::int64_t begin = shard.begin; begin < shard.end; begin += options_.batch_size) {
     std::int64_t end = std::min(shard.end, begin + options_.batch_size);
     auto start = std::chrono::steady_clock::now();
-    LossStats s = train_batch(data, std::span<const std::int64_t>(order.data() + begin, static_cast<std::size_t>(end - begin)));
+    LossStats s =
+        train_batch(data, std::span<const std::int64_t>(order.data() + begin, static_cast<std::size_t>(end - begin)));
     epoch_seconds_ += seconds_since(start);
     total.loss_sum += s.loss_sum;
     total.correct += s.correct;
@@ -136,10 +138,11 @@ std::vector<EpochResult> Trainer::run(const Dataset& train, const Dataset& test)
     results.push_back(r);
 
     char line[256];
-    std::snprintf(line, sizeof(line),
-                  "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s, %.1f s",
-                  static_cast<long long>(epoch), static_cast<long long>(options_.epochs), r.train_loss,
-                  100 * r.train_accuracy, r.test.loss, 100 * r.test.accuracy, r.samples_per_second, r.seconds);
+    std::snprintf(
+        line, sizeof(line),
+        "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s, %.1f s",
+        static_cast<long long>(epoch), static_cast<long long>(options_.epochs), r.train_loss, 100 * r.train_accuracy,
+        r.test.loss, 100 * r.test.accuracy, r.samples_per_second, r.seconds);
     progress_.print(line);
     metrics_.write({{"event", std::string("epoch")},
                     {"epoch", epoch},

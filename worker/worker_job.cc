@@ -17,9 +17,10 @@ namespace shoal {
 void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log) {
   auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
   TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
-  Normalization norm = config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
-  auto model = build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width},
-                           data.train.classes);
+  Normalization norm =
+      config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
+  auto model =
+      build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
   model->build(*backend, config.seed);
 
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
@@ -28,8 +29,9 @@ void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger lo
   std::string id = control.register_node(wire::Role::WORKER, static_cast<int>(config.node_rank), "", startup);
   log = log.with_role(id);
   PartitionTable table = control.fetch_table(startup);
-  SHOAL_LOG(log, info, "registered; " << table.servers.size() << " servers, " << table.chunks.size()
-                                      << " chunks; backend " << backend->describe());
+  SHOAL_LOG(log, info,
+            "registered; " << table.servers.size() << " servers, " << table.chunks.size() << " chunks; backend "
+                           << backend->describe());
   Heartbeat heartbeat(context, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
 
@@ -68,8 +70,9 @@ void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger lo
     LeaseTask task = control.request_lease();
     if (task.kind == LeaseTask::finished) {
       strategy.leave();
-      SHOAL_LOG(log, info, "job finished: trained " << shards << " shards, " << samples << " samples, "
-                                                    << strategy.clock() << " steps");
+      SHOAL_LOG(
+          log, info,
+          "job finished: trained " << shards << " shards, " << samples << " samples, " << strategy.clock() << " steps");
       break;
     }
     if (task.kind == LeaseTask::wait) {

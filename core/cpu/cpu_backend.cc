@@ -22,10 +22,14 @@ using dt = memory::data_type;
 
 memory::desc plain_desc(const memory::dims& dims) {
   switch (dims.size()) {
-    case 1: return memory::desc(dims, dt::f32, tag::a);
-    case 2: return memory::desc(dims, dt::f32, tag::ab);
-    case 4: return memory::desc(dims, dt::f32, tag::abcd);
-    default: SHOAL_ASSERT(false, "unsupported rank " << dims.size());
+    case 1:
+      return memory::desc(dims, dt::f32, tag::a);
+    case 2:
+      return memory::desc(dims, dt::f32, tag::ab);
+    case 4:
+      return memory::desc(dims, dt::f32, tag::abcd);
+    default:
+      SHOAL_ASSERT(false, "unsupported rank " << dims.size());
   }
 }
 
@@ -136,8 +140,8 @@ class CpuBackend final : public Backend {
 
   std::string describe() const override {
     const dnnl_version_t* v = dnnl_version();
-    return "cpu (oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
-           std::to_string(v->patch) + ", " + std::to_string(threads_) + " threads)";
+    return "cpu (oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+           ", " + std::to_string(threads_) + " threads)";
   }
 
   Tensor allocate(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }
@@ -177,12 +181,11 @@ class CpuBackend final : public Backend {
     memory::desc src_any(src, dt::f32, tag::any), wei_any(wei, dt::f32, tag::any), dst_any(dst, dt::f32, tag::any);
     memory::desc bias_md({ws[0]}, dt::f32, tag::a);
     auto entry = std::make_unique<ConvEntry>();
-    auto desc = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                       dnnl::algorithm::convolution_direct, src_any, wei_any, bias_md,
-                                                       dst_any, strides, pad, pad)
-                     : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                       dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any,
-                                                       strides, pad, pad);
+    auto desc =
+        bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                               src_any, wei_any, bias_md, dst_any, strides, pad, pad)
+             : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                               src_any, wei_any, dst_any, strides, pad, pad);
     entry->fwd_pd = dnnl::convolution_forward::primitive_desc(desc, engine_);
     entry->fwd = dnnl::convolution_forward(entry->fwd_pd);
     entry->fwd_src = Staged(plain_desc(src), entry->fwd_pd.src_desc(), engine_);
@@ -197,8 +200,7 @@ class CpuBackend final : public Backend {
                  window_output_size(x.shape()[3], static_cast<int>(w.shape()[3]), p.stride, p.pad)};
   }
 
-  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
-                      const Conv2dParams& p) override {
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, const Conv2dParams& p) override {
     check_cpu_f32(x, "conv input");
     SHOAL_ASSERT(y.shape() == conv_output_shape(x, w, p), "conv output " << y.describe());
     ConvEntry& e = conv_entry(x.shape(), w.shape(), bias != nullptr, p);
@@ -220,8 +222,8 @@ class CpuBackend final : public Backend {
       memory::desc dst_any(e.fwd_pd.dst_desc().dims(), dt::f32, tag::any);
       memory::dims strides{p.stride, p.stride}, pad{p.pad, p.pad};
       dnnl::convolution_backward_data::primitive_desc pd(
-          dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any,
-                                                strides, pad, pad),
+          dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any, strides,
+                                                pad, pad),
           engine_, e.fwd_pd);
       e.bwd_data = dnnl::convolution_backward_data(pd);
       e.bd_diff_dst = Staged(plain_desc(e.fwd_pd.dst_desc().dims()), pd.diff_dst_desc(), engine_);
@@ -247,10 +249,10 @@ class CpuBackend final : public Backend {
       memory::desc bias_md({dw.shape()[0]}, dt::f32, tag::a);
       memory::dims strides{p.stride, p.stride}, pad{p.pad, p.pad};
       auto desc = dbias != nullptr
-                      ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_any,
-                                                                 wei_any, bias_md, dst_any, strides, pad, pad)
-                      : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_any,
-                                                                 wei_any, dst_any, strides, pad, pad);
+                      ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_any, wei_any,
+                                                                 bias_md, dst_any, strides, pad, pad)
+                      : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_any, wei_any,
+                                                                 dst_any, strides, pad, pad);
       dnnl::convolution_backward_weights::primitive_desc pd(desc, engine_, e.fwd_pd);
       e.bwd_weights = dnnl::convolution_backward_weights(pd);
       e.bw_src = Staged(plain_desc(e.fwd_pd.src_desc().dims()), pd.src_desc(), engine_);
@@ -262,7 +264,8 @@ class CpuBackend final : public Backend {
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.bw_src.input(stream_, x.raw())},
                                          {DNNL_ARG_DIFF_DST, e.bw_diff_dst.input(stream_, dy.raw())},
                                          {DNNL_ARG_DIFF_WEIGHTS, e.bw_diff_wei.output(dw.raw())}};
-    if (dbias != nullptr) args.emplace(DNNL_ARG_DIFF_BIAS, memory({{dw.shape()[0]}, dt::f32, tag::a}, engine_, dbias->raw()));
+    if (dbias != nullptr)
+      args.emplace(DNNL_ARG_DIFF_BIAS, memory({{dw.shape()[0]}, dt::f32, tag::a}, engine_, dbias->raw()));
     e.bwd_weights.execute(stream_, args);
     e.bw_diff_wei.finish(stream_, dw.raw());
     stream_.wait();
@@ -358,8 +361,8 @@ class CpuBackend final : public Backend {
   void relu_forward(const Tensor& x, Tensor& y) override {
     check_same_numel(x, y);
     memory::desc md({x.numel()}, dt::f32, tag::a);
-    relu_entry(x.numel()).fwd.execute(stream_, {{DNNL_ARG_SRC, memory(md, engine_, x.raw())},
-                                                {DNNL_ARG_DST, memory(md, engine_, y.raw())}});
+    relu_entry(x.numel()).fwd.execute(
+        stream_, {{DNNL_ARG_SRC, memory(md, engine_, x.raw())}, {DNNL_ARG_DST, memory(md, engine_, y.raw())}});
     stream_.wait();
   }
 
@@ -377,7 +380,8 @@ class CpuBackend final : public Backend {
 
   PoolEntry& pool_entry(const Shape& xs, const PoolParams& p) {
     SHOAL_ASSERT(xs.rank() == 4, "pooling needs NCHW input, got " << xs.str());
-    std::string key = make_key("pool", {xs[0], xs[1], xs[2], xs[3], static_cast<int>(p.kind), p.kernel, p.stride, p.pad});
+    std::string key =
+        make_key("pool", {xs[0], xs[1], xs[2], xs[3], static_cast<int>(p.kind), p.kernel, p.stride, p.pad});
     auto it = pools_.find(key);
     if (it != pools_.end()) return *it->second;
     memory::dims src{xs[0], xs[1], xs[2], xs[3]};
@@ -391,8 +395,8 @@ class CpuBackend final : public Backend {
         engine_);
     entry->fwd = dnnl::pooling_forward(entry->fwd_pd);
     dnnl::pooling_backward::primitive_desc bpd(
-        dnnl::pooling_backward::desc(algo, plain_desc(src), plain_desc(dst), {p.stride, p.stride},
-                                     {p.kernel, p.kernel}, {p.pad, p.pad}, {p.pad, p.pad}),
+        dnnl::pooling_backward::desc(algo, plain_desc(src), plain_desc(dst), {p.stride, p.stride}, {p.kernel, p.kernel},
+                                     {p.pad, p.pad}, {p.pad, p.pad}),
         engine_, entry->fwd_pd);
     entry->bwd = dnnl::pooling_backward(bpd);
     return *pools_.emplace(key, std::move(entry)).first->second;
@@ -406,7 +410,8 @@ class CpuBackend final : public Backend {
                  "pool output " << y.describe());
     std::size_t ws_bytes = e.fwd_pd.workspace_desc().get_size();
     if (ws_bytes > 0) {
-      if (workspace.bytes() != ws_bytes) workspace = Tensor::zeros(Shape{static_cast<std::int64_t>(ws_bytes)}, DType::u8);
+      if (workspace.bytes() != ws_bytes)
+        workspace = Tensor::zeros(Shape{static_cast<std::int64_t>(ws_bytes)}, DType::u8);
       args.emplace(DNNL_ARG_WORKSPACE, memory(e.fwd_pd.workspace_desc(), engine_, workspace.raw()));
     }
     e.fwd.execute(stream_, args);
@@ -435,7 +440,8 @@ class CpuBackend final : public Backend {
 
   NormEntry& norm_entry(const Shape& xs, float eps, bool training) {
     auto d = norm_dims(xs);
-    std::string key = make_key(training ? "bn_train" : "bn_infer", {d[0], d[1], d[2], d[3]}) + ":" + std::to_string(eps);
+    std::string key =
+        make_key(training ? "bn_train" : "bn_infer", {d[0], d[1], d[2], d[3]}) + ":" + std::to_string(eps);
     auto it = norms_.find(key);
     if (it != norms_.end()) return *it->second;
     auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
@@ -447,8 +453,7 @@ class CpuBackend final : public Backend {
     entry->fwd = dnnl::batch_normalization_forward(entry->fwd_pd);
     if (training) {
       dnnl::batch_normalization_backward::primitive_desc bpd(
-          dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, plain_desc(d), plain_desc(d), eps,
-                                                   flags),
+          dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, plain_desc(d), plain_desc(d), eps, flags),
           engine_, entry->fwd_pd);
       entry->bwd = dnnl::batch_normalization_backward(bpd);
       entry->zero_shift = Tensor::zeros(Shape{d[1]});

@@ -24,8 +24,8 @@ std::string library_versions() {
   ncclGetVersion(&nccl);
   std::size_t cudnn = cudnnGetVersion();
   return "CUDA runtime " + std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10) + ", cuDNN " +
-         std::to_string(cudnn) + ", NCCL " + std::to_string(nccl) + ", GPUs visible: " +
-         std::to_string(visible_device_count());
+         std::to_string(cudnn) + ", NCCL " + std::to_string(nccl) +
+         ", GPUs visible: " + std::to_string(visible_device_count());
 }
 
 }  // namespace shoal::cuda

@@ -22,24 +22,42 @@ bool is_printable(const std::string& s) {
 const char* kind_name(wire::Envelope::Body::Which kind) {
   using K = wire::Envelope::Body::Which;
   switch (kind) {
-    case K::REGISTER: return "register";
-    case K::REGISTER_REPLY: return "registerReply";
-    case K::HEARTBEAT: return "heartbeat";
-    case K::HEARTBEAT_REPLY: return "heartbeatReply";
-    case K::TABLE_REQUEST: return "tableRequest";
-    case K::PARTITION_TABLE: return "partitionTable";
-    case K::LEASE_REQUEST: return "leaseRequest";
-    case K::LEASE_GRANT: return "leaseGrant";
-    case K::LEASE_DONE: return "leaseDone";
-    case K::EVAL_DONE: return "evalDone";
-    case K::PUSH: return "push";
-    case K::PUSH_ACK: return "pushAck";
-    case K::PULL: return "pull";
-    case K::PULL_REPLY: return "pullReply";
-    case K::ERROR: return "error";
-    case K::SHUTDOWN: return "shutdown";
-    case K::ACK: return "ack";
-    case K::LEAVE: return "leave";
+    case K::REGISTER:
+      return "register";
+    case K::REGISTER_REPLY:
+      return "registerReply";
+    case K::HEARTBEAT:
+      return "heartbeat";
+    case K::HEARTBEAT_REPLY:
+      return "heartbeatReply";
+    case K::TABLE_REQUEST:
+      return "tableRequest";
+    case K::PARTITION_TABLE:
+      return "partitionTable";
+    case K::LEASE_REQUEST:
+      return "leaseRequest";
+    case K::LEASE_GRANT:
+      return "leaseGrant";
+    case K::LEASE_DONE:
+      return "leaseDone";
+    case K::EVAL_DONE:
+      return "evalDone";
+    case K::PUSH:
+      return "push";
+    case K::PUSH_ACK:
+      return "pushAck";
+    case K::PULL:
+      return "pull";
+    case K::PULL_REPLY:
+      return "pullReply";
+    case K::ERROR:
+      return "error";
+    case K::SHUTDOWN:
+      return "shutdown";
+    case K::ACK:
+      return "ack";
+    case K::LEAVE:
+      return "leave";
   }
   return "unknown";
 }

@@ -23,9 +23,16 @@ using testing::write_file;
 const std::string kShoal = SHOAL_BINARY;
 
 std::vector<std::string> small_job(const TempDir& dir, const std::string& model) {
-  return {kShoal, "train", std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_cnn.ini", "--model=" + model,
-          "--train.epochs=2", "--data.train_limit=4000", "--data.test_limit=1000", "--progress=lines",
-          "--metrics.file=" + dir.file("metrics.jsonl"), "--threads=2"};
+  return {kShoal,
+          "train",
+          std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_cnn.ini",
+          "--model=" + model,
+          "--train.epochs=2",
+          "--data.train_limit=4000",
+          "--data.test_limit=1000",
+          "--progress=lines",
+          "--metrics.file=" + dir.file("metrics.jsonl"),
+          "--threads=2"};
 }
 
 TEST(Cli, TrainsAndWritesMetrics) {

@@ -48,8 +48,12 @@ struct Cluster {
   std::vector<std::unique_ptr<Subprocess>> servers, workers;
 
   Cluster(std::vector<std::string> job_args, int n_servers, int n_workers) {
-    args = {kJob, "--cluster.coordinator=" + coordinator, "--cluster.servers=" + std::to_string(n_servers),
-            "--cluster.workers=" + std::to_string(n_workers), "--threads=1", "--progress=off"};
+    args = {kJob,
+            "--cluster.coordinator=" + coordinator,
+            "--cluster.servers=" + std::to_string(n_servers),
+            "--cluster.workers=" + std::to_string(n_workers),
+            "--threads=1",
+            "--progress=off"};
     args.insert(args.end(), job_args.begin(), job_args.end());
     coord = start("coordinator", {"--metrics.file=" + dir.file("metrics.jsonl")});
     for (int i = 0; i < n_servers; ++i) servers.push_back(start("ps", {"--node.rank=" + std::to_string(i)}));
@@ -89,11 +93,16 @@ TEST(Cluster, AsyncTwoServersTwoWorkersConverges) {
 
 TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {
   // 30 steps of 128 samples per epoch: 2 workers x 64 in the synchronous job.
-  const std::vector<std::string> common{"--model=mlp", "--train.epochs=2", "--data.train_limit=3840",
-                                        "--data.test_limit=2000", "--optimizer.lr=0.05", "--lr.schedule=constant",
-                                        "--lr.warmup_epochs=0", "--train.seed=3"};
+  const std::vector<std::string> common{
+      "--model=mlp",         "--train.epochs=2",       "--data.train_limit=3840", "--data.test_limit=2000",
+      "--optimizer.lr=0.05", "--lr.schedule=constant", "--lr.warmup_epochs=0",    "--train.seed=3"};
   TempDir single_dir;
-  std::vector<std::string> single{kShoal, "train", kJob, "--train.batch_size=128", "--threads=1", "--progress=off",
+  std::vector<std::string> single{kShoal,
+                                  "train",
+                                  kJob,
+                                  "--train.batch_size=128",
+                                  "--threads=1",
+                                  "--progress=off",
                                   "--metrics.file=" + single_dir.file("m.jsonl")};
   single.insert(single.end(), common.begin(), common.end());
   auto r = testing::run(single);
@@ -120,9 +129,10 @@ TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {
 
 TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
   // Three workers applying momentum SGD asynchronously: a smaller step than the example job's.
-  Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000",
-             "--data.shard_size=400", "--optimizer.lr=0.01", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
-            2, 3);
+  Cluster c(
+      {"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000", "--data.shard_size=400",
+       "--optimizer.lr=0.01", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
+      2, 3);
   ASSERT_TRUE(wait_for_output(*c.coord, "partition table", 60s)) << c.all_output();
   std::this_thread::sleep_for(1500ms);  // well inside the first epoch
   ASSERT_TRUE(c.workers[1]->running()) << "worker.1 ended before the kill:\n" << c.all_output();
@@ -144,9 +154,10 @@ TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
 
 TEST(Cluster, CoordinatorGivesUpWhenTheClusterDoesNotAssemble) {
   TempDir dir;
-  auto r = testing::run({kShoal, "coordinator", kJob, "--cluster.coordinator=tcp://127.0.0.1:" + std::to_string(free_port()),
-                         "--cluster.startup_timeout_seconds=1"},
-                        {}, 30s);
+  auto r =
+      testing::run({kShoal, "coordinator", kJob, "--cluster.coordinator=tcp://127.0.0.1:" + std::to_string(free_port()),
+                    "--cluster.startup_timeout_seconds=1"},
+                   {}, 30s);
   EXPECT_EQ(r.exit_code, 6) << r.output;
   EXPECT_NE(r.output.find("only 0/2 servers and 0/2 workers registered within 1 s"), std::string::npos) << r.output;
 }
@@ -180,7 +191,8 @@ TEST(Launcher, LocalJobRunsAndCtrlCStopsEveryProcess) {
   for (pid_t child : children) {
     bool gone = false;
     for (int i = 0; i < 100 && !gone; ++i) {
-      gone = kill(child, 0) != 0 || read_file("/proc/" + std::to_string(child) + "/stat").find(") Z") != std::string::npos;
+      gone =
+          kill(child, 0) != 0 || read_file("/proc/" + std::to_string(child) + "/stat").find(") Z") != std::string::npos;
       if (!gone) std::this_thread::sleep_for(50ms);
     }
     EXPECT_TRUE(gone) << "process " << child << " outlived the launcher";

@@ -1,9 +1,8 @@
 // The coordinator's plain state classes: the partitioner, membership and the lease book,
 // including the contract fault tolerance rests on — a dead or slow worker's shards are done by
 // others and every sample of every epoch is done exactly once in the count.
-#include <gtest/gtest.h>
-
 #include <capnp/message.h>
+#include <gtest/gtest.h>
 
 #include <set>
 
@@ -19,7 +18,8 @@ using namespace std::chrono_literals;
 
 std::vector<ServerRange> servers(int n) {
   std::vector<ServerRange> s;
-  for (int i = 0; i < n; ++i) s.push_back(ServerRange{"ps." + std::to_string(i), "inproc://ps" + std::to_string(i), 0, 0});
+  for (int i = 0; i < n; ++i)
+    s.push_back(ServerRange{"ps." + std::to_string(i), "inproc://ps" + std::to_string(i), 0, 0});
   return s;
 }
 

@@ -1,8 +1,9 @@
 // Configuration: sources and their precedence, and a table of bad inputs that must each be a
 // ConfigError naming the key (and where the value came from).
+#include "core/config.h"
+
 #include <gtest/gtest.h>
 
-#include "core/config.h"
 #include "core/error.h"
 #include "tests/support/subprocess.h"
 
@@ -29,9 +30,9 @@ TEST(Config, FileEnvironmentAndCommandLinePrecedence) {
   SettingsRegistry registry;
   LoadedConfig c = load_config({dir.file("job.ini"), "--train.batch_size=128", "--threads", "1"},
                                {"SHOAL_TRAIN_BATCH_SIZE=256", "SHOAL_TRAIN_EPOCHS=5", "PATH=/bin"}, registry);
-  EXPECT_EQ(c.config.model, "mlp");                 // file
-  EXPECT_EQ(c.config.epochs, 5);                    // env beats file
-  EXPECT_EQ(c.config.batch_size, 128);              // command line beats env and file
+  EXPECT_EQ(c.config.model, "mlp");     // file
+  EXPECT_EQ(c.config.epochs, 5);        // env beats file
+  EXPECT_EQ(c.config.batch_size, 128);  // command line beats env and file
   EXPECT_EQ(c.config.threads, 1);
   EXPECT_EQ(c.config.optimizer.kind, OptimizerKind::adam);
   EXPECT_FLOAT_EQ(c.config.optimizer.lr, 0.002f);
@@ -53,10 +54,10 @@ TEST(Config, BoolFlagWithoutValue) {
 
 struct BadInput {
   const char* name;
-  std::string file;                   // job file content ("" = no file)
-  std::vector<std::string> args;      // after the file
+  std::string file;               // job file content ("" = no file)
+  std::vector<std::string> args;  // after the file
   std::vector<std::string> env;
-  std::string must_mention;           // the error names this
+  std::string must_mention;  // the error names this
 };
 
 void PrintTo(const BadInput& bad, std::ostream* os) { *os << bad.name; }
@@ -85,25 +86,25 @@ TEST_P(ConfigErrors, AreConfigErrorsNamingTheKey) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, ConfigErrors,
-    ::testing::Values(
-        BadInput{"unknown key in file", "[train]\nepochz = 3\n", {}, {}, "train.epochz"},
-        BadInput{"unknown section", "[trian]\nepochs = 3\n", {}, {}, "trian.epochs"},
-        BadInput{"unknown option", "", {"--train.epohcs=3"}, {}, "train.epohcs"},
-        BadInput{"unknown env", "", {}, {"SHOAL_TRAIN_EPOCHZ=3"}, "SHOAL_TRAIN_EPOCHZ"},
-        BadInput{"epochs zero", "[train]\nepochs = 0\n", {}, {}, "train.epochs"},
-        BadInput{"negative batch", "", {"--train.batch_size=-4"}, {}, "train.batch_size"},
-        BadInput{"not an integer", "[train]\nbatch_size = 6four\n", {}, {}, "train.batch_size"},
-        BadInput{"float as int", "", {"--train.epochs=2.5"}, {}, "train.epochs"},
-        BadInput{"lr zero", "[optimizer]\nlr = 0\n", {}, {}, "optimizer.lr"},
-        BadInput{"lr nan", "", {"--optimizer.lr=nan"}, {}, "optimizer.lr"},
-        BadInput{"momentum one", "", {}, {"SHOAL_OPTIMIZER_MOMENTUM=1"}, "optimizer.momentum"},
-        BadInput{"env source named", "", {}, {"SHOAL_OPTIMIZER_MOMENTUM=1"}, "env SHOAL_OPTIMIZER_MOMENTUM"},
-        BadInput{"bad choice", "model = vgg16\n", {}, {}, "model"},
-        BadInput{"bad bool", "[optimizer]\nnesterov = maybe\n", {}, {}, "optimizer.nesterov"},
-        BadInput{"duplicate key", "[train]\nepochs = 3\nepochs = 4\n", {}, {}, "train.epochs"},
-        BadInput{"bad device", "", {"--device=tpu"}, {}, "device"},
-        BadInput{"threads too many", "", {"--threads=100000"}, {}, "threads"},
-        BadInput{"missing file", "", {"/nonexistent/job.ini"}, {}, "/nonexistent/job.ini"}),
+    ::testing::Values(BadInput{"unknown key in file", "[train]\nepochz = 3\n", {}, {}, "train.epochz"},
+                      BadInput{"unknown section", "[trian]\nepochs = 3\n", {}, {}, "trian.epochs"},
+                      BadInput{"unknown option", "", {"--train.epohcs=3"}, {}, "train.epohcs"},
+                      BadInput{"unknown env", "", {}, {"SHOAL_TRAIN_EPOCHZ=3"}, "SHOAL_TRAIN_EPOCHZ"},
+                      BadInput{"epochs zero", "[train]\nepochs = 0\n", {}, {}, "train.epochs"},
+                      BadInput{"negative batch", "", {"--train.batch_size=-4"}, {}, "train.batch_size"},
+                      BadInput{"not an integer", "[train]\nbatch_size = 6four\n", {}, {}, "train.batch_size"},
+                      BadInput{"float as int", "", {"--train.epochs=2.5"}, {}, "train.epochs"},
+                      BadInput{"lr zero", "[optimizer]\nlr = 0\n", {}, {}, "optimizer.lr"},
+                      BadInput{"lr nan", "", {"--optimizer.lr=nan"}, {}, "optimizer.lr"},
+                      BadInput{"momentum one", "", {}, {"SHOAL_OPTIMIZER_MOMENTUM=1"}, "optimizer.momentum"},
+                      BadInput{
+                          "env source named", "", {}, {"SHOAL_OPTIMIZER_MOMENTUM=1"}, "env SHOAL_OPTIMIZER_MOMENTUM"},
+                      BadInput{"bad choice", "model = vgg16\n", {}, {}, "model"},
+                      BadInput{"bad bool", "[optimizer]\nnesterov = maybe\n", {}, {}, "optimizer.nesterov"},
+                      BadInput{"duplicate key", "[train]\nepochs = 3\nepochs = 4\n", {}, {}, "train.epochs"},
+                      BadInput{"bad device", "", {"--device=tpu"}, {}, "device"},
+                      BadInput{"threads too many", "", {"--threads=100000"}, {}, "threads"},
+                      BadInput{"missing file", "", {"/nonexistent/job.ini"}, {}, "/nonexistent/job.ini"}),
     [](const ::testing::TestParamInfo<BadInput>& info) {
       std::string n = info.param.name;
       for (auto& c : n)

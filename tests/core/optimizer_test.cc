@@ -1,11 +1,12 @@
 // Optimizer steps against values worked out by hand, schedules at their corners, and the
 // property a parameter server relies on: updating chunks separately equals updating the whole.
+#include "core/optimizer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/error.h"
-#include "core/optimizer.h"
 
 namespace shoal {
 namespace {

@@ -89,10 +89,18 @@ TEST(DecoderFuzz, RandomAndMutatedInputsAreRejectedNotCrashed) {
       int edits = 1 + static_cast<int>(rng.below(4));
       for (int e = 0; e < edits; ++e) {
         switch (rng.below(4)) {
-          case 0: input[rng.below(input.size())] ^= static_cast<char>(1 << rng.below(8)); break;
-          case 1: input[rng.below(input.size())] = static_cast<char>(rng.below(256)); break;
-          case 2: input.resize(rng.below(input.size() + 1)); break;
-          default: input += static_cast<char>(rng.below(256)); break;
+          case 0:
+            input[rng.below(input.size())] ^= static_cast<char>(1 << rng.below(8));
+            break;
+          case 1:
+            input[rng.below(input.size())] = static_cast<char>(rng.below(256));
+            break;
+          case 2:
+            input.resize(rng.below(input.size() + 1));
+            break;
+          default:
+            input += static_cast<char>(rng.below(256));
+            break;
         }
         if (input.empty()) input = "x";
       }

@@ -1,5 +1,7 @@
 // Dataset readers on good, truncated and corrupted files (raw and gzip), a fuzz-style sweep
 // over every truncation and many byte flips, and the real Fashion-MNIST files from Debian.
+#include "models/dataset.h"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -9,7 +11,6 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "models/dataset.h"
 #include "models/shard.h"
 #include "tests/support/subprocess.h"
 
@@ -237,7 +238,8 @@ TEST(Shards, PermutationIsSeededAndComplete) {
 // The real data the README's job trains on (installed by the setup script).
 TEST(FashionMnist, DebianFilesLoadWithExpectedCountsAndBalancedClasses) {
   const std::string dir = "/usr/share/datasets/fashion-mnist";
-  ASSERT_TRUE(std::filesystem::exists(dir)) << dir << " missing: install dataset-fashion-mnist (launch/setup-debian.sh)";
+  ASSERT_TRUE(std::filesystem::exists(dir))
+      << dir << " missing: install dataset-fashion-mnist (launch/setup-debian.sh)";
   TrainTestData d = load_train_test("idx", dir, 0, 0);
   EXPECT_EQ(d.train.count, 60000);
   EXPECT_EQ(d.test.count, 10000);

@@ -225,7 +225,8 @@ TEST(GradientCheck, WholeCnnBnModel) {
   Tensor dlogits = b.allocate(logits.shape());
   b.softmax_cross_entropy(logits, y, &dlogits, 1.f / 6);
   std::vector<Parameter*> reported;
-  model->backward(ctx, dlogits, [&](const std::vector<Parameter*>& ps) { reported.insert(reported.end(), ps.begin(), ps.end()); });
+  model->backward(ctx, dlogits,
+                  [&](const std::vector<Parameter*>& ps) { reported.insert(reported.end(), ps.begin(), ps.end()); });
   EXPECT_EQ(reported.size(), model->params().parameters().size()) << "every parameter is reported ready once";
   EXPECT_EQ(reported.front()->name, "fc2.weight") << "gradients are reported from the last layer back";
   auto grads = to_host(b, model->params().grads());
@@ -288,7 +289,8 @@ TEST(ForwardReference, LinearMaxPoolAndBatchNorm) {
   Backend& b = *backend;
   Rng rng(2);
   // linear
-  Tensor x = random_tensor(b, Shape{3, 4}, rng, InputKind::normal), w = random_tensor(b, Shape{2, 4}, rng, InputKind::normal);
+  Tensor x = random_tensor(b, Shape{3, 4}, rng, InputKind::normal),
+         w = random_tensor(b, Shape{2, 4}, rng, InputKind::normal);
   Tensor bias = random_tensor(b, Shape{2}, rng, InputKind::normal), y = b.allocate(Shape{3, 2});
   b.linear_forward(x, w, &bias, y);
   auto xs = to_host(b, x), ws = to_host(b, w), bs = to_host(b, bias), ys = to_host(b, y);
@@ -312,7 +314,8 @@ TEST(ForwardReference, LinearMaxPoolAndBatchNorm) {
       }
   // batch norm (training): per-channel standardisation, running stats updated with momentum
   Tensor bx = random_tensor(b, Shape{4, 2, 3, 3}, rng, InputKind::normal), by = b.allocate(Shape{4, 2, 3, 3});
-  Tensor gamma = b.allocate(Shape{2}), beta = b.allocate(Shape{2}), rm = b.allocate(Shape{2}), rv = b.allocate(Shape{2});
+  Tensor gamma = b.allocate(Shape{2}), beta = b.allocate(Shape{2}), rm = b.allocate(Shape{2}),
+         rv = b.allocate(Shape{2});
   b.fill(gamma, 2.f);
   b.fill(beta, 0.5f);
   b.fill(rv, 1.f);
@@ -339,7 +342,8 @@ TEST(ForwardReference, LinearMaxPoolAndBatchNorm) {
 
 TEST(ForwardReference, DropoutKeepsExpectationAndIsDeterministic) {
   auto backend = make_backend(BackendOptions{Device::cpu(), 2});
-  Tensor x = backend->allocate(Shape{100000}), y1 = backend->allocate(Shape{100000}), y2 = backend->allocate(Shape{100000});
+  Tensor x = backend->allocate(Shape{100000}), y1 = backend->allocate(Shape{100000}),
+         y2 = backend->allocate(Shape{100000});
   backend->fill(x, 1.f);
   Tensor m1, m2;
   backend->dropout_forward(x, y1, m1, 0.3f, 77);

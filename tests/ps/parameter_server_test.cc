@@ -1,6 +1,8 @@
 // A real ParameterServer in this process over inproc://: bounded staleness, bulk-synchronous
 // averaging, membership changes, and a table of malformed messages that must each be dropped
 // or refused, counted, and leave the server serving.
+#include "ps/parameter_server.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -13,7 +15,6 @@
 #include "coordinator/partitioner.h"
 #include "core/error.h"
 #include "core/rng.h"
-#include "ps/parameter_server.h"
 
 namespace shoal {
 namespace {
@@ -24,7 +25,8 @@ using namespace std::chrono_literals;
 // `in_server` for the few things (membership, counters) that come from the coordinator.
 class ServerFixture {
  public:
-  ServerFixture(std::int64_t staleness, std::int64_t elements = 10, std::vector<std::string> workers = {"worker.0", "worker.1"}) {
+  ServerFixture(std::int64_t staleness, std::int64_t elements = 10,
+                std::vector<std::string> workers = {"worker.0", "worker.1"}) {
     address_ = "inproc://ps-test-" + std::to_string(++instances_);
     backend_ = make_backend(BackendOptions{Device::cpu(), 1});
     server_ = std::make_unique<ParameterServer>(context, address_, *backend_, Logger("ps", LogLevel::error));
@@ -95,7 +97,8 @@ class ServerFixture {
 
 class Client {
  public:
-  Client(ServerFixture& f, std::string id) : f_(f), id_(std::move(id)), socket_(f.context, f.address(), Logger("c", LogLevel::off)) {}
+  Client(ServerFixture& f, std::string id)
+      : f_(f), id_(std::move(id)), socket_(f.context, f.address(), Logger("c", LogLevel::off)) {}
   // Pushes `value` for every chunk.
   void push(std::uint64_t clock, float value) {
     Outgoing m(id_, next_++);

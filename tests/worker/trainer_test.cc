@@ -1,9 +1,10 @@
 // The training loop in-process on a slice of the real Fashion-MNIST: loss must fall, a fixed
 // seed must reproduce the run exactly, and the strategy hooks must fire in order.
+#include "worker/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include "models/dataset.h"
-#include "worker/trainer.h"
 
 namespace shoal {
 namespace {
@@ -55,7 +56,9 @@ TEST(Trainer, SameSeedSameRunDifferentSeedDifferentRun) {
 class RecordingStrategy final : public Strategy {
  public:
   void begin_step(Model&, std::int64_t step) override { events.push_back("begin " + std::to_string(step)); }
-  void gradients_ready(Model&, const std::vector<Parameter*>& ps) override { events.push_back("ready " + ps.front()->name); }
+  void gradients_ready(Model&, const std::vector<Parameter*>& ps) override {
+    events.push_back("ready " + ps.front()->name);
+  }
   void end_step(Model&, std::int64_t step, float) override { events.push_back("end " + std::to_string(step)); }
   std::vector<std::string> events;
 };
