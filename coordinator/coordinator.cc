@@ -197,6 +197,22 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       socket_.send(in.peer, out);
       return;
     }
+    case K::LEAVE: {
+      // A worker stopping early (SIGTERM): the same as its death, without the wait.
+      if (member->role == wire::Role::WORKER) {
+        members_.mark_dead(sender);
+        int returned = book_ ? book_->release(sender) : 0;
+        SHOAL_LOG(log_, warn, sender << " left the job; " << returned << " leased shard(s) back in the queue; "
+                                     << members_.live_workers().size() << " workers remain");
+        if (book_ && members_.live_workers().empty() && !book_->finished())
+          failure_ = "every worker is gone before the job finished";
+      }
+      told_[sender] = true;
+      Outgoing out("coordinator", in.request_id());
+      out.body().setAck();
+      socket_.send(in.peer, out);
+      return;
+    }
     case K::EVAL_DONE: {
       auto d = body.getEvalDone();
       if (book_) book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());

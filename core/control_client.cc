@@ -154,6 +154,12 @@ void ControlClient::report_evaluation(std::int64_t epoch, double loss, double ac
   request(msg, timeout_);
 }
 
+void ControlClient::leave() {
+  Outgoing msg = make();
+  msg.body().setLeave();
+  request(msg, timeout_);
+}
+
 Heartbeat::Heartbeat(zmq::context_t& context, const std::string& coordinator, const std::string& sender, Logger log,
                      Seconds interval, Seconds dead_after)
     : context_(context), log_(std::move(log)) {

@@ -40,6 +40,8 @@ class ControlClient {
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
                     double seconds);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
+  // This worker leaves the job before it is over (SIGTERM): its leases go back at once.
+  void leave();
   const std::string& id() const { return sender_; }
 
   // One request and its reply (matched by request id; stray replies are discarded). An error

@@ -4,6 +4,15 @@
 
 namespace shoal {
 
+void poll_interruptible(zmq::pollitem_t* items, std::size_t count, std::chrono::milliseconds timeout) {
+  try {
+    zmq::poll(items, count, timeout);
+  } catch (const zmq::error_t& e) {
+    if (e.num() != EINTR) throw;
+    for (std::size_t i = 0; i < count; ++i) items[i].revents = 0;  // a signal: the caller looks again
+  }
+}
+
 std::uint64_t ProtocolCounters::total_dropped() const {
   std::uint64_t n = 0;
   for (const auto& [reason, count] : dropped) n += count;
@@ -76,7 +85,7 @@ std::optional<Incoming> Socket::receive(std::chrono::milliseconds timeout) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return std::nullopt;
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, left);
+    poll_interruptible(&item, 1, left);
   }
 }
 

@@ -69,6 +69,9 @@ class ClientSocket final : public Socket {
   std::string address_;
 };
 
+// zmq::poll that returns (with no events) when a signal interrupts it, instead of throwing.
+void poll_interruptible(zmq::pollitem_t* items, std::size_t count, std::chrono::milliseconds timeout);
+
 // "tcp://0.0.0.0:0" -> "tcp://0.0.0.0:*", which ZeroMQ reads as "any free port".
 std::string zmq_bind_address(const std::string& address);
 

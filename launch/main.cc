@@ -125,7 +125,7 @@ int run(int argc, char** argv) {
     } else if (command == "ps") {
       ParameterServer::run_role(context, loaded.config, log);
     } else {
-      run_worker_role(context, loaded.config, log);
+      run_worker_role(context, loaded.config, log, &install_termination_request());
     }
     return 0;
   }

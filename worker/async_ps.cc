@@ -110,7 +110,7 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for) {
       SHOAL_THROW(TimeoutError, "no answer for " << waiting_for << " within " << options_.request_timeout.count()
                                                  << " s from:" << (who.empty() ? std::string(" ?") : who));
     }
-    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(10));
+    poll_interruptible(items.data(), items.size(), std::chrono::milliseconds(10));
     for (std::size_t i = 0; i < links_.size(); ++i) {
       if (!(items[i].revents & ZMQ_POLLIN)) continue;
       while (auto in = links_[i].socket->try_receive()) handle_reply(links_[i], *in);

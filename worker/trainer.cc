@@ -75,7 +75,7 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
 
 LossStats Trainer::train_shard(const Dataset& data, const std::vector<std::int64_t>& order, const DataShard& shard) {
   LossStats total;
-  for (std::int64_t begin = shard.begin; begin < shard.end; begin += options_.batch_size) {
+  for (std::int64_t begin = shard.begin; begin < shard.end && !stopped(); begin += options_.batch_size) {
     std::int64_t end = std::min(shard.end, begin + options_.batch_size);
     auto start = std::chrono::steady_clock::now();
     LossStats s =

@@ -4,6 +4,7 @@
 // shards leased from the coordinator.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -57,6 +58,9 @@ class Trainer {
   EvalResult evaluate(const Dataset& data);
 
   std::int64_t step() const { return step_; }
+  // When the flag turns true, train_shard stops after the current step (and says so).
+  void set_stop_flag(const std::atomic<bool>* flag) { stop_ = flag; }
+  bool stopped() const { return stop_ != nullptr && stop_->load(); }
 
  private:
   void load_batch(const Dataset& data, std::span<const std::int64_t> samples);
@@ -70,6 +74,7 @@ class Trainer {
   Progress& progress_;
   MetricsWriter& metrics_;
   std::int64_t step_ = 0;
+  const std::atomic<bool>* stop_ = nullptr;
   std::vector<float> host_x_;
   std::vector<std::int32_t> host_y_;
   Tensor x_, y_, dlogits_;

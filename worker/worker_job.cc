@@ -14,7 +14,7 @@
 
 namespace shoal {
 
-void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log) {
+void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
   auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
   TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
   Normalization norm =
@@ -48,11 +48,18 @@ void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger lo
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
   Trainer trainer(*backend, *model, strategy, norm, trainer_options, log, progress, no_metrics);
+  trainer.set_stop_flag(stop);
 
   std::int64_t permutation_epoch = -1;
   std::vector<std::int64_t> order;
   std::int64_t shards = 0, samples = 0;
   while (true) {
+    if (trainer.stopped()) {
+      strategy.leave();
+      control.leave();
+      SHOAL_LOG(log, info, "stopped on request after " << strategy.clock() << " steps; left the job");
+      return;
+    }
     SHOAL_REQUIRE(!heartbeat.coordinator_lost(), TimeoutError,
                   id << " lost the coordinator (no heartbeat reply for " << config.dead_after_seconds << " s)");
     if (heartbeat.shutdown_requested()) {
@@ -95,6 +102,7 @@ void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger lo
                             << " training samples this worker has: do all processes use the same data?");
     auto started = std::chrono::steady_clock::now();
     LossStats s = trainer.train_shard(data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
+    if (trainer.stopped()) continue;  // a partial shard is not reported; leaving returns it
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
     ++shards;

@@ -3,6 +3,7 @@
 // with the parameter-server strategy, evaluates the model when asked, reports each result.
 #pragma once
 
+#include <atomic>
 #include <zmq.hpp>
 
 #include "core/config.h"
@@ -10,6 +11,8 @@
 
 namespace shoal {
 
-void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log);
+// `stop` (optional) asks the worker to finish its step, leave the job and return.
+void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log,
+                     const std::atomic<bool>* stop = nullptr);
 
 }  // namespace shoal

@@ -152,6 +152,26 @@ TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
   for (auto& s : c.servers) EXPECT_EQ(s->wait(30s), 0) << s->output();
 }
 
+TEST(Cluster, WorkerStoppedWithSigtermLeavesAndTheJobGoesOn) {
+  Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000",
+             "--data.shard_size=400", "--optimizer.lr=0.01"},
+            2, 3);
+  ASSERT_TRUE(wait_for_output(*c.coord, "partition table", 60s)) << c.all_output();
+  std::this_thread::sleep_for(1500ms);
+  ASSERT_TRUE(c.workers[1]->running()) << c.all_output();
+  c.workers[1]->signal(SIGTERM);
+  // It finishes its step, tells the servers and the coordinator, and exits 0 at once: no
+  // waiting for a heartbeat timeout (5 s here).
+  EXPECT_EQ(c.workers[1]->wait(4s), 0) << c.workers[1]->output();
+  EXPECT_NE(c.workers[1]->output().find("left the job"), std::string::npos) << c.workers[1]->output();
+  ASSERT_EQ(c.coord->wait(180s), 0) << c.all_output();
+  EXPECT_NE(c.coord->output().find("worker.1 left the job"), std::string::npos) << c.coord->output();
+  EXPECT_EQ(c.coord->output().find("declared dead"), std::string::npos) << c.coord->output();
+  auto epochs = lines_with(c.metrics(), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 2u) << c.all_output();
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 12000) << e;
+}
+
 TEST(Cluster, CoordinatorGivesUpWhenTheClusterDoesNotAssemble) {
   TempDir dir;
   auto r =
