@@ -201,11 +201,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       // A worker stopping early (SIGTERM): the same as its death, without the wait.
       if (member->role == wire::Role::WORKER) {
         members_.mark_dead(sender);
-        int returned = book_ ? book_->release(sender) : 0;
-        SHOAL_LOG(log_, warn, sender << " left the job; " << returned << " leased shard(s) back in the queue; "
-                                     << members_.live_workers().size() << " workers remain");
-        if (book_ && members_.live_workers().empty() && !book_->finished())
-          failure_ = "every worker is gone before the job finished";
+        worker_gone(sender, "left the job");
       }
       told_[sender] = true;
       Outgoing out("coordinator", in.request_id());
@@ -228,16 +224,20 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
   }
 }
 
+void Coordinator::worker_gone(const std::string& id, const std::string& how) {
+  int returned = book_ ? book_->release(id) : 0;
+  SHOAL_LOG(log_, warn,
+            id << " " << how << "; " << returned << " leased shard(s) back in the queue; "
+               << members_.live_workers().size() << " workers remain");
+  if (book_ && members_.live_workers().empty() && !book_->finished())
+    failure_ = "every worker is gone before the job finished";
+}
+
 void Coordinator::check_liveness(Clock::time_point now) {
   for (const auto& id : members_.expire(now)) {
     const Member* m = members_.find(id);
     if (m->role == wire::Role::WORKER) {
-      int returned = book_ ? book_->release(id) : 0;
-      SHOAL_LOG(log_, warn,
-                id << " declared dead (no heartbeat for " << config_.dead_after_seconds << " s); " << returned
-                   << " leased shard(s) back in the queue; " << members_.live_workers().size() << " workers remain");
-      if (book_ && members_.live_workers().empty() && !book_->finished())
-        failure_ = "every worker is gone before the job finished";
+      worker_gone(id, "declared dead (no heartbeat for " + std::to_string(config_.dead_after_seconds) + " s)");
     } else if (m->role == wire::Role::SERVER && table_) {
       failure_ = "parameter server " + id +
                  " stopped answering heartbeats; the job cannot continue "

@@ -40,6 +40,8 @@ class Coordinator {
   void publish_table();
   void reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message);
   void check_liveness(Clock::time_point now);
+  // A worker died or left: its leases go back to the queue.
+  void worker_gone(const std::string& id, const std::string& how);
   void report_epochs(Clock::time_point now);
   bool everyone_told() const;
 

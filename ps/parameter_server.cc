@@ -61,12 +61,13 @@ ParameterServer::ChunkState* ParameterServer::find_chunk(std::uint32_t key) {
   return &chunks_[key - first_key_];
 }
 
-void ParameterServer::error_reply(const Incoming& in, wire::ErrorCode code, const std::string& message) {
-  Outgoing out(id_, in.request_id());
+void ParameterServer::error_reply(const std::string& peer, std::uint64_t request_id, wire::ErrorCode code,
+                                  const std::string& message) {
+  Outgoing out(id_, request_id);
   auto err = out.body().initError();
   err.setCode(code);
   err.setMessage(message);
-  socket_.send(in.peer, out);
+  socket_.send(peer, out);
 }
 
 std::uint64_t ParameterServer::slowest_clock() const {
@@ -78,8 +79,7 @@ std::uint64_t ParameterServer::slowest_clock() const {
   return slowest;
 }
 
-bool ParameterServer::pull_ready(const std::string& worker, std::uint64_t clock) const {
-  (void)worker;
+bool ParameterServer::pull_ready(std::uint64_t clock) const {
   if (options_.staleness == 0) {
     for (const auto& c : chunks_)
       if (c.applied < clock) return false;
@@ -136,23 +136,17 @@ void ParameterServer::retry_parked() {
   auto now = std::chrono::steady_clock::now();
   for (auto it = parked_.begin(); it != parked_.end();) {
     if (!live_.count(it->worker)) {
-      Outgoing out(id_, it->request_id);
-      auto err = out.body().initError();
-      err.setCode(wire::ErrorCode::UNKNOWN_SENDER);
-      err.setMessage(it->worker + " no longer takes part in this job");
-      socket_.send(it->peer, out);
+      error_reply(it->peer, it->request_id, wire::ErrorCode::UNKNOWN_SENDER,
+                  it->worker + " no longer takes part in this job");
       it = parked_.erase(it);
-    } else if (pull_ready(it->worker, it->clock)) {
+    } else if (pull_ready(it->clock)) {
       answer_pull(it->peer, it->request_id);
       it = parked_.erase(it);
     } else if (now > it->deadline) {
-      Outgoing out(id_, it->request_id);
-      auto err = out.body().initError();
-      err.setCode(wire::ErrorCode::TIMEOUT);
-      err.setMessage("pull for step " + std::to_string(it->clock) + " waited " +
-                     std::to_string(options_.pull_timeout.count()) + " ms for the slowest worker (clock " +
-                     std::to_string(slowest_clock()) + ")");
-      socket_.send(it->peer, out);
+      error_reply(it->peer, it->request_id, wire::ErrorCode::TIMEOUT,
+                  "pull for step " + std::to_string(it->clock) + " waited " +
+                      std::to_string(options_.pull_timeout.count()) + " ms for the slowest worker (clock " +
+                      std::to_string(slowest_clock()) + ")");
       ++stats_.pull_timeouts;
       it = parked_.erase(it);
     } else {
@@ -189,7 +183,7 @@ void ParameterServer::handle_push(Incoming& in) {
     }
     if (!problem.empty()) {
       socket_.reject("bad push", problem + " (from " + worker + ")");
-      error_reply(in, wire::ErrorCode::BAD_REQUEST, problem);
+      error_reply(in.peer, in.request_id(), wire::ErrorCode::BAD_REQUEST, problem);
       return;
     }
   }
@@ -222,7 +216,7 @@ void ParameterServer::handle_push(Incoming& in) {
 
 void ParameterServer::handle_pull(Incoming& in) {
   auto pull = in.envelope().getBody().getPull();
-  if (!pull.getBounded() || pull_ready(in.sender(), pull.getClock())) {
+  if (!pull.getBounded() || pull_ready(pull.getClock())) {
     answer_pull(in.peer, in.request_id());
     return;
   }
@@ -234,7 +228,7 @@ void ParameterServer::handle_pull(Incoming& in) {
 void ParameterServer::handle(Incoming& in) {
   using K = wire::Envelope::Body;
   if (!started_) {
-    error_reply(in, wire::ErrorCode::NOT_READY, id_ + " has no partition table yet");
+    error_reply(in.peer, in.request_id(), wire::ErrorCode::NOT_READY, id_ + " has no partition table yet");
     return;
   }
   const std::string sender = in.sender();
@@ -243,7 +237,8 @@ void ParameterServer::handle(Incoming& in) {
     bool ever = known_.count(sender) > 0;
     socket_.reject(ever ? "sender not live" : "unknown sender",
                    kind_name(in.kind()) + std::string(" from '") + sender + "'");
-    error_reply(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live worker of this job");
+    error_reply(in.peer, in.request_id(), wire::ErrorCode::UNKNOWN_SENDER,
+                sender + " is not a live worker of this job");
     return;
   }
   switch (in.kind()) {
@@ -266,7 +261,7 @@ void ParameterServer::handle(Incoming& in) {
     }
     default:
       socket_.reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + sender);
-      error_reply(in, wire::ErrorCode::BAD_REQUEST,
+      error_reply(in.peer, in.request_id(), wire::ErrorCode::BAD_REQUEST,
                   std::string("a parameter server does not handle ") + kind_name(in.kind()));
   }
 }

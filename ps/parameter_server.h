@@ -80,8 +80,8 @@ class ParameterServer {
   void handle(Incoming& in);
   void handle_push(Incoming& in);
   void handle_pull(Incoming& in);
-  void error_reply(const Incoming& in, wire::ErrorCode code, const std::string& message);
-  bool pull_ready(const std::string& worker, std::uint64_t clock) const;
+  void error_reply(const std::string& peer, std::uint64_t request_id, wire::ErrorCode code, const std::string& message);
+  bool pull_ready(std::uint64_t clock) const;
   void answer_pull(const std::string& peer, std::uint64_t request_id);
   void apply(ChunkState& chunk, const Tensor& grad);
   void try_finish_steps();
