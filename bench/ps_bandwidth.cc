@@ -109,7 +109,7 @@ class ServerFarm {
 
  private:
   struct Slot {
-    zmq::context_t context{1};
+    Network context;
     std::unique_ptr<Backend> backend;
     std::unique_ptr<ParameterServer> server;
     std::thread thread;
@@ -131,7 +131,7 @@ std::vector<double> push_pull_rounds(int servers, std::int64_t in, std::int64_t 
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   auto model = blob_model(*backend, in, out);
   ServerFarm farm(servers, model->params().parameter_count(), "bench.worker");
-  zmq::context_t context(1);
+  Network context;
   AsyncPsOptions options;
   AsyncPsStrategy strategy(context, farm.table, "bench.worker", *model, Logger("worker", LogLevel::warn), options);
   std::vector<Parameter*> all;
@@ -186,7 +186,7 @@ int run(int argc, char** argv) {
     auto backend = make_backend(BackendOptions{Device::cpu(), 1});
     auto model = blob_model(*backend, 31, 32);  // 1024 parameters
     ServerFarm farm(1, model->params().parameter_count(), "bench.worker");
-    zmq::context_t context(1);
+    Network context;
     AsyncPsStrategy strategy(context, farm.table, "bench.worker", *model, Logger("worker", LogLevel::warn), {});
     std::vector<Parameter*> all;
     for (const auto& p : model->params().parameters()) all.push_back(p.get());

@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <cstdio>
+#include <sstream>
 
 #include "coordinator/partitioner.h"
 #include "core/backend.h"
@@ -21,11 +22,11 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
-Coordinator::Coordinator(zmq::context_t& context, const JobConfig& config, Logger log, MetricsWriter& metrics)
+Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics)
     : config_(config),
       log_(std::move(log)),
       metrics_(metrics),
-      socket_(context, config.coordinator_address, log_),
+      socket_(network, config.coordinator_address, log_),
       members_(ms(config.dead_after_seconds)) {
   DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
   train_samples_ = info.count;
@@ -45,7 +46,25 @@ void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const st
   auto err = out.body().initError();
   err.setCode(code);
   err.setMessage(message);
+  if (code == wire::ErrorCode::SHUTTING_DOWN && end_) job_end_to_wire(*end_, err.initEnd());
   socket_.send(in.peer, out);
+}
+
+void Coordinator::reply_register(const Incoming& in, const Member& m) {
+  Outgoing out("coordinator", in.request_id());
+  auto r = out.body().initRegisterReply();
+  r.setId(m.id);
+  r.setRank(m.rank);
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::end_job(ExitCode code, const std::string& reason) {
+  if (end_) return;
+  end_ = JobEnd{code, reason};
+  if (code == ExitCode::ok)
+    SHOAL_LOG(log_, info, "the job is over; telling every process");
+  else
+    SHOAL_LOG(log_, error, "the job failed (" << exit_code_name(code) << "): " << reason << "; telling every process");
 }
 
 void Coordinator::publish_table() {
@@ -81,9 +100,20 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
   using K = wire::Envelope::Body;
   auto body = in.envelope().getBody();
   const std::string sender = in.sender();
-  const bool over = (book_ && book_->finished()) || !failure_.empty();
+  const bool over = end_.has_value();
   if (in.kind() == K::REGISTER) {
     auto reg = body.getRegister();
+    // Retries of one process's registration carry its nonce: every copy gets the same answer,
+    // so copies queued while the coordinator was not up do not register the process again.
+    if (auto seen = registrations_.find(reg.getNonce()); seen != registrations_.end()) {
+      if (const Member* m = members_.find(seen->second)) reply_register(in, *m);
+      return;
+    }
+    if (over) {
+      told_[sender] = true;
+      reply_error(in, wire::ErrorCode::SHUTTING_DOWN, "the job is over: " + end_->reason);
+      return;
+    }
     if (table_) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST,
                   "the job has started; joining a running job is not supported yet (elasticity)");
@@ -99,11 +129,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     }
     try {
       const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
-      Outgoing out("coordinator", in.request_id());
-      auto r = out.body().initRegisterReply();
-      r.setId(m.id);
-      r.setRank(m.rank);
-      socket_.send(in.peer, out);
+      registrations_[reg.getNonce()] = m.id;
+      reply_register(in, m);
       SHOAL_LOG(log_, info,
                 "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
                               << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
@@ -115,6 +142,12 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
   }
 
   const Member* member = members_.find(sender);
+  if (over && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST) {
+    // Whatever a member asks once the job is over, the answer is how it ended.
+    told_[sender] = true;
+    reply_error(in, wire::ErrorCode::SHUTTING_DOWN, "the job is over: " + end_->reason);
+    return;
+  }
   if (member == nullptr || !member->alive) {
     socket_.reject("unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
     reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live member of this job");
@@ -130,8 +163,10 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       auto live = members_.live_workers();
       auto list = r.initLiveWorkers(static_cast<unsigned>(live.size()));
       for (std::size_t i = 0; i < live.size(); ++i) list.set(static_cast<unsigned>(i), live[i]);
-      r.setShutdown(over);
-      if (over) told_[sender] = true;
+      if (over) {
+        job_end_to_wire(*end_, r.initEnd());
+        told_[sender] = true;
+      }
       socket_.send(in.peer, out);
       return;
     }
@@ -154,10 +189,12 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       Outgoing out("coordinator", in.request_id());
       auto grant = out.body().initLeaseGrant();
       LeaseBook::Task task;
-      if (over)
+      if (over) {
         task.kind = LeaseBook::Task::finished;
-      else
+      } else {
         task = book_->next(sender, now);
+        if (task.kind == LeaseBook::Task::finished) end_job(ExitCode::ok, "every epoch is done");
+      }
       switch (task.kind) {
         case LeaseBook::Task::train: {
           auto s = grant.initShard();
@@ -174,7 +211,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
           grant.setWait(20);
           break;
         case LeaseBook::Task::finished:
-          grant.setFinished();
+          job_end_to_wire(*end_, grant.initFinished());
           members_.mark_finished(sender);
           told_[sender] = true;
           break;
@@ -230,7 +267,7 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
             id << " " << how << "; " << returned << " leased shard(s) back in the queue; "
                << members_.live_workers().size() << " workers remain");
   if (book_ && members_.live_workers().empty() && !book_->finished())
-    failure_ = "every worker is gone before the job finished";
+    end_job(ExitCode::peer_lost, "every worker is gone before the job finished");
 }
 
 void Coordinator::check_liveness(Clock::time_point now) {
@@ -239,11 +276,10 @@ void Coordinator::check_liveness(Clock::time_point now) {
     if (m->role == wire::Role::WORKER) {
       worker_gone(id, "declared dead (no heartbeat for " + std::to_string(config_.dead_after_seconds) + " s)");
     } else if (m->role == wire::Role::SERVER && table_) {
-      failure_ = "parameter server " + id +
-                 " stopped answering heartbeats; the job cannot continue "
-                 "without it (restoring a server from a checkpoint is not supported yet)";
+      end_job(ExitCode::peer_lost, "parameter server " + id +
+                                       " stopped answering heartbeats; the job cannot continue without it "
+                                       "(restoring a server from a checkpoint is not supported yet)");
     }
-    if (!failure_.empty()) SHOAL_LOG(log_, error, failure_);
   }
   if (book_) {
     int expired = book_->expire(now);
@@ -290,7 +326,7 @@ CoordinatorResult Coordinator::run() {
   started_ = Clock::now();
   auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
   std::optional<Clock::time_point> end_deadline;
-  while (!stop_) {
+  while (true) {
     auto in = socket_.receive(std::chrono::milliseconds(20));
     auto now = Clock::now();
     if (in) {
@@ -300,8 +336,9 @@ CoordinatorResult Coordinator::run() {
         socket_.reject("malformed field", e.getDescription().cStr());
       }
     }
+    if (stop_) end_job(ExitCode::timeout, "the coordinator was stopped before the job finished");
     check_liveness(now);
-    if (!table_) {
+    if (!table_ && !end_) {
       if (members_.count(wire::Role::SERVER, true) == static_cast<std::size_t>(config_.servers) &&
           members_.count(wire::Role::WORKER, true) == static_cast<std::size_t>(config_.workers)) {
         publish_table();
@@ -313,20 +350,22 @@ CoordinatorResult Coordinator::run() {
                         {"workers", config_.workers},
                         {"staleness", config_.staleness}});
       } else if (now > startup_deadline) {
-        SHOAL_THROW(TimeoutError, "only " << members_.count(wire::Role::SERVER, true) << "/" << config_.servers
-                                          << " servers and " << members_.count(wire::Role::WORKER, true) << "/"
-                                          << config_.workers << " workers registered within "
-                                          << config_.startup_timeout_seconds << " s (cluster.startup_timeout_seconds)");
+        std::ostringstream what;
+        what << "only " << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers and "
+             << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers registered within "
+             << config_.startup_timeout_seconds << " s (cluster.startup_timeout_seconds)";
+        end_job(ExitCode::timeout, what.str());
       }
-      continue;
     }
     report_epochs(now);
-    bool over = book_->finished() || !failure_.empty();
-    if (over && !end_deadline) end_deadline = now + 2 * ms(config_.dead_after_seconds + config_.heartbeat_seconds);
-    if (over && (everyone_told() || now > *end_deadline)) break;
+    if (book_ && book_->finished()) end_job(ExitCode::ok, "every epoch is done");
+    if (!end_) continue;
+    // Every member hears how the job ended (in its next heartbeat, lease or table request);
+    // one that never asks again is not waited for past two liveness periods.
+    if (!end_deadline) end_deadline = now + 2 * ms(config_.dead_after_seconds + config_.heartbeat_seconds);
+    if (everyone_told() || now > *end_deadline) break;
   }
-  if (!failure_.empty()) SHOAL_THROW(TimeoutError, failure_);
-  if (stop_) SHOAL_THROW(TimeoutError, "stopped before the job finished");
+  if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());
   std::printf(
       "final test accuracy: %.2f%% (%s, async, %lld servers, %lld workers, staleness %lld, %lld epochs, %.1f s)\n",

@@ -13,6 +13,7 @@
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
 #include "core/config.h"
+#include "core/control_client.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/partition.h"
@@ -27,11 +28,13 @@ struct CoordinatorResult {
 
 class Coordinator {
  public:
-  Coordinator(zmq::context_t& context, const JobConfig& config, Logger log, MetricsWriter& metrics);
+  Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics);
   const std::string& endpoint() const { return socket_.endpoint(); }
-  // Runs the job to its end; throws TimeoutError if the cluster does not assemble in time or
-  // a parameter server is lost.
+  // Runs the job to its end and tells every process how it ended. A failed job (the cluster
+  // did not assemble in time: TimeoutError; a parameter server or every worker lost:
+  // PeerLostError) is thrown after everyone was told, with the code they exit with too.
   CoordinatorResult run();
+  // Ends the job early (the code every process then exits with is `timeout`).
   void request_stop() { stop_ = true; }
   const ProtocolCounters& counters() const { return socket_.counters(); }
 
@@ -44,6 +47,9 @@ class Coordinator {
   void worker_gone(const std::string& id, const std::string& how);
   void report_epochs(Clock::time_point now);
   bool everyone_told() const;
+  // Ends the job (the first end wins) and says so once.
+  void end_job(ExitCode code, const std::string& reason);
+  void reply_register(const Incoming& in, const Member& m);
 
   const JobConfig& config_;
   Logger log_;
@@ -55,10 +61,11 @@ class Coordinator {
   std::optional<PartitionTable> table_;
   std::optional<LeaseBook> book_;
   std::map<std::string, bool> told_;  // members told that the job is over
+  std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;
   std::atomic<bool> stop_{false};
   CoordinatorResult result_;
-  std::string failure_;
+  std::optional<JobEnd> end_;  // set once the job is over
 };
 
 }  // namespace shoal

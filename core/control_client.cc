@@ -2,17 +2,58 @@
 
 #include <unistd.h>
 
+#include <random>
+#include <sstream>
+
 #include "core/error.h"
 
 namespace shoal {
 
 namespace {
 std::chrono::milliseconds to_ms(Seconds s) { return std::chrono::duration_cast<std::chrono::milliseconds>(s); }
+
+bool stopped(const std::atomic<bool>* stop) { return stop != nullptr && stop->load(); }
+
+std::uint64_t draw_nonce() {
+  std::random_device device;
+  return (std::uint64_t{device()} << 32) ^ device() ^ static_cast<std::uint64_t>(getpid());
+}
+
+// An error reply: "shutting down" carries how the job ended; a failed job ends this process
+// with the job's code. Other codes are left to the caller.
+void throw_if_job_failed(const Incoming& reply) {
+  if (reply.kind() != wire::Envelope::Body::ERROR) return;
+  auto err = reply.envelope().getBody().getError();
+  if (err.getCode() != wire::ErrorCode::SHUTTING_DOWN || !err.hasEnd()) return;
+  JobEnd end = job_end_from_wire(err.getEnd());
+  if (end.code != ExitCode::ok) throw_job_failure(end);
+}
 }  // namespace
 
-ControlClient::ControlClient(zmq::context_t& context, const std::string& coordinator, std::string sender, Logger log,
+JobEnd job_end_from_wire(wire::JobEnd::Reader end) {
+  JobEnd out;
+  SHOAL_REQUIRE(exit_code_from_int(end.getExitCode(), &out.code), ProtocolError,
+                "the coordinator ended the job with unknown exit code " << static_cast<int>(end.getExitCode()));
+  out.reason = end.getReason().cStr();
+  return out;
+}
+
+void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out) {
+  out.setExitCode(static_cast<std::uint8_t>(end.code));
+  out.setReason(end.reason);
+}
+
+void throw_job_failure(const JobEnd& end) {
+  throw Error("the job failed (" + std::string(exit_code_name(end.code)) + "): " + end.reason, end.code);
+}
+
+ControlClient::ControlClient(Network& network, const std::string& coordinator, std::string sender, Logger log,
                              Seconds request_timeout)
-    : socket_(context, coordinator, log), sender_(std::move(sender)), log_(std::move(log)), timeout_(request_timeout) {}
+    : socket_(network, coordinator, log),
+      sender_(std::move(sender)),
+      log_(std::move(log)),
+      timeout_(request_timeout),
+      nonce_(draw_nonce()) {}
 
 Outgoing ControlClient::make(std::uint64_t* request_id) {
   std::uint64_t id = next_request_++;
@@ -20,7 +61,7 @@ Outgoing ControlClient::make(std::uint64_t* request_id) {
   return Outgoing(sender_, id);
 }
 
-Incoming ControlClient::request(Outgoing& message, Seconds timeout) {
+Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop) {
   std::uint64_t id = message.envelope().getRequestId();
   auto kind = message.envelope().getBody().which();
   socket_.send(message);
@@ -28,8 +69,15 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout) {
   while (true) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() < 0) left = std::chrono::milliseconds(0);
+    // A stop request is noticed within 50 ms even while waiting.
+    if (stop != nullptr) {
+      if (stop->load()) SHOAL_THROW(TimeoutError, "stopped while waiting for the coordinator");
+      left = std::min(left, std::chrono::milliseconds(50));
+      if (std::chrono::steady_clock::now() < deadline && left.count() == 0) left = std::chrono::milliseconds(1);
+    }
     auto reply = socket_.receive(left);
     if (!reply) {
+      if (std::chrono::steady_clock::now() < deadline) continue;
       SHOAL_THROW(TimeoutError, "no reply from the coordinator at " << socket_.address() << " to " << kind_name(kind)
                                                                     << " within " << timeout.count() << " s");
     }
@@ -37,44 +85,63 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout) {
   }
 }
 
-std::string ControlClient::register_node(wire::Role role, int rank, const std::string& address, Seconds deadline) {
+std::optional<std::string> ControlClient::register_node(wire::Role role, int rank, const std::string& address,
+                                                        Seconds deadline, const std::atomic<bool>* stop) {
   auto give_up = std::chrono::steady_clock::now() + to_ms(deadline);
-  while (true) {
+  // Short waits at first, so a process started just before the coordinator joins quickly.
+  Seconds wait = std::min<Seconds>(timeout_, Seconds(0.25));
+  std::uint64_t attempts = 0;
+  while (!stopped(stop)) {
     Outgoing msg = make();
     auto reg = msg.body().initRegister();
     reg.setRole(role);
     reg.setRank(rank);
     reg.setAddress(address);
     reg.setDevice("cpu");
-    Seconds wait = std::min<Seconds>(timeout_, Seconds(2.0));
+    reg.setNonce(nonce_);
+    ++attempts;
     try {
-      Incoming reply = request(msg, wait);
+      Incoming reply = request(msg, wait, stop);
       if (reply.kind() == wire::Envelope::Body::REGISTER_REPLY) {
         sender_ = reply.envelope().getBody().getRegisterReply().getId().cStr();
         return sender_;
       }
+      throw_if_job_failed(reply);
       if (reply.kind() == wire::Envelope::Body::ERROR) {
         auto err = reply.envelope().getBody().getError();
         if (err.getCode() != wire::ErrorCode::NOT_READY)
           SHOAL_THROW(ProtocolError, "the coordinator refused registration: " << err.getMessage().cStr());
       }
     } catch (const TimeoutError&) {
-      // The coordinator may not be up yet; the request stays queued in ZeroMQ, ask again.
+      // The coordinator may not be up yet. The request stays queued in ZeroMQ and is delivered
+      // when it comes up, as are the retries: the nonce makes them one registration.
+      if (attempts == 1 || attempts % 8 == 0)
+        SHOAL_LOG(log_, info, "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
     }
     SHOAL_REQUIRE(std::chrono::steady_clock::now() < give_up, TimeoutError,
                   "could not register with the coordinator at " << socket_.address() << " within " << deadline.count()
                                                                 << " s (cluster.startup_timeout_seconds)");
+    wait = std::min<Seconds>(timeout_, std::min<Seconds>(wait * 2, Seconds(2.0)));
   }
+  return std::nullopt;
 }
 
-PartitionTable ControlClient::fetch_table(Seconds deadline) {
+std::optional<PartitionTable> ControlClient::fetch_table(Seconds deadline, const std::atomic<bool>* stop) {
   auto give_up = std::chrono::steady_clock::now() + to_ms(deadline);
-  while (true) {
+  while (!stopped(stop)) {
     Outgoing msg = make();
     msg.body().setTableRequest();
-    Incoming reply = request(msg, timeout_);
+    std::optional<Incoming> answer;
+    try {
+      answer.emplace(request(msg, timeout_, stop));
+    } catch (const TimeoutError&) {
+      if (stopped(stop)) return std::nullopt;
+      throw;
+    }
+    Incoming& reply = *answer;
     if (reply.kind() == wire::Envelope::Body::PARTITION_TABLE)
       return PartitionTable::from_wire(reply.envelope().getBody().getPartitionTable());
+    throw_if_job_failed(reply);
     if (reply.kind() == wire::Envelope::Body::ERROR) {
       auto err = reply.envelope().getBody().getError();
       if (err.getCode() != wire::ErrorCode::NOT_READY)
@@ -85,6 +152,7 @@ PartitionTable ControlClient::fetch_table(Seconds deadline) {
                       << deadline.count() << " s: are all servers and workers up?");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  return std::nullopt;
 }
 
 LeaseTask ControlClient::request_lease() {
@@ -94,8 +162,9 @@ LeaseTask ControlClient::request_lease() {
   LeaseTask task;
   if (reply.kind() == wire::Envelope::Body::ERROR) {
     auto err = reply.envelope().getBody().getError();
-    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN) {
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) {
       task.kind = LeaseTask::finished;
+      task.job_end = job_end_from_wire(err.getEnd());
       return task;
     }
     SHOAL_THROW(ProtocolError, "lease refused: " << err.getMessage().cStr());
@@ -124,6 +193,7 @@ LeaseTask ControlClient::request_lease() {
       break;
     case wire::LeaseGrant::FINISHED:
       task.kind = LeaseTask::finished;
+      task.job_end = job_end_from_wire(grant.getFinished());
       break;
     default:
       SHOAL_THROW(ProtocolError, "unknown lease grant kind");
@@ -154,15 +224,23 @@ void ControlClient::report_evaluation(std::int64_t epoch, double loss, double ac
   request(msg, timeout_);
 }
 
-void ControlClient::leave() {
+bool ControlClient::leave() {
   Outgoing msg = make();
   msg.body().setLeave();
-  request(msg, timeout_);
+  try {
+    // Short: a process being stopped (Kubernetes gives 30 s) must not wait a whole request
+    // timeout for a coordinator that is gone; it would be declared dead anyway.
+    request(msg, std::min<Seconds>(timeout_, Seconds(2.0)));
+    return true;
+  } catch (const TimeoutError& e) {
+    SHOAL_LOG(log_, warn, "the coordinator did not acknowledge leaving: " << e.what());
+    return false;
+  }
 }
 
-Heartbeat::Heartbeat(zmq::context_t& context, const std::string& coordinator, const std::string& sender, Logger log,
+Heartbeat::Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log,
                      Seconds interval, Seconds dead_after)
-    : context_(context), log_(std::move(log)) {
+    : network_(network), log_(std::move(log)) {
   thread_ = std::thread(&Heartbeat::loop, this, coordinator, sender, interval, dead_after);
 }
 
@@ -176,50 +254,83 @@ std::vector<std::string> Heartbeat::live_workers() const {
   return live_workers_;
 }
 
-std::string Heartbeat::shutdown_reason() const {
+std::optional<JobEnd> Heartbeat::job_end() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return reason_;
+  return job_end_;
+}
+
+void Heartbeat::check() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (failure_) throw Error(failure_->message, failure_->code);
 }
 
 void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interval, Seconds dead_after) {
-  ControlClient client(context_, coordinator, sender, log_, interval);
-  auto last_ok = std::chrono::steady_clock::now();
-  while (!stop_ && !shutdown_) {
-    auto started = std::chrono::steady_clock::now();
-    try {
-      Outgoing msg = client.make();
-      auto hb = msg.body().initHeartbeat();
-      hb.setGeneration(generation_);
-      hb.setClock(clock_);
-      // Wait for the reply no longer than the interval, so a slow coordinator cannot stall us.
-      Incoming reply = client.request(msg, std::max(interval, Seconds(0.05)));
-      if (reply.kind() == wire::Envelope::Body::HEARTBEAT_REPLY) {
-        auto r = reply.envelope().getBody().getHeartbeatReply();
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          live_workers_.clear();
-          for (auto w : r.getLiveWorkers()) live_workers_.emplace_back(w.cStr());
-          if (r.getShutdown()) reason_ = "the job is over";
+  // The thread's boundary: nothing escapes it (an escaping exception is std::terminate).
+  auto fail = [&](Failure f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!failure_) failure_ = std::move(f);
+  };
+  try {
+    ControlClient client(network_, coordinator, sender, log_, interval);
+    auto last_ok = std::chrono::steady_clock::now();
+    while (!stop_ && !ended_) {
+      auto started = std::chrono::steady_clock::now();
+      try {
+        Outgoing msg = client.make();
+        auto hb = msg.body().initHeartbeat();
+        hb.setGeneration(generation_);
+        hb.setClock(clock_);
+        // Wait for the reply no longer than the interval, so a slow coordinator cannot stall us.
+        Incoming reply = client.request(msg, std::max(interval, Seconds(0.05)));
+        if (reply.kind() == wire::Envelope::Body::HEARTBEAT_REPLY) {
+          auto r = reply.envelope().getBody().getHeartbeatReply();
+          std::vector<std::string> live;
+          for (auto w : r.getLiveWorkers()) live.emplace_back(w.cStr());
+          std::optional<JobEnd> end;
+          if (r.hasEnd()) end = job_end_from_wire(r.getEnd());
+          {
+            std::lock_guard<std::mutex> lock(mutex_);
+            live_workers_ = std::move(live);
+            if (end) job_end_ = end;
+          }
+          generation_ = r.getGeneration();
+          if (end) ended_ = true;
+          last_ok = std::chrono::steady_clock::now();
+        } else if (reply.kind() == wire::Envelope::Body::ERROR) {
+          auto err = reply.envelope().getBody().getError();
+          if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) {
+            JobEnd end = job_end_from_wire(err.getEnd());
+            std::lock_guard<std::mutex> lock(mutex_);
+            job_end_ = end;
+            ended_ = true;
+          } else {
+            // The coordinator no longer counts us (declared dead while we were unreachable).
+            fail(Failure{ExitCode::timeout,
+                         sender + " was dropped from the job: the coordinator says: " + err.getMessage().cStr()});
+            return;
+          }
         }
-        generation_ = r.getGeneration();
-        if (r.getShutdown()) shutdown_ = true;
-        last_ok = std::chrono::steady_clock::now();
-      } else if (reply.kind() == wire::Envelope::Body::ERROR) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        reason_ = std::string("the coordinator says: ") + reply.envelope().getBody().getError().getMessage().cStr();
-        shutdown_ = true;
+      } catch (const TimeoutError&) {
+      } catch (...) {
+        Failure f = failure_of(std::current_exception());
+        if (f.code != ExitCode::protocol) throw;
+        SHOAL_LOG(log_, warn, "heartbeat reply dropped: " << f.message);  // a malformed reply: try again
       }
-    } catch (const TimeoutError&) {
-    } catch (const Error& e) {
-      SHOAL_LOG(log_, warn, "heartbeat failed: " << e.what());
+      if (std::chrono::steady_clock::now() - last_ok > dead_after) {
+        SHOAL_LOG(log_, error, "no heartbeat reply from the coordinator for " << dead_after.count() << " s");
+        std::ostringstream what;
+        what << sender << " lost the coordinator (no heartbeat reply for " << dead_after.count() << " s)";
+        fail(Failure{ExitCode::timeout, what.str()});
+        return;
+      }
+      auto next = started + to_ms(interval);
+      while (!stop_ && std::chrono::steady_clock::now() < next)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    if (std::chrono::steady_clock::now() - last_ok > dead_after) {
-      if (!lost_) SHOAL_LOG(log_, error, "no heartbeat reply from the coordinator for " << dead_after.count() << " s");
-      lost_ = true;
-    }
-    auto next = started + to_ms(interval);
-    while (!stop_ && std::chrono::steady_clock::now() < next)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  } catch (...) {
+    Failure f = failure_of(std::current_exception());
+    SHOAL_LOG(log_, error, "heartbeat thread failed: " << f.message);
+    fail(std::move(f));
   }
 }
 

@@ -1,6 +1,10 @@
 // Talking to the coordinator: registration, the partition table, leases and results, and a
 // background heartbeat that keeps this process alive in the coordinator's eyes and brings back
-// the live-worker set and the shutdown signal. Used by parameter servers and workers.
+// the live-worker set and how the job ended. Used by parameter servers and workers.
+//
+// Registration is idempotent: a process draws a random nonce once and every retry carries it,
+// so the copies a DEALER socket queued while the coordinator was not up yet all get the same
+// reply instead of registering the process again.
 #pragma once
 
 #include <atomic>
@@ -8,10 +12,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/error.h"
 #include "core/log.h"
 #include "core/partition.h"
 #include "core/transport.h"
@@ -20,33 +26,49 @@ namespace shoal {
 
 using Seconds = std::chrono::duration<double>;
 
+// How a job ended, as the coordinator tells every process. code ok: it finished.
+struct JobEnd {
+  ExitCode code = ExitCode::ok;
+  std::string reason;
+};
+// Checked: an exit code outside the documented table is a ProtocolError.
+JobEnd job_end_from_wire(wire::JobEnd::Reader end);
+void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out);
+// A job that failed ends this process with the job's exit code.
+[[noreturn]] void throw_job_failure(const JobEnd& end);
+
 struct LeaseTask {
   enum Kind { shard, evaluate, wait, finished } kind = wait;
   std::int64_t epoch = 0, index = 0, begin = 0, end = 0;
   std::uint32_t wait_ms = 0;
+  JobEnd job_end;  // finished
 };
 
 class ControlClient {
  public:
-  ControlClient(zmq::context_t& context, const std::string& coordinator, std::string sender, Logger log,
+  ControlClient(Network& network, const std::string& coordinator, std::string sender, Logger log,
                 Seconds request_timeout);
 
   // Registers (retrying until `deadline` passes while the coordinator is not up yet) and
-  // adopts the id the coordinator assigns. Throws TimeoutError or ProtocolError.
-  std::string register_node(wire::Role role, int rank, const std::string& address, Seconds deadline);
-  // Waits until the coordinator publishes the partition table.
-  PartitionTable fetch_table(Seconds deadline);
+  // adopts the id the coordinator assigns. Returns nothing if `stop` turned true first.
+  // Throws TimeoutError, ProtocolError, or the job's failure if it ended before we joined.
+  std::optional<std::string> register_node(wire::Role role, int rank, const std::string& address, Seconds deadline,
+                                           const std::atomic<bool>* stop = nullptr);
+  // Waits until the coordinator publishes the partition table; nothing if `stop` turned true.
+  std::optional<PartitionTable> fetch_table(Seconds deadline, const std::atomic<bool>* stop = nullptr);
   LeaseTask request_lease();
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
                     double seconds);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
   // This worker leaves the job before it is over (SIGTERM): its leases go back at once.
-  void leave();
+  // Best effort (2 s at most): false if the coordinator did not acknowledge it.
+  bool leave();
   const std::string& id() const { return sender_; }
 
   // One request and its reply (matched by request id; stray replies are discarded). An error
   // reply becomes the returned message; no reply in time throws TimeoutError.
-  Incoming request(Outgoing& message, Seconds timeout);
+  // With `stop`, a stop request ends the wait early (TimeoutError) within 50 ms.
+  Incoming request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop = nullptr);
   Outgoing make(std::uint64_t* request_id = nullptr);
 
  private:
@@ -55,32 +77,38 @@ class ControlClient {
   Logger log_;
   Seconds timeout_;
   std::uint64_t next_request_ = 1;
+  std::uint64_t nonce_;
 };
 
-// Heartbeats from a background thread with its own socket.
+// Heartbeats from a background thread with its own socket. The thread never lets an
+// exception escape: what ends it is kept and handed to the role's thread by check().
 class Heartbeat {
  public:
-  Heartbeat(zmq::context_t& context, const std::string& coordinator, const std::string& sender, Logger log,
+  Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log,
             Seconds interval, Seconds dead_after);
   ~Heartbeat();  // stops the thread
 
   void set_clock(std::uint64_t clock) { clock_ = clock; }
   std::uint64_t generation() const { return generation_; }
   std::vector<std::string> live_workers() const;
-  bool shutdown_requested() const { return shutdown_; }
-  bool coordinator_lost() const { return lost_; }
-  std::string shutdown_reason() const;
+  // How the job ended, once the coordinator has said so.
+  std::optional<JobEnd> job_end() const;
+  // Throws what stopped the heartbeat other than the job's end: the coordinator silent for
+  // dead_after (TimeoutError), this process dropped from the job (TimeoutError: the
+  // coordinator declared it dead), or a failure of the heartbeat thread itself.
+  void check() const;
 
  private:
   void loop(std::string coordinator, std::string sender, Seconds interval, Seconds dead_after);
 
-  zmq::context_t& context_;
+  Network& network_;
   Logger log_;
-  std::atomic<bool> stop_{false}, shutdown_{false}, lost_{false};
+  std::atomic<bool> stop_{false}, ended_{false};
   std::atomic<std::uint64_t> clock_{0}, generation_{0};
   mutable std::mutex mutex_;
   std::vector<std::string> live_workers_;
-  std::string reason_;
+  std::optional<JobEnd> job_end_;
+  std::optional<Failure> failure_;
   std::thread thread_;
 };
 

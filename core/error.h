@@ -3,6 +3,7 @@
 // one-line message and a documented exit code (see docs/configuration.md, "Exit codes").
 #pragma once
 
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -21,7 +22,15 @@ enum class ExitCode : int {
   timeout = 6,
   device = 7,    // the requested device or library is not available
   protocol = 8,  // a peer sent something we cannot accept
+  diverged = 9,  // training diverged: the loss or a gradient is not finite
+  peer_lost = 10,  // a process the job cannot go on without died or left (a server, every worker)
 };
+
+// The name of a code for messages ("timeout", "peer lost"); "unknown" for anything else.
+const char* exit_code_name(ExitCode code);
+// A code received from a peer (e.g. in a job-end message), checked: nothing outside the
+// table above is accepted. Returns false for an unknown code.
+bool exit_code_from_int(int value, ExitCode* code);
 
 class Error : public std::runtime_error {
  public:
@@ -46,12 +55,28 @@ SHOAL_DEFINE_ERROR(TimeoutError, timeout);
 SHOAL_DEFINE_ERROR(DeviceError, device);
 SHOAL_DEFINE_ERROR(ProtocolError, protocol);
 SHOAL_DEFINE_ERROR(InternalError, internal);
+SHOAL_DEFINE_ERROR(DivergedError, diverged);
+SHOAL_DEFINE_ERROR(PeerLostError, peer_lost);
 
 #undef SHOAL_DEFINE_ERROR
 
 namespace detail {
 std::string where(const char* file, int line);
 }  // namespace detail
+
+// What an exception that reached a thread or process boundary means: the exit code and a
+// one-line message. Every boundary (main, the heartbeat thread, a role run as a thread in a
+// test) goes through this, so nothing escapes as std::terminate: Shoal's errors keep their
+// kind, Cap'n Proto's kj::Exception (a malformed field read lazily) becomes a protocol error,
+// std::bad_alloc "out of memory", anything else an internal error.
+struct Failure {
+  ExitCode code = ExitCode::internal;
+  std::string message;
+};
+Failure failure_of(std::exception_ptr error);
+// Rethrows `error` as a shoal::Error of the kind failure_of() gives it (for a thread that
+// hands its failure to the thread that waits on it).
+[[noreturn]] void rethrow_as_error(std::exception_ptr error);
 
 }  // namespace shoal
 

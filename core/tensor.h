@@ -81,6 +81,9 @@ class Tensor {
   bool is_cpu() const { return device_.kind == DeviceKind::cpu; }
 
   void* raw() const { return data_; }
+  // What keeps the bytes alive (null for a borrowed tensor): a zero-copy frame holds it so
+  // the bytes outlive the tensor until ZeroMQ has sent them.
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
   template <typename T>
   T* data() const;  // checks the dtype
 

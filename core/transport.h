@@ -3,24 +3,45 @@
 // A ServerSocket (ROUTER) serves many peers; a ClientSocket (DEALER) talks to one server.
 // Every receive has a deadline, and every received message is decoded and checked
 // (core/wire/codec.h): a bad one is dropped, counted by reason and logged — never thrown at
-// the caller.
+// the caller. A signal (EINTR) never interrupts a send or a receive half-way: the call is
+// repeated. A Network is what sockets are made from: the ZeroMQ context and, in tests only, a
+// FaultPlan (core/fault_injection.h) that every socket applies to what it receives.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <string>
 #include <zmq.hpp>
 
+#include "core/fault_injection.h"
 #include "core/log.h"
 #include "core/wire/codec.h"
 
 namespace shoal {
 
+// The sockets of one process (or of one test that runs several roles as threads over
+// inproc://, which needs them all on one context).
+class Network {
+ public:
+  // `faults`: tests only; the plan must outlive every socket made from this network.
+  explicit Network(FaultPlan* faults = nullptr) : context_(1), faults_(faults) {}
+  Network(const Network&) = delete;
+  Network& operator=(const Network&) = delete;
+  zmq::context_t& context() { return context_; }
+  FaultPlan* faults() const { return faults_; }
+
+ private:
+  zmq::context_t context_;
+  FaultPlan* faults_;
+};
+
 struct ProtocolCounters {
   std::uint64_t received = 0;                    // valid messages
   std::map<std::string, std::uint64_t> dropped;  // reason -> count
+  std::uint64_t injected_faults = 0;             // tests: messages a FaultPlan dropped, delayed, ...
   std::uint64_t total_dropped() const;
 };
 
@@ -34,6 +55,8 @@ class Socket {
   std::optional<Incoming> receive(std::chrono::milliseconds timeout);
   // A message already waiting, or nothing (never blocks).
   std::optional<Incoming> try_receive();
+  // Tests: a message held back by a fault rule is due; poll() on raw() does not see those.
+  bool holds_due_message() const;
 
   // Counts (and logs, rate-limited) a message a role rejected after decoding.
   void reject(const std::string& reason, const std::string& detail);
@@ -41,17 +64,38 @@ class Socket {
   zmq::socket_t& raw() { return socket_; }
 
  protected:
-  Socket(zmq::context_t& context, zmq::socket_type type, Logger log);
+  Socket(Network& network, zmq::socket_type type, Logger log);
+  // Sends the frames as one message (a signal never splits it); TimeoutError if the peer's
+  // queue stays full for kSendTimeout.
+  void send_frames(std::vector<zmq::message_t>& frames);
   bool has_routing_frame_ = false;
   zmq::socket_t socket_;
   Logger log_;
   ProtocolCounters counters_;
+
+ private:
+  struct Held {
+    std::chrono::steady_clock::time_point due;
+    bool until_next = false;  // reorder: due once a later message has been delivered
+    Incoming message;
+  };
+  // The frames of the next message, or false when none is waiting.
+  bool read_frames(std::string& peer, std::vector<zmq::message_t>& frames, bool& too_many);
+  std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames);
+  std::optional<Incoming> apply_faults(std::string peer, std::vector<zmq::message_t> frames);
+  std::optional<Incoming> take_due_held();
+
+  FaultPlan* faults_;
+  std::deque<Held> held_;
 };
+
+// No send waits longer than this for room in a peer's queue.
+constexpr std::chrono::milliseconds kSendTimeout{60000};
 
 class ServerSocket final : public Socket {
  public:
   // Binds; "tcp://127.0.0.1:0" picks a free port, see endpoint().
-  ServerSocket(zmq::context_t& context, const std::string& address, Logger log);
+  ServerSocket(Network& network, const std::string& address, Logger log);
   const std::string& endpoint() const { return endpoint_; }
   void send(const std::string& peer, Outgoing& message);
 
@@ -61,7 +105,7 @@ class ServerSocket final : public Socket {
 
 class ClientSocket final : public Socket {
  public:
-  ClientSocket(zmq::context_t& context, const std::string& address, Logger log);
+  ClientSocket(Network& network, const std::string& address, Logger log);
   const std::string& address() const { return address_; }
   void send(Outgoing& message);
 

@@ -44,7 +44,9 @@ const char* kUsage =
     "the environment, which wins over the file.\n"
     "\n"
     "exit codes: 0 success, 2 bad command line or configuration, 3 bad dataset file, 4 I/O error,\n"
-    "5 checkpoint error, 6 timeout, 7 device unavailable, 8 protocol error, 1 internal error.\n";
+    "5 checkpoint error, 6 timeout, 7 device unavailable, 8 protocol error, 9 training diverged,\n"
+    "10 a process the job needs was lost, 1 internal error. A process of a failed job exits with\n"
+    "the job's code.\n";
 
 int print_help(const SettingsRegistry& registry, const char* command) {
   std::printf("%s\n", kUsage);
@@ -114,18 +116,18 @@ int run(int argc, char** argv) {
         if (a != loaded.config_path) overrides.push_back(a);
       return run_local_launch(loaded.config_path, overrides, loaded.config, log);
     }
-    zmq::context_t context(1);
+    Network network;
     if (command == "coordinator") {
       std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
       std::fflush(stdout);
       MetricsWriter metrics =
           loaded.config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(loaded.config.metrics_file);
-      Coordinator coordinator(context, loaded.config, log, metrics);
+      Coordinator coordinator(network, loaded.config, log, metrics);
       coordinator.run();
     } else if (command == "ps") {
-      ParameterServer::run_role(context, loaded.config, log);
+      ParameterServer::run_role(network, loaded.config, log);
     } else {
-      run_worker_role(context, loaded.config, log, &install_termination_request());
+      run_worker_role(network, loaded.config, log, &install_termination_request());
     }
     return 0;
   }
@@ -140,15 +142,12 @@ int main(int argc, char** argv) {
   shoal::tune_allocator();
   try {
     return shoal::run(argc, argv);
-  } catch (const shoal::Error& e) {
+  } catch (...) {
+    // The process boundary: whatever escaped (a shoal::Error, Cap'n Proto's kj::Exception,
+    // std::bad_alloc, ...) becomes one line and its documented exit code.
+    shoal::Failure f = shoal::failure_of(std::current_exception());
     std::fflush(stdout);
-    std::fprintf(stderr, "shoal: error: %s\n", e.what());
-    return static_cast<int>(e.code());
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "shoal: error: out of memory\n");
-    return static_cast<int>(shoal::ExitCode::internal);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "shoal: error: %s\n", e.what());
-    return static_cast<int>(shoal::ExitCode::internal);
+    std::fprintf(stderr, "shoal: error: %s\n", f.message.c_str());
+    return static_cast<int>(f.code);
   }
 }

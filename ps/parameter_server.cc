@@ -14,8 +14,8 @@
 
 namespace shoal {
 
-ParameterServer::ParameterServer(zmq::context_t& context, const std::string& bind_address, Backend& backend, Logger log)
-    : socket_(context, bind_address, log), backend_(backend), log_(std::move(log)) {}
+ParameterServer::ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log)
+    : socket_(network, bind_address, log), backend_(backend), log_(std::move(log)) {}
 
 void ParameterServer::start(const std::string& id, const PartitionTable& table, std::size_t index, const float* initial,
                             const ServerOptions& options) {
@@ -292,17 +292,17 @@ std::string advertised(const std::string& endpoint) {
 }
 }  // namespace
 
-void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config, Logger log) {
+void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log) {
   auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
-  ParameterServer server(context, config.node_address, *backend, log);
+  ParameterServer server(network, config.node_address, *backend, log);
   Seconds timeout(config.request_timeout_seconds);
-  ControlClient control(context, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
-  std::string id = control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
-                                         advertised(server.endpoint()), Seconds(config.startup_timeout_seconds));
+  ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
+  std::string id = *control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
+                                          advertised(server.endpoint()), Seconds(config.startup_timeout_seconds));
   log = log.with_role(id);
   server.log_ = log;
   SHOAL_LOG(log, info, "listening on " << server.endpoint() << ", registered as " << id);
-  PartitionTable table = control.fetch_table(Seconds(config.startup_timeout_seconds));
+  PartitionTable table = *control.fetch_table(Seconds(config.startup_timeout_seconds));
   std::size_t index = table.servers.size();
   for (std::size_t i = 0; i < table.servers.size(); ++i)
     if (table.servers[i].id == id) index = i;
@@ -334,12 +334,12 @@ void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config,
             "serving keys [" << table.servers[index].first_key << ", " << table.servers[index].end_key
                              << "): " << table.server_elements(index) << " values; staleness " << config.staleness);
 
-  Heartbeat heartbeat(context, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
+  Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
   std::uint64_t generation = 0;
-  while (!heartbeat.shutdown_requested()) {
-    SHOAL_REQUIRE(!heartbeat.coordinator_lost(), TimeoutError,
-                  id << " lost the coordinator (no heartbeat reply for " << config.dead_after_seconds << " s)");
+  std::optional<JobEnd> end;
+  while (!(end = heartbeat.job_end())) {
+    heartbeat.check();
     server.serve(std::chrono::milliseconds(20));
     if (heartbeat.generation() != generation) {
       generation = heartbeat.generation();
@@ -351,10 +351,12 @@ void ParameterServer::run_role(zmq::context_t& context, const JobConfig& config,
   }
   const ServerStats& s = server.stats();
   SHOAL_LOG(log, info,
-            "shutting down (" << heartbeat.shutdown_reason() << "): " << s.pushes << " pushes, " << s.pulls
+            "shutting down (" << (end->code == ExitCode::ok ? "the job is over" : "the job failed: " + end->reason)
+                              << "): " << s.pushes << " pushes, " << s.pulls
                               << " pulls, " << s.updates << " chunk updates, " << s.parked
                               << " pulls waited for stragglers, " << server.counters().total_dropped()
                               << " messages dropped");
+  if (end->code != ExitCode::ok) throw_job_failure(*end);
 }
 
 }  // namespace shoal

@@ -40,7 +40,7 @@ struct ServerStats {
 
 class ParameterServer {
  public:
-  ParameterServer(zmq::context_t& context, const std::string& bind_address, Backend& backend, Logger log);
+  ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log);
 
   const std::string& endpoint() const { return socket_.endpoint(); }
   const std::string& id() const { return id_; }
@@ -59,7 +59,8 @@ class ParameterServer {
   void read_values(float* arena) const;
 
   // The whole role: register with the coordinator, take the table, serve until the job ends.
-  static void run_role(zmq::context_t& context, const JobConfig& config, Logger log);
+  // A job that failed ends it with the job's error (and exit code).
+  static void run_role(Network& network, const JobConfig& config, Logger log);
 
  private:
   struct ChunkState {

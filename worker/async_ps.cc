@@ -7,7 +7,7 @@
 
 namespace shoal {
 
-AsyncPsStrategy::AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id,
+AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id,
                                  Model& model, Logger log, AsyncPsOptions options)
     : table_(table), id_(std::move(worker_id)), model_(model), log_(std::move(log)), options_(options) {
   SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
@@ -18,7 +18,7 @@ AsyncPsStrategy::AsyncPsStrategy(zmq::context_t& context, const PartitionTable& 
     Link link;
     link.id = table.servers[s].id;
     link.address = table.servers[s].address;
-    link.socket = std::make_unique<ClientSocket>(context, link.address, log_);
+    link.socket = std::make_unique<ClientSocket>(network, link.address, log_);
     for (std::uint32_t k = table.servers[s].first_key; k < table.servers[s].end_key; ++k) {
       link.keys.push_back(k);
       owner_[k] = s;
@@ -85,12 +85,13 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
 }
 
 template <typename Done>
-void AsyncPsStrategy::pump_until(Done done, const char* waiting_for) {
+void AsyncPsStrategy::pump_until(Done done, const char* waiting_for, bool stoppable) {
   auto started = std::chrono::steady_clock::now();
   auto deadline = started + std::chrono::duration_cast<std::chrono::milliseconds>(options_.request_timeout);
   std::vector<zmq::pollitem_t> items;
   for (auto& link : links_) items.push_back(zmq::pollitem_t{link.socket->raw().handle(), 0, ZMQ_POLLIN, 0});
   while (!done()) {
+    if (stoppable && options_.stop != nullptr && options_.stop->load()) throw StopRequested{};
     auto now = std::chrono::steady_clock::now();
     // Pulls refused during start-up are sent again, within the start-up allowance.
     for (auto& link : links_) {
@@ -112,7 +113,7 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for) {
     }
     poll_interruptible(items.data(), items.size(), std::chrono::milliseconds(10));
     for (std::size_t i = 0; i < links_.size(); ++i) {
-      if (!(items[i].revents & ZMQ_POLLIN)) continue;
+      if (!(items[i].revents & ZMQ_POLLIN) && !links_[i].socket->holds_due_message()) continue;
       while (auto in = links_[i].socket->try_receive()) handle_reply(links_[i], *in);
     }
   }
@@ -128,7 +129,7 @@ void AsyncPsStrategy::await_parameters() {
           if (link.pull_id || link.retry_at != std::chrono::steady_clock::time_point{}) return false;
         return true;
       },
-      "a pull");
+      "a pull", /*stoppable=*/true);
   fresh_ = true;
 }
 
@@ -145,12 +146,13 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
   auto p = msg.body().initPush();
   p.setClock(clock_);
   auto list = p.initChunks(static_cast<unsigned>(keys.size()));
-  const float* grads = model_.params().grads().data<float>();
+  const Tensor& arena = model_.params().grads();
+  const float* grads = arena.data<float>();
   for (std::size_t i = 0; i < keys.size(); ++i) {
     const ChunkSpan& c = table_.chunks[keys[i]];
     list[static_cast<unsigned>(i)].setKey(keys[i]);
     list[static_cast<unsigned>(i)].setNumel(static_cast<std::uint32_t>(c.numel));
-    msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float));
+    msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float), arena.storage());
   }
   link.socket->send(msg);
   ++link.in_flight;
@@ -202,7 +204,11 @@ void AsyncPsStrategy::leave() {
   for (auto& link : links_) {
     Outgoing msg(id_, next_request_++);
     msg.body().setLeave();
-    link.socket->send(msg);
+    try {
+      link.socket->send(msg);
+    } catch (const TimeoutError&) {
+      SHOAL_LOG(log_, warn, "could not tell " << link.id << " that " << id_ << " leaves");
+    }
   }
   // Best effort: the servers also learn it from the coordinator.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);

@@ -7,6 +7,7 @@
 // unacknowledged; every wait has a deadline.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -27,11 +28,14 @@ struct AsyncPsOptions {
   int max_in_flight = 8;
   Seconds request_timeout{60.0};
   Seconds startup_timeout{120.0};  // pulls refused as "not ready" are retried this long
+  // When it turns true, a wait for parameters ends at once with StopRequested. A wait for
+  // push acknowledgements does not: the step is finished first (bounded by request_timeout).
+  const std::atomic<bool>* stop = nullptr;
 };
 
 class AsyncPsStrategy final : public Strategy {
  public:
-  AsyncPsStrategy(zmq::context_t& context, const PartitionTable& table, std::string worker_id, Model& model, Logger log,
+  AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Model& model, Logger log,
                   AsyncPsOptions options);
 
   void begin_step(Model& model, std::int64_t step) override;
@@ -64,7 +68,7 @@ class AsyncPsStrategy final : public Strategy {
   void push(std::size_t server, const std::vector<std::uint32_t>& keys);
   // Handles replies until `done()` holds; throws TimeoutError at the deadline.
   template <typename Done>
-  void pump_until(Done done, const char* waiting_for);
+  void pump_until(Done done, const char* waiting_for, bool stoppable = false);
   void handle_reply(Link& link, Incoming& in);
 
   PartitionTable table_;

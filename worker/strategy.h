@@ -11,6 +11,10 @@
 
 namespace shoal {
 
+// Thrown out of a strategy's wait when the worker was asked to stop (SIGTERM) while nothing
+// of its own was in flight: the job loop then leaves the job. Not an error.
+struct StopRequested {};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;

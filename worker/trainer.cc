@@ -64,7 +64,7 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
   const Tensor& logits = model_.forward(ctx, x_);
   if (!dlogits_.defined() || !(dlogits_.shape() == logits.shape())) dlogits_ = backend_.allocate(logits.shape());
   LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, 1.f / static_cast<float>(samples.size()));
-  SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DataError,
+  SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DivergedError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
   model_.backward(ctx, dlogits_,
                   [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
@@ -99,7 +99,7 @@ EvalResult Trainer::evaluate(const Dataset& data) {
   LayerContext ctx{backend_, false, 0};
   LossStats total;
   std::vector<std::int64_t> indices;
-  for (std::int64_t begin = 0; begin < data.count; begin += options_.eval_batch_size) {
+  for (std::int64_t begin = 0; begin < data.count && !stopped(); begin += options_.eval_batch_size) {
     std::int64_t end = std::min(data.count, begin + options_.eval_batch_size);
     indices.resize(static_cast<std::size_t>(end - begin));
     for (std::int64_t i = begin; i < end; ++i) indices[static_cast<std::size_t>(i - begin)] = i;

@@ -58,7 +58,8 @@ class Trainer {
   EvalResult evaluate(const Dataset& data);
 
   std::int64_t step() const { return step_; }
-  // When the flag turns true, train_shard stops after the current step (and says so).
+  // When the flag turns true, train_shard stops after the current step and evaluate after the
+  // current batch (its partial result is then meaningless).
   void set_stop_flag(const std::atomic<bool>* flag) { stop_ = flag; }
   bool stopped() const { return stop_ != nullptr && stop_->load(); }
 

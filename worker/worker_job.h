@@ -8,11 +8,14 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/transport.h"
 
 namespace shoal {
 
-// `stop` (optional) asks the worker to finish its step, leave the job and return.
-void run_worker_role(zmq::context_t& context, const JobConfig& config, Logger log,
-                     const std::atomic<bool>* stop = nullptr);
+// `stop` (optional) asks the worker to leave the job and return normally, at any point of its
+// life: before it registered, while it waits for the table or for parameters, mid-step (the
+// step is finished first) or while it evaluates. A job that failed ends the worker with the
+// job's error (and exit code).
+void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr);
 
 }  // namespace shoal

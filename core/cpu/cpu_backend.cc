@@ -133,7 +133,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
     threads_ = threads > 0 ? threads : omp_get_num_procs();
-    omp_set_num_threads(threads_);
+    use_threads();
   }
 
   Device device() const override { return Device::cpu(); }
@@ -147,16 +147,20 @@ class CpuBackend final : public Backend {
   Tensor allocate(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }
 
   void copy(const Tensor& src, Tensor& dst) override {
+    use_threads();
     SHOAL_ASSERT(src.bytes() == dst.bytes(), "copy of " << src.describe() << " into " << dst.describe());
     if (src.raw() != dst.raw() && src.bytes() > 0) std::memcpy(dst.raw(), src.raw(), src.bytes());
   }
   void copy_from_host(const void* src, Tensor& dst) override {
+    use_threads();
     if (dst.bytes() > 0) std::memcpy(dst.raw(), src, dst.bytes());
   }
   void copy_to_host(const Tensor& src, void* dst) override {
+    use_threads();
     if (src.bytes() > 0) std::memcpy(dst, src.raw(), src.bytes());
   }
   void fill(Tensor& t, float value) override {
+    use_threads();
     check_cpu_f32(t, "fill target");
     float* p = t.data<float>();
     std::int64_t n = t.numel();
@@ -201,6 +205,7 @@ class CpuBackend final : public Backend {
   }
 
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, const Conv2dParams& p) override {
+    use_threads();
     check_cpu_f32(x, "conv input");
     SHOAL_ASSERT(y.shape() == conv_output_shape(x, w, p), "conv output " << y.describe());
     ConvEntry& e = conv_entry(x.shape(), w.shape(), bias != nullptr, p);
@@ -214,6 +219,7 @@ class CpuBackend final : public Backend {
   }
 
   void conv2d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dParams& p) override {
+    use_threads();
     ConvEntry& e = conv_entry(dx.shape(), w.shape(), false, p);
     if (!e.has_bwd_data) {
       auto fd = e.fwd_pd.src_desc().dims();
@@ -240,6 +246,7 @@ class CpuBackend final : public Backend {
 
   void conv2d_backward_weights(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* dbias,
                                const Conv2dParams& p) override {
+    use_threads();
     // The forward entry is keyed with the bias flag; backward weights follows it.
     ConvEntry& e = conv_entry(x.shape(), dw.shape(), dbias != nullptr, p);
     if (!e.has_bwd_weights) {
@@ -291,6 +298,7 @@ class CpuBackend final : public Backend {
   static std::int64_t cols(const Tensor& t) { return t.numel() / std::max<std::int64_t>(1, t.shape()[0]); }
 
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    use_threads();
     SHOAL_ASSERT(w.shape().rank() == 2 && cols(x) == w.shape()[1] && y.numel() == rows(x) * w.shape()[0],
                  "bad linear shapes x " << x.describe() << " w " << w.describe() << " y " << y.describe());
     std::int64_t n = rows(x), in = w.shape()[1], out = w.shape()[0];
@@ -304,6 +312,7 @@ class CpuBackend final : public Backend {
   }
 
   void linear_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
+    use_threads();
     std::int64_t n = rows(dx), in = w.shape()[1], out = w.shape()[0];
     SHOAL_ASSERT(cols(dx) == in && dy.numel() == n * out, "bad linear backward shapes");
     // The forward pd is only a hint; any cached forward of these sizes will do.
@@ -321,6 +330,7 @@ class CpuBackend final : public Backend {
   }
 
   void linear_backward_weights(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* dbias) override {
+    use_threads();
     std::int64_t n = rows(x), in = dw.shape()[1], out = dw.shape()[0];
     SHOAL_ASSERT(cols(x) == in && dy.numel() == n * out, "bad linear backward shapes");
     LinearEntry& e = linear_entry(n, in, out, true);
@@ -359,6 +369,7 @@ class CpuBackend final : public Backend {
   }
 
   void relu_forward(const Tensor& x, Tensor& y) override {
+    use_threads();
     check_same_numel(x, y);
     memory::desc md({x.numel()}, dt::f32, tag::a);
     relu_entry(x.numel()).fwd.execute(
@@ -367,6 +378,7 @@ class CpuBackend final : public Backend {
   }
 
   void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) override {
+    use_threads();
     check_same_numel(y, dy);
     check_same_numel(y, dx);
     memory::desc md({y.numel()}, dt::f32, tag::a);
@@ -403,6 +415,7 @@ class CpuBackend final : public Backend {
   }
 
   void pool_forward(const Tensor& x, Tensor& y, Tensor& workspace, const PoolParams& p, bool /*training*/) override {
+    use_threads();
     PoolEntry& e = pool_entry(x.shape(), p);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.fwd_pd.src_desc(), engine_, x.raw())},
                                          {DNNL_ARG_DST, memory(e.fwd_pd.dst_desc(), engine_, y.raw())}};
@@ -420,6 +433,7 @@ class CpuBackend final : public Backend {
 
   void pool_backward(const Tensor& x, const Tensor& /*y*/, const Tensor& dy, const Tensor& workspace, Tensor& dx,
                      const PoolParams& p) override {
+    use_threads();
     PoolEntry& e = pool_entry(x.shape(), p);
     std::unordered_map<int, memory> args{{DNNL_ARG_DIFF_DST, memory(e.fwd_pd.dst_desc(), engine_, dy.raw())},
                                          {DNNL_ARG_DIFF_SRC, memory(e.fwd_pd.src_desc(), engine_, dx.raw())}};
@@ -464,6 +478,7 @@ class CpuBackend final : public Backend {
   void batch_norm_forward_training(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y,
                                    Tensor& running_mean, Tensor& running_var, Tensor& saved_mean, Tensor& saved_var,
                                    float momentum, float eps) override {
+    use_threads();
     auto d = norm_dims(x.shape());
     std::int64_t channels = d[1];
     if (saved_mean.numel() != channels) saved_mean = Tensor::zeros(Shape{channels});
@@ -492,6 +507,7 @@ class CpuBackend final : public Backend {
   void batch_norm_forward_inference(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                     const Tensor& running_mean, const Tensor& running_var, Tensor& y,
                                     float eps) override {
+    use_threads();
     auto d = norm_dims(x.shape());
     NormEntry& e = norm_entry(x.shape(), eps, false);
     memory::desc md = plain_desc(d), cmd({d[1]}, dt::f32, tag::a);
@@ -506,6 +522,7 @@ class CpuBackend final : public Backend {
 
   void batch_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& saved_mean,
                            const Tensor& saved_var, Tensor& dx, Tensor& dgamma, Tensor& dbeta, float eps) override {
+    use_threads();
     auto d = norm_dims(x.shape());
     NormEntry& e = norm_entry(x.shape(), eps, true);
     memory::desc md = plain_desc(d), cmd({d[1]}, dt::f32, tag::a);
@@ -524,6 +541,7 @@ class CpuBackend final : public Backend {
   // ---- dropout, loss, element-wise -----------------------------------------------------------
 
   void dropout_forward(const Tensor& x, Tensor& y, Tensor& mask, float p, std::uint64_t seed) override {
+    use_threads();
     check_same_numel(x, y);
     if (mask.numel() != x.numel()) mask = Tensor::zeros(x.shape());
     const float* xs = x.data<float>();
@@ -540,6 +558,7 @@ class CpuBackend final : public Backend {
   }
 
   void dropout_backward(const Tensor& dy, const Tensor& mask, Tensor& dx) override {
+    use_threads();
     check_same_numel(dy, mask);
     check_same_numel(dy, dx);
     const float* g = dy.data<float>();
@@ -552,6 +571,7 @@ class CpuBackend final : public Backend {
 
   LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
                                   float grad_scale) override {
+    use_threads();
     SHOAL_ASSERT(logits.shape().rank() == 2 && labels.numel() == logits.shape()[0],
                  "loss shapes " << logits.describe() << " / " << labels.describe());
     std::int64_t n = logits.shape()[0], k = logits.shape()[1];
@@ -584,6 +604,7 @@ class CpuBackend final : public Backend {
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    use_threads();
     check_same_numel(a, b);
     check_same_numel(a, out);
     const float* pa = a.data<float>();
@@ -595,6 +616,7 @@ class CpuBackend final : public Backend {
   }
 
   void axpy(float alpha, const Tensor& x, Tensor& y) override {
+    use_threads();
     check_same_numel(x, y);
     const float* px = x.data<float>();
     float* py = y.data<float>();
@@ -604,6 +626,7 @@ class CpuBackend final : public Backend {
   }
 
   void scale(Tensor& x, float alpha) override {
+    use_threads();
     float* px = x.data<float>();
     std::int64_t n = x.numel();
 #pragma omp parallel for simd if (n > 65536)
@@ -611,6 +634,7 @@ class CpuBackend final : public Backend {
   }
 
   double sum_squares(const Tensor& x) override {
+    use_threads();
     const float* px = x.data<float>();
     std::int64_t n = x.numel();
     double total = 0;
@@ -620,6 +644,7 @@ class CpuBackend final : public Backend {
   }
 
   bool all_finite(const Tensor& x) override {
+    use_threads();
     check_cpu_f32(x, "finite check input");
     const auto* bits = static_cast<const std::uint32_t*>(x.raw());
     std::int64_t n = x.numel();
@@ -631,6 +656,7 @@ class CpuBackend final : public Backend {
   }
 
   void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, const SgdHyper& h) override {
+    use_threads();
     check_same_numel(param, grad);
     float* w = param.data<float>();
     const float* g = grad.data<float>();
@@ -660,6 +686,7 @@ class CpuBackend final : public Backend {
   }
 
   void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamHyper& h) override {
+    use_threads();
     check_same_numel(param, grad);
     check_same_numel(param, m);
     check_same_numel(param, v);
@@ -690,6 +717,17 @@ class CpuBackend final : public Backend {
   dnnl::engine engine_;
   dnnl::stream stream_;
   int threads_ = 1;
+
+  // OpenMP's thread count is per calling thread (omp_set_num_threads), and oneDNN reads it
+  // when a primitive runs: a backend made on one thread and used on another (a parameter
+  // server in a test, a role run as a thread) would otherwise use every core.
+  void use_threads() const {
+    thread_local int applied = 0;
+    if (applied != threads_) {
+      omp_set_num_threads(threads_);
+      applied = threads_;
+    }
+  }
   std::unordered_map<std::string, std::unique_ptr<ConvEntry>> convs_;
   std::unordered_map<std::string, std::unique_ptr<LinearEntry>> linears_;
   std::unordered_map<std::string, std::unique_ptr<PoolEntry>> pools_;

@@ -9,7 +9,8 @@
 namespace shoal {
 namespace {
 
-void no_free(void*, void*) {}
+// ZeroMQ calls this (from whichever thread releases the frame) once it is done with the bytes.
+void release_owner(void* /*data*/, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); }
 
 bool is_printable(const std::string& s) {
   for (unsigned char c : s)
@@ -128,8 +129,9 @@ Outgoing::Outgoing(const std::string& sender, std::uint64_t request_id)
   root_.setRequestId(request_id);
 }
 
-void Outgoing::add_borrowed_payload(const void* data, std::size_t bytes) {
-  payloads_.emplace_back(const_cast<void*>(data), bytes, no_free, nullptr);
+void Outgoing::add_borrowed_payload(const void* data, std::size_t bytes, std::shared_ptr<const void> owner) {
+  auto* hint = new std::shared_ptr<const void>(std::move(owner));
+  payloads_.emplace_back(const_cast<void*>(data), bytes, release_owner, hint);
 }
 
 void Outgoing::add_payload(zmq::message_t frame) { payloads_.push_back(std::move(frame)); }

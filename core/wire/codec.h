@@ -52,8 +52,10 @@ class Outgoing {
   wire::Envelope::Builder envelope() { return root_; }
   wire::Envelope::Body::Builder body() { return root_.initBody(); }
   // A frame that points at memory the caller keeps unchanged until the peer has acknowledged
-  // receiving it (zero-copy).
-  void add_borrowed_payload(const void* data, std::size_t bytes);
+  // receiving it (zero-copy). `owner` keeps the memory allocated until ZeroMQ releases the
+  // frame, which may be after the sender gave up waiting (an error, a stop): freeing it
+  // earlier would let ZeroMQ's I/O thread read freed memory.
+  void add_borrowed_payload(const void* data, std::size_t bytes, std::shared_ptr<const void> owner);
   void add_payload(zmq::message_t frame);
   std::vector<zmq::message_t> frames();
 

@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 1;
+const protocolVersion :UInt16 = 2;
 
 enum Role {
   coordinator @0;
@@ -53,6 +53,8 @@ struct Register {
   rank @1 :Int32;       # requested rank, -1 to let the coordinator choose
   address @2 :Text;     # servers: where workers connect
   device @3 :Text;
+  nonce @4 :UInt64;     # random, fixed for the life of the process: every retry of one process's
+                        # registration carries the same nonce and gets the same reply
 }
 
 struct RegisterReply {
@@ -68,7 +70,14 @@ struct Heartbeat {
 struct HeartbeatReply {
   generation @0 :UInt64;
   liveWorkers @1 :List(Text);  # workers that take part in staleness clocks (alive, not finished)
-  shutdown @2 :Bool;
+  end @2 :JobEnd;              # set once the job is over: every process then exits
+}
+
+# How a job ended, sent by whoever ended it (the coordinator) to every process of the job.
+struct JobEnd {
+  exitCode @0 :UInt8;   # 0: the job finished; otherwise the exit code every process exits with
+                        # (the table in docs/configuration.md)
+  reason @1 :Text;
 }
 
 struct ServerEntry {
@@ -105,7 +114,7 @@ struct LeaseGrant {
     shard @0 :Shard;
     evaluate @1 :UInt32;  # evaluate the current model on the test set for this epoch
     wait @2 :UInt32;      # nothing to do now; ask again after this many milliseconds
-    finished @3 :Void;    # the job is over
+    finished @3 :JobEnd;  # the job is over (successfully or not)
   }
 }
 
@@ -152,6 +161,7 @@ struct PullReply {
 struct ErrorReply {
   code @0 :ErrorCode;
   message @1 :Text;
+  end @2 :JobEnd;       # with shuttingDown: how the job ended
 }
 
 struct Shutdown {

@@ -81,7 +81,7 @@ class ServerFixture {
     in_server([this, w = std::move(workers)] { server_->set_live_workers(w); });
   }
 
-  zmq::context_t context{1};
+  Network context;
   PartitionTable table;
 
  private:
@@ -211,7 +211,7 @@ TEST(ParameterServer, IdleAndDepartedWorkersDoNotHoldOthersBack) {
 TEST(ParameterServer, MalformedMessagesAreRejectedCountedAndSurvived) {
   ServerFixture f(/*staleness=*/2);
   Client good(f, "worker.0");
-  zmq::socket_t raw(f.context, zmq::socket_type::dealer);
+  zmq::socket_t raw(f.context.context(), zmq::socket_type::dealer);
   raw.set(zmq::sockopt::linger, 0);
   raw.connect(f.address());
   auto envelope_bytes = [](Outgoing& m) {

@@ -1,0 +1,26 @@
+#include "core/fault_injection.h"
+
+namespace shoal {
+
+void FaultPlan::add(FaultRule rule) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  rules_.push_back(Entry{std::move(rule), 0});
+}
+
+std::optional<FaultRule> FaultPlan::match(wire::Envelope::Body::Which kind, const std::string& sender) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& e : rules_) {
+    if (e.rule.kind != kind || sender.rfind(e.rule.sender, 0) != 0) continue;
+    if (e.rule.count >= 0 && e.applied >= e.rule.count) continue;
+    ++e.applied;
+    return e.rule;
+  }
+  return std::nullopt;
+}
+
+int FaultPlan::applied(std::size_t rule) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return rule < rules_.size() ? rules_[rule].applied : 0;
+}
+
+}  // namespace shoal

@@ -1,0 +1,55 @@
+// Fault injection at the transport, for tests: a FaultPlan lists rules ("drop the first push
+// ack from ps.0", "delay worker.1's heartbeats by 3 s", "deliver every register twice",
+// "swap the next two pull replies") and every socket made from a Network that carries the plan
+// applies them to the messages it receives. Production code never makes a plan: a Network
+// without one costs a null-pointer test per received message.
+//
+// Faults are applied on the receiving side, in the receiving thread, so a delayed or reordered
+// message never touches a socket from another thread (ZeroMQ sockets are single-threaded).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/wire/shoal.capnp.h"
+
+namespace shoal {
+
+enum class FaultAction {
+  drop,       // the message is lost
+  delay,      // delivered `delay` later (messages behind it are not held back)
+  duplicate,  // delivered twice
+  reorder,    // held back until the next message on the same socket has been delivered
+};
+
+struct FaultRule {
+  wire::Envelope::Body::Which kind = wire::Envelope::Body::PUSH;
+  FaultAction action = FaultAction::drop;
+  std::string sender;  // the sender id must start with this ("" matches every sender)
+  int count = 1;       // how many matching messages the rule applies to; -1: every one
+  std::chrono::milliseconds delay{0};
+};
+
+// Thread-safe: the sockets of every role in a test process consult the same plan.
+class FaultPlan {
+ public:
+  void add(FaultRule rule);
+  // The rule that applies to this message (and counts it), if any.
+  std::optional<FaultRule> match(wire::Envelope::Body::Which kind, const std::string& sender);
+  // How many messages a rule (by its index in the order added) was applied to.
+  int applied(std::size_t rule) const;
+
+ private:
+  struct Entry {
+    FaultRule rule;
+    int applied = 0;
+  };
+  mutable std::mutex mutex_;
+  std::vector<Entry> rules_;
+};
+
+}  // namespace shoal
