@@ -19,6 +19,16 @@ std::uint64_t draw_nonce() {
   return (std::uint64_t{device()} << 32) ^ device() ^ static_cast<std::uint64_t>(getpid());
 }
 
+// The coordinator no longer counts this process (it was declared dead while unreachable):
+// the same TimeoutError whichever request notices it first.
+void throw_if_dropped(const Incoming& reply, const std::string& self) {
+  if (reply.kind() != wire::Envelope::Body::ERROR) return;
+  auto err = reply.envelope().getBody().getError();
+  if (err.getCode() == wire::ErrorCode::UNKNOWN_SENDER)
+    throw DetachedError(self + " was dropped from the job: the coordinator says: " + err.getMessage().cStr(),
+                        ExitCode::timeout);
+}
+
 // An error reply: "shutting down" carries how the job ended; a failed job ends this process
 // with the job's code. Other codes are left to the caller.
 void throw_if_job_failed(const Incoming& reply) {
@@ -44,7 +54,7 @@ void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out) {
 }
 
 void throw_job_failure(const JobEnd& end) {
-  throw Error("the job failed (" + std::string(exit_code_name(end.code)) + "): " + end.reason, end.code);
+  throw DetachedError("the job failed (" + std::string(exit_code_name(end.code)) + "): " + end.reason, end.code);
 }
 
 ControlClient::ControlClient(Network& network, const std::string& coordinator, std::string sender, Logger log,
@@ -64,7 +74,7 @@ Outgoing ControlClient::make(std::uint64_t* request_id) {
 Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop) {
   std::uint64_t id = message.envelope().getRequestId();
   auto kind = message.envelope().getBody().which();
-  socket_.send(message);
+  socket_.send(message, to_ms(timeout));
   auto deadline = std::chrono::steady_clock::now() + to_ms(timeout);
   while (true) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -117,6 +127,8 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
       // when it comes up, as are the retries: the nonce makes them one registration.
       if (attempts == 1 || attempts % 8 == 0)
         SHOAL_LOG(log_, info, "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
+      else
+        SHOAL_LOG(log_, debug, "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
     }
     SHOAL_REQUIRE(std::chrono::steady_clock::now() < give_up, TimeoutError,
                   "could not register with the coordinator at " << socket_.address() << " within " << deadline.count()
@@ -159,6 +171,7 @@ LeaseTask ControlClient::request_lease() {
   Outgoing msg = make();
   msg.body().setLeaseRequest();
   Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
   LeaseTask task;
   if (reply.kind() == wire::Envelope::Body::ERROR) {
     auto err = reply.envelope().getBody().getError();
@@ -211,7 +224,7 @@ void ControlClient::report_shard(std::int64_t epoch, std::int64_t index, std::in
   d.setLossSum(loss_sum);
   d.setCorrect(static_cast<std::uint64_t>(correct));
   d.setSeconds(seconds);
-  request(msg, timeout_);
+  throw_if_dropped(request(msg, timeout_), sender_);
 }
 
 void ControlClient::report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples) {
@@ -221,7 +234,7 @@ void ControlClient::report_evaluation(std::int64_t epoch, double loss, double ac
   d.setLoss(loss);
   d.setAccuracy(accuracy);
   d.setSamples(static_cast<std::uint64_t>(samples));
-  request(msg, timeout_);
+  throw_if_dropped(request(msg, timeout_), sender_);
 }
 
 bool ControlClient::leave() {
@@ -261,14 +274,17 @@ std::optional<JobEnd> Heartbeat::job_end() const {
 
 void Heartbeat::check() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (failure_ && detached_) throw DetachedError(failure_->message, failure_->code);
   if (failure_) throw Error(failure_->message, failure_->code);
 }
 
 void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interval, Seconds dead_after) {
   // The thread's boundary: nothing escapes it (an escaping exception is std::terminate).
-  auto fail = [&](Failure f) {
+  auto fail = [&](Failure f, bool detached = false) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!failure_) failure_ = std::move(f);
+    if (failure_) return;
+    failure_ = std::move(f);
+    detached_ = detached;
   };
   try {
     ControlClient client(network_, coordinator, sender, log_, interval);
@@ -306,7 +322,8 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
           } else {
             // The coordinator no longer counts us (declared dead while we were unreachable).
             fail(Failure{ExitCode::timeout,
-                         sender + " was dropped from the job: the coordinator says: " + err.getMessage().cStr()});
+                         sender + " was dropped from the job: the coordinator says: " + err.getMessage().cStr()},
+                 /*detached=*/true);
             return;
           }
         }
@@ -320,7 +337,7 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
         SHOAL_LOG(log_, error, "no heartbeat reply from the coordinator for " << dead_after.count() << " s");
         std::ostringstream what;
         what << sender << " lost the coordinator (no heartbeat reply for " << dead_after.count() << " s)";
-        fail(Failure{ExitCode::timeout, what.str()});
+        fail(Failure{ExitCode::timeout, what.str()}, /*detached=*/true);
         return;
       }
       auto next = started + to_ms(interval);

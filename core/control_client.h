@@ -31,6 +31,14 @@ struct JobEnd {
   ExitCode code = ExitCode::ok;
   std::string reason;
 };
+// This process is no longer part of the job: the job failed (the error carries the job's exit
+// code), the coordinator dropped this process (declared it dead while it was unreachable), or
+// the coordinator is gone. There is nobody left to say goodbye to.
+class DetachedError : public Error {
+ public:
+  using Error::Error;
+};
+
 // Checked: an exit code outside the documented table is a ProtocolError.
 JobEnd job_end_from_wire(wire::JobEnd::Reader end);
 void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out);
@@ -109,6 +117,7 @@ class Heartbeat {
   std::vector<std::string> live_workers_;
   std::optional<JobEnd> job_end_;
   std::optional<Failure> failure_;
+  bool detached_ = false;  // failure_ is the coordinator lost or this process dropped
   std::thread thread_;
 };
 

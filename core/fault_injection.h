@@ -23,7 +23,8 @@ enum class FaultAction {
   drop,       // the message is lost
   delay,      // delivered `delay` later (messages behind it are not held back)
   duplicate,  // delivered twice
-  reorder,    // held back until the next message on the same socket has been delivered
+  reorder,    // held back until the next message on the same socket has been delivered (or
+              // `delay`, 100 ms if zero, when no other message comes)
 };
 
 struct FaultRule {

@@ -18,10 +18,12 @@ LogLevel parse_log_level(std::string_view name);  // throws ConfigError
 const char* log_level_name(LogLevel level);
 
 // Where lines go. Thread-safe; one sink is typically shared by every Logger of a process.
+// Tests derive from it to watch for lines (tests/support/inproc_cluster.h).
 class LogSink {
  public:
   explicit LogSink(std::FILE* out = stderr) : out_(out) {}
-  void write_line(std::string_view line);
+  virtual ~LogSink() = default;
+  virtual void write_line(std::string_view line);
 
  private:
   std::mutex mutex_;

@@ -29,7 +29,6 @@ Socket::Socket(Network& network, zmq::socket_type type, Logger log)
     : socket_(network.context(), type), log_(std::move(log)), faults_(network.faults()) {
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::maxmsgsize, std::int64_t{1} << 31);  // no frame over 2 GiB
-  socket_.set(zmq::sockopt::sndtimeo, static_cast<int>(kSendTimeout.count()));
 }
 
 void Socket::reject(const std::string& reason, const std::string& detail) {
@@ -53,20 +52,25 @@ bool receive_frame(zmq::socket_t& socket, zmq::message_t& frame, zmq::recv_flags
 
 }  // namespace
 
-void Socket::send_frames(std::vector<zmq::message_t>& frames) {
+void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
   for (std::size_t i = 0; i < frames.size(); ++i) {
-    bool more = i + 1 < frames.size();
-    auto flags = more ? zmq::send_flags::sndmore : zmq::send_flags::none;
+    auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
     while (true) {
       try {
-        if (!socket_.send(frames[i], flags))
-          SHOAL_THROW(TimeoutError, "could not send for " << kSendTimeout.count() / 1000
-                                                          << " s: the peer's queue stays full");
-        break;
+        // Only the first frame can find no room: the rest of a message always follows it.
+        if (socket_.send(frames[i], flags | zmq::send_flags::dontwait)) break;
       } catch (const zmq::error_t& e) {
         // A signal before ZeroMQ took the frame: the frame is still ours, send it again.
         if (e.num() != EINTR) throw;
+        continue;
       }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        SHOAL_THROW(TimeoutError, "could not send within " << timeout.count()
+                                                           << " ms: the peer's queue is full or the peer is gone");
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
+      poll_interruptible(&item, 1, std::min(left, std::chrono::milliseconds(100)));
     }
   }
 }
@@ -112,7 +116,7 @@ std::optional<Incoming> Socket::decode_checked(std::string peer, std::vector<zmq
 std::optional<Incoming> Socket::take_due_held() {
   auto now = std::chrono::steady_clock::now();
   for (auto it = held_.begin(); it != held_.end(); ++it) {
-    if (it->until_next || it->due > now) continue;
+    if (it->due > now) continue;
     Incoming in = std::move(it->message);
     held_.erase(it);
     return in;
@@ -123,7 +127,7 @@ std::optional<Incoming> Socket::take_due_held() {
 bool Socket::holds_due_message() const {
   auto now = std::chrono::steady_clock::now();
   for (const auto& h : held_)
-    if (!h.until_next && h.due <= now) return true;
+    if (h.due <= now) return true;
   return false;
 }
 
@@ -150,8 +154,9 @@ std::optional<Incoming> Socket::apply_faults(std::string peer, std::vector<zmq::
     case FaultAction::delay:
       held_.push_back(Held{now + rule->delay, false, std::move(*in)});
       return std::nullopt;
-    case FaultAction::reorder:
-      held_.push_back(Held{now, true, std::move(*in)});
+    case FaultAction::reorder:  // held until the next message, or `delay` (100 ms if none) at most
+      held_.push_back(Held{now + (rule->delay.count() > 0 ? rule->delay : std::chrono::milliseconds(100)), true,
+                           std::move(*in)});
       return std::nullopt;
     case FaultAction::duplicate: {
       auto twin = Incoming::decode(std::move(peer), std::move(copy));
@@ -212,7 +217,7 @@ void ServerSocket::send(const std::string& peer, Outgoing& message) {
   frames.reserve(body.size() + 1);
   frames.emplace_back(peer.data(), peer.size());
   for (auto& f : body) frames.push_back(std::move(f));
-  send_frames(frames);
+  send_frames(frames, kSendTimeout);  // a ROUTER never waits: it drops what it cannot route
 }
 
 ClientSocket::ClientSocket(Network& network, const std::string& address, Logger log)
@@ -224,9 +229,9 @@ ClientSocket::ClientSocket(Network& network, const std::string& address, Logger 
   }
 }
 
-void ClientSocket::send(Outgoing& message) {
+void ClientSocket::send(Outgoing& message, std::chrono::milliseconds timeout) {
   auto frames = message.frames();
-  send_frames(frames);
+  send_frames(frames, timeout);
 }
 
 }  // namespace shoal

@@ -65,9 +65,9 @@ class Socket {
 
  protected:
   Socket(Network& network, zmq::socket_type type, Logger log);
-  // Sends the frames as one message (a signal never splits it); TimeoutError if the peer's
-  // queue stays full for kSendTimeout.
-  void send_frames(std::vector<zmq::message_t>& frames);
+  // Sends the frames as one message (a signal never splits it); TimeoutError if it cannot
+  // start within `timeout` (the peer's queue is full, or an inproc:// peer is gone).
+  void send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout);
   bool has_routing_frame_ = false;
   zmq::socket_t socket_;
   Logger log_;
@@ -89,7 +89,7 @@ class Socket {
   std::deque<Held> held_;
 };
 
-// No send waits longer than this for room in a peer's queue.
+// No send waits longer than this for room in a peer's queue, unless told otherwise.
 constexpr std::chrono::milliseconds kSendTimeout{60000};
 
 class ServerSocket final : public Socket {
@@ -107,7 +107,8 @@ class ClientSocket final : public Socket {
  public:
   ClientSocket(Network& network, const std::string& address, Logger log);
   const std::string& address() const { return address_; }
-  void send(Outgoing& message);
+  // Waits at most `timeout` to hand the message to ZeroMQ (0: only if that is possible at once).
+  void send(Outgoing& message, std::chrono::milliseconds timeout = kSendTimeout);
 
  private:
   std::string address_;

@@ -97,6 +97,9 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (command == "coordinator" || command == "ps" || command == "worker" || command == "launch") {
+    // First thing, so a SIGTERM during start-up (loading data, registering) is a stop request
+    // too, not the default action.
+    const std::atomic<bool>* stop = command == "worker" ? &install_termination_request() : nullptr;
     bool local = false;
     if (command == "launch") {
       auto it = std::find(args.begin(), args.end(), "--local");
@@ -127,7 +130,7 @@ int run(int argc, char** argv) {
     } else if (command == "ps") {
       ParameterServer::run_role(network, loaded.config, log);
     } else {
-      run_worker_role(network, loaded.config, log, &install_termination_request());
+      run_worker_role(network, loaded.config, log, stop);
     }
     return 0;
   }

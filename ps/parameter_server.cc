@@ -302,7 +302,9 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   log = log.with_role(id);
   server.log_ = log;
   SHOAL_LOG(log, info, "listening on " << server.endpoint() << ", registered as " << id);
-  PartitionTable table = *control.fetch_table(Seconds(config.startup_timeout_seconds));
+  // The coordinator ends the job (and says so) if the cluster does not assemble in time; this
+  // deadline is a backstop for a coordinator that went silent.
+  PartitionTable table = *control.fetch_table(2 * Seconds(config.startup_timeout_seconds));
   std::size_t index = table.servers.size();
   for (std::size_t i = 0; i < table.servers.size(); ++i)
     if (table.servers[i].id == id) index = i;

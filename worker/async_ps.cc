@@ -77,6 +77,9 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
       }
       if (err.getCode() == wire::ErrorCode::TIMEOUT)
         SHOAL_THROW(TimeoutError, link.id << ": " << err.getMessage().cStr());
+      if (err.getCode() == wire::ErrorCode::UNKNOWN_SENDER)  // the coordinator declared us dead
+        throw DetachedError(id_ + " was dropped from the job: " + link.id + " says: " + err.getMessage().cStr(),
+                            ExitCode::timeout);
       SHOAL_THROW(ProtocolError, link.id << " refused a request: " << err.getMessage().cStr());
     }
     default:
@@ -205,7 +208,7 @@ void AsyncPsStrategy::leave() {
     Outgoing msg(id_, next_request_++);
     msg.body().setLeave();
     try {
-      link.socket->send(msg);
+      link.socket->send(msg, std::chrono::milliseconds(100));
     } catch (const TimeoutError&) {
       SHOAL_LOG(log_, warn, "could not tell " << link.id << " that " << id_ << " leaves");
     }

@@ -34,7 +34,9 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
   }
   const std::string id = *registered;
   log = log.with_role(id);
-  auto fetched = control.fetch_table(startup, stop);
+  // The coordinator ends the job (and says so) if the cluster does not assemble within the
+  // start-up timeout; this deadline is only a backstop for a coordinator that went silent.
+  auto fetched = control.fetch_table(2 * startup, stop);
   if (!fetched) {
     control.leave();
     SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
@@ -126,6 +128,20 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
     }
   } catch (const StopRequested&) {
     return leave("while waiting for parameters");
+  } catch (const DetachedError&) {
+    throw;  // the job failed, or we were dropped from it: nobody to say goodbye to
+  } catch (const Error& e) {
+    // Failing on our own (a server that does not answer, a refused request): say goodbye,
+    // best effort, so the coordinator hands our leases to the others at once and the servers
+    // stop counting us, instead of both waiting for our heartbeats to stop.
+    SHOAL_LOG(log, error, "failed (" << exit_code_name(e.code()) << "); leaving the job: " << e.what());
+    try {
+      strategy.leave();
+      control.leave();
+    } catch (...) {
+      // Best effort: the error that brought us here is the one to report.
+    }
+    throw;
   }
 }
 

@@ -1,0 +1,244 @@
+// Whole jobs inside this process (tests/support/inproc_cluster.h): start-up in any order,
+// stop requests at every phase of a worker's life, failed jobs, and faults injected at the
+// transport. Each test waits for events it can observe (a log line, a fault having been
+// applied, a role's exit), never for a sleep. Built once more under ThreadSanitizer.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "tests/support/inproc_cluster.h"
+
+namespace shoal {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::InprocCluster;
+using testing::small_job;
+using K = wire::Envelope::Body;
+
+constexpr auto kJobTime = 120s;
+constexpr int kOk = 0;
+constexpr int kTimeout = static_cast<int>(ExitCode::timeout);
+constexpr int kPeerLost = static_cast<int>(ExitCode::peer_lost);
+
+void expect_everyone(InprocCluster& c, int code) {
+  EXPECT_EQ(c.wait("coordinator", kJobTime), code) << c.log().text();
+  for (int i = 0; i < c.config().servers; ++i) EXPECT_EQ(c.wait("ps." + std::to_string(i), 30s), code);
+  for (int i = 0; i < c.config().workers; ++i) EXPECT_EQ(c.wait("worker." + std::to_string(i), 30s), code);
+}
+
+TEST(InprocCluster, JobRunsToTheEndAndEveryRoleExitsZero) {
+  InprocCluster c(small_job());
+  c.start_all();
+  expect_everyone(c, kOk);
+  EXPECT_EQ(c.log().count({"registered worker."}), 2) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"the job is over"}, 0ms));
+}
+
+TEST(InprocCluster, CoordinatorStartingLateGetsEachProcessOnce) {
+  InprocCluster c(small_job());
+  for (int i = 0; i < 2; ++i) c.start_server(i);
+  for (int i = 0; i < 2; ++i) c.start_worker(i);
+  // Every process has sent several registrations into the void (queued by ZeroMQ).
+  for (const char* who : {"[ps ", "[worker "})
+    ASSERT_TRUE(c.log().wait_for({who, "waiting for the coordinator", "(attempt 3)"}, 30s)) << c.log().text();
+  c.start_coordinator();
+  expect_everyone(c, kOk);
+  // Queued copies of a registration are the same registration: no ghost members.
+  EXPECT_EQ(c.log().count({"registered worker."}), 2) << c.log().text();
+  EXPECT_EQ(c.log().count({"registered ps."}), 2) << c.log().text();
+  EXPECT_EQ(c.log().count({"already registered"}), 0) << c.log().text();
+}
+
+TEST(InprocCluster, DuplicatedRegistrationsAreOneMember) {
+  FaultPlan faults;
+  faults.add({K::REGISTER, FaultAction::duplicate, "", -1});
+  JobConfig job = small_job();
+  InprocCluster c(job, &faults);
+  c.start_all();
+  expect_everyone(c, kOk);
+  EXPECT_GE(faults.applied(0), 4);
+  EXPECT_EQ(c.log().count({"registered worker."}), 2) << c.log().text();
+  EXPECT_EQ(c.log().count({"registered ps."}), 2) << c.log().text();
+}
+
+TEST(InprocCluster, ExplicitRanksSurviveDuplicatedRegistrations) {
+  FaultPlan faults;
+  faults.add({K::REGISTER, FaultAction::duplicate, "worker", -1});
+  InprocCluster c(small_job(), &faults);
+  c.start_all();  // start_worker(i) gives node.rank = i
+  expect_everyone(c, kOk);
+  EXPECT_GE(faults.applied(0), 2);
+}
+
+TEST(InprocCluster, ReorderedAndDelayedPullRepliesStillTrain) {
+  FaultPlan faults;
+  faults.add({K::PULL_REPLY, FaultAction::reorder, "ps.0", 20});
+  faults.add({K::PULL_REPLY, FaultAction::delay, "ps.1", 20, 30ms});
+  InprocCluster c(small_job(), &faults);
+  c.start_all();
+  expect_everyone(c, kOk);
+  EXPECT_EQ(faults.applied(0), 20);
+  EXPECT_EQ(faults.applied(1), 20);
+}
+
+TEST(InprocCluster, DroppedPushAckEndsThatWorkerWithATimeoutAndTheJobGoesOn) {
+  FaultPlan faults;
+  faults.add({K::PUSH_ACK, FaultAction::drop, "ps.0", 1});
+  JobConfig job = small_job();
+  job.request_timeout_seconds = 1;
+  job.staleness = 1000;  // the other worker is never held back by the one that waits
+  job.epochs = 2;
+  InprocCluster c(job, &faults);
+  c.start_all();
+  ASSERT_EQ(c.wait("coordinator", kJobTime), kOk) << c.log().text();
+  EXPECT_EQ(faults.applied(0), 1);
+  int w0 = c.wait("worker.0", 30s), w1 = c.wait("worker.1", 30s);
+  // Exactly the worker whose acknowledgement was lost gave up, naming the server, and left
+  // the job on its way out; the other worker finished the job.
+  EXPECT_EQ(std::min(w0, w1), kOk);
+  EXPECT_EQ(std::max(w0, w1), kTimeout);
+  std::string failed = c.failure(w0 == kTimeout ? "worker.0" : "worker.1");
+  EXPECT_NE(failed.find("push acknowledgements"), std::string::npos) << failed;
+  EXPECT_NE(failed.find("ps.0"), std::string::npos) << failed;
+  EXPECT_TRUE(c.log().wait_for({w0 == kTimeout ? "worker.0 left the job" : "worker.1 left the job"}, 0ms))
+      << c.log().text();
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(c.wait("ps." + std::to_string(i), 30s), kOk);
+}
+
+TEST(InprocCluster, WorkerWhoseMessagesComeLateIsDroppedAndTheOthersGoOn) {
+  FaultPlan faults;
+  // Any message is a sign of life: everything worker.1 sends the coordinator comes 2 s late.
+  for (auto kind : {K::HEARTBEAT, K::LEASE_REQUEST, K::LEASE_DONE, K::EVAL_DONE})
+    faults.add({kind, FaultAction::delay, "worker.1", -1, 2000ms});
+  JobConfig job = small_job();
+  job.dead_after_seconds = 1;
+  job.epochs = 100000;  // the job outlives worker.1; the test ends it
+  InprocCluster c(job, &faults);
+  c.start_all();
+  // worker.1 is declared dead; it learns it was dropped (from a late reply) or notices the
+  // coordinator's silence itself, whichever comes first: either way exit 6.
+  EXPECT_EQ(c.wait("worker.1", kJobTime), kTimeout) << c.log().text();
+  std::string why = c.failure("worker.1");
+  EXPECT_TRUE(why.find("dropped from the job") != std::string::npos ||
+              why.find("lost the coordinator") != std::string::npos)
+      << why;
+  EXPECT_TRUE(c.log().wait_for({"worker.1 declared dead"}, 0ms)) << c.log().text();
+  // worker.0 is not held back: it goes on through two more epochs.
+  int epochs = c.log().count({"[worker.0", "training epoch"});
+  EXPECT_TRUE(c.log().wait_for_count({"[worker.0", "training epoch"}, epochs + 2, kJobTime)) << c.log().text();
+  c.stop_worker(0);
+  EXPECT_EQ(c.wait("worker.0", 30s), kOk);
+  // With its last worker gone the coordinator ends the job, and says why.
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kPeerLost);
+  EXPECT_NE(c.failure("coordinator").find("every worker is gone"), std::string::npos);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(c.wait("ps." + std::to_string(i), 30s), kPeerLost);
+}
+
+TEST(InprocCluster, LostServerFailsTheJobAndEveryoneSaysWhy) {
+  FaultPlan faults;
+  faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", -1});
+  JobConfig job = small_job();
+  job.dead_after_seconds = 1;
+  job.epochs = 50;  // long enough for ps.1 to be declared dead mid-job
+  InprocCluster c(job, &faults);
+  c.start_all();
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kPeerLost) << c.log().text();
+  EXPECT_NE(c.failure("coordinator").find("ps.1"), std::string::npos);
+  EXPECT_EQ(c.wait("ps.0", 30s), kPeerLost);
+  for (int i = 0; i < 2; ++i) {
+    std::string w = "worker." + std::to_string(i);
+    EXPECT_EQ(c.wait(w, 30s), kPeerLost) << c.log().text();
+    EXPECT_NE(c.failure(w).find("the job failed (peer lost)"), std::string::npos) << c.failure(w);
+  }
+  // ps.1 never hears back (its heartbeats are lost): it gives up on the coordinator.
+  EXPECT_EQ(c.wait("ps.1", 30s), kTimeout);
+}
+
+TEST(InprocCluster, ClusterThatNeverAssemblesFailsEveryoneWithTimeout) {
+  JobConfig job = small_job();
+  job.startup_timeout_seconds = 1;
+  InprocCluster c(job);
+  c.start_coordinator();
+  c.start_server(0);  // ps.1 never comes
+  c.start_worker(0);
+  c.start_worker(1);
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kTimeout);
+  EXPECT_NE(c.failure("coordinator").find("only 1/2 servers"), std::string::npos) << c.failure("coordinator");
+  for (const char* role : {"ps.0", "worker.0", "worker.1"}) {
+    EXPECT_EQ(c.wait(role, 30s), kTimeout) << role << "\n" << c.log().text();
+    EXPECT_NE(c.failure(role).find("only 1/2 servers"), std::string::npos) << c.failure(role);
+  }
+}
+
+// ---- A stop request (SIGTERM) at every phase of a worker's life: it leaves and exits 0.
+
+TEST(InprocStop, BeforeItRegistered) {
+  InprocCluster c(small_job());
+  c.start_worker(0);  // no coordinator yet
+  ASSERT_TRUE(c.log().wait_for({"waiting for the coordinator"}, 30s)) << c.log().text();
+  c.stop_worker(0);
+  EXPECT_EQ(c.wait("worker.0", 10s), kOk) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"before it registered; left the job"}, 0ms)) << c.log().text();
+}
+
+TEST(InprocStop, BeforeTheJobStarted) {
+  InprocCluster c(small_job());
+  c.start_coordinator();
+  c.start_worker(0);  // registered, waiting for the others
+  ASSERT_TRUE(c.log().wait_for({"registered worker.0"}, 30s)) << c.log().text();
+  c.stop_worker(0);
+  EXPECT_EQ(c.wait("worker.0", 10s), kOk) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"before the job started; left the job"}, 0ms)) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"worker.0 left the job"}, 10s)) << c.log().text();
+}
+
+TEST(InprocStop, WhileWaitingForParameters) {
+  FaultPlan faults;
+  // worker.0's pulls reach ps.0 only after the test is over: worker.0 waits for parameters.
+  faults.add({K::PULL, FaultAction::delay, "worker.0", -1, 60s});
+  InprocCluster c(small_job(), &faults);
+  c.start_all();
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (faults.applied(0) == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  ASSERT_GT(faults.applied(0), 0) << c.log().text();
+  c.stop_worker(0);
+  EXPECT_EQ(c.wait("worker.0", 10s), kOk) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"while waiting for parameters", "left the job"}, 0ms)) << c.log().text();
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kOk) << c.log().text();  // worker.1 finishes the job
+  EXPECT_EQ(c.wait("worker.1", 30s), kOk);
+}
+
+TEST(InprocStop, MidShard) {
+  JobConfig job = small_job();
+  job.train_limit = 6000;
+  job.shard_size = 3000;  // a worker is inside a long shard for many steps
+  InprocCluster c(job);
+  c.start_all();
+  ASSERT_TRUE(c.log().wait_for({"worker.1", "training epoch 1"}, 30s)) << c.log().text();
+  c.stop_worker(1);
+  EXPECT_EQ(c.wait("worker.1", 10s), kOk) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"[worker.1", "left the job"}, 0ms)) << c.log().text();
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kOk) << c.log().text();
+  EXPECT_EQ(c.wait("worker.0", 30s), kOk);
+}
+
+TEST(InprocStop, WhileEvaluating) {
+  JobConfig job = small_job();
+  job.test_limit = 10000;
+  job.eval_batch_size = 50;
+  job.epochs = 2;
+  InprocCluster c(job);
+  c.start_all();
+  ASSERT_TRUE(c.log().wait_for({"evaluating the model after epoch 1"}, 60s)) << c.log().text();
+  int evaluator = c.log().first_line_with("evaluating the model after epoch 1").find("[worker.1") != std::string::npos;
+  c.stop_worker(evaluator);
+  std::string name = "worker." + std::to_string(evaluator);
+  EXPECT_EQ(c.wait(name, 10s), kOk) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"[" + name, "left the job"}, 0ms)) << c.log().text();
+  // The evaluation went back to the queue and the other worker did it.
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kOk) << c.log().text();
+  EXPECT_EQ(c.wait("worker." + std::to_string(1 - evaluator), 30s), kOk);
+}
+
+}  // namespace
+}  // namespace shoal

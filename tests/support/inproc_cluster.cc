@@ -1,0 +1,204 @@
+#include "tests/support/inproc_cluster.h"
+
+#include <cstdlib>
+
+#include "coordinator/coordinator.h"
+#include "core/error.h"
+#include "core/metrics.h"
+#include "ps/parameter_server.h"
+#include "worker/worker_job.h"
+
+namespace shoal::testing {
+
+void CapturingSink::write_line(std::string_view line) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    lines_.emplace_back(line);
+  }
+  if (echo_) LogSink::write_line(line);
+  changed_.notify_all();
+}
+
+namespace {
+bool has_all(const std::string& line, const std::vector<std::string>& needles) {
+  for (const auto& n : needles)
+    if (line.find(n) == std::string::npos) return false;
+  return true;
+}
+}  // namespace
+
+bool CapturingSink::wait_for(const std::vector<std::string>& needles, std::chrono::milliseconds timeout) {
+  return wait_for_count(needles, 1, timeout);
+}
+
+bool CapturingSink::wait_for_count(const std::vector<std::string>& needles, int n, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_for(lock, timeout, [&] {
+    int found = 0;
+    for (const auto& line : lines_) found += has_all(line, needles);
+    return found >= n;
+  });
+}
+
+int CapturingSink::count(const std::vector<std::string>& needles) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  int found = 0;
+  for (const auto& line : lines_) found += has_all(line, needles);
+  return found;
+}
+
+std::string CapturingSink::text() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::string out;
+  for (const auto& l : lines_) out += l + "\n";
+  return out;
+}
+
+std::string CapturingSink::first_line_with(const std::string& needle) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& l : lines_)
+    if (l.find(needle) != std::string::npos) return l;
+  return "";
+}
+
+
+JobConfig small_job() {
+  JobConfig c;
+  c.model = "mlp";
+  c.train_limit = 1200;
+  c.test_limit = 200;
+  c.epochs = 1;
+  c.batch_size = 50;
+  c.eval_batch_size = 100;
+  c.shard_size = 200;
+  c.optimizer.lr = 0.05f;
+  c.servers = 2;
+  c.workers = 2;
+  c.staleness = 2;
+  c.chunk_kib = 64;
+  c.heartbeat_seconds = 0.1;
+  c.dead_after_seconds = 1.5;
+  c.request_timeout_seconds = 10;
+  c.startup_timeout_seconds = 20;
+  c.threads = 1;
+  c.progress = "off";
+  c.log_level = "debug";
+  return c;
+}
+
+namespace {
+std::atomic<int> g_clusters{0};
+}
+
+InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
+    : config_(std::move(config)),
+      sink_(std::make_shared<CapturingSink>(std::getenv("SHOAL_TEST_ECHO_LOGS") != nullptr)),
+      network_(faults) {
+  // Unique endpoints: inproc names are per context, but a test may build several clusters.
+  std::string tag = std::to_string(++g_clusters);
+  config_.coordinator_address = "inproc://coordinator-" + tag;
+  config_.node_address = "inproc://ps-" + tag + "-";
+}
+
+InprocCluster::~InprocCluster() {
+  coordinator_stop_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto* c = static_cast<Coordinator*>(coordinator_.load())) c->request_stop();
+    for (auto& [rank, flag] : stops_) *flag = true;
+  }
+  for (auto& [name, role] : roles_)
+    if (role.thread.joinable()) role.thread.join();
+}
+
+void InprocCluster::launch(const std::string& name, std::function<void()> body) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Role& role = roles_[name];
+  role.thread = std::thread([this, name, body = std::move(body)] {
+    int code = 0;
+    std::string failure;
+    try {
+      body();
+    } catch (...) {  // the role's boundary, as main() is for a process
+      Failure f = failure_of(std::current_exception());
+      code = static_cast<int>(f.code);
+      failure = f.message;
+      Logger(name, LogLevel::info, sink_).write(LogLevel::error, "exits " + std::to_string(code) + ": " + failure);
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    roles_[name].done = true;
+    roles_[name].code = code;
+    roles_[name].failure = failure;
+    finished_.notify_all();
+  });
+}
+
+void InprocCluster::start_coordinator() {
+  launch("coordinator", [this] {
+    MetricsWriter metrics;
+    Coordinator coordinator(network_, config_, Logger("coordinator", LogLevel::debug, sink_), metrics);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      coordinator_ = &coordinator;
+      if (coordinator_stop_) coordinator.request_stop();
+    }
+    try {
+      coordinator.run();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      coordinator_ = nullptr;
+      throw;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    coordinator_ = nullptr;
+  });
+}
+
+void InprocCluster::start_server(int rank) {
+  JobConfig c = config_;
+  c.node_rank = rank;
+  c.node_address = config_.node_address + std::to_string(rank);
+  launch("ps." + std::to_string(rank), [this, c] {
+    ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_));
+  });
+}
+
+void InprocCluster::start_worker(int rank) {
+  JobConfig c = config_;
+  c.node_rank = rank;
+  std::atomic<bool>* stop;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& flag = stops_[rank];
+    flag = std::make_unique<std::atomic<bool>>(false);
+    stop = flag.get();
+  }
+  launch("worker." + std::to_string(rank), [this, c, stop] {
+    run_worker_role(network_, c, Logger("worker", LogLevel::debug, sink_), stop);
+  });
+}
+
+void InprocCluster::start_all() {
+  start_coordinator();
+  for (int i = 0; i < config_.servers; ++i) start_server(i);
+  for (int i = 0; i < config_.workers; ++i) start_worker(i);
+}
+
+void InprocCluster::stop_worker(int rank) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  *stops_.at(rank) = true;
+}
+
+int InprocCluster::wait(const std::string& role, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  bool done = finished_.wait_for(lock, timeout, [&] { return roles_.count(role) && roles_[role].done; });
+  return done ? roles_[role].code : -1;
+}
+
+std::string InprocCluster::failure(const std::string& role) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = roles_.find(role);
+  return it == roles_.end() ? "" : it->second.failure;
+}
+
+}  // namespace shoal::testing
