@@ -47,7 +47,9 @@ struct Cluster {
   std::unique_ptr<Subprocess> coord;
   std::vector<std::unique_ptr<Subprocess>> servers, workers;
 
-  Cluster(std::vector<std::string> job_args, int n_servers, int n_workers) {
+  // Starts the coordinator, then the servers and workers; with `coordinator_last`, the
+  // coordinator is left to the test (start_coordinator()).
+  Cluster(std::vector<std::string> job_args, int n_servers, int n_workers, bool coordinator_last = false) {
     args = {kJob,
             "--cluster.coordinator=" + coordinator,
             "--cluster.servers=" + std::to_string(n_servers),
@@ -55,10 +57,11 @@ struct Cluster {
             "--threads=1",
             "--progress=off"};
     args.insert(args.end(), job_args.begin(), job_args.end());
-    coord = start("coordinator", {"--metrics.file=" + dir.file("metrics.jsonl")});
+    if (!coordinator_last) start_coordinator();
     for (int i = 0; i < n_servers; ++i) servers.push_back(start("ps", {"--node.rank=" + std::to_string(i)}));
     for (int i = 0; i < n_workers; ++i) workers.push_back(start("worker", {"--node.rank=" + std::to_string(i)}));
   }
+  void start_coordinator() { coord = start("coordinator", {"--metrics.file=" + dir.file("metrics.jsonl")}); }
   std::unique_ptr<Subprocess> start(const std::string& role, std::vector<std::string> extra) {
     std::vector<std::string> argv{kShoal, role};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -67,7 +70,7 @@ struct Cluster {
   }
   std::string metrics() { return read_file(dir.file("metrics.jsonl")); }
   std::string all_output() {
-    std::string out = "--- coordinator\n" + coord->output();
+    std::string out = "--- coordinator\n" + (coord ? coord->output() : std::string());
     for (auto& s : servers) out += "--- ps\n" + s->output();
     for (auto& w : workers) out += "--- worker\n" + w->output();
     return out;
@@ -133,9 +136,8 @@ TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
       {"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000", "--data.shard_size=400",
        "--optimizer.lr=0.01", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
       2, 3);
-  ASSERT_TRUE(wait_for_output(*c.coord, "partition table", 60s)) << c.all_output();
-  std::this_thread::sleep_for(1500ms);  // well inside the first epoch
-  ASSERT_TRUE(c.workers[1]->running()) << "worker.1 ended before the kill:\n" << c.all_output();
+  // worker.1 holds a lease of the first epoch (a shard is 400 of 12,000 samples).
+  ASSERT_TRUE(wait_for_output(*c.workers[1], "training epoch 1", 60s)) << c.all_output();
   c.workers[1]->signal(SIGKILL);
   EXPECT_EQ(c.workers[1]->wait(5s), 128 + SIGKILL);
   ASSERT_EQ(c.coord->wait(180s), 0) << c.all_output();
@@ -156,9 +158,7 @@ TEST(Cluster, WorkerStoppedWithSigtermLeavesAndTheJobGoesOn) {
   Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000",
              "--data.shard_size=400", "--optimizer.lr=0.01"},
             2, 3);
-  ASSERT_TRUE(wait_for_output(*c.coord, "partition table", 60s)) << c.all_output();
-  std::this_thread::sleep_for(1500ms);
-  ASSERT_TRUE(c.workers[1]->running()) << c.all_output();
+  ASSERT_TRUE(wait_for_output(*c.workers[1], "training epoch 1", 60s)) << c.all_output();
   c.workers[1]->signal(SIGTERM);
   // It finishes its step, tells the servers and the coordinator, and exits 0 at once: no
   // waiting for a heartbeat timeout (5 s here).
@@ -170,6 +170,70 @@ TEST(Cluster, WorkerStoppedWithSigtermLeavesAndTheJobGoesOn) {
   auto epochs = lines_with(c.metrics(), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 2u) << c.all_output();
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 12000) << e;
+}
+
+TEST(Cluster, WorkerStoppedWithSigtermBeforeItRegisteredExitsZero) {
+  // Nobody listens at this coordinator address: the worker is still trying to register.
+  Subprocess worker({kShoal, "worker", kJob, "--cluster.coordinator=tcp://127.0.0.1:" + std::to_string(free_port()),
+                     "--threads=1", "--data.train_limit=1000", "--data.test_limit=100"});
+  ASSERT_TRUE(wait_for_output(worker, "waiting for the coordinator", 60s)) << worker.output();
+  worker.signal(SIGTERM);
+  EXPECT_EQ(worker.wait(5s), 0) << worker.output();
+  EXPECT_NE(worker.output().find("before it registered; left the job"), std::string::npos) << worker.output();
+}
+
+TEST(Cluster, WorkerStoppedWithSigtermWhileEvaluatingLeavesAndAnotherEvaluates) {
+  Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=2000", "--data.test_limit=10000",
+             "--data.shard_size=400", "--train.eval_batch_size=100", "--optimizer.lr=0.01"},
+            1, 2);
+  std::size_t evaluator = 2;
+  auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (evaluator == 2 && std::chrono::steady_clock::now() < deadline) {
+    for (std::size_t i = 0; i < 2; ++i)
+      if (c.workers[i]->output().find("evaluating the model after epoch 1") != std::string::npos) evaluator = i;
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_LT(evaluator, 2u) << c.all_output();
+  c.workers[evaluator]->signal(SIGTERM);
+  EXPECT_EQ(c.workers[evaluator]->wait(10s), 0) << c.workers[evaluator]->output();
+  EXPECT_NE(c.workers[evaluator]->output().find("left the job"), std::string::npos) << c.workers[evaluator]->output();
+  // Its evaluation went back to the queue: the other worker evaluates, and the job ends well.
+  ASSERT_EQ(c.coord->wait(180s), 0) << c.all_output();
+  EXPECT_EQ(c.workers[1 - evaluator]->wait(30s), 0);
+  EXPECT_EQ(lines_with(c.metrics(), "\"event\": \"epoch\"").size(), 2u) << c.all_output();
+}
+
+TEST(Cluster, CoordinatorStartedLastGetsEveryProcessOnce) {
+  // Servers and workers (with explicit ranks) first: each sends several registrations that
+  // ZeroMQ queues until the coordinator is up. They are one registration each.
+  Cluster c({"--model=mlp", "--train.epochs=1", "--data.train_limit=3000", "--data.test_limit=500",
+             "--data.shard_size=500", "--log.level=debug"},
+            2, 2, /*coordinator_last=*/true);
+  for (auto* group : {&c.servers, &c.workers})
+    for (auto& p : *group) ASSERT_TRUE(wait_for_output(*p, "(attempt 4)", 60s)) << c.all_output();
+  c.start_coordinator();
+  ASSERT_EQ(c.coord->wait(120s), 0) << c.all_output();
+  for (auto& s : c.servers) EXPECT_EQ(s->wait(30s), 0) << s->output();
+  for (auto& w : c.workers) EXPECT_EQ(w->wait(30s), 0) << w->output();
+  EXPECT_EQ(lines_with(c.coord->output(), "registered worker.").size(), 2u) << c.coord->output();
+  EXPECT_EQ(lines_with(c.coord->output(), "registered ps.").size(), 2u) << c.coord->output();
+  EXPECT_EQ(c.coord->output().find("already registered"), std::string::npos) << c.coord->output();
+}
+
+TEST(Cluster, FailedJobEndsEveryProcessWithItsCodeAndReason) {
+  // One of two servers never comes: the coordinator gives up, and tells everyone who came.
+  Cluster c({"--model=mlp", "--cluster.startup_timeout_seconds=2", "--data.train_limit=1000", "--data.test_limit=100"},
+            1, 2, /*coordinator_last=*/true);
+  c.start_coordinator();
+  EXPECT_EQ(c.coord->wait(60s), 6) << c.all_output();
+  for (auto* group : {&c.servers, &c.workers})
+    for (auto& p : *group) {
+      EXPECT_EQ(p->wait(30s), 6) << p->output();
+      EXPECT_NE(p->output().find("the job failed (timeout): only 1/2 servers and 2/2 workers registered"),
+                std::string::npos)
+          << p->output();
+      EXPECT_EQ(p->output().find("job finished"), std::string::npos) << p->output();
+    }
 }
 
 TEST(Cluster, CoordinatorGivesUpWhenTheClusterDoesNotAssemble) {

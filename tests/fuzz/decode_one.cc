@@ -10,8 +10,8 @@
 
 namespace shoal {
 
-int decode_one(const std::uint8_t* data, std::size_t size) {
-  if (size == 0) return 0;
+DecodeOutcome decode_one(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return DecodeOutcome::rejected;
   std::size_t frames = 1 + data[0] % 8, pos = 1;
   std::vector<zmq::message_t> parts;
   for (std::size_t f = 0; f < frames; ++f) {
@@ -26,14 +26,26 @@ int decode_one(const std::uint8_t* data, std::size_t size) {
     Incoming in = Incoming::decode("peer", std::move(parts));
     auto body = in.envelope().getBody();
     using K = wire::Envelope::Body;
-    std::size_t touched = in.sender().size();
+    // What decode() promises every role.
+    const std::string sender = in.sender();
+    if (sender.empty() || sender.size() > kMaxSenderLength) return DecodeOutcome::broken;
+    for (unsigned char c : sender)
+      if (c < 0x20 || c > 0x7e) return DecodeOutcome::broken;
+    if (in.envelope().getVersion() != wire::PROTOCOL_VERSION) return DecodeOutcome::broken;
+    auto payloads_match = [&](capnp::List<wire::ChunkData>::Reader chunks) {
+      if (in.payloads().size() != chunks.size()) return false;
+      for (unsigned i = 0; i < chunks.size(); ++i)
+        if (chunks[i].getNumel() == 0 || in.payloads()[i].size() != std::size_t{chunks[i].getNumel()} * sizeof(float))
+          return false;
+      return true;
+    };
+    std::size_t touched = sender.size();
     switch (in.kind()) {
       case K::PUSH:
-        for (auto c : body.getPush().getChunks()) touched += c.getKey() + c.getNumel();
-        for (auto& p : in.payloads()) touched += p.size();
+        if (!payloads_match(body.getPush().getChunks())) return DecodeOutcome::broken;
         break;
       case K::PULL_REPLY:
-        for (auto c : body.getPullReply().getChunks()) touched += c.getKey();
+        if (!payloads_match(body.getPullReply().getChunks())) return DecodeOutcome::broken;
         break;
       case K::PARTITION_TABLE:
         touched += PartitionTable::from_wire(body.getPartitionTable()).chunks.size();
@@ -51,15 +63,17 @@ int decode_one(const std::uint8_t* data, std::size_t size) {
         touched += body.getError().getMessage().size();
         break;
       default:
+        if (!in.payloads().empty()) return DecodeOutcome::broken;
         break;
     }
-    return touched > 0 ? 1 : 1;
+    (void)touched;  // read every field a role reads; the value itself does not matter
+    return DecodeOutcome::accepted;
   } catch (const ProtocolError&) {
-    return 0;
+    return DecodeOutcome::rejected;
   } catch (const kj::Exception&) {
     // A field the up-front walk did not reach (e.g. text without its NUL): the roles catch
     // this too and drop the message.
-    return 0;
+    return DecodeOutcome::rejected;
   }
 }
 

@@ -7,9 +7,14 @@
 
 namespace shoal {
 
+enum class DecodeOutcome {
+  rejected,  // a ProtocolError (or a kj::Exception from a lazily read field, as the roles see it)
+  accepted,  // decoded, and every promise of a decoded message holds
+  broken,    // decoded, but a promise does not hold (a payload of the wrong size, ...): a bug
+};
+
 // Input layout: byte 0 = number of frames (1..8), then per frame a 2-byte little-endian
-// length and that many bytes (clipped to what is left). Returns 1 if the message was
-// accepted, 0 if it was rejected with ProtocolError. Anything else escaping is a bug.
-int decode_one(const std::uint8_t* data, std::size_t size);
+// length and that many bytes (clipped to what is left). Anything escaping is a bug too.
+DecodeOutcome decode_one(const std::uint8_t* data, std::size_t size);
 
 }  // namespace shoal

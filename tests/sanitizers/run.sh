@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The sanitizer stages of the test suite (tests/run.sh runs them after the plain build):
+#   asan  AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, the in-process
+#         cluster tests and the short multi-process tests (not the 10-epoch accuracy runs);
+#   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected).
+# A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
+# reports go to files under build-<stage>/reports, and any file there is a failure.
+#   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+stages=("$@")
+[[ ${#stages[@]} -eq 0 ]] && stages=(asan tsan)
+here=$(pwd)/tests/sanitizers
+
+configure() {  # DIR FLAGS
+  local dir=$1 flags=$2
+  if [[ ! -f $dir/build.ninja ]]; then
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_CUDA=OFF \
+      -DCMAKE_CXX_FLAGS="$flags -fno-omit-frame-pointer" -DCMAKE_C_FLAGS="$flags" \
+      -DCMAKE_EXE_LINKER_FLAGS="$flags" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; exit 1; }
+  fi
+}
+
+check_reports() {  # DIR
+  local reports
+  reports=$(find "$1/reports" -type f 2>/dev/null | head -20)
+  if [[ -n $reports ]]; then
+    echo "sanitizer reports:"
+    for f in $reports; do echo "--- $f"; head -60 "$f"; done
+    return 1
+  fi
+}
+
+for stage in "${stages[@]}"; do
+  dir=build-$stage
+  case $stage in
+    asan)
+      configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+      cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests
+      rm -rf "$dir/reports" && mkdir -p "$dir/reports"
+      export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1:suppressions=$here/lsan.supp"
+      export LSAN_OPTIONS="suppressions=$here/lsan.supp"
+      export UBSAN_OPTIONS="log_path=$here/../../$dir/reports/ubsan:print_stacktrace=1:halt_on_error=1"
+      ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
+        -E '^Accuracy\.|SameSeedGivesTheSameMetrics'
+      check_reports "$dir"
+      ;;
+    tsan)
+      configure "$dir" "-fsanitize=thread"
+      cmake --build "$dir" --target shoal_inproc_cluster_tests
+      rm -rf "$dir/reports" && mkdir -p "$dir/reports"
+      export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc'
+      check_reports "$dir"
+      ;;
+    *)
+      echo "unknown sanitizer stage '$stage' (asan, tsan)" >&2
+      exit 2
+      ;;
+  esac
+  echo "sanitizer stage $stage: no reports"
+done
