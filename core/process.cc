@@ -2,6 +2,11 @@
 
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
 
 namespace shoal {
 
@@ -11,17 +16,48 @@ void tune_allocator() {
 }
 
 namespace {
-std::atomic<bool> g_termination_requested{false};
-extern "C" void on_termination(int) { g_termination_requested = true; }
+sigset_t stop_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
 }  // namespace
 
-const std::atomic<bool>& install_termination_request() {
-  static_assert(std::atomic<bool>::is_always_lock_free, "the flag is set from a signal handler");
-  struct sigaction sa {};
-  sa.sa_handler = on_termination;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  return g_termination_requested;
+StopSignals::StopSignals() {
+  sigset_t set = stop_set();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  thread_ = std::thread(&StopSignals::receive, this);
+}
+
+StopSignals::~StopSignals() {
+  quit_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void StopSignals::receive() {
+  sigset_t set = stop_set();
+  const timespec tick{0, 50 * 1000 * 1000};  // the destructor is noticed within 50 ms
+  while (!quit_) {
+    siginfo_t info{};
+    int sig = sigtimedwait(&set, &info, &tick);
+    if (sig < 0) continue;  // EAGAIN (tick) or EINTR
+    if (requested_.exchange(true)) {
+      // The second one: the user (or a supervisor) insists. Nothing graceful is left to wait for.
+      char line[96];
+      int n = std::snprintf(line, sizeof(line), "shoal: signal %d again: exiting now\n", sig);
+      if (n > 0) (void)!write(STDERR_FILENO, line, static_cast<std::size_t>(n));
+      _exit(128 + sig);
+    }
+    signal_ = sig;
+  }
+}
+
+void unblock_all_signals() {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
 }  // namespace shoal

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <thread>
 
 namespace shoal {
 
@@ -12,9 +13,36 @@ namespace shoal {
 // memory may stay mapped to the process.
 void tune_allocator();
 
-// Turns SIGTERM (pod eviction, preemption, a launcher stopping the job) into a request to
-// stop: the returned flag becomes true and the role finishes its step, leaves the job
-// cleanly and exits 0. Call once, from main, for roles that can leave gracefully.
-const std::atomic<bool>& install_termination_request();
+// Turns SIGTERM and SIGINT (pod eviction, preemption, a launcher stopping the job, Ctrl-C)
+// into a request to stop: requested() becomes true and the role finishes its step, leaves the
+// job cleanly and exits 0. A second signal ends the process at once (exit 128 + signal).
+//
+// No signal handler ever runs on a compute thread. The signals are blocked in the thread that
+// constructs this (before it starts any other: threads inherit the mask) and received by a
+// thread of its own with sigtimedwait. A handler is not enough: oneDNN's JIT f32 GEMM kernels
+// (Debian's 2.6, fixed upstream only in 3.11.2) point the stack pointer into a heap buffer
+// while they run, so a signal delivered to that thread writes its frame into the heap — the
+// heap corruption behind a worker crashing on SIGTERM (docs/async-training.md).
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();  // stops the receiving thread; the signals stay blocked
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+  const std::atomic<bool>& requested() const { return requested_; }
+  int signal() const { return signal_; }  // the first signal received, 0 if none
+
+ private:
+  void receive();
+
+  std::atomic<bool> requested_{false}, quit_{false};
+  std::atomic<int> signal_{0};
+  std::thread thread_;
+};
+
+// For a child process after fork(), before exec(): no signal blocked, so the program it runs
+// starts as a fresh process would.
+void unblock_all_signals();
 
 }  // namespace shoal

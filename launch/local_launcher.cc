@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/process.h"
 
 namespace shoal {
 namespace {
@@ -57,6 +58,7 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
   SHOAL_REQUIRE(pid >= 0, IoError, "fork failed: " << std::strerror(errno));
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // the launcher died: so do we
+    unblock_all_signals();             // the child starts as a fresh process would
     if (getppid() != parent) _exit(1);
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);

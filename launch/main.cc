@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,9 +98,11 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (command == "coordinator" || command == "ps" || command == "worker" || command == "launch") {
-    // First thing, so a SIGTERM during start-up (loading data, registering) is a stop request
-    // too, not the default action.
-    const std::atomic<bool>* stop = command == "worker" ? &install_termination_request() : nullptr;
+    // First thing, before any thread exists (they inherit the blocked signals), so a SIGTERM
+    // during start-up (loading data, registering) is a stop request too, not the default action.
+    std::optional<StopSignals> signals;
+    if (command == "worker") signals.emplace();
+    const std::atomic<bool>* stop = signals ? &signals->requested() : nullptr;
     bool local = false;
     if (command == "launch") {
       auto it = std::find(args.begin(), args.end(), "--local");

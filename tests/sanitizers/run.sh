@@ -38,7 +38,7 @@ for stage in "${stages[@]}"; do
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
-      export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1:suppressions=$here/lsan.supp"
+      export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
       export UBSAN_OPTIONS="log_path=$here/../../$dir/reports/ubsan:print_stacktrace=1:halt_on_error=1"
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \

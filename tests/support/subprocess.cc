@@ -38,6 +38,9 @@ Subprocess::Subprocess(const std::vector<std::string>& argv, const std::map<std:
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
     setpgid(0, 0);  // its own process group, so signal() reaches its children too
+    sigset_t none;  // a test may have blocked signals (StopSignals): the child starts unblocked
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
     close(fd);
