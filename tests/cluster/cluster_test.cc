@@ -49,10 +49,12 @@ struct Cluster {
 
   // Starts the coordinator, then the servers and workers; with `coordinator_last`, the
   // coordinator is left to the test (start_coordinator()).
-  Cluster(std::vector<std::string> job_args, int n_servers, int n_workers, bool coordinator_last = false) {
+  // `expect_servers` (when >= 0) is what the job asks for, if it differs from what is started.
+  Cluster(std::vector<std::string> job_args, int n_servers, int n_workers, bool coordinator_last = false,
+          int expect_servers = -1) {
     args = {kJob,
             "--cluster.coordinator=" + coordinator,
-            "--cluster.servers=" + std::to_string(n_servers),
+            "--cluster.servers=" + std::to_string(expect_servers >= 0 ? expect_servers : n_servers),
             "--cluster.workers=" + std::to_string(n_workers),
             "--threads=1",
             "--progress=off"};
@@ -223,7 +225,7 @@ TEST(Cluster, CoordinatorStartedLastGetsEveryProcessOnce) {
 TEST(Cluster, FailedJobEndsEveryProcessWithItsCodeAndReason) {
   // One of two servers never comes: the coordinator gives up, and tells everyone who came.
   Cluster c({"--model=mlp", "--cluster.startup_timeout_seconds=2", "--data.train_limit=1000", "--data.test_limit=100"},
-            1, 2, /*coordinator_last=*/true);
+            1, 2, /*coordinator_last=*/true, /*expect_servers=*/2);
   c.start_coordinator();
   EXPECT_EQ(c.coord->wait(60s), 6) << c.all_output();
   for (auto* group : {&c.servers, &c.workers})
