@@ -71,8 +71,10 @@ Outgoing ControlClient::make(std::uint64_t* request_id) {
   return Outgoing(sender_, id);
 }
 
-Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop) {
+Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop,
+                                std::uint64_t accept_from) {
   std::uint64_t id = message.envelope().getRequestId();
+  if (accept_from == 0) accept_from = id;
   auto kind = message.envelope().getBody().which();
   socket_.send(message, to_ms(timeout));
   auto deadline = std::chrono::steady_clock::now() + to_ms(timeout);
@@ -91,7 +93,7 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::a
       SHOAL_THROW(TimeoutError, "no reply from the coordinator at " << socket_.address() << " to " << kind_name(kind)
                                                                     << " within " << timeout.count() << " s");
     }
-    if (reply->request_id() == id) return std::move(*reply);
+    if (reply->request_id() >= accept_from && reply->request_id() <= id) return std::move(*reply);
   }
 }
 
@@ -100,7 +102,7 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
   auto give_up = std::chrono::steady_clock::now() + to_ms(deadline);
   // Short waits at first, so a process started just before the coordinator joins quickly.
   Seconds wait = std::min<Seconds>(timeout_, Seconds(0.25));
-  std::uint64_t attempts = 0;
+  std::uint64_t attempts = 0, first_request = next_request_;
   while (!stopped(stop)) {
     Outgoing msg = make();
     auto reg = msg.body().initRegister();
@@ -111,7 +113,9 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
     reg.setNonce(nonce_);
     ++attempts;
     try {
-      Incoming reply = request(msg, wait, stop);
+      // The answer to any attempt will do: they are one registration (the nonce), and the
+      // copies ZeroMQ queued while the coordinator was down are answered first.
+      Incoming reply = request(msg, wait, stop, first_request);
       if (reply.kind() == wire::Envelope::Body::REGISTER_REPLY) {
         sender_ = reply.envelope().getBody().getRegisterReply().getId().cStr();
         return sender_;

@@ -75,8 +75,11 @@ class ControlClient {
 
   // One request and its reply (matched by request id; stray replies are discarded). An error
   // reply becomes the returned message; no reply in time throws TimeoutError.
-  // With `stop`, a stop request ends the wait early (TimeoutError) within 50 ms.
-  Incoming request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop = nullptr);
+  // With `stop`, a stop request ends the wait early (TimeoutError) within 50 ms. A reply to
+  // an earlier request with an id from `accept_from` on is accepted too (retries of one
+  // idempotent request).
+  Incoming request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop = nullptr,
+                   std::uint64_t accept_from = 0);
   Outgoing make(std::uint64_t* request_id = nullptr);
 
  private:

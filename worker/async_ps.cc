@@ -95,6 +95,7 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for, bool stoppa
   for (auto& link : links_) items.push_back(zmq::pollitem_t{link.socket->raw().handle(), 0, ZMQ_POLLIN, 0});
   while (!done()) {
     if (stoppable && options_.stop != nullptr && options_.stop->load()) throw StopRequested{};
+    if (options_.watch) options_.watch();
     auto now = std::chrono::steady_clock::now();
     // Pulls refused during start-up are sent again, within the start-up allowance.
     for (auto& link : links_) {

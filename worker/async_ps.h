@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -31,6 +32,9 @@ struct AsyncPsOptions {
   // When it turns true, a wait for parameters ends at once with StopRequested. A wait for
   // push acknowledgements does not: the step is finished first (bounded by request_timeout).
   const std::atomic<bool>* stop = nullptr;
+  // Called at least every 10 ms of every wait; throws to end it (the job failed, the
+  // coordinator is gone), so a worker waiting on a dead server hears the job's end at once.
+  std::function<void()> watch;
 };
 
 class AsyncPsStrategy final : public Strategy {

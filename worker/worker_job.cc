@@ -54,6 +54,10 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
   options.request_timeout = timeout;
   options.startup_timeout = startup;
   options.stop = stop;
+  options.watch = [&heartbeat] {
+    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    heartbeat.check();
+  };
   AsyncPsStrategy strategy(network, table, id, *model, log, options);
 
   TrainerOptions trainer_options;

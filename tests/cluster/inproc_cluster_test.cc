@@ -158,10 +158,14 @@ TEST(InprocCluster, ClusterThatNeverAssemblesFailsEveryoneWithTimeout) {
   JobConfig job = small_job();
   job.startup_timeout_seconds = 1;
   InprocCluster c(job);
-  c.start_coordinator();
   c.start_server(0);  // ps.1 never comes
   c.start_worker(0);
   c.start_worker(1);
+  // Everyone that comes is ready and knocking before the coordinator's 1 s start-up clock runs.
+  for (const char* who : {"[ps ", "[worker "})
+    ASSERT_TRUE(c.log().wait_for_count({who, "waiting for the coordinator", "(attempt 1)"}, who[1] == 'p' ? 1 : 2, 60s))
+        << c.log().text();
+  c.start_coordinator();
   EXPECT_EQ(c.wait("coordinator", kJobTime), kTimeout);
   EXPECT_NE(c.failure("coordinator").find("only 1/2 servers"), std::string::npos) << c.failure("coordinator");
   for (const char* role : {"ps.0", "worker.0", "worker.1"}) {
