@@ -155,17 +155,16 @@ TEST(InprocCluster, LostServerFailsTheJobAndEveryoneSaysWhy) {
 }
 
 TEST(InprocCluster, ClusterThatNeverAssemblesFailsEveryoneWithTimeout) {
-  JobConfig job = small_job();
-  job.startup_timeout_seconds = 1;
-  InprocCluster c(job);
+  InprocCluster c(small_job());
   c.start_server(0);  // ps.1 never comes
   c.start_worker(0);
   c.start_worker(1);
-  // Everyone that comes is ready and knocking before the coordinator's 1 s start-up clock runs.
+  // Everyone that comes is ready and knocking before the coordinator's start-up clock (1 s,
+  // shorter than theirs) runs.
   for (const char* who : {"[ps ", "[worker "})
     ASSERT_TRUE(c.log().wait_for_count({who, "waiting for the coordinator", "(attempt 1)"}, who[1] == 'p' ? 1 : 2, 60s))
         << c.log().text();
-  c.start_coordinator();
+  c.start_coordinator(/*startup_timeout_seconds=*/1);
   EXPECT_EQ(c.wait("coordinator", kJobTime), kTimeout);
   EXPECT_NE(c.failure("coordinator").find("only 1/2 servers"), std::string::npos) << c.failure("coordinator");
   for (const char* role : {"ps.0", "worker.0", "worker.1"}) {

@@ -133,10 +133,12 @@ void InprocCluster::launch(const std::string& name, std::function<void()> body) 
   });
 }
 
-void InprocCluster::start_coordinator() {
-  launch("coordinator", [this] {
+void InprocCluster::start_coordinator(double startup_timeout_seconds) {
+  JobConfig c = config_;
+  if (startup_timeout_seconds > 0) c.startup_timeout_seconds = startup_timeout_seconds;
+  launch("coordinator", [this, c] {
     MetricsWriter metrics;
-    Coordinator coordinator(network_, config_, Logger("coordinator", LogLevel::debug, sink_), metrics);
+    Coordinator coordinator(network_, c, Logger("coordinator", LogLevel::debug, sink_), metrics);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       coordinator_ = &coordinator;

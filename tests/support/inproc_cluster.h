@@ -57,7 +57,8 @@ class InprocCluster {
   InprocCluster(const InprocCluster&) = delete;
   InprocCluster& operator=(const InprocCluster&) = delete;
 
-  void start_coordinator();
+  // `startup_timeout_seconds` (when > 0) overrides the job's for the coordinator alone.
+  void start_coordinator(double startup_timeout_seconds = 0);
   void start_server(int rank);
   void start_worker(int rank);
   void start_all();  // coordinator, then every server and worker of the config
