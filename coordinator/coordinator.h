@@ -60,7 +60,7 @@ class Coordinator {
   std::int64_t model_elements_ = 0;
   std::optional<PartitionTable> table_;
   std::optional<LeaseBook> book_;
-  std::map<std::string, bool> told_;  // members told that the job is over
+  std::map<std::string, bool> told_;                    // members told that the job is over
   std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;
   std::atomic<bool> stop_{false};

@@ -130,9 +130,11 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
       // The coordinator may not be up yet. The request stays queued in ZeroMQ and is delivered
       // when it comes up, as are the retries: the nonce makes them one registration.
       if (attempts == 1 || attempts % 8 == 0)
-        SHOAL_LOG(log_, info, "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
+        SHOAL_LOG(log_, info,
+                  "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
       else
-        SHOAL_LOG(log_, debug, "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
+        SHOAL_LOG(log_, debug,
+                  "waiting for the coordinator at " << socket_.address() << " (attempt " << attempts << ")");
     }
     SHOAL_REQUIRE(std::chrono::steady_clock::now() < give_up, TimeoutError,
                   "could not register with the coordinator at " << socket_.address() << " within " << deadline.count()

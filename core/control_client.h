@@ -95,8 +95,8 @@ class ControlClient {
 // exception escape: what ends it is kept and handed to the role's thread by check().
 class Heartbeat {
  public:
-  Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log,
-            Seconds interval, Seconds dead_after);
+  Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log, Seconds interval,
+            Seconds dead_after);
   ~Heartbeat();  // stops the thread
 
   void set_clock(std::uint64_t clock) { clock_ = clock; }

@@ -20,9 +20,9 @@ enum class ExitCode : int {
   io = 4,     // a file or socket could not be read or written
   checkpoint = 5,
   timeout = 6,
-  device = 7,    // the requested device or library is not available
-  protocol = 8,  // a peer sent something we cannot accept
-  diverged = 9,  // training diverged: the loss or a gradient is not finite
+  device = 7,      // the requested device or library is not available
+  protocol = 8,    // a peer sent something we cannot accept
+  diverged = 9,    // training diverged: the loss or a gradient is not finite
   peer_lost = 10,  // a process the job cannot go on without died or left (a server, every worker)
 };
 

@@ -82,8 +82,8 @@ void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milli
       }
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0)
-        SHOAL_THROW(TimeoutError, "could not send within " << timeout.count()
-                                                           << " ms: the peer's queue is full or the peer is gone");
+        SHOAL_THROW(TimeoutError,
+                    "could not send within " << timeout.count() << " ms: the peer's queue is full or the peer is gone");
       zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
       poll_interruptible(&item, 1, std::min(left, std::chrono::milliseconds(100)));
     }
@@ -172,8 +172,8 @@ std::optional<Incoming> Socket::apply_faults(std::string peer, std::vector<zmq::
       held_.push_back(Held{now + rule->delay, false, std::move(*in)});
       return std::nullopt;
     case FaultAction::reorder:  // held until the next message, or `delay` (100 ms if none) at most
-      held_.push_back(Held{now + (rule->delay.count() > 0 ? rule->delay : std::chrono::milliseconds(100)), true,
-                           std::move(*in)});
+      held_.push_back(
+          Held{now + (rule->delay.count() > 0 ? rule->delay : std::chrono::milliseconds(100)), true, std::move(*in)});
       return std::nullopt;
     case FaultAction::duplicate: {
       auto twin = Incoming::decode(std::move(peer), std::move(copy));

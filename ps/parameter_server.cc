@@ -354,10 +354,9 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   const ServerStats& s = server.stats();
   SHOAL_LOG(log, info,
             "shutting down (" << (end->code == ExitCode::ok ? "the job is over" : "the job failed: " + end->reason)
-                              << "): " << s.pushes << " pushes, " << s.pulls
-                              << " pulls, " << s.updates << " chunk updates, " << s.parked
-                              << " pulls waited for stragglers, " << server.counters().total_dropped()
-                              << " messages dropped");
+                              << "): " << s.pushes << " pushes, " << s.pulls << " pulls, " << s.updates
+                              << " chunk updates, " << s.parked << " pulls waited for stragglers, "
+                              << server.counters().total_dropped() << " messages dropped");
   if (end->code != ExitCode::ok) throw_job_failure(*end);
 }
 

@@ -7,8 +7,8 @@
 
 namespace shoal {
 
-AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id,
-                                 Model& model, Logger log, AsyncPsOptions options)
+AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Model& model,
+                                 Logger log, AsyncPsOptions options)
     : table_(table), id_(std::move(worker_id)), model_(model), log_(std::move(log)), options_(options) {
   SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but the model has "

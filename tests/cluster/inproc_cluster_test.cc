@@ -2,10 +2,11 @@
 // stop requests at every phase of a worker's life, failed jobs, and faults injected at the
 // transport. Each test waits for events it can observe (a log line, a fault having been
 // applied, a role's exit), never for a sleep. Built once more under ThreadSanitizer.
+#include "tests/support/inproc_cluster.h"
+
 #include <gtest/gtest.h>
 
 #include "core/error.h"
-#include "tests/support/inproc_cluster.h"
 
 namespace shoal {
 namespace {

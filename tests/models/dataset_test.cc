@@ -153,7 +153,8 @@ TEST(IdxReader, SurvivesEveryTruncationAndRandomCorruption) {
     for (int f = 0; f < flips; ++f) c[rng.below(16)] = static_cast<char>(rng.below(256));  // header bytes
     bool unchanged = c.compare(0, 16, img, 0, 16) == 0;
     bool ok = loads(c, i % 2 == 0);
-    EXPECT_EQ(ok, unchanged) << "case " << i << ": a header " << (unchanged ? "left intact was refused" : "that was damaged loaded");
+    EXPECT_EQ(ok, unchanged) << "case " << i << ": a header "
+                             << (unchanged ? "left intact was refused" : "that was damaged loaded");
     loaded += ok;
   }
   EXPECT_LT(loaded, 40) << "most random header damage changes the header";

@@ -61,7 +61,6 @@ std::string CapturingSink::first_line_with(const std::string& needle) const {
   return "";
 }
 
-
 JobConfig small_job() {
   JobConfig c;
   c.model = "mlp";
@@ -160,9 +159,8 @@ void InprocCluster::start_server(int rank) {
   JobConfig c = config_;
   c.node_rank = rank;
   c.node_address = config_.node_address + std::to_string(rank);
-  launch("ps." + std::to_string(rank), [this, c] {
-    ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_));
-  });
+  launch("ps." + std::to_string(rank),
+         [this, c] { ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_)); });
 }
 
 void InprocCluster::start_worker(int rank) {
@@ -175,9 +173,8 @@ void InprocCluster::start_worker(int rank) {
     flag = std::make_unique<std::atomic<bool>>(false);
     stop = flag.get();
   }
-  launch("worker." + std::to_string(rank), [this, c, stop] {
-    run_worker_role(network_, c, Logger("worker", LogLevel::debug, sink_), stop);
-  });
+  launch("worker." + std::to_string(rank),
+         [this, c, stop] { run_worker_role(network_, c, Logger("worker", LogLevel::debug, sink_), stop); });
 }
 
 void InprocCluster::start_all() {
