@@ -58,6 +58,11 @@ void Coordinator::reply_register(const Incoming& in, const Member& m) {
   socket_.send(in.peer, out);
 }
 
+void Coordinator::reply_job_over(const Incoming& in) {
+  told_[in.sender()] = true;
+  reply_error(in, wire::ErrorCode::SHUTTING_DOWN, "the job is over: " + end_->reason);
+}
+
 void Coordinator::end_job(ExitCode code, const std::string& reason) {
   if (end_) return;
   end_ = JobEnd{code, reason};
@@ -109,11 +114,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       if (const Member* m = members_.find(seen->second)) reply_register(in, *m);
       return;
     }
-    if (over) {
-      told_[sender] = true;
-      reply_error(in, wire::ErrorCode::SHUTTING_DOWN, "the job is over: " + end_->reason);
-      return;
-    }
+    if (over) return reply_job_over(in);
     if (table_) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST,
                   "the job has started; joining a running job is not supported yet (elasticity)");
@@ -142,12 +143,9 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
   }
 
   const Member* member = members_.find(sender);
-  if (over && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST) {
-    // Whatever a member asks once the job is over, the answer is how it ended.
-    told_[sender] = true;
-    reply_error(in, wire::ErrorCode::SHUTTING_DOWN, "the job is over: " + end_->reason);
-    return;
-  }
+  // Heartbeats and lease requests carry the job's end in their own replies.
+  if (over && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST)
+    return reply_job_over(in);
   if (member == nullptr || !member->alive) {
     socket_.reject("unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
     reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live member of this job");

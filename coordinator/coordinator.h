@@ -31,8 +31,8 @@ class Coordinator {
   Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics);
   const std::string& endpoint() const { return socket_.endpoint(); }
   // Runs the job to its end and tells every process how it ended. A failed job (the cluster
-  // did not assemble in time: TimeoutError; a parameter server or every worker lost:
-  // PeerLostError) is thrown after everyone was told, with the code they exit with too.
+  // did not assemble in time: code `timeout`; a parameter server or every worker lost:
+  // `peer_lost`) is thrown as an Error with that code after everyone was told.
   CoordinatorResult run();
   // Ends the job early (the code every process then exits with is `timeout`).
   void request_stop() { stop_ = true; }
@@ -50,6 +50,8 @@ class Coordinator {
   // Ends the job (the first end wins) and says so once.
   void end_job(ExitCode code, const std::string& reason);
   void reply_register(const Incoming& in, const Member& m);
+  // Once the job is over, the answer to whatever a process asks: how it ended.
+  void reply_job_over(const Incoming& in);
 
   const JobConfig& config_;
   Logger log_;

@@ -85,7 +85,6 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::a
     if (stop != nullptr) {
       if (stop->load()) SHOAL_THROW(TimeoutError, "stopped while waiting for the coordinator");
       left = std::min(left, std::chrono::milliseconds(50));
-      if (std::chrono::steady_clock::now() < deadline && left.count() == 0) left = std::chrono::milliseconds(1);
     }
     auto reply = socket_.receive(left);
     if (!reply) {

@@ -56,9 +56,4 @@ Failure failure_of(std::exception_ptr error) {
   }
 }
 
-void rethrow_as_error(std::exception_ptr error) {
-  Failure f = failure_of(std::move(error));
-  throw Error(f.message, f.code);
-}
-
 }  // namespace shoal

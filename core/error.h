@@ -56,7 +56,6 @@ SHOAL_DEFINE_ERROR(DeviceError, device);
 SHOAL_DEFINE_ERROR(ProtocolError, protocol);
 SHOAL_DEFINE_ERROR(InternalError, internal);
 SHOAL_DEFINE_ERROR(DivergedError, diverged);
-SHOAL_DEFINE_ERROR(PeerLostError, peer_lost);
 
 #undef SHOAL_DEFINE_ERROR
 
@@ -74,9 +73,6 @@ struct Failure {
   std::string message;
 };
 Failure failure_of(std::exception_ptr error);
-// Rethrows `error` as a shoal::Error of the kind failure_of() gives it (for a thread that
-// hands its failure to the thread that waits on it).
-[[noreturn]] void rethrow_as_error(std::exception_ptr error);
 
 }  // namespace shoal
 

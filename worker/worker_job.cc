@@ -72,9 +72,13 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
   std::int64_t permutation_epoch = -1, logged_epoch = 0;
   std::vector<std::int64_t> order;
   std::int64_t shards = 0, samples = 0;
-  auto leave = [&](const char* when) {
+  // Best effort, bounded (a send or an acknowledgement that does not come in time is given up).
+  auto goodbye = [&] {
     strategy.leave();
     control.leave();
+  };
+  auto leave = [&](const char* when) {
+    goodbye();
     SHOAL_LOG(log, info, "stopped on request " << when << " after " << strategy.clock() << " steps; left the job");
   };
   try {
@@ -140,8 +144,7 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
     // stop counting us, instead of both waiting for our heartbeats to stop.
     SHOAL_LOG(log, error, "failed (" << exit_code_name(e.code()) << "); leaving the job: " << e.what());
     try {
-      strategy.leave();
-      control.leave();
+      goodbye();
     } catch (...) {
       // Best effort: the error that brought us here is the one to report.
     }

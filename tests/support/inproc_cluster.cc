@@ -100,10 +100,10 @@ InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
 }
 
 InprocCluster::~InprocCluster() {
-  coordinator_stop_ = true;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (auto* c = static_cast<Coordinator*>(coordinator_.load())) c->request_stop();
+    coordinator_stop_ = true;
+    if (coordinator_ != nullptr) coordinator_->request_stop();
     for (auto& [rank, flag] : stops_) *flag = true;
   }
   for (auto& [name, role] : roles_)
@@ -138,20 +138,19 @@ void InprocCluster::start_coordinator(double startup_timeout_seconds) {
   launch("coordinator", [this, c] {
     MetricsWriter metrics;
     Coordinator coordinator(network_, c, Logger("coordinator", LogLevel::debug, sink_), metrics);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      coordinator_ = &coordinator;
-      if (coordinator_stop_) coordinator.request_stop();
-    }
-    try {
-      coordinator.run();
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      coordinator_ = nullptr;
-      throw;
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    coordinator_ = nullptr;
+    struct Registered {  // visible to the destructor exactly while it runs
+      InprocCluster& cluster;
+      explicit Registered(InprocCluster& c, Coordinator& coordinator) : cluster(c) {
+        std::lock_guard<std::mutex> lock(cluster.mutex_);
+        cluster.coordinator_ = &coordinator;
+        if (cluster.coordinator_stop_) coordinator.request_stop();
+      }
+      ~Registered() {
+        std::lock_guard<std::mutex> lock(cluster.mutex_);
+        cluster.coordinator_ = nullptr;
+      }
+    } registered(*this, coordinator);
+    coordinator.run();
   });
 }
 

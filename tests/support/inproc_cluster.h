@@ -21,6 +21,10 @@
 #include "core/log.h"
 #include "core/transport.h"
 
+namespace shoal {
+class Coordinator;
+}
+
 namespace shoal::testing {
 
 // Keeps every log line and wakes whoever waits for one.
@@ -88,8 +92,9 @@ class InprocCluster {
   std::condition_variable finished_;
   std::map<std::string, Role> roles_;
   std::map<int, std::unique_ptr<std::atomic<bool>>> stops_;
-  std::atomic<bool> coordinator_stop_{false};
-  std::atomic<void*> coordinator_{nullptr};
+  // Guarded by mutex_: the running coordinator (to stop it), and whether it should stop at once.
+  Coordinator* coordinator_ = nullptr;
+  bool coordinator_stop_ = false;
 };
 
 }  // namespace shoal::testing

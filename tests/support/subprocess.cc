@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "core/process.h"
+
 extern char** environ;
 
 namespace shoal::testing {
@@ -37,10 +39,8 @@ Subprocess::Subprocess(const std::vector<std::string>& argv, const std::map<std:
   pid_ = fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
-    setpgid(0, 0);  // its own process group, so signal() reaches its children too
-    sigset_t none;  // a test may have blocked signals (StopSignals): the child starts unblocked
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);          // its own process group, so signal() reaches its children too
+    unblock_all_signals();  // a test may have blocked signals (StopSignals)
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
     close(fd);
