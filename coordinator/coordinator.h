@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <zmq.hpp>
@@ -61,7 +63,11 @@ class Coordinator {
   std::int64_t train_samples_ = 0;
   std::int64_t model_elements_ = 0;
   std::optional<PartitionTable> table_;
-  std::optional<LeaseBook> book_;
+  bool sync_;
+  std::int64_t servers_wanted_;
+  std::unique_ptr<WorkBook> book_;
+  static constexpr std::size_t kMaxStoreKeys = 65536;
+  std::map<std::string, std::string> store_;  // the rendezvous store (sync jobs)
   std::map<std::string, bool> told_;                    // members told that the job is over
   std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;

@@ -51,7 +51,7 @@ LeaseBook::Task LeaseBook::next(const std::string& worker, TimePoint now) {
 }
 
 bool LeaseBook::complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
-                         TimePoint now) {
+                         double /*seconds*/, TimePoint now) {
   auto d = done_.find(epoch);
   if (d == done_.end() || index < 0 || index >= static_cast<std::int64_t>(d->second.size())) return false;
   EpochReport& r = reports_[epoch];

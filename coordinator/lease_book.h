@@ -16,57 +16,31 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/work_book.h"
 #include "models/shard.h"
 
 namespace shoal {
 
-struct ShardStats {
-  std::int64_t samples = 0;
-  double loss_sum = 0;
-  std::int64_t correct = 0;
-};
-
-struct EpochReport {
-  std::int64_t epoch = 0;
-  std::int64_t samples_total = 0;
-  std::int64_t samples_done = 0;       // samples in shards completed, each shard counted once
-  std::int64_t samples_processed = 0;  // every completion, duplicates included
-  std::int64_t shards_total = 0, shards_done = 0, shards_released = 0;
-  double loss_sum = 0;
-  std::int64_t correct = 0;
-  bool complete = false;
-  bool evaluated = false;
-  double test_loss = 0, test_accuracy = 0;
-  std::chrono::steady_clock::time_point started{}, completed{};
-};
-
-class LeaseBook {
+class LeaseBook final : public WorkBook {
  public:
-  using TimePoint = std::chrono::steady_clock::time_point;
-
-  struct Task {
-    enum Kind { train, evaluate, wait, finished } kind = wait;
-    DataShard shard;
-    std::int64_t epoch = 0;  // evaluate
-  };
 
   LeaseBook(std::int64_t samples, std::int64_t shard_size, std::int64_t epochs,
             std::chrono::steady_clock::duration lease_timeout);
 
-  Task next(const std::string& worker, TimePoint now);
+  Task next(const std::string& worker, TimePoint now) override;
   // A worker reports a finished shard. Returns false if the shard was unknown or already
   // done (the samples still count as processed).
   bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
-                TimePoint now);
-  bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy);
+                double seconds, TimePoint now) override;
+  bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) override;
   // A worker died: its shards and evaluation go back to the queue.
-  int release(const std::string& worker);
+  int release(const std::string& worker) override;
   // Leases past their deadline go back to the queue; returns how many.
-  int expire(TimePoint now);
+  int expire(TimePoint now) override;
 
-  bool finished() const;
+  bool finished() const override;
   // Epochs completed (and evaluated) since the last call, in order.
-  std::vector<EpochReport> take_completed();
+  std::vector<EpochReport> take_completed() override;
   const std::map<std::int64_t, EpochReport>& reports() const { return reports_; }
 
  private:

@@ -104,8 +104,10 @@ class Backend {
                                    const Tensor& saved_var, Tensor& dx, Tensor& dgamma, Tensor& dbeta, float eps) = 0;
 
   // Inverted dropout: y = x * mask / (1 - p). The mask is a function of (seed, element index)
-  // only, so every backend draws the same one.
-  virtual void dropout_forward(const Tensor& x, Tensor& y, Tensor& mask, float p, std::uint64_t seed) = 0;
+  // only, so every backend draws the same one. Element i of x has index first_index + i (a
+  // rank holding samples 32..63 of a global batch draws what one process would for them).
+  virtual void dropout_forward(const Tensor& x, Tensor& y, Tensor& mask, float p, std::uint64_t seed,
+                               std::uint64_t first_index = 0) = 0;
   virtual void dropout_backward(const Tensor& dy, const Tensor& mask, Tensor& dx) = 0;
 
   // logits [N, K], labels i32 [N]. If dlogits is given it receives

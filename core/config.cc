@@ -248,6 +248,27 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(string_setting(
       "node.address", [](JobConfig & c) -> auto& { return c.node_address; },
       "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
+  s.push_back(choice_setting(
+      "strategy", [](JobConfig & c) -> auto& { return c.strategy; }, {"async", "sync"},
+      "async: parameter servers, bounded staleness (docs/async-training.md); sync: every worker holds "
+      "the model and gradients are all-reduced (docs/sync-training.md)"));
+  s.push_back(choice_setting(
+      "sync.backend", [](JobConfig & c) -> auto& { return c.sync_backend; }, {"auto", "mpi", "gloo", "nccl"},
+      "sync jobs: the collective library; auto picks nccl on GPUs, mpi under mpirun, gloo otherwise"));
+  s.push_back(float_setting(
+      "sync.bucket_mib", [](JobConfig & c) -> auto& { return c.bucket_mib; }, 0.001, 65536, false,
+      "sync jobs: gradients are all-reduced in buckets of this many MiB, each as soon as backward filled it"));
+  s.push_back(choice_setting(
+      "sync.batch_norm", [](JobConfig & c) -> auto& { return c.sync_batch_norm; }, {"local", "sync"},
+      "sync jobs: batch-norm statistics of each rank's own batch (local) or of the global batch (sync: "
+      "the same result as one process with the whole batch)"));
+  s.push_back(float_setting(
+      "sync.timeout_seconds", [](JobConfig & c) -> auto& { return c.sync_timeout_seconds; }, 0.1, 86400, false,
+      "sync jobs: longest wait for one collective operation (or for forming the world) before the job fails"));
+  s.push_back(string_setting(
+      "sync.interface", [](JobConfig & c) -> auto& { return c.sync_interface; },
+      "sync jobs with gloo: the network interface to bind (empty: the address this host reaches the "
+      "coordinator from; 127.0.0.1 when the coordinator is on loopback)"));
   s.push_back(int_setting(
       "async.staleness", [](JobConfig & c) -> auto& { return c.staleness; }, 0, 1 << 20,
       "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "

@@ -38,6 +38,12 @@ struct JobConfig {
   double lr_min = 0;
 
   // Distributed jobs (shoal coordinator / ps / worker / launch).
+  std::string strategy = "async";  // async (parameter servers) | sync (all-reduce)
+  std::string sync_backend = "auto";
+  double bucket_mib = 25.0;
+  std::string sync_batch_norm = "local";
+  double sync_timeout_seconds = 300.0;
+  std::string sync_interface;
   std::string coordinator_address = "tcp://127.0.0.1:7600";
   std::int64_t servers = 2;
   std::int64_t workers = 2;

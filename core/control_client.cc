@@ -242,6 +242,37 @@ void ControlClient::report_evaluation(std::int64_t epoch, double loss, double ac
   throw_if_dropped(request(msg, timeout_), sender_);
 }
 
+void ControlClient::store_set(const std::string& key, const std::vector<char>& value) {
+  Outgoing msg = make();
+  auto e = msg.body().initStoreSet();
+  e.setKey(key);
+  e.setValue(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
+  Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
+  if (reply.kind() == wire::Envelope::Body::ERROR) {
+    auto err = reply.envelope().getBody().getError();
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) throw_job_failure(job_end_from_wire(err.getEnd()));
+    SHOAL_THROW(ProtocolError, "store set of '" << key << "' refused: " << err.getMessage().cStr());
+  }
+}
+
+std::optional<std::vector<char>> ControlClient::store_get(const std::string& key) {
+  Outgoing msg = make();
+  msg.body().setStoreGet(key);
+  Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
+  if (reply.kind() == wire::Envelope::Body::ERROR) {
+    auto err = reply.envelope().getBody().getError();
+    if (err.getCode() == wire::ErrorCode::NOT_READY) return std::nullopt;
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) throw_job_failure(job_end_from_wire(err.getEnd()));
+    SHOAL_THROW(ProtocolError, "store get of '" << key << "' refused: " << err.getMessage().cStr());
+  }
+  SHOAL_REQUIRE(reply.kind() == wire::Envelope::Body::STORE_VALUE, ProtocolError,
+                "expected a store value, got " << kind_name(reply.kind()));
+  auto data = reply.envelope().getBody().getStoreValue();
+  return std::vector<char>(reinterpret_cast<const char*>(data.begin()), reinterpret_cast<const char*>(data.end()));
+}
+
 bool ControlClient::leave() {
   Outgoing msg = make();
   msg.body().setLeave();

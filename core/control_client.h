@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/collective.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/partition.h"
@@ -71,6 +72,9 @@ class ControlClient {
   // This worker leaves the job before it is over (SIGTERM): its leases go back at once.
   // Best effort (2 s at most): false if the coordinator did not acknowledge it.
   bool leave();
+  // The coordinator's rendezvous store (sync jobs): set a key; read one (nothing while absent).
+  void store_set(const std::string& key, const std::vector<char>& value);
+  std::optional<std::vector<char>> store_get(const std::string& key);
   const std::string& id() const { return sender_; }
 
   // One request and its reply (matched by request id; stray replies are discarded). An error
@@ -89,6 +93,18 @@ class ControlClient {
   Seconds timeout_;
   std::uint64_t next_request_ = 1;
   std::uint64_t nonce_;
+};
+
+// The coordinator's store as a RendezvousStore (for forming Gloo and NCCL worlds). Uses the
+// client from the calling thread only.
+class CoordinatorStore final : public RendezvousStore {
+ public:
+  explicit CoordinatorStore(ControlClient& client) : client_(client) {}
+  void set(const std::string& key, const std::vector<char>& value) override { client_.store_set(key, value); }
+  std::optional<std::vector<char>> try_get(const std::string& key) override { return client_.store_get(key); }
+
+ private:
+  ControlClient& client_;
 };
 
 // Heartbeats from a background thread with its own socket. The thread never lets an

@@ -67,7 +67,7 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());
     std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
     _exit(127);
   }
@@ -176,15 +176,48 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  SHOAL_LOG(log, info,
-            "starting a local job: coordinator at " << coordinator << ", " << config.servers << " servers, "
-                                                    << config.workers << " workers (" << worker_threads
-                                                    << " threads each)");
   std::vector<Child> children;
-  children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
-  for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
-  for (int i = 0; i < config.workers; ++i)
-    children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+  // The process whose exit code is the job's: the coordinator, or in a sync job the process
+  // that runs it (rank 0, or mpirun for the mpi backend).
+  std::string decider = "coordinator";
+  const bool sync = config.strategy == "sync";
+  const bool use_mpirun = sync && (config.sync_backend == "mpi" || config.sync_backend == "auto");
+  if (sync && use_mpirun) {
+    SHOAL_LOG(log, info,
+              "starting a local sync job through mpirun: " << config.workers << " ranks (" << worker_threads
+                                                           << " threads each), coordinator in rank 0 at "
+                                                           << coordinator);
+    std::vector<std::string> argv{"mpirun", "-np", std::to_string(config.workers), "--oversubscribe", "--bind-to",
+                                  "none"};
+    if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+      std::string kv = *e;
+      if (kv.rfind("SHOAL_", 0) == 0) {
+        argv.push_back("-x");
+        argv.push_back(kv.substr(0, kv.find('=')));
+      }
+    }
+    auto worker = command("worker", -1, worker_threads);
+    argv.insert(argv.end(), worker.begin(), worker.end());
+    children.push_back(spawn("mpirun", argv));
+    decider = "mpirun";
+  } else if (sync) {
+    SHOAL_LOG(log, info,
+              "starting a local sync job: " << config.workers << " ranks (" << worker_threads
+                                            << " threads each), coordinator in rank 0 at " << coordinator);
+    for (int i = 0; i < config.workers; ++i)
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+    decider = "worker.0";
+  } else {
+    SHOAL_LOG(log, info,
+              "starting a local job: coordinator at " << coordinator << ", " << config.servers << " servers, "
+                                                      << config.workers << " workers (" << worker_threads
+                                                      << " threads each)");
+    children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
+    for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
+    for (int i = 0; i < config.workers; ++i)
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+  }
   std::size_t width = 0;
   for (const auto& c : children) width = std::max(width, c.name.size());
 
@@ -221,9 +254,9 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         drain(c, width);
         if (c.code != 0)
           SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
-        else if (c.name == "coordinator")
-          SHOAL_LOG(log, info, "the coordinator finished the job");
-        if (c.name == "coordinator" && !interrupted) {
+        else if (c.name == decider)
+          SHOAL_LOG(log, info, c.name << " finished the job");
+        if (c.name == decider && !interrupted) {
           result = c.code;
           // The others are told by the coordinator and leave on their own; give them a moment.
           stop_at = Clock::now() +

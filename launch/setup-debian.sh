@@ -13,6 +13,7 @@ packages=(
   libzmq3-dev cppzmq-dev                          # transport (ZeroMQ)
   capnproto libcapnp-dev                          # wire protocol (Cap'n Proto)
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
+  libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libgtest-dev                                    # tests
   dataset-fashion-mnist                           # the main job's data
 )

@@ -1,5 +1,7 @@
 #include "models/layer.h"
 
+#include <cmath>
+
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -176,7 +178,10 @@ class BatchNorm final : public Layer {
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
     x_ = x;
     Tensor& y = ensure(ctx.backend, y_, output_shape(x.shape()));
-    if (ctx.training) {
+    synced_ = ctx.training && ctx.sum_across_ranks;
+    if (synced_) {
+      sync_forward(ctx.sum_across_ranks, x, y);
+    } else if (ctx.training) {
       ctx.backend.batch_norm_forward_training(x, gamma_->value, beta_->value, y, running_mean_->value,
                                               running_var_->value, saved_mean_, saved_var_, momentum_, eps_);
     } else {
@@ -188,16 +193,115 @@ class BatchNorm final : public Layer {
   const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool /*need_dx*/) override {
     // The input gradient comes out of the same call as the parameter gradients.
     Tensor& dx = ensure(ctx.backend, dx_, x_.shape());
+    if (synced_) {
+      sync_backward(ctx.sum_across_ranks, dy, dx);
+      return dx;
+    }
     ctx.backend.batch_norm_backward(x_, dy, gamma_->value, saved_mean_, saved_var_, dx, gamma_->grad, beta_->grad,
                                     eps_);
     return dx;
   }
 
  private:
+  // Synchronised batch norm: the statistics of the global batch, summed across ranks (mean
+  // first, then the centred sum of squares, for accuracy), so every rank normalises exactly
+  // as one process holding every rank's samples would. Host tensors only for now.
+  struct Dims {
+    std::int64_t n, c, hw;
+  };
+  Dims dims(const Tensor& x) const {
+    SHOAL_REQUIRE(x.is_cpu(), DeviceError, "sync.batch_norm = sync needs host tensors (the CPU backend) in this release");
+    const Shape& s = x.shape();
+    return Dims{s[0], s[1], s.rank() == 4 ? s[2] * s[3] : 1};
+  }
+  void sync_forward(const SumAcrossRanks& sum, const Tensor& x, Tensor& y) {
+    const Dims d = dims(x);
+    const float* xs = x.data<float>();
+    std::vector<float> buf(static_cast<std::size_t>(d.c + 1));
+    for (std::int64_t c = 0; c < d.c; ++c) {
+      double s1 = 0;
+      for (std::int64_t n = 0; n < d.n; ++n)
+        for (std::int64_t i = 0, base = (n * d.c + c) * d.hw; i < d.hw; ++i) s1 += xs[base + i];
+      buf[static_cast<std::size_t>(c)] = static_cast<float>(s1);
+    }
+    buf[static_cast<std::size_t>(d.c)] = static_cast<float>(d.n * d.hw);
+    sum(buf);
+    count_ = buf[static_cast<std::size_t>(d.c)];
+    if (saved_mean_.numel() != d.c) saved_mean_ = Tensor::zeros(Shape{d.c});
+    if (saved_var_.numel() != d.c) saved_var_ = Tensor::zeros(Shape{d.c});
+    float* mean = saved_mean_.data<float>();
+    float* var = saved_var_.data<float>();
+    for (std::int64_t c = 0; c < d.c; ++c) mean[c] = buf[static_cast<std::size_t>(c)] / count_;
+    for (std::int64_t c = 0; c < d.c; ++c) {
+      double s2 = 0;
+      for (std::int64_t n = 0; n < d.n; ++n)
+        for (std::int64_t i = 0, base = (n * d.c + c) * d.hw; i < d.hw; ++i) {
+          double v = xs[base + i] - mean[c];
+          s2 += v * v;
+        }
+      buf[static_cast<std::size_t>(c)] = static_cast<float>(s2);
+    }
+    sum(std::span<float>(buf.data(), static_cast<std::size_t>(d.c)));
+    const float* g = gamma_->value.data<float>();
+    const float* b = beta_->value.data<float>();
+    float* ys = y.data<float>();
+    float* rm = running_mean_->value.data<float>();
+    float* rv = running_var_->value.data<float>();
+    const float unbias = count_ > 1 ? count_ / (count_ - 1) : 1.f;
+    for (std::int64_t c = 0; c < d.c; ++c) {
+      var[c] = buf[static_cast<std::size_t>(c)] / count_;
+      const float invstd = 1.f / std::sqrt(var[c] + eps_);
+      for (std::int64_t n = 0; n < d.n; ++n)
+        for (std::int64_t i = 0, base = (n * d.c + c) * d.hw; i < d.hw; ++i)
+          ys[base + i] = g[c] * (xs[base + i] - mean[c]) * invstd + b[c];
+      rm[c] = (1 - momentum_) * rm[c] + momentum_ * mean[c];
+      rv[c] = (1 - momentum_) * rv[c] + momentum_ * var[c] * unbias;
+    }
+  }
+  void sync_backward(const SumAcrossRanks& sum, const Tensor& dy, Tensor& dx) {
+    const Dims d = dims(x_);
+    const float* xs = x_.data<float>();
+    const float* gs = dy.data<float>();
+    const float* mean = saved_mean_.data<float>();
+    const float* var = saved_var_.data<float>();
+    const float* g = gamma_->value.data<float>();
+    float* dgamma = gamma_->grad.data<float>();
+    float* dbeta = beta_->grad.data<float>();
+    std::vector<float> buf(static_cast<std::size_t>(2 * d.c));
+    for (std::int64_t c = 0; c < d.c; ++c) {
+      const float invstd = 1.f / std::sqrt(var[c] + eps_);
+      double sdy = 0, sdyx = 0;
+      for (std::int64_t n = 0; n < d.n; ++n)
+        for (std::int64_t i = 0, base = (n * d.c + c) * d.hw; i < d.hw; ++i) {
+          sdy += gs[base + i];
+          sdyx += gs[base + i] * (xs[base + i] - mean[c]) * invstd;
+        }
+      // This rank's share of the parameter gradients: the all-reduce of gradients adds the rest.
+      dbeta[c] = static_cast<float>(sdy);
+      dgamma[c] = static_cast<float>(sdyx);
+      buf[static_cast<std::size_t>(c)] = dbeta[c];
+      buf[static_cast<std::size_t>(d.c + c)] = dgamma[c];
+    }
+    sum(buf);
+    float* out = dx.data<float>();
+    for (std::int64_t c = 0; c < d.c; ++c) {
+      const float invstd = 1.f / std::sqrt(var[c] + eps_);
+      const float mdy = buf[static_cast<std::size_t>(c)] / count_;
+      const float mdyx = buf[static_cast<std::size_t>(d.c + c)] / count_;
+      for (std::int64_t n = 0; n < d.n; ++n)
+        for (std::int64_t i = 0, base = (n * d.c + c) * d.hw; i < d.hw; ++i) {
+          const float xhat = (xs[base + i] - mean[c]) * invstd;
+          out[base + i] = g[c] * invstd * (gs[base + i] - mdy - xhat * mdyx);
+        }
+    }
+  }
+
   std::int64_t channels_;
   float momentum_, eps_;
   Parameter *gamma_ = nullptr, *beta_ = nullptr, *running_mean_ = nullptr, *running_var_ = nullptr;
   Tensor x_, y_, dx_, saved_mean_, saved_var_;
+  bool synced_ = false;
+  float count_ = 0;
 };
 
 class Dropout final : public Layer {
@@ -209,7 +313,9 @@ class Dropout final : public Layer {
     active_ = ctx.training && p_ > 0.f;
     if (!active_) return passthrough_ = x;
     Tensor& y = ensure(ctx.backend, y_, x.shape());
-    ctx.backend.dropout_forward(x, y, mask_, p_, hash_combine(ctx.seed, salt_));
+    const std::uint64_t per_sample = x.shape()[0] > 0 ? static_cast<std::uint64_t>(x.numel() / x.shape()[0]) : 0;
+    ctx.backend.dropout_forward(x, y, mask_, p_, hash_combine(ctx.seed, salt_),
+                                static_cast<std::uint64_t>(ctx.sample_offset) * per_sample);
     return y;
   }
   const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) override {

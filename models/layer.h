@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,10 +16,19 @@
 
 namespace shoal {
 
+// Sums a host buffer element-wise across the ranks of a synchronous job, in place.
+using SumAcrossRanks = std::function<void(std::span<float>)>;
+
 struct LayerContext {
   Backend& backend;
   bool training = true;
   std::uint64_t seed = 0;  // varies per step: dropout masks
+  // Set in synchronous jobs with sync.batch_norm = sync: batch norm normalises with the
+  // statistics of the global batch (every rank's samples).
+  SumAcrossRanks sum_across_ranks = {};
+  // Position of this batch's first sample in the global batch (sync: the rank's offset), so
+  // per-sample randomness (dropout) is what one process with the whole batch would draw.
+  std::int64_t sample_offset = 0;
 };
 
 class Layer {

@@ -1,5 +1,6 @@
 #include "models/shard.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "core/error.h"
@@ -29,6 +30,22 @@ std::vector<DataShard> split_epoch(std::int64_t count, std::int64_t shard_size, 
   for (std::int64_t begin = 0, i = 0; begin < count; begin += shard_size, ++i)
     shards.push_back(DataShard{epoch, i, begin, std::min(count, begin + shard_size)});
   return shards;
+}
+
+std::vector<RankStep> plan_rank_steps(std::int64_t begin, std::int64_t end, std::int64_t batch, int world, int rank) {
+  std::vector<RankStep> steps;
+  if (world < 1 || rank < 0 || rank >= world || batch < 1 || end <= begin) return steps;
+  const std::int64_t w = world, r = rank, global = w * batch;
+  std::int64_t at = begin;
+  for (; end - at >= global; at += global)
+    steps.push_back(RankStep{at + r * batch, at + (r + 1) * batch, global, r * batch});
+  const std::int64_t tail = end - at;
+  if (tail >= w) {
+    const std::int64_t base = tail / w, extra = tail % w;
+    const std::int64_t first = at + r * base + std::min(r, extra);
+    steps.push_back(RankStep{first, first + base + (r < extra ? 1 : 0), tail, first - at});
+  }
+  return steps;
 }
 
 }  // namespace shoal

@@ -225,4 +225,9 @@ void AsyncPsStrategy::leave() {
   }
 }
 
+std::string AsyncPsStrategy::describe() const {
+  return "parameter servers (" + std::to_string(table_.servers.size()) + " servers, " +
+         std::to_string(table_.chunks.size()) + " chunks)";
+}
+
 }  // namespace shoal

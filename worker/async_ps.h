@@ -21,7 +21,7 @@
 #include "core/control_client.h"
 #include "core/partition.h"
 #include "core/transport.h"
-#include "worker/strategy.h"
+#include "worker/distributed.h"
 
 namespace shoal {
 
@@ -37,7 +37,7 @@ struct AsyncPsOptions {
   std::function<void()> watch;
 };
 
-class AsyncPsStrategy final : public Strategy {
+class AsyncPsStrategy final : public DistributedStrategy {
  public:
   AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Model& model, Logger log,
                   AsyncPsOptions options);
@@ -51,8 +51,17 @@ class AsyncPsStrategy final : public Strategy {
   // No data for this step: tell the servers, so workers that have data are not held back.
   void idle_step();
   // This worker is done: it stops taking part in the servers' clocks.
-  void leave();
-  std::uint64_t clock() const { return clock_; }
+  void leave() override;
+  std::uint64_t clock() const override { return clock_; }
+
+  void before_task() override { await_parameters(); }
+  void idle() override { idle_step(); }
+  LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+                  const DataShard& shard) override {
+    return trainer.train_shard(data, order, shard);
+  }
+  EvalResult evaluate(Trainer& trainer, const Dataset& test) override { return trainer.evaluate(test); }
+  std::string describe() const override;
 
  private:
   struct Link {

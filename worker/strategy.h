@@ -24,6 +24,13 @@ class Strategy {
   virtual void gradients_ready(Model& /*model*/, const std::vector<Parameter*>& /*params*/) {}
   // After backward: apply (or hand off) the update for this step with learning rate lr.
   virtual void end_step(Model& model, std::int64_t step, float lr) = 0;
+  // The factor on the loss gradient of a batch of `samples` (a mean over the batch; sync: a
+  // mean over the global batch of every rank, whose gradients are then summed).
+  virtual float loss_scale(std::int64_t samples) const { return 1.f / static_cast<float>(samples); }
+  // Sync batch norm: sums per-channel statistics across ranks (empty: statistics stay local).
+  virtual SumAcrossRanks batch_norm_sum() { return {}; }
+  // Position of this worker's batch in the global batch of the step (sync: per rank).
+  virtual std::int64_t sample_offset() const { return 0; }
 };
 
 // Single process: the optimizer updates the whole parameter arena in one call.

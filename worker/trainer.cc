@@ -60,10 +60,12 @@ void Trainer::load_batch(const Dataset& data, std::span<const std::int64_t> samp
 LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t> samples) {
   load_batch(data, samples);
   strategy_.begin_step(model_, step_);
-  LayerContext ctx{backend_, true, hash_combine(options_.seed, 0x44524f50ULL + static_cast<std::uint64_t>(step_))};
+  LayerContext ctx{backend_, true, hash_combine(options_.seed, 0x44524f50ULL + static_cast<std::uint64_t>(step_)),
+                   strategy_.batch_norm_sum(), strategy_.sample_offset()};
   const Tensor& logits = model_.forward(ctx, x_);
   if (!dlogits_.defined() || !(dlogits_.shape() == logits.shape())) dlogits_ = backend_.allocate(logits.shape());
-  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, 1.f / static_cast<float>(samples.size()));
+  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_,
+                                                    strategy_.loss_scale(static_cast<std::int64_t>(samples.size())));
   SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DivergedError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
   model_.backward(ctx, dlogits_,
@@ -95,12 +97,14 @@ LossStats Trainer::train_shard(const Dataset& data, const std::vector<std::int64
   return total;
 }
 
-EvalResult Trainer::evaluate(const Dataset& data) {
+EvalResult Trainer::evaluate(const Dataset& data) { return evaluate(data, 0, data.count); }
+
+EvalResult Trainer::evaluate(const Dataset& data, std::int64_t first, std::int64_t last) {
   LayerContext ctx{backend_, false, 0};
   LossStats total;
   std::vector<std::int64_t> indices;
-  for (std::int64_t begin = 0; begin < data.count && !stopped(); begin += options_.eval_batch_size) {
-    std::int64_t end = std::min(data.count, begin + options_.eval_batch_size);
+  for (std::int64_t begin = first; begin < last && !stopped(); begin += options_.eval_batch_size) {
+    std::int64_t end = std::min(last, begin + options_.eval_batch_size);
     indices.resize(static_cast<std::size_t>(end - begin));
     for (std::int64_t i = begin; i < end; ++i) indices[static_cast<std::size_t>(i - begin)] = i;
     load_batch(data, indices);

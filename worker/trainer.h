@@ -56,6 +56,8 @@ class Trainer {
   // One optimisation step on these samples.
   LossStats train_batch(const Dataset& data, std::span<const std::int64_t> samples);
   EvalResult evaluate(const Dataset& data);
+  // On samples [first, last) of `data` only.
+  EvalResult evaluate(const Dataset& data, std::int64_t first, std::int64_t last);
 
   std::int64_t step() const { return step_; }
   // When the flag turns true, train_shard stops after the current step and evaluate after the

@@ -3,72 +3,42 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "core/control_client.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "models/dataset.h"
+#include "core/collective_mpi.h"
 #include "worker/async_ps.h"
+#include "worker/sync_allreduce.h"
+#include "worker/sync_world.h"
 #include "worker/trainer.h"
 
 namespace shoal {
 
-void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
-  auto stopped = [stop] { return stop != nullptr && stop->load(); };
-  auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
-  TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
-  Normalization norm =
-      config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
-  auto model =
-      build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
-  model->build(*backend, config.seed);
+namespace {
 
-  Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
-  ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
-                        timeout);
-  auto registered = control.register_node(wire::Role::WORKER, static_cast<int>(config.node_rank), "", startup, stop);
-  if (!registered) {
-    SHOAL_LOG(log, info, "stopped on request before it registered; left the job (it had no part in it yet)");
-    return;
-  }
-  const std::string id = *registered;
-  log = log.with_role(id);
-  // The coordinator ends the job (and says so) if the cluster does not assemble within the
-  // start-up timeout; this deadline is only a backstop for a coordinator that went silent.
-  auto fetched = control.fetch_table(2 * startup, stop);
-  if (!fetched) {
-    control.leave();
-    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
-    return;
-  }
-  const PartitionTable& table = *fetched;
-  SHOAL_LOG(log, info,
-            "registered; " << table.servers.size() << " servers, " << table.chunks.size() << " chunks; backend "
-                           << backend->describe());
-  Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
-                      Seconds(config.dead_after_seconds));
+// What the job loop works with, whatever the strategy.
+struct JobContext {
+  const JobConfig& config;
+  Logger& log;
+  const std::atomic<bool>* stop;
+  ControlClient& control;
+  Heartbeat& heartbeat;
+  DistributedStrategy& strategy;
+  Trainer& trainer;
+  const TrainTestData& data;
+};
 
-  AsyncPsOptions options;
-  options.max_in_flight = static_cast<int>(config.max_in_flight);
-  options.request_timeout = timeout;
-  options.startup_timeout = startup;
-  options.stop = stop;
-  options.watch = [&heartbeat] {
-    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
-    heartbeat.check();
-  };
-  AsyncPsStrategy strategy(network, table, id, *model, log, options);
-
-  TrainerOptions trainer_options;
-  trainer_options.batch_size = config.batch_size;
-  trainer_options.eval_batch_size = config.eval_batch_size;
-  trainer_options.seed = hash_combine(config.seed, hash_string(id));  // dropout differs per worker
-  Progress progress(ProgressMode::off, stdout);
-  MetricsWriter no_metrics;
-  Trainer trainer(*backend, *model, strategy, norm, trainer_options, log, progress, no_metrics);
-  trainer.set_stop_flag(stop);
-
+// The one job loop of every distributed worker: ask the coordinator for work until the job is
+// over; train what it hands out with the strategy, evaluate when asked, report each result.
+// Honours a stop request at every phase; says goodbye when it fails on its own.
+void run_job_loop(JobContext& job) {
+  auto& [config, log, stop, control, heartbeat, strategy, trainer, data] = job;
+  auto stopped = [stop = stop] { return stop != nullptr && stop->load(); };
   std::int64_t permutation_epoch = -1, logged_epoch = 0;
   std::vector<std::int64_t> order;
   std::int64_t shards = 0, samples = 0;
@@ -90,9 +60,9 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
         break;
       }
       heartbeat.check();  // the coordinator lost, or this worker dropped from the job
-      // Parameters first, then the lease: in a synchronous job this keeps every worker's step
-      // c drawn from the shards handed out for step c.
-      strategy.await_parameters();
+      // Async: parameters first, then the lease, so that in a synchronous parameter-server job
+      // every worker's step c is drawn from the shards handed out for step c.
+      strategy.before_task();
       heartbeat.set_clock(strategy.clock());
       LeaseTask task = control.request_lease();
       if (task.kind == LeaseTask::finished) {
@@ -104,13 +74,13 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
         break;
       }
       if (task.kind == LeaseTask::wait) {
-        strategy.idle_step();
+        strategy.idle();
         std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::uint32_t>(task.wait_ms, 5)));
         continue;
       }
       if (task.kind == LeaseTask::evaluate) {
         SHOAL_LOG(log, info, "evaluating the model after epoch " << task.epoch);
-        EvalResult r = trainer.evaluate(data.test);
+        EvalResult r = strategy.evaluate(trainer, data.test);
         if (stopped()) return leave("while evaluating");  // not reported: leaving hands the evaluation back
         control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
         continue;
@@ -127,7 +97,7 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
         logged_epoch = task.epoch;
       }
       auto started = std::chrono::steady_clock::now();
-      LossStats s = trainer.train_shard(data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
+      LossStats s = strategy.train(trainer, data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
       if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
@@ -135,13 +105,16 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
       samples += s.count;
     }
   } catch (const StopRequested&) {
-    return leave("while waiting for parameters");
+    return leave("while waiting for its peers");
   } catch (const DetachedError&) {
     throw;  // the job failed, or we were dropped from it: nobody to say goodbye to
+  } catch (const CollectiveError&) {
+    // A peer failed, not us: saying goodbye would have the coordinator blame this rank.
+    throw;
   } catch (const Error& e) {
-    // Failing on our own (a server that does not answer, a refused request): say goodbye,
-    // best effort, so the coordinator hands our leases to the others at once and the servers
-    // stop counting us, instead of both waiting for our heartbeats to stop.
+    // Failing on our own (a server that does not answer, a refused request, a collective that
+    // broke): say goodbye, best effort, so the coordinator acts at once instead of waiting for
+    // our heartbeats to stop.
     SHOAL_LOG(log, error, "failed (" << exit_code_name(e.code()) << "); leaving the job: " << e.what());
     try {
       goodbye();
@@ -150,6 +123,199 @@ void run_worker_role(Network& network, const JobConfig& config, Logger log, cons
     }
     throw;
   }
+}
+
+// A collective failed because a peer did: the coordinator learns which rank from heartbeats
+// (or its goodbye) and ends the job naming it. Wait a little for that verdict, so every rank
+// reports the same one line naming the lost rank instead of a transport error.
+[[noreturn]] void rethrow_with_verdict(Heartbeat& heartbeat, const JobConfig& config) {
+  std::exception_ptr error = std::current_exception();
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      Seconds(config.dead_after_seconds + 2 * config.heartbeat_seconds));
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::rethrow_exception(error);
+}
+
+struct Loaded {
+  std::unique_ptr<Backend> backend;
+  TrainTestData data;
+  Normalization norm;
+  std::unique_ptr<Model> model;
+};
+
+Loaded load(const JobConfig& config) {
+  Loaded l;
+  l.backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
+  l.data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
+  l.norm = config.normalize ? compute_normalization(l.data.train) : identity_normalization(l.data.train.channels);
+  l.model = build_model(config.model, Shape{l.data.train.channels, l.data.train.height, l.data.train.width},
+                        l.data.train.classes);
+  l.model->build(*l.backend, config.seed);
+  return l;
+}
+
+TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed) {
+  TrainerOptions o;
+  o.batch_size = config.batch_size;
+  o.eval_batch_size = config.eval_batch_size;
+  o.seed = seed;
+  return o;
+}
+
+// Registers and waits for the job to start; nothing if stopped first (already logged).
+std::optional<std::string> join_job(ControlClient& control, const JobConfig& config, int rank, Logger& log,
+                                    const std::atomic<bool>* stop) {
+  Seconds startup(config.startup_timeout_seconds);
+  auto registered = control.register_node(wire::Role::WORKER, rank, "", startup, stop);
+  if (!registered) {
+    SHOAL_LOG(log, info, "stopped on request before it registered; left the job (it had no part in it yet)");
+    return std::nullopt;
+  }
+  log = log.with_role(*registered);
+  return registered;
+}
+
+void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
+  Loaded l = load(config);
+  Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
+  ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
+                        timeout);
+  auto id = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
+  if (!id) return;
+  // The coordinator ends the job (and says so) if the cluster does not assemble within the
+  // start-up timeout; this deadline is only a backstop for a coordinator that went silent.
+  auto fetched = control.fetch_table(2 * startup, stop);
+  if (!fetched) {
+    control.leave();
+    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
+    return;
+  }
+  const PartitionTable& table = *fetched;
+  Heartbeat heartbeat(network, config.coordinator_address, *id, log, Seconds(config.heartbeat_seconds),
+                      Seconds(config.dead_after_seconds));
+
+  AsyncPsOptions options;
+  options.max_in_flight = static_cast<int>(config.max_in_flight);
+  options.request_timeout = timeout;
+  options.startup_timeout = startup;
+  options.stop = stop;
+  options.watch = [&heartbeat] {
+    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    heartbeat.check();
+  };
+  AsyncPsStrategy strategy(network, table, *id, *l.model, log, options);
+  SHOAL_LOG(log, info, "registered; " << strategy.describe() << "; backend " << l.backend->describe());
+
+  Progress progress(ProgressMode::off, stdout);
+  MetricsWriter no_metrics;
+  // Dropout differs per worker.
+  Trainer trainer(*l.backend, *l.model, strategy, l.norm, trainer_options(config, hash_combine(config.seed, hash_string(*id))),
+                  log, progress, no_metrics);
+  trainer.set_stop_flag(stop);
+  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
+  run_job_loop(job);
+}
+
+void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop) {
+  SyncSetup setup = resolve_sync_setup(config, false);
+  if (setup.under_mpirun) {
+    // The world is what mpirun started; the coordinator runs in rank 0 and its address
+    // reaches the others by MPI_Bcast, so nothing else needs starting.
+    mpi::init();
+    if (config.workers != setup.world.size)
+      SHOAL_LOG(log, info, "cluster.workers = " << setup.world.size << " (the size of the world mpirun started)");
+    config.workers = setup.world.size;
+  }
+  log = log.with_role("rank." + std::to_string(setup.world.rank));
+  std::optional<EmbeddedCoordinator> coordinator;
+  if (setup.world.rank == 0) {
+    JobConfig cc = config;
+    const char* local_size = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    bool one_host = !setup.under_mpirun || (local_size != nullptr && std::atoi(local_size) == setup.world.size);
+    if (!one_host) {
+      // Ranks on other hosts: listen on every interface, announce this host's address.
+      auto colon = config.coordinator_address.rfind(':');
+      cc.coordinator_address = "tcp://*:" + config.coordinator_address.substr(colon + 1);
+    }
+    coordinator.emplace(network, cc, log);
+    std::string endpoint = coordinator->endpoint();
+    if (!one_host) {
+      auto colon = endpoint.rfind(':');
+      endpoint = "tcp://" + host_address(config.sync_interface) + endpoint.substr(colon);
+    }
+    config.coordinator_address = endpoint;
+  }
+  if (setup.under_mpirun) config.coordinator_address = mpi::broadcast_string(config.coordinator_address, 0);
+
+  Loaded l = load(config);
+  Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
+  ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
+                        timeout);
+  auto id = join_job(control, config, setup.world.rank, log, stop);
+  if (!id) return;
+  auto fetched = control.fetch_table(2 * startup, stop);
+  if (!fetched) {
+    control.leave();
+    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
+    return;
+  }
+  Heartbeat heartbeat(network, config.coordinator_address, *id, log, Seconds(config.heartbeat_seconds),
+                      Seconds(config.dead_after_seconds));
+  auto watch = [&heartbeat, stop] {
+    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    heartbeat.check();
+    if (stop != nullptr && stop->load()) throw StopRequested{};
+  };
+  std::unique_ptr<Collective> collective;
+  try {
+    collective = make_collective(setup, config, control, heartbeat.generation());
+  } catch (const CollectiveError&) {
+    rethrow_with_verdict(heartbeat, config);
+  }
+  SyncOptions options;
+  options.bucket_bytes = static_cast<std::size_t>(config.bucket_mib * (1 << 20));
+  options.timeout = Seconds(config.sync_timeout_seconds);
+  options.sync_batch_norm = config.sync_batch_norm == "sync";
+  options.batch_size = config.batch_size;
+  options.watch = watch;
+  SyncAllReduceStrategy strategy(*l.backend, *l.model, Optimizer(config.optimizer), *collective, log, options);
+  SHOAL_LOG(log, info,
+            "registered as " << *id << "; " << strategy.describe() << " (" << setup.why << "); backend "
+                             << l.backend->describe());
+  Progress progress(ProgressMode::off, stdout);
+  MetricsWriter no_metrics;
+  // Every rank draws the randomness one process with the global batch would (dropout).
+  TrainerOptions topts = trainer_options(config, config.seed);
+  std::int64_t steps_per_epoch =
+      std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
+  topts.schedule = make_lr_schedule(config.lr_schedule, config.optimizer.lr, config.warmup_epochs, config.step_epochs,
+                                    config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
+  Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
+  trainer.set_stop_flag(stop);
+  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
+  try {
+    strategy.broadcast_initial_state();
+    run_job_loop(job);
+  } catch (const CollectiveError&) {
+    rethrow_with_verdict(heartbeat, config);
+  } catch (const TimeoutError&) {
+    rethrow_with_verdict(heartbeat, config);
+  }
+  collective.reset();
+  if (setup.under_mpirun && !(stop != nullptr && stop->load())) mpi::finalize();
+}
+
+}  // namespace
+
+void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
+  if (config.strategy == "sync")
+    run_sync_worker(network, config, std::move(log), stop);
+  else
+    run_async_worker(network, config, std::move(log), stop);
 }
 
 }  // namespace shoal

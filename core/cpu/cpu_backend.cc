@@ -540,7 +540,8 @@ class CpuBackend final : public Backend {
 
   // ---- dropout, loss, element-wise -----------------------------------------------------------
 
-  void dropout_forward(const Tensor& x, Tensor& y, Tensor& mask, float p, std::uint64_t seed) override {
+  void dropout_forward(const Tensor& x, Tensor& y, Tensor& mask, float p, std::uint64_t seed,
+                       std::uint64_t first_index) override {
     use_threads();
     check_same_numel(x, y);
     if (mask.numel() != x.numel()) mask = Tensor::zeros(x.shape());
@@ -551,7 +552,7 @@ class CpuBackend final : public Backend {
     std::int64_t n = x.numel();
 #pragma omp parallel for if (n > 65536)
     for (std::int64_t i = 0; i < n; ++i) {
-      float m = uniform_at(seed, static_cast<std::uint64_t>(i)) >= p ? keep_scale : 0.f;
+      float m = uniform_at(seed, first_index + static_cast<std::uint64_t>(i)) >= p ? keep_scale : 0.f;
       ms[i] = m;
       ys[i] = xs[i] * m;
     }

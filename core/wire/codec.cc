@@ -59,6 +59,12 @@ const char* kind_name(wire::Envelope::Body::Which kind) {
       return "ack";
     case K::LEAVE:
       return "leave";
+    case K::STORE_SET:
+      return "storeSet";
+    case K::STORE_GET:
+      return "storeGet";
+    case K::STORE_VALUE:
+      return "storeValue";
   }
   return "unknown";
 }
@@ -93,8 +99,26 @@ Incoming Incoming::decode(std::string peer, std::vector<zmq::message_t> frames) 
                   ProtocolError, "malformed sender id");
     auto body = in.root_.getBody();
     auto kind = body.which();
-    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::LEAVE), ProtocolError,
+    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::STORE_VALUE), ProtocolError,
                   "unknown message kind " << static_cast<unsigned>(kind));
+    // The rendezvous store (sync jobs): bounded, printable keys and small values.
+    auto check_key = [](capnp::Text::Reader key) {
+      std::string k = key.cStr();
+      SHOAL_REQUIRE(!k.empty() && k.size() <= kMaxStoreKeyLength && is_printable(k), ProtocolError,
+                    "malformed store key (empty, over " << kMaxStoreKeyLength << " bytes or not printable)");
+    };
+    auto check_value = [](capnp::Data::Reader value) {
+      SHOAL_REQUIRE(value.size() <= kMaxStoreValueBytes, ProtocolError,
+                    "store value of " << value.size() << " bytes, over the limit of " << kMaxStoreValueBytes);
+    };
+    if (kind == wire::Envelope::Body::STORE_SET) {
+      check_key(body.getStoreSet().getKey());
+      check_value(body.getStoreSet().getValue());
+    } else if (kind == wire::Envelope::Body::STORE_GET) {
+      check_key(body.getStoreGet());
+    } else if (kind == wire::Envelope::Body::STORE_VALUE) {
+      check_value(body.getStoreValue());
+    }
     capnp::List<wire::ChunkData>::Reader chunks;
     bool has_payload = false;
     if (kind == wire::Envelope::Body::PUSH) {

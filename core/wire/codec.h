@@ -22,6 +22,8 @@ constexpr std::size_t kMaxFrames = 1 + 65536;
 constexpr std::uint64_t kTraversalLimitWords = 1u << 21;  // 16 MiB of envelope
 constexpr int kNestingLimit = 16;
 constexpr std::size_t kMaxSenderLength = 128;
+constexpr std::size_t kMaxStoreKeyLength = 256;
+constexpr std::size_t kMaxStoreValueBytes = 64 * 1024;
 
 // A received, validated message.
 class Incoming {

@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 2;
+const protocolVersion :UInt16 = 3;
 
 enum Role {
   coordinator @0;
@@ -45,6 +45,9 @@ struct Envelope {
     shutdown @18 :Shutdown;
     ack @19 :Void;
     leave @20 :Void;    # a worker that finished tells the servers it no longer takes part in clocks
+    storeSet @21 :StoreEntry;  # sync jobs: the rendezvous store the coordinator serves (Gloo, NCCL ids)
+    storeGet @22 :Text;        # the key; answered by storeValue, or notReady while it is absent
+    storeValue @23 :Data;
   }
 }
 
@@ -162,6 +165,13 @@ struct ErrorReply {
   code @0 :ErrorCode;
   message @1 :Text;
   end @2 :JobEnd;       # with shuttingDown: how the job ended
+}
+
+# A key and its value in the coordinator's rendezvous store (sync jobs). Keys are at most 256
+# bytes, values at most 64 KiB; a key is written once per generation (a later set replaces it).
+struct StoreEntry {
+  key @0 :Text;
+  value @1 :Data;
 }
 
 struct Shutdown {

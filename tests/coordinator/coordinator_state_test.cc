@@ -101,7 +101,7 @@ TEST(LeaseBook, EveryShardOnceAcrossEpochsThenEvaluationThenFinished) {
     auto task = book.next("w", now);
     if (task.kind == LeaseBook::Task::train) {
       samples[task.shard.epoch] += task.shard.size();
-      book.complete("w", task.shard.epoch, task.shard.index, ShardStats{task.shard.size(), 1.0, 1}, now);
+      book.complete("w", task.shard.epoch, task.shard.index, ShardStats{task.shard.size(), 1.0, 1}, 0, now);
     } else if (task.kind == LeaseBook::Task::evaluate) {
       ++evaluations;
       EXPECT_TRUE(book.evaluated("w", task.epoch, 0.5, 0.9));
@@ -125,13 +125,13 @@ TEST(LeaseBook, DeadWorkersShardsAreRedoneByOthers) {
   ASSERT_EQ(a1.kind, LeaseBook::Task::train);
   EXPECT_EQ(book.release("a"), 2) << "both of a's leases return";
   std::set<std::int64_t> done;
-  book.complete("b", 1, b1.shard.index, ShardStats{250, 0, 0}, now);
+  book.complete("b", 1, b1.shard.index, ShardStats{250, 0, 0}, 0, now);
   done.insert(b1.shard.index);
   while (true) {
     auto t = book.next("b", now);
     if (t.kind != LeaseBook::Task::train) break;
     done.insert(t.shard.index);
-    book.complete("b", 1, t.shard.index, ShardStats{250, 0, 0}, now);
+    book.complete("b", 1, t.shard.index, ShardStats{250, 0, 0}, 0, now);
   }
   EXPECT_EQ(done, (std::set<std::int64_t>{0, 1, 2, 3}));
   EXPECT_TRUE(done.count(a1.shard.index) && done.count(a2.shard.index));
@@ -139,7 +139,7 @@ TEST(LeaseBook, DeadWorkersShardsAreRedoneByOthers) {
   EXPECT_EQ(r.samples_done, 1000);
   EXPECT_EQ(r.shards_released, 2);
   // A late completion from the dead worker counts as processed, not as done twice.
-  EXPECT_FALSE(book.complete("a", 1, a1.shard.index, ShardStats{250, 0, 0}, now));
+  EXPECT_FALSE(book.complete("a", 1, a1.shard.index, ShardStats{250, 0, 0}, 0, now));
   EXPECT_EQ(book.reports().at(1).samples_done, 1000);
   EXPECT_EQ(book.reports().at(1).samples_processed, 1250);
 }
@@ -155,7 +155,7 @@ TEST(LeaseBook, ExpiredLeasesAndEvaluationsGoBackToTheQueue) {
   auto again = book.next("fast", now + 11s);
   ASSERT_EQ(again.kind, LeaseBook::Task::train);
   EXPECT_EQ(again.shard.index, t.shard.index);
-  book.complete("fast", 1, again.shard.index, ShardStats{100, 0, 0}, now + 12s);
+  book.complete("fast", 1, again.shard.index, ShardStats{100, 0, 0}, 0, now + 12s);
   auto eval = book.next("fast", now + 12s);
   ASSERT_EQ(eval.kind, LeaseBook::Task::evaluate);
   EXPECT_EQ(book.release("fast"), 0);

@@ -1,0 +1,63 @@
+// What the coordinator hands workers: the book of work of a job. LeaseBook (async: data shards
+// leased to whoever asks) and SyncBook (sync: every rank trains its part of each epoch in
+// lock-step, then evaluates its part of the test set) answer the same questions.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "models/shard.h"
+
+namespace shoal {
+
+struct ShardStats {
+  std::int64_t samples = 0;
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+};
+
+struct EpochReport {
+  std::int64_t epoch = 0;
+  std::int64_t samples_total = 0;
+  std::int64_t samples_done = 0;       // samples in shards completed, each shard counted once
+  std::int64_t samples_processed = 0;  // every completion, duplicates included
+  std::int64_t shards_total = 0, shards_done = 0, shards_released = 0;
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  bool complete = false;
+  bool evaluated = false;
+  double test_loss = 0, test_accuracy = 0;
+  double train_seconds = 0;  // sync: the slowest rank's training time (0: not measured)
+  std::chrono::steady_clock::time_point started{}, completed{};
+};
+
+class WorkBook {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  struct Task {
+    enum Kind { train, evaluate, wait, finished } kind = wait;
+    DataShard shard;
+    std::int64_t epoch = 0;  // evaluate
+  };
+
+  virtual ~WorkBook() = default;
+  virtual Task next(const std::string& worker, TimePoint now) = 0;
+  // A worker reports a finished shard. Returns false if the shard was unknown or already
+  // done (the samples still count as processed).
+  virtual bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
+                        double seconds, TimePoint now) = 0;
+  virtual bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) = 0;
+  // A worker died: its work goes back to the queue; returns how many shards did.
+  virtual int release(const std::string& worker) = 0;
+  // Leases past their deadline go back to the queue; returns how many.
+  virtual int expire(TimePoint now) = 0;
+  virtual bool finished() const = 0;
+  // Epochs completed (and evaluated) since the last call, in order.
+  virtual std::vector<EpochReport> take_completed() = 0;
+};
+
+}  // namespace shoal

@@ -1,0 +1,115 @@
+#include "core/collective_gloo.h"
+
+#include <gloo/allreduce.h>
+#include <gloo/broadcast.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <algorithm>
+
+namespace shoal {
+namespace {
+
+std::chrono::milliseconds to_ms(std::chrono::duration<double> d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+}
+
+// Gloo's Store on top of ours, under a prefix, with our deadline on every wait.
+class StoreAdapter final : public gloo::rendezvous::Store {
+ public:
+  StoreAdapter(RendezvousStore& store, std::string prefix, std::chrono::duration<double> timeout)
+      : store_(store), prefix_(std::move(prefix)), timeout_(timeout) {}
+  void set(const std::string& key, const std::vector<char>& data) override { store_.set(prefix_ + key, data); }
+  std::vector<char> get(const std::string& key) override { return store_.get(prefix_ + key, timeout_); }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, to_ms(timeout_)); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
+    for (const auto& key : keys) store_.get(prefix_ + key, std::min<std::chrono::duration<double>>(timeout, timeout_));
+  }
+
+ private:
+  RendezvousStore& store_;
+  std::string prefix_;
+  std::chrono::duration<double> timeout_;
+};
+
+class GlooCollective final : public ThreadedCollective {
+ public:
+  GlooCollective(RendezvousStore& store, const WorldInfo& world, const GlooOptions& options) : world_(world) {
+    gloo::transport::tcp::attr attr;
+    if (!options.interface.empty())
+      attr.iface = options.interface;
+    else
+      attr.hostname = options.hostname;
+    where_ = options.interface.empty() ? options.hostname : options.interface;
+    try {
+      device_ = gloo::transport::tcp::CreateDevice(attr);
+      auto context = std::make_shared<gloo::rendezvous::Context>(world.rank, world.size);
+      context->setTimeout(to_ms(options.timeout));
+      StoreAdapter adapter(store, options.prefix, options.timeout);
+      context->connectFullMesh(adapter, device_);
+      context_ = context;
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw CollectiveError("forming the gloo world (rank " + std::to_string(world.rank) + " of " +
+                            std::to_string(world.size) + ", bound to " + where_ + ") failed: " + e.what());
+    }
+    start();
+  }
+  ~GlooCollective() override { stop(); }
+
+  const WorldInfo& world() const override { return world_; }
+  std::string describe() const override {
+    return "gloo (tcp on " + where_ + ", rank " + std::to_string(world_.rank) + " of " + std::to_string(world_.size) +
+           ")";
+  }
+
+ protected:
+  void run_all_reduce(std::span<float> data, ReduceOp op) override {
+    if (data.empty()) return;
+    gloo::AllreduceOptions opts(context_);
+    opts.setOutput(data.data(), data.size());
+    opts.setReduceFunction(
+        static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+    opts.setTag(next_tag());
+    gloo::allreduce(opts);
+    if (op == ReduceOp::average && world_.size > 1) {
+      const float inv = 1.f / static_cast<float>(world_.size);
+      for (float& v : data) v *= inv;
+    }
+  }
+  void run_broadcast(std::span<float> data, int root) override {
+    if (data.empty()) return;
+    gloo::BroadcastOptions opts(context_);
+    opts.setOutput(data.data(), data.size());
+    opts.setRoot(root);
+    opts.setTag(next_tag());
+    gloo::broadcast(opts);
+  }
+  void interrupt() override {
+    // Makes a call blocked on a peer fail at once instead of at its timeout.
+    if (context_) context_->closeConnections();
+  }
+
+ private:
+  std::uint32_t next_tag() { return tag_++ & 0xffffff; }
+
+  WorldInfo world_;
+  std::string where_;
+  std::shared_ptr<gloo::transport::Device> device_;
+  std::shared_ptr<gloo::Context> context_;
+  std::uint32_t tag_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Collective> make_gloo_collective(RendezvousStore& store, const WorldInfo& world,
+                                                 const GlooOptions& options) {
+  SHOAL_REQUIRE(world.size >= 1 && world.rank >= 0 && world.rank < world.size, InternalError,
+                "rank " << world.rank << " outside a world of " << world.size);
+  return std::make_unique<GlooCollective>(store, world, options);
+}
+
+}  // namespace shoal

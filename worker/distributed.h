@@ -1,0 +1,37 @@
+// What the job loop of a distributed worker (worker/worker_job.cc) asks of its strategy, on
+// top of the training hooks: the loop is written once, and the parameter-server strategy and
+// the all-reduce strategy (and later the GPU and elastic variants) plug into it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/dataset.h"
+#include "models/shard.h"
+#include "worker/strategy.h"
+#include "worker/trainer.h"
+
+namespace shoal {
+
+class DistributedStrategy : public Strategy {
+ public:
+  // Before asking the coordinator for the next task (async: the next parameters are in).
+  virtual void before_task() {}
+  // The coordinator has no task for this worker right now.
+  virtual void idle() {}
+  // Trains this worker's part of `shard` (async: all of it; sync: this rank's part of every
+  // global step); returns this worker's loss statistics.
+  virtual LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+                          const DataShard& shard) = 0;
+  // Evaluates the model on `test`: the result to report (sync: every rank's part, combined).
+  virtual EvalResult evaluate(Trainer& trainer, const Dataset& test) = 0;
+  // The worker leaves the job (best effort, bounded).
+  virtual void leave() {}
+  // Steps taken.
+  virtual std::uint64_t clock() const = 0;
+  // One line for the log: "parameter servers (2 servers, 14 chunks)", "all-reduce over gloo ...".
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace shoal

@@ -1,0 +1,83 @@
+// The synchronous all-reduce strategy: every rank holds the whole model and optimizer state.
+// Rank 0's initial parameters and buffers are broadcast. During backward the gradient arena is
+// all-reduced in buckets (sync.bucket_mib) in the order backward fills it — the arena is laid
+// out in declaration order and backward runs from the last layer, so each bucket is a slice
+// from the tail of the arena and nothing is copied — each bucket starting as soon as its last
+// gradient is final, while earlier layers still compute. After backward the step waits for
+// every bucket and the local optimizer steps. The loss of each rank is scaled by 1 / (samples
+// in the global step) and gradients are summed, which is the mean over the global batch even
+// when a tail step gives ranks unequal batches.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/collective.h"
+#include "core/log.h"
+#include "core/optimizer.h"
+#include "worker/distributed.h"
+
+namespace shoal {
+
+struct SyncOptions {
+  std::size_t bucket_bytes = 25u << 20;
+  std::chrono::duration<double> timeout{300.0};  // one collective operation
+  bool sync_batch_norm = false;
+  std::int64_t batch_size = 64;  // per rank
+  // Called at least every 10 ms of every wait; throws to end it (the job failed, a stop).
+  std::function<void()> watch;
+};
+
+class SyncAllReduceStrategy final : public DistributedStrategy {
+ public:
+  SyncAllReduceStrategy(Backend& backend, Model& model, Optimizer optimizer, Collective& collective, Logger log,
+                        SyncOptions options);
+  ~SyncAllReduceStrategy() override;
+
+  // Rank 0's parameters and buffers reach every rank.
+  void broadcast_initial_state();
+
+  void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
+  void end_step(Model& model, std::int64_t step, float lr) override;
+  float loss_scale(std::int64_t samples) const override;
+  std::int64_t sample_offset() const override { return sample_offset_; }
+  SumAcrossRanks batch_norm_sum() override;
+
+  LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+                  const DataShard& shard) override;
+  EvalResult evaluate(Trainer& trainer, const Dataset& test) override;
+  void leave() override;
+  std::uint64_t clock() const override { return clock_; }
+  std::string describe() const override;
+
+  // The global samples of the step about to run (train() sets it; tests may too).
+  void set_global_step(std::int64_t samples, std::int64_t offset) {
+    global_samples_ = samples;
+    sample_offset_ = offset;
+  }
+  std::size_t bucket_count() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::int64_t begin = 0, end = 0;  // elements of the gradient arena
+    WorkHandle work;
+  };
+  void launch_ready();
+  void wait(Work& work);
+  void wait_all();
+
+  Backend& backend_;
+  Model& model_;
+  Collective& collective_;
+  Logger log_;
+  SyncOptions options_;
+  std::unique_ptr<LocalStrategy> local_;
+  std::vector<Bucket> buckets_;  // from the tail of the arena to its head: backward's order
+  std::size_t launched_ = 0;
+  std::int64_t ready_from_ = 0;
+  std::int64_t global_samples_ = 0, sample_offset_ = 0;
+  std::uint64_t clock_ = 0;
+};
+
+}  // namespace shoal
