@@ -21,17 +21,6 @@ namespace shoal {
 SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
   SyncSetup s;
   s.under_mpirun = mpi::launched_by_mpirun();
-  if (auto env = mpi::world_from_environment()) {
-    s.world = *env;
-  } else {
-    SHOAL_REQUIRE(config.node_rank >= 0, ConfigError,
-                  "a sync worker started without mpirun needs its rank: node.rank (0 .. cluster.workers - 1)");
-    SHOAL_REQUIRE(config.node_rank < config.workers, ConfigError,
-                  "node.rank = " << config.node_rank << " is outside a world of cluster.workers = " << config.workers);
-    s.world.rank = static_cast<int>(config.node_rank);
-    s.world.size = static_cast<int>(config.workers);
-    s.world.local_rank = s.world.rank;
-  }
   s.backend = config.sync_backend;
   if (s.backend == "auto") {
     if (cuda_device) {
@@ -55,6 +44,17 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
 #endif
   SHOAL_REQUIRE(s.backend != "nccl" || cuda_device, ConfigError,
                 "sync.backend = nccl all-reduces GPU buffers: it needs device = cuda");
+  if (auto env = mpi::world_from_environment()) {
+    s.world = *env;
+  } else {
+    SHOAL_REQUIRE(config.node_rank >= 0, ConfigError,
+                  "a sync worker started without mpirun needs its rank: node.rank (0 .. cluster.workers - 1)");
+    SHOAL_REQUIRE(config.node_rank < config.workers, ConfigError,
+                  "node.rank = " << config.node_rank << " is outside a world of cluster.workers = " << config.workers);
+    s.world.rank = static_cast<int>(config.node_rank);
+    s.world.size = static_cast<int>(config.workers);
+    s.world.local_rank = s.world.rank;
+  }
   return s;
 }
 

@@ -9,6 +9,7 @@
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
 #include "coordinator/partitioner.h"
+#include "coordinator/sync_book.h"
 #include "core/error.h"
 
 namespace shoal {
@@ -160,6 +161,98 @@ TEST(LeaseBook, ExpiredLeasesAndEvaluationsGoBackToTheQueue) {
   ASSERT_EQ(eval.kind, LeaseBook::Task::evaluate);
   EXPECT_EQ(book.release("fast"), 0);
   EXPECT_EQ(book.next("other", now + 13s).kind, LeaseBook::Task::evaluate) << "the evaluation is reassigned";
+}
+
+// The per-rank plan of a sync epoch: every rank takes the same number of steps, the ranks'
+// positions of a step are disjoint and together are exactly the step's positions, and every
+// position of [begin, end) is trained once except a tail shorter than the world.
+TEST(SyncPlan, EveryRankTakesTheSameStepsAndEveryPositionOnce) {
+  struct Case {
+    std::int64_t begin, end, batch;
+    int world;
+  };
+  for (const Case& c : {Case{0, 60000, 32, 2}, Case{0, 1000, 32, 3}, Case{100, 1101, 16, 4}, Case{0, 65, 32, 2},
+                        Case{0, 66, 32, 3}, Case{0, 2, 32, 3}, Case{0, 10, 1, 1}, Case{5, 5, 8, 2}}) {
+    SCOPED_TRACE(testing::Message() << "[" << c.begin << ", " << c.end << ") batch " << c.batch << " world " << c.world);
+    std::vector<std::vector<RankStep>> plans;
+    for (int r = 0; r < c.world; ++r) plans.push_back(plan_rank_steps(c.begin, c.end, c.batch, c.world, r));
+    std::multiset<std::int64_t> seen;
+    for (int r = 0; r < c.world; ++r) {
+      ASSERT_EQ(plans[static_cast<std::size_t>(r)].size(), plans[0].size()) << "rank " << r;
+      for (std::size_t k = 0; k < plans[0].size(); ++k) {
+        const RankStep& s = plans[static_cast<std::size_t>(r)][k];
+        EXPECT_GE(s.end - s.begin, 1);
+        EXPECT_LE(s.end - s.begin, c.batch);
+        EXPECT_EQ(s.global, plans[0][k].global);
+        for (std::int64_t p = s.begin; p < s.end; ++p) seen.insert(p);
+      }
+    }
+    // Global steps are contiguous runs in rank order: offsets give each rank's place.
+    for (std::size_t k = 0; k < plans[0].size(); ++k) {
+      std::int64_t step_begin = plans[0][k].begin, total = 0;
+      for (int r = 0; r < c.world; ++r) {
+        const RankStep& s = plans[static_cast<std::size_t>(r)][k];
+        EXPECT_EQ(s.begin - step_begin, s.offset);
+        EXPECT_EQ(s.offset, total);
+        total += s.end - s.begin;
+      }
+      EXPECT_EQ(total, plans[0][k].global);
+    }
+    const std::int64_t n = c.end - c.begin, global = c.batch * c.world, tail = n % global;
+    const std::int64_t expected = tail >= c.world ? n : n - tail;
+    EXPECT_EQ(static_cast<std::int64_t>(seen.size()), expected);
+    EXPECT_EQ(std::set<std::int64_t>(seen.begin(), seen.end()).size(), seen.size()) << "a position twice";
+    for (auto p : seen) {
+      EXPECT_GE(p, c.begin);
+      EXPECT_LT(p, c.end);
+    }
+  }
+  // 2 ranks x 32 on 60000 samples: 937 full steps and a tail of 32 split 16 + 16, which is
+  // exactly what one process with batch 64 does (937 steps of 64 and one of 32).
+  auto r1 = plan_rank_steps(0, 60000, 32, 2, 1);
+  ASSERT_EQ(r1.size(), 938u);
+  EXPECT_EQ(r1.back().begin, 59968 + 16);
+  EXPECT_EQ(r1.back().end, 60000);
+  EXPECT_EQ(r1.back().global, 32);
+  EXPECT_TRUE(plan_rank_steps(0, 100, 8, 2, 2).empty()) << "a rank outside the world";
+}
+
+TEST(SyncBook, RanksTrainThenEvaluateEachEpochInLockStep) {
+  SyncBook book(1000, 2, 2);
+  auto now = std::chrono::steady_clock::now();
+  auto a = book.next("worker.0", now);
+  ASSERT_EQ(a.kind, WorkBook::Task::train);
+  EXPECT_EQ(a.shard.epoch, 1);
+  EXPECT_EQ(a.shard.begin, 0);
+  EXPECT_EQ(a.shard.end, 1000);
+  EXPECT_EQ(book.next("worker.0", now).kind, WorkBook::Task::train) << "asking again repeats the task";
+  EXPECT_TRUE(book.complete("worker.0", 1, 0, ShardStats{500, 100.0, 300}, 2.0, now));
+  EXPECT_FALSE(book.complete("worker.0", 1, 0, ShardStats{500, 100.0, 300}, 2.0, now)) << "a repeated report";
+  auto e = book.next("worker.0", now);
+  ASSERT_EQ(e.kind, WorkBook::Task::evaluate);
+  EXPECT_EQ(e.epoch, 1);
+  EXPECT_TRUE(book.evaluated("worker.0", 1, 0.5, 0.8));
+  EXPECT_TRUE(book.take_completed().empty()) << "worker.1 has not trained epoch 1";
+  EXPECT_EQ(book.next("worker.1", now).kind, WorkBook::Task::train);
+  EXPECT_TRUE(book.complete("worker.1", 1, 0, ShardStats{500, 50.0, 200}, 4.0, now));
+  EXPECT_TRUE(book.evaluated("worker.1", 1, 0.5, 0.8));
+  auto reports = book.take_completed();
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].samples_done, 1000);
+  EXPECT_DOUBLE_EQ(reports[0].loss_sum, 150.0);
+  EXPECT_EQ(reports[0].correct, 500);
+  EXPECT_DOUBLE_EQ(reports[0].train_seconds, 4.0) << "the slowest rank";
+  EXPECT_DOUBLE_EQ(reports[0].test_accuracy, 0.8);
+  for (const char* w : {"worker.0", "worker.1"}) {
+    ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::train);
+    book.complete(w, 2, 0, ShardStats{500, 1, 1}, 1, now);
+    ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::evaluate);
+    EXPECT_FALSE(book.finished());
+    book.evaluated(w, 2, 0.4, 0.9);
+  }
+  EXPECT_TRUE(book.finished());
+  EXPECT_EQ(book.next("worker.0", now).kind, WorkBook::Task::finished);
+  EXPECT_EQ(book.take_completed().size(), 1u);
 }
 
 }  // namespace

@@ -57,6 +57,9 @@ struct CheckOptions {
   double rtol = 2e-2;
   double atol = 2e-3;
   int samples = 24;  // elements checked per tensor
+  // Sync batch norm in a world of one rank (the sum across ranks is the identity): its own
+  // forward and backward, which must be those of the plain layer.
+  bool sync_world_of_one = false;
 };
 
 // Compares analytic and central-difference gradients of L = sum(layer(x) * r) for x and every
@@ -76,6 +79,8 @@ void check_layer(Layer& layer, const Shape& input_shape, const CheckOptions& opt
   }
   Tensor x = random_tensor(b, input_shape, rng, opt.input);
   LayerContext ctx{b, true, 1234};
+  int sums = 0;
+  if (opt.sync_world_of_one) ctx.sum_across_ranks = [&sums](std::span<float>) { ++sums; };
   Shape out_shape = layer.output_shape(input_shape);
   std::vector<float> r(static_cast<std::size_t>(out_shape.numel()));
   for (auto& v : r) v = static_cast<float>(rng.normal());
@@ -112,6 +117,7 @@ void check_layer(Layer& layer, const Shape& input_shape, const CheckOptions& opt
                       << numeric;
     }
   };
+  if (opt.sync_world_of_one) EXPECT_GT(sums, 0) << "the synchronised path was not taken";
   check_tensor(x, dx_host, "input");
   for (std::size_t k = 0; k < set.parameters().size(); ++k)
     check_tensor(set.parameters()[k]->value, dparams[k], set.parameters()[k]->name);
@@ -156,6 +162,45 @@ TEST(GradientCheck, BatchNormImage) {
 TEST(GradientCheck, BatchNormVector) {
   auto l = batch_norm(6);
   check_layer(*l, Shape{8, 6});
+}
+
+TEST(GradientCheck, SyncBatchNormImage) {
+  auto l = batch_norm(3);
+  CheckOptions o;
+  o.sync_world_of_one = true;
+  check_layer(*l, Shape{4, 3, 5, 5}, o);
+}
+
+// Synchronised batch norm in a world of one gives what the backend's batch norm gives: output,
+// input gradient, parameter gradients and running statistics.
+TEST(SyncBatchNorm, WorldOfOneMatchesTheBackend) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), 2});
+  Backend& b = *backend;
+  auto run = [&](bool sync, std::vector<std::vector<float>>& out) {
+    auto layer = batch_norm(4);
+    ParameterSet set;
+    layer->declare(set, "bn.");
+    set.allocate(b, 3);
+    Rng rng(9);
+    for (const auto& p : set.parameters()) b.copy(random_tensor(b, p->shape, rng, InputKind::normal), p->value);
+    Tensor x = random_tensor(b, Shape{6, 4, 3, 3}, rng, InputKind::normal);
+    Tensor dy = random_tensor(b, Shape{6, 4, 3, 3}, rng, InputKind::normal);
+    LayerContext ctx{b, true, 1};
+    if (sync) ctx.sum_across_ranks = [](std::span<float>) {};
+    out.push_back(to_host(b, layer->forward(ctx, x)));
+    out.push_back(to_host(b, layer->backward(ctx, dy, true)));
+    for (const auto& p : set.parameters()) out.push_back(to_host(b, p->grad));
+    for (const auto& p : set.buffers()) out.push_back(to_host(b, p->value));
+  };
+  std::vector<std::vector<float>> plain, synced;
+  run(false, plain);
+  run(true, synced);
+  ASSERT_EQ(plain.size(), synced.size());
+  for (std::size_t k = 0; k < plain.size(); ++k) {
+    ASSERT_EQ(plain[k].size(), synced[k].size());
+    for (std::size_t i = 0; i < plain[k].size(); ++i)
+      ASSERT_NEAR(plain[k][i], synced[k][i], 2e-5 + 2e-5 * std::abs(plain[k][i])) << "tensor " << k << " element " << i;
+  }
 }
 TEST(GradientCheck, Dropout) {
   auto l = dropout(0.4f, 9);

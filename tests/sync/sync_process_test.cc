@@ -1,0 +1,176 @@
+// Sync jobs as real processes: `shoal launch --local` with each backend that runs here, the MPI
+// equivalence under mpirun, and a rank killed with SIGKILL mid-epoch (the others end within
+// the timeout with one line naming the lost rank, and the launcher exits non-zero).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include "tests/support/subprocess.h"
+#include "tests/support/sync_steps.h"
+
+namespace shoal {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::free_port;
+using testing::read_file;
+using testing::Subprocess;
+using testing::TempDir;
+
+const std::string kShoal = SHOAL_BINARY;
+const std::string kSteps = SHOAL_SYNC_STEPS_BINARY;
+const std::string kJob = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
+
+std::vector<std::string> mpirun(int np) {
+  std::vector<std::string> argv{SHOAL_MPIRUN, "-np", std::to_string(np), "--oversubscribe", "--bind-to", "none"};
+  if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+  return argv;
+}
+
+bool wait_for_output(Subprocess& p, const std::regex& pattern, std::chrono::milliseconds timeout,
+                     std::smatch* match = nullptr) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string out = p.output();
+    std::smatch m;
+    if (std::regex_search(out, m, pattern)) {
+      if (match != nullptr) {
+        static std::string keep;
+        keep = out;
+        std::regex_search(keep, *match, pattern);
+      }
+      return true;
+    }
+    if (!p.running()) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+std::vector<float> read_floats(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<float> out(bytes.size() / 4);
+  std::memcpy(out.data(), bytes.data(), out.size() * 4);
+  return out;
+}
+
+// Small and quick: 2 ranks, 1 epoch of `samples` samples.
+std::vector<std::string> small_job(const std::string& backend, int samples = 4096) {
+  return {kJob,
+          "--sync.backend=" + backend,
+          "--train.epochs=1",
+          "--data.train_limit=" + std::to_string(samples),
+          "--data.test_limit=1000",
+          "--threads=1",
+          "--progress=off"};
+}
+
+TEST(SyncLaunch, LocalJobRunsWithEachBackend) {
+  for (const std::string backend : {"gloo", "mpi"}) {
+    std::vector<std::string> argv{kShoal, "launch"};
+    auto job = small_job(backend);
+    argv.insert(argv.end(), job.begin(), job.end());
+    argv.push_back("--local");
+    auto r = testing::run(argv, {}, 3min);
+    EXPECT_EQ(r.exit_code, 0) << backend << "\n" << r.output;
+    EXPECT_NE(r.output.find("all-reduce over " + backend), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("final test accuracy"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("epoch 1/1"), std::string::npos) << r.output;
+  }
+}
+
+TEST(SyncLaunch, MpiBackendWithoutMpirunIsAClearConfigurationError) {
+  std::vector<std::string> argv{kShoal, "worker"};
+  auto job = small_job("mpi");
+  argv.insert(argv.end(), job.begin(), job.end());
+  auto r = testing::run(argv, {}, 1min);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("sync.backend = mpi needs the job started by mpirun"), std::string::npos) << r.output;
+  argv = {kShoal, "worker"};
+  job = small_job("gloo");
+  argv.insert(argv.end(), job.begin(), job.end());
+  r = testing::run(argv, {}, 1min);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("node.rank"), std::string::npos) << r.output;
+}
+
+// Two ranks x 32 over MPI end where one process with batch 64 ends (tolerance: see
+// sync_equivalence_test.cc).
+TEST(SyncEquivalence, TwoRanksOverMpiEqualOneProcess) {
+  TempDir dir;
+  for (const auto& [model, sync_bn] : {std::pair<std::string, bool>{"cnn", false}, {"cnn_bn", true}}) {
+    auto argv = mpirun(2);
+    argv.insert(argv.end(), {kSteps, dir.file("params.bin"), model, sync_bn ? "1" : "0", sync_bn ? "0.002" : "0.01"});
+    auto r = testing::run(argv, {}, 5min);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SyncRun run;
+    run.model = model;
+    run.sync_batch_norm = sync_bn;
+    if (sync_bn) run.lr = 0.002f;
+    Equivalence e = check_equivalence(run, read_floats(dir.file("params.bin")));
+    EXPECT_TRUE(e.ok()) << model << " over mpi differs by " << e.difference << ", tolerance " << e.tolerance;
+    std::printf("%s over mpi, %d steps: difference %.3g, tolerance %.3g\n", model.c_str(), run.steps, e.difference,
+                e.tolerance);
+  }
+}
+
+// Rank 1 of a Gloo job killed with SIGKILL mid-epoch: rank 0 (and the coordinator it runs) end
+// the job within the liveness timeout, with one line naming rank 1, and exit 10 (peer lost).
+TEST(SyncFailure, GlooRankKilledMidEpochEndsTheJobNamingIt) {
+  std::string coordinator = "tcp://127.0.0.1:" + std::to_string(free_port());
+  std::vector<std::unique_ptr<Subprocess>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<std::string> argv{kShoal, "worker"};
+    auto job = small_job("gloo", 60000);
+    argv.insert(argv.end(), job.begin(), job.end());
+    argv.insert(argv.end(), {"--node.rank=" + std::to_string(r),
+                             "--cluster.coordinator=" + coordinator, "--cluster.heartbeat_seconds=0.2",
+                             "--cluster.dead_after_seconds=2", "--sync.timeout_seconds=30"});
+    ranks.push_back(std::make_unique<Subprocess>(argv));
+  }
+  ASSERT_TRUE(wait_for_output(*ranks[1], std::regex("training epoch 1"), 2min)) << ranks[1]->output();
+  ASSERT_TRUE(wait_for_output(*ranks[0], std::regex("training epoch 1"), 1min)) << ranks[0]->output();
+  std::this_thread::sleep_for(300ms);  // mid-epoch: a few steps in
+  auto killed = std::chrono::steady_clock::now();
+  ranks[1]->signal(SIGKILL);
+  int code = ranks[0]->wait(30s);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  std::string out = ranks[0]->output();
+  EXPECT_EQ(code, 10) << out;
+  EXPECT_LT(seconds, 15) << "rank 0 took " << seconds << " s to notice";
+  EXPECT_NE(out.find("shoal: error: the job failed (peer lost): lost worker.1 (rank 1)"), std::string::npos) << out;
+}
+
+// The same with the MPI backend, launched by `shoal launch --local` (through mpirun): Open MPI
+// ends every rank once one dies and names it; the launcher exits non-zero.
+TEST(SyncFailure, MpiRankKilledMidEpochEndsTheLaunchNonZero) {
+  std::vector<std::string> argv{kShoal, "launch"};
+  auto job = small_job("mpi", 60000);
+  argv.insert(argv.end(), job.begin(), job.end());
+  argv.push_back("--local");
+  Subprocess launch(argv);
+  std::smatch m;
+  ASSERT_TRUE(wait_for_output(launch, std::regex(R"(\[worker\.1 [^:\]]+:(\d+)\] training epoch 1)"), 2min, &m))
+      << launch.output();
+  pid_t pid = static_cast<pid_t>(std::stol(m[1].str()));
+  std::this_thread::sleep_for(300ms);
+  auto killed = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int code = launch.wait(60s);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  std::string out = launch.output();
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(code, -1) << "the launch hung\n" << out;
+  EXPECT_LT(seconds, 30) << out;
+  EXPECT_TRUE(out.find("process rank 1") != std::string::npos || out.find("lost worker.1 (rank 1)") != std::string::npos)
+      << out;
+}
+
+}  // namespace
+}  // namespace shoal
