@@ -64,85 +64,86 @@ std::vector<char> RendezvousStore::get(const std::string& key, std::chrono::dura
   }
 }
 
+ThreadedCollective::ThreadedCollective() : s_(std::make_shared<Shared>()) {}
+
 ThreadedCollective::~ThreadedCollective() {
-  // Subclasses call stop() in their destructor (their calls must not run on a half-destroyed
-  // object); this is the backstop.
+  // Subclasses call stop() in their destructor (their calls must not start on a half-
+  // destroyed object); this is the backstop.
   if (thread_.joinable()) thread_.detach();
 }
 
-void ThreadedCollective::start() { thread_ = std::thread(&ThreadedCollective::loop, this); }
+void ThreadedCollective::start() { thread_ = std::thread(&ThreadedCollective::loop, s_); }
 
 void ThreadedCollective::stop() {
   if (!thread_.joinable()) return;
   bool stuck;
   {
-    std::unique_lock lock(mutex_);
-    stopping_ = true;
-    cv_.notify_all();
+    std::unique_lock lock(s_->mutex);
+    s_->stopping = true;
+    s_->cv.notify_all();
     // After an abort the call in progress was interrupted (Gloo: connections closed) and
-    // returns at once; one blocked on a dead peer may never return (MPI).
-    if (aborted_) cv_.wait_for(lock, std::chrono::seconds(2), [this] { return !busy_; });
-    stuck = busy_;
+    // usually returns at once; one blocked on a dead peer may not return before its timeout.
+    if (s_->aborted) s_->cv.wait_for(lock, std::chrono::seconds(2), [this] { return !s_->busy; });
+    stuck = s_->busy;
   }
   if (stuck) {
-    // A call blocked on a dead peer may never return; it holds no pointer the process still
-    // needs once the world is abandoned, so the thread is left to the process's exit.
+    // The thread and its call own what they use; they end on their own (or with the process).
     thread_.detach();
   } else {
     thread_.join();
   }
 }
 
-WorkHandle ThreadedCollective::enqueue(std::string what, std::function<void()> run) {
+WorkHandle ThreadedCollective::enqueue(std::string what, Call run) {
   auto work = std::make_shared<Work>(std::move(what));
   {
-    std::lock_guard lock(mutex_);
-    if (aborted_) {
-      work->abort(*aborted_);
+    std::lock_guard lock(s_->mutex);
+    if (s_->aborted) {
+      work->abort(*s_->aborted);
       return work;
     }
-    queue_.push_back(Op{work, std::move(run)});
+    s_->queue.push_back(Op{work, std::move(run)});
   }
-  cv_.notify_all();
+  s_->cv.notify_all();
   return work;
 }
 
 WorkHandle ThreadedCollective::all_reduce(std::span<float> data, ReduceOp op, std::string what) {
-  return enqueue(std::move(what), [this, data, op] { run_all_reduce(data, op); });
+  return enqueue(std::move(what), all_reduce_call(data, op));
 }
 
 WorkHandle ThreadedCollective::broadcast(std::span<float> data, int root, std::string what) {
   SHOAL_REQUIRE(root >= 0 && root < size(), InternalError, "broadcast root " << root << " outside the world");
-  return enqueue(std::move(what), [this, data, root] { run_broadcast(data, root); });
+  return enqueue(std::move(what), broadcast_call(data, root));
 }
 
 void ThreadedCollective::abort(const std::string& why) {
   std::deque<Op> dropped;
   WorkHandle running;
   {
-    std::lock_guard lock(mutex_);
-    if (aborted_) return;
-    aborted_ = why;
-    dropped.swap(queue_);
-    running = running_;
+    std::lock_guard lock(s_->mutex);
+    if (s_->aborted) return;
+    s_->aborted = why;
+    dropped.swap(s_->queue);
+    running = s_->running;
   }
-  cv_.notify_all();
+  s_->cv.notify_all();
   for (auto& op : dropped) op.work->abort(why);
   if (running) running->abort(why);
   interrupt();
 }
 
-void ThreadedCollective::loop() {
+void ThreadedCollective::loop(std::shared_ptr<Shared> s) {
   while (true) {
     Op op;
     {
-      std::unique_lock lock(mutex_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty() || aborted_) return;  // stopping, nothing left (or nothing that can succeed)
-      op = std::move(queue_.front());
-      queue_.pop_front();
-      running_ = op.work;
-      busy_ = true;
+      std::unique_lock lock(s->mutex);
+      s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
+      if (s->queue.empty() || s->aborted) return;  // stopping, nothing left (or nothing that can succeed)
+      op = std::move(s->queue.front());
+      s->queue.pop_front();
+      s->running = op.work;
+      s->busy = true;
     }
     std::exception_ptr error;
     try {
@@ -156,16 +157,17 @@ void ThreadedCollective::loop() {
     } catch (...) {
       error = std::make_exception_ptr(CollectiveError(op.work->what() + " failed"));
     }
+    op.run = nullptr;  // releases what the call held
     {
-      std::lock_guard lock(mutex_);
-      running_.reset();
-      busy_ = false;
-      cv_.notify_all();
+      std::lock_guard lock(s->mutex);
+      s->running.reset();
+      s->busy = false;
+      s->cv.notify_all();
       // After a failure nothing later can succeed: the ranks no longer agree on the order.
-      if (error && !aborted_) {
-        aborted_ = failure_of(error).message;
-        for (auto& queued : queue_) queued.work->abort(*aborted_);
-        queue_.clear();
+      if (error && !s->aborted) {
+        s->aborted = failure_of(error).message;
+        for (auto& queued : s->queue) queued.work->abort(*s->aborted);
+        s->queue.clear();
       }
     }
     op.work->finish(error);

@@ -83,23 +83,27 @@ class Collective {
 };
 
 // A collective whose operations run one after another on a thread of its own (MPI, Gloo:
-// their calls block). Subclasses implement the blocking calls.
+// their calls block). Subclasses turn each operation into a blocking call. The thread and the
+// calls own what they use (shared pointers, handles by value): after an abort, a call blocked
+// on a dead peer may outlive the collective, so it must not touch the collective itself.
 class ThreadedCollective : public Collective {
  public:
+  using Call = std::function<void()>;
   ~ThreadedCollective() override;
   WorkHandle all_reduce(std::span<float> data, ReduceOp op, std::string what) override;
   WorkHandle broadcast(std::span<float> data, int root, std::string what) override;
   void abort(const std::string& why) override;
 
  protected:
+  ThreadedCollective();
   // Starts the thread; call at the end of the subclass's constructor.
   void start();
   // Stops the thread: waits for queued operations to finish, unless aborted (then a thread
   // stuck in a call is left behind, detached, and its operations failed).
   void stop();
-  // Blocking calls, on the thread.
-  virtual void run_all_reduce(std::span<float> data, ReduceOp op) = 0;
-  virtual void run_broadcast(std::span<float> data, int root) = 0;
+  // The blocking calls, run on the thread.
+  virtual Call all_reduce_call(std::span<float> data, ReduceOp op) = 0;
+  virtual Call broadcast_call(std::span<float> data, int root) = 0;
   // Called from abort() on the caller's thread: make a blocked call return (e.g. close the
   // connections). May do nothing.
   virtual void interrupt() {}
@@ -107,17 +111,20 @@ class ThreadedCollective : public Collective {
  private:
   struct Op {
     WorkHandle work;
-    std::function<void()> run;
+    Call run;
   };
-  WorkHandle enqueue(std::string what, std::function<void()> run);
-  void loop();
+  struct Shared {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::deque<Op> queue;
+    std::optional<std::string> aborted;
+    bool stopping = false, busy = false;
+    WorkHandle running;
+  };
+  WorkHandle enqueue(std::string what, Call run);
+  static void loop(std::shared_ptr<Shared> s);
 
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Op> queue_;
-  std::optional<std::string> aborted_;
-  bool stopping_ = false, busy_ = false;
-  WorkHandle running_;
+  std::shared_ptr<Shared> s_;
   std::thread thread_;
 };
 

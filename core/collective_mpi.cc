@@ -117,27 +117,30 @@ class MpiCollective final : public ThreadedCollective {
   }
 
  protected:
-  void run_all_reduce(std::span<float> data, ReduceOp op) override {
-    // MPI counts are ints: cut larger buffers.
-    constexpr std::size_t kMaxCount = INT_MAX / 2;
-    for (std::size_t at = 0; at < data.size(); at += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, data.size() - at));
-      mpi::check(MPI_Allreduce(MPI_IN_PLACE, data.data() + at, count, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce");
-    }
-    if (op == ReduceOp::average && world_.size > 1) {
-      const float inv = 1.f / static_cast<float>(world_.size);
-      for (float& v : data) v *= inv;
-    }
+  Call all_reduce_call(std::span<float> data, ReduceOp op) override {
+    return [comm = comm_, size = world_.size, data, op] {
+      // MPI counts are ints: cut larger buffers.
+      for (std::size_t at = 0; at < data.size(); at += kMaxCount) {
+        int count = static_cast<int>(std::min(kMaxCount, data.size() - at));
+        mpi::check(MPI_Allreduce(MPI_IN_PLACE, data.data() + at, count, MPI_FLOAT, MPI_SUM, comm), "MPI_Allreduce");
+      }
+      if (op == ReduceOp::average && size > 1) {
+        const float inv = 1.f / static_cast<float>(size);
+        for (float& v : data) v *= inv;
+      }
+    };
   }
-  void run_broadcast(std::span<float> data, int root) override {
-    constexpr std::size_t kMaxCount = INT_MAX / 2;
-    for (std::size_t at = 0; at < data.size(); at += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, data.size() - at));
-      mpi::check(MPI_Bcast(data.data() + at, count, MPI_FLOAT, root, comm_), "MPI_Bcast");
-    }
+  Call broadcast_call(std::span<float> data, int root) override {
+    return [comm = comm_, data, root] {
+      for (std::size_t at = 0; at < data.size(); at += kMaxCount) {
+        int count = static_cast<int>(std::min(kMaxCount, data.size() - at));
+        mpi::check(MPI_Bcast(data.data() + at, count, MPI_FLOAT, root, comm), "MPI_Bcast");
+      }
+    };
   }
 
  private:
+  static constexpr std::size_t kMaxCount = INT_MAX / 2;
   MPI_Comm comm_ = MPI_COMM_NULL;
   WorldInfo world_;
 };
