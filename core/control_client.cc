@@ -273,6 +273,29 @@ std::optional<std::vector<char>> ControlClient::store_get(const std::string& key
   return std::vector<char>(reinterpret_cast<const char*>(data.begin()), reinterpret_cast<const char*>(data.end()));
 }
 
+void CoordinatorStore::set(const std::string& key, const std::vector<char>& value) {
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_);
+  while (true) {
+    try {
+      return client_.store_set(key, value);
+    } catch (const DetachedError&) {
+      throw;
+    } catch (const TimeoutError&) {
+      if (std::chrono::steady_clock::now() >= give_up) throw;
+    }
+  }
+}
+
+std::optional<std::vector<char>> CoordinatorStore::try_get(const std::string& key) {
+  try {
+    return client_.store_get(key);
+  } catch (const DetachedError&) {
+    throw;
+  } catch (const TimeoutError&) {
+    return std::nullopt;
+  }
+}
+
 bool ControlClient::leave() {
   Outgoing msg = make();
   msg.body().setLeave();

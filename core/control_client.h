@@ -96,15 +96,18 @@ class ControlClient {
 };
 
 // The coordinator's store as a RendezvousStore (for forming Gloo and NCCL worlds). Uses the
-// client from the calling thread only.
+// client from the calling thread only. Both operations are idempotent, so a request lost on
+// the way (or its reply) is sent again, until `deadline` after the first attempt.
 class CoordinatorStore final : public RendezvousStore {
  public:
-  explicit CoordinatorStore(ControlClient& client) : client_(client) {}
-  void set(const std::string& key, const std::vector<char>& value) override { client_.store_set(key, value); }
-  std::optional<std::vector<char>> try_get(const std::string& key) override { return client_.store_get(key); }
+  CoordinatorStore(ControlClient& client, Seconds deadline) : client_(client), deadline_(deadline) {}
+  void set(const std::string& key, const std::vector<char>& value) override;
+  // A request that timed out reads as "absent": get() asks again.
+  std::optional<std::vector<char>> try_get(const std::string& key) override;
 
  private:
   ControlClient& client_;
+  Seconds deadline_;
 };
 
 // Heartbeats from a background thread with its own socket. The thread never lets an

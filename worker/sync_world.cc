@@ -86,7 +86,8 @@ std::string host_address(const std::string& interface) {
 std::string address_towards(const std::string& zmq_address) {
   // "tcp://HOST:PORT" -> HOST, resolved; a UDP socket "connected" there names the local
   // address the kernel routes from (no packet is sent).
-  std::string rest = zmq_address.rfind("tcp://", 0) == 0 ? zmq_address.substr(6) : zmq_address;
+  if (zmq_address.rfind("tcp://", 0) != 0) return "127.0.0.1";  // inproc://, ipc://: this host
+  std::string rest = zmq_address.substr(6);
   auto colon = rest.rfind(':');
   std::string host = colon == std::string::npos ? rest : rest.substr(0, colon);
   if (host.empty() || host == "*" || host == "0.0.0.0") return host_address("");
@@ -138,7 +139,7 @@ std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobCon
     mpi::init();
     return make_mpi_collective();
   }
-  CoordinatorStore store(control);
+  CoordinatorStore store(control, Seconds(config.sync_timeout_seconds));
   std::string prefix = "gen" + std::to_string(generation) + "/" + setup.backend + "/";
 #ifdef SHOAL_WITH_CUDA
   if (setup.backend == "nccl")

@@ -47,6 +47,16 @@ void run_job_loop(JobContext& job) {
     strategy.leave();
     control.leave();
   };
+  // Failing on our own (a server that does not answer, a refused request): say goodbye, best
+  // effort, so the coordinator acts at once instead of waiting for our heartbeats to stop.
+  auto failed_on_our_own = [&](const Error& e) {
+    SHOAL_LOG(log, error, "failed (" << exit_code_name(e.code()) << "); leaving the job: " << e.what());
+    try {
+      goodbye();
+    } catch (...) {
+      // Best effort: the error that brought us here is the one to report.
+    }
+  };
   auto leave = [&](const char* when) {
     goodbye();
     SHOAL_LOG(log, info, "stopped on request " << when << " after " << strategy.clock() << " steps; left the job");
@@ -111,16 +121,19 @@ void run_job_loop(JobContext& job) {
   } catch (const CollectiveError&) {
     // A peer failed, not us: saying goodbye would have the coordinator blame this rank.
     throw;
-  } catch (const Error& e) {
-    // Failing on our own (a server that does not answer, a refused request, a collective that
-    // broke): say goodbye, best effort, so the coordinator acts at once instead of waiting for
-    // our heartbeats to stop.
-    SHOAL_LOG(log, error, "failed (" << exit_code_name(e.code()) << "); leaving the job: " << e.what());
-    try {
-      goodbye();
-    } catch (...) {
-      // Best effort: the error that brought us here is the one to report.
+  } catch (const TimeoutError& e) {
+    // A request the coordinator never answered because the job ended meanwhile (it stops
+    // once every process has heard, from a heartbeat, that the job is over): the job's end
+    // decides, not the lost reply.
+    if (auto end = heartbeat.job_end()) {
+      if (end->code != ExitCode::ok) throw_job_failure(*end);
+      SHOAL_LOG(log, info, "stopping: the job is over (" << e.what() << ")");
+      return;
     }
+    failed_on_our_own(e);
+    throw;
+  } catch (const Error& e) {
+    failed_on_our_own(e);
     throw;
   }
 }

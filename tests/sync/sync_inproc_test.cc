@@ -1,0 +1,89 @@
+// Sync jobs inside this process: ranks as threads (rank 0 running the coordinator), a real Gloo
+// world on loopback TCP formed through the coordinator's store, faults injected on the control
+// traffic, ranks started in either order, a rank stopped mid-epoch. Built once more under
+// ThreadSanitizer with the other in-process tests.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "tests/support/inproc_cluster.h"
+
+namespace shoal {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::InprocCluster;
+using K = wire::Envelope::Body;
+
+constexpr int kPeerLost = static_cast<int>(ExitCode::peer_lost);
+
+JobConfig sync_job() {
+  JobConfig c = testing::small_job();
+  c.strategy = "sync";
+  c.sync_backend = "gloo";
+  c.servers = 0;
+  c.workers = 2;
+  c.batch_size = 25;
+  c.sync_timeout_seconds = 30;
+  return c;
+}
+
+TEST(InprocSync, JobRunsToTheEndThroughTheCoordinatorsStore) {
+  InprocCluster c(sync_job());
+  c.start_worker(0);
+  c.start_worker(1);
+  EXPECT_EQ(c.wait("worker.0", 120s), 0) << c.log().text();
+  EXPECT_EQ(c.wait("worker.1", 30s), 0) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"all-reduce over gloo", "rank 1 of 2"}, 0ms)) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"job finished", "24 steps"}, 0ms)) << c.log().text();  // 1200 / (2 x 25)
+}
+
+// Rank 1 first: it knocks on a coordinator that rank 0 has not started yet.
+TEST(InprocSync, RanksStartInEitherOrder) {
+  InprocCluster c(sync_job());
+  c.start_worker(1);
+  ASSERT_TRUE(c.log().wait_for({"waiting for the coordinator", "(attempt 2)"}, 30s)) << c.log().text();
+  c.start_worker(0);
+  EXPECT_EQ(c.wait("worker.0", 120s), 0) << c.log().text();
+  EXPECT_EQ(c.wait("worker.1", 30s), 0) << c.log().text();
+}
+
+// The control traffic a sync job depends on, lost, duplicated and late: store reads lost and
+// retried, every store write delivered twice, registrations twice and late, lease requests
+// late. The job still completes.
+TEST(InprocSync, StoreAndControlFaultsAreSurvived) {
+  FaultPlan faults;
+  faults.add({K::STORE_GET, FaultAction::drop, "worker.1", 2});
+  faults.add({K::STORE_SET, FaultAction::duplicate, "", -1});
+  faults.add({K::REGISTER, FaultAction::duplicate, "", -1});
+  faults.add({K::REGISTER, FaultAction::delay, "", 2, 200ms});
+  faults.add({K::LEASE_REQUEST, FaultAction::delay, "worker.0", 3, 100ms});
+  JobConfig job = sync_job();
+  job.request_timeout_seconds = 1;
+  InprocCluster c(job, &faults);
+  c.start_worker(0);
+  c.start_worker(1);
+  EXPECT_EQ(c.wait("worker.0", 120s), 0) << c.log().text();
+  EXPECT_EQ(c.wait("worker.1", 30s), 0) << c.log().text();
+  EXPECT_EQ(faults.applied(0), 2) << "no store read was lost: the test proves nothing";
+  EXPECT_GE(faults.applied(1), 2);
+}
+
+// A rank asked to stop (SIGTERM) mid-epoch leaves; the other hears from the coordinator that
+// the job failed, naming the rank, instead of waiting on its all-reduce.
+TEST(InprocSync, RankStoppedMidEpochEndsTheJobForTheOthers) {
+  JobConfig job = sync_job();
+  job.train_limit = 12000;
+  job.epochs = 3;
+  InprocCluster c(job);
+  c.start_worker(0);
+  c.start_worker(1);
+  ASSERT_TRUE(c.log().wait_for({"training epoch 1"}, 60s)) << c.log().text();
+  c.stop_worker(1);
+  EXPECT_EQ(c.wait("worker.1", 30s), 0) << c.log().text();
+  EXPECT_EQ(c.wait("worker.0", 30s), kPeerLost) << c.log().text();
+  EXPECT_NE(c.failure("worker.0").find("lost worker.1 (rank 1), left the job"), std::string::npos)
+      << c.failure("worker.0");
+}
+
+}  // namespace
+}  // namespace shoal
