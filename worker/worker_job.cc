@@ -115,7 +115,7 @@ void run_job_loop(JobContext& job) {
       samples += s.count;
     }
   } catch (const StopRequested&) {
-    return leave("while waiting for its peers");
+    return leave("while waiting for parameters or for its peers");
   } catch (const DetachedError&) {
     throw;  // the job failed, or we were dropped from it: nobody to say goodbye to
   } catch (const CollectiveError&) {
