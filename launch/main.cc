@@ -30,11 +30,14 @@ const char* kUsage =
     "commands:\n"
     "  train JOB.ini     train in this process and report test accuracy after every epoch\n"
     "  launch JOB.ini --local\n"
-    "                    run a whole asynchronous job here: coordinator, cluster.servers\n"
-    "                    parameter servers and cluster.workers workers as processes on loopback\n"
+    "                    run a whole job here: async (coordinator, cluster.servers parameter\n"
+    "                    servers, cluster.workers workers as processes on loopback) or sync\n"
+    "                    (cluster.workers ranks, through mpirun for sync.backend = mpi)\n"
     "  coordinator JOB.ini  the control plane of an asynchronous job\n"
     "  ps JOB.ini        one parameter-server shard (node.rank, node.address)\n"
-    "  worker JOB.ini    one worker of an asynchronous job (node.rank)\n"
+    "  worker JOB.ini    one worker: async (node.rank), or a rank of a sync job; under\n"
+    "                    mpirun -np N, rank and world come from Open MPI and rank 0 runs\n"
+    "                    the coordinator\n"
     "  config JOB.ini    check a job file and print the effective configuration\n"
     "  config --markdown print the settings table of docs/configuration.md\n"
     "  version           print the version and what this build can use (CUDA, cuDNN, NCCL)\n"
@@ -115,7 +118,8 @@ int run(int argc, char** argv) {
                   command << " takes one job file, got extra operand '" << loaded.positional.front() << "'");
     if (command == "launch") {
       SHOAL_REQUIRE(local, ConfigError,
-                    "launch needs --local (launching under mpirun or Kubernetes is not supported yet)");
+                    "launch needs --local (across hosts: mpirun -np N shoal worker JOB.ini, docs/deploy-mpirun.md; "
+                    "Kubernetes is not supported yet)");
       // The coordinator prints the effective configuration.
       std::vector<std::string> overrides;
       for (const auto& a : args)
