@@ -15,47 +15,25 @@ mean and standard deviation.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 
-DATA = "/usr/share/datasets/fashion-mnist"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from torch_peer import BENCH, DATA, ROOT, machine, torch_env
 
 TORCH_WORKER = r"""
-import gzip, json, sys, time
-import numpy as np
+import json, sys, time
+sys.path.insert(0, sys.argv[6])
 import torch
 import torch.nn as nn
+import torch_peer
 
 model_name, threads, batch, seed, data = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
-
-def idx(path):
-    raw = gzip.open(path).read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-xtr = idx(f"{data}/train-images-idx3-ubyte.gz").astype(np.float32) / 255
-ytr = idx(f"{data}/train-labels-idx1-ubyte.gz").astype(np.int64)
-xte = idx(f"{data}/t10k-images-idx3-ubyte.gz").astype(np.float32) / 255
-yte = idx(f"{data}/t10k-labels-idx1-ubyte.gz").astype(np.int64)
-mean, std = xtr.mean(), xtr.std()
-xtr = torch.from_numpy((xtr - mean) / std).unsqueeze(1).contiguous()
-xte = torch.from_numpy((xte - mean) / std).unsqueeze(1).contiguous()
-ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
-
-if model_name == "mlp":
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                          nn.Linear(128, 10))
-else:
-    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+xtr, ytr, xte, yte = torch_peer.load_fashion_mnist(data)
+model = torch_peer.make_model(model_name)
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
 order = torch.randperm(len(xtr))
@@ -68,18 +46,14 @@ for i in range(0, len(xtr), batch):
     loss.backward()
     opt.step()
 seconds = time.perf_counter() - start
-model.eval()
-with torch.no_grad():
-    correct = sum((model(xte[i:i + 1000]).argmax(1) == yte[i:i + 1000]).sum().item() for i in range(0, len(xte), 1000))
-print(json.dumps({"samples_per_second": len(xtr) / seconds, "test_accuracy": correct / len(xte),
+print(json.dumps({"samples_per_second": len(xtr) / seconds, "test_accuracy": torch_peer.test_accuracy(model, xte, yte),
                   "torch": torch.__version__}))
 """
 
 
 def run_pytorch(model, threads, batch, seed):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", TORCH_WORKER, model, str(threads), str(batch), str(seed), DATA],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", TORCH_WORKER, model, str(threads), str(batch), str(seed), DATA, BENCH],
+                         env=torch_env(threads), check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -123,7 +97,7 @@ def main():
                      min(torch_rates), max(torch_rates)))
 
     print(f"# training throughput, Fashion-MNIST, 1 epoch, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.runs} runs; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"median of {args.runs} runs; {machine()}; "
           f"PyTorch {torch_version}")
     print(f"| model | Shoal samples/s | PyTorch samples/s | Shoal / PyTorch | Shoal test acc | PyTorch test acc "
           f"| Shoal range | PyTorch range |")
