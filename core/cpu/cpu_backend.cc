@@ -115,6 +115,7 @@ struct PoolEntry {
   dnnl::pooling_forward::primitive_desc fwd_pd;
   dnnl::pooling_forward fwd;
   std::optional<dnnl::pooling_backward> bwd;
+  Staged src, dst, diff_dst, diff_src;  // the plain tensors <-> the layout the primitives use
 };
 
 struct NormEntry {
@@ -401,24 +402,96 @@ class CpuBackend final : public Backend {
                      window_output_size(xs[3], p.kernel, p.stride, p.pad)};
     auto algo = p.kind == PoolKind::max ? dnnl::algorithm::pooling_max : dnnl::algorithm::pooling_avg_exclude_padding;
     auto entry = std::make_unique<PoolEntry>();
-    entry->fwd_pd = dnnl::pooling_forward::primitive_desc(
-        dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algo, plain_desc(src), plain_desc(dst),
-                                    {p.stride, p.stride}, {p.kernel, p.kernel}, {p.pad, p.pad}, {p.pad, p.pad}),
-        engine_);
+    auto build = [&](const memory::desc& s, const memory::desc& d) {
+      entry->fwd_pd = dnnl::pooling_forward::primitive_desc(
+          dnnl::pooling_forward::desc(dnnl::prop_kind::forward_training, algo, s, d, {p.stride, p.stride},
+                                      {p.kernel, p.kernel}, {p.pad, p.pad}, {p.pad, p.pad}),
+          engine_);
+    };
+    build(plain_desc(src), plain_desc(dst));
+    // Where oneDNN has no vectorised pooling for plain NCHW (2.6 on AVX2: "simple_nchw", 25x
+    // slower than its JIT kernel on 8-channel blocks, and half of a `cnn` step), pool in the
+    // blocked layout and reorder at the edges.
+    const std::string impl = entry->fwd_pd.impl_info_str();
+    if ((impl.find("simple") != std::string::npos || impl.find("ref") != std::string::npos) && xs[1] % 8 == 0)
+      build(memory::desc(src, dt::f32, tag::aBcd8b), memory::desc(dst, dt::f32, tag::aBcd8b));
     entry->fwd = dnnl::pooling_forward(entry->fwd_pd);
     dnnl::pooling_backward::primitive_desc bpd(
-        dnnl::pooling_backward::desc(algo, plain_desc(src), plain_desc(dst), {p.stride, p.stride}, {p.kernel, p.kernel},
-                                     {p.pad, p.pad}, {p.pad, p.pad}),
+        dnnl::pooling_backward::desc(algo, entry->fwd_pd.src_desc(), entry->fwd_pd.dst_desc(), {p.stride, p.stride},
+                                     {p.kernel, p.kernel}, {p.pad, p.pad}, {p.pad, p.pad}),
         engine_, entry->fwd_pd);
     entry->bwd = dnnl::pooling_backward(bpd);
+    entry->src = Staged(plain_desc(src), entry->fwd_pd.src_desc(), engine_);
+    entry->dst = Staged(plain_desc(dst), entry->fwd_pd.dst_desc(), engine_);
+    entry->diff_dst = Staged(plain_desc(dst), bpd.diff_dst_desc(), engine_);
+    entry->diff_src = Staged(plain_desc(src), bpd.diff_src_desc(), engine_);
     return *pools_.emplace(key, std::move(entry)).first->second;
+  }
+
+  // Max pooling with non-overlapping windows and no padding (2x2 stride 2, the zoo's pooling):
+  // a plain loop over NCHW, 8x faster here than oneDNN 2.6's kernels with the reorders they
+  // need on AVX2 (measured: 0.5 vs 4.2 ms forward for 64x32x28x28). The workspace holds each
+  // output's winning offset within its window; the first maximum wins, as in oneDNN.
+  static bool simple_max_pool(const PoolParams& p) {
+    return p.kind == PoolKind::max && p.kernel == p.stride && p.pad == 0 && p.kernel <= 15;
+  }
+
+  void simple_max_pool_forward(const Tensor& x, Tensor& y, Tensor& workspace, int k) {
+    const Shape& xs = x.shape();
+    const std::int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3];
+    const std::int64_t oh = window_output_size(h, k, k, 0), ow = window_output_size(w, k, k, 0);
+    SHOAL_ASSERT(y.numel() == planes * oh * ow, "pool output " << y.describe());
+    if (workspace.numel() != y.numel()) workspace = Tensor::zeros(Shape{y.numel()}, DType::u8);
+    const float* in = x.data<float>();
+    float* out = y.data<float>();
+    std::uint8_t* arg = static_cast<std::uint8_t*>(workspace.raw());
+#pragma omp parallel for if (planes * h * w > 32768)
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+      const float* src = in + pl * h * w;
+      for (std::int64_t r = 0; r < oh; ++r)
+        for (std::int64_t c = 0; c < ow; ++c) {
+          const float* win = src + r * k * w + c * k;
+          float best = win[0];
+          int at = 0;
+          for (int i = 0; i < k; ++i)
+            for (int j = 0; j < k; ++j)
+              if (win[i * w + j] > best) {
+                best = win[i * w + j];
+                at = i * k + j;
+              }
+          const std::int64_t o = (pl * oh + r) * ow + c;
+          out[o] = best;
+          arg[o] = static_cast<std::uint8_t>(at);
+        }
+    }
+  }
+
+  void simple_max_pool_backward(const Tensor& dy, const Tensor& workspace, Tensor& dx, int k) {
+    const Shape& xs = dx.shape();
+    const std::int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3];
+    const std::int64_t oh = window_output_size(h, k, k, 0), ow = window_output_size(w, k, k, 0);
+    SHOAL_ASSERT(workspace.numel() == dy.numel() && dy.numel() == planes * oh * ow, "pool workspace missing");
+    const float* g = dy.data<float>();
+    const std::uint8_t* arg = static_cast<const std::uint8_t*>(workspace.raw());
+    float* out = dx.data<float>();
+#pragma omp parallel for if (planes * h * w > 32768)
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+      float* dst = out + pl * h * w;
+      std::fill(dst, dst + h * w, 0.f);
+      for (std::int64_t r = 0; r < oh; ++r)
+        for (std::int64_t c = 0; c < ow; ++c) {
+          const std::int64_t o = (pl * oh + r) * ow + c;
+          dst[(r * k + arg[o] / k) * w + c * k + arg[o] % k] = g[o];
+        }
+    }
   }
 
   void pool_forward(const Tensor& x, Tensor& y, Tensor& workspace, const PoolParams& p, bool /*training*/) override {
     use_threads();
+    if (simple_max_pool(p)) return simple_max_pool_forward(x, y, workspace, p.kernel);
     PoolEntry& e = pool_entry(x.shape(), p);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.fwd_pd.src_desc(), engine_, x.raw())},
-                                         {DNNL_ARG_DST, memory(e.fwd_pd.dst_desc(), engine_, y.raw())}};
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.src.input(stream_, x.raw())},
+                                         {DNNL_ARG_DST, e.dst.output(y.raw())}};
     SHOAL_ASSERT(y.numel() * 4 == static_cast<std::int64_t>(e.fwd_pd.dst_desc().get_size()),
                  "pool output " << y.describe());
     std::size_t ws_bytes = e.fwd_pd.workspace_desc().get_size();
@@ -428,20 +501,23 @@ class CpuBackend final : public Backend {
       args.emplace(DNNL_ARG_WORKSPACE, memory(e.fwd_pd.workspace_desc(), engine_, workspace.raw()));
     }
     e.fwd.execute(stream_, args);
+    e.dst.finish(stream_, y.raw());
     stream_.wait();
   }
 
   void pool_backward(const Tensor& x, const Tensor& /*y*/, const Tensor& dy, const Tensor& workspace, Tensor& dx,
                      const PoolParams& p) override {
     use_threads();
+    if (simple_max_pool(p)) return simple_max_pool_backward(dy, workspace, dx, p.kernel);
     PoolEntry& e = pool_entry(x.shape(), p);
-    std::unordered_map<int, memory> args{{DNNL_ARG_DIFF_DST, memory(e.fwd_pd.dst_desc(), engine_, dy.raw())},
-                                         {DNNL_ARG_DIFF_SRC, memory(e.fwd_pd.src_desc(), engine_, dx.raw())}};
+    std::unordered_map<int, memory> args{{DNNL_ARG_DIFF_DST, e.diff_dst.input(stream_, dy.raw())},
+                                         {DNNL_ARG_DIFF_SRC, e.diff_src.output(dx.raw())}};
     if (e.fwd_pd.workspace_desc().get_size() > 0) {
       SHOAL_ASSERT(workspace.bytes() == e.fwd_pd.workspace_desc().get_size(), "pool workspace missing");
       args.emplace(DNNL_ARG_WORKSPACE, memory(e.fwd_pd.workspace_desc(), engine_, workspace.raw()));
     }
     e.bwd->execute(stream_, args);
+    e.diff_src.finish(stream_, dx.raw());
     stream_.wait();
   }
 
