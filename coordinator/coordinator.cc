@@ -41,8 +41,9 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
   SHOAL_LOG(log_, info,
             "listening on " << socket_.endpoint() << "; model " << config.model << " has " << model_elements_
                             << " parameters; " << train_samples_ << " training samples; "
-                            << (sync_ ? "sync job, waiting for " : "waiting for ") << servers_wanted_
-                            << " servers and " << config.workers << " workers");
+                            << (sync_ ? "sync job, waiting for " + std::to_string(config.workers) + " ranks"
+                                      : "waiting for " + std::to_string(config.servers) + " servers and " +
+                                            std::to_string(config.workers) + " workers"));
 }
 
 void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message) {
@@ -150,10 +151,15 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
       registrations_[reg.getNonce()] = m.id;
       reply_register(in, m);
-      SHOAL_LOG(log_, info,
-                "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
-                              << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
-                              << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
+      if (sync_)
+        SHOAL_LOG(log_, info,
+                  "registered " << m.id << " as rank " << m.rank << " (" << members_.count(wire::Role::WORKER, true)
+                                << "/" << config_.workers << " ranks)");
+      else
+        SHOAL_LOG(log_, info,
+                  "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
+                                << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
+                                << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
     } catch (const ProtocolError& e) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
     }

@@ -12,31 +12,14 @@
 
 #include "core/collective.h"
 #include "core/collective_gloo.h"
+#include "tests/support/memory_store.h"
 
 namespace shoal {
 namespace {
 
 using namespace std::chrono_literals;
 
-// A RendezvousStore in memory, shared by the threads of one test (the coordinator's store is
-// exercised by the process tests).
-class MemoryStore final : public RendezvousStore {
- public:
-  void set(const std::string& key, const std::vector<char>& value) override {
-    std::lock_guard lock(mutex_);
-    map_[key] = value;
-  }
-  std::optional<std::vector<char>> try_get(const std::string& key) override {
-    std::lock_guard lock(mutex_);
-    auto it = map_.find(key);
-    if (it == map_.end()) return std::nullopt;
-    return it->second;
-  }
-
- private:
-  std::mutex mutex_;
-  std::map<std::string, std::vector<char>> map_;
-};
+using testing::MemoryStore;
 
 // Forms a Gloo world of `n` ranks (each in its own thread, as they must join together).
 std::vector<std::unique_ptr<Collective>> gloo_world(MemoryStore& store, int n, double timeout_s = 20,

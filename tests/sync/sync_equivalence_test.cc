@@ -11,28 +11,13 @@
 #include <thread>
 
 #include "core/collective_gloo.h"
+#include "tests/support/memory_store.h"
 #include "tests/support/sync_steps.h"
 
 namespace shoal {
 namespace {
 
-class MemoryStore final : public RendezvousStore {
- public:
-  void set(const std::string& key, const std::vector<char>& value) override {
-    std::lock_guard lock(mutex_);
-    map_[key] = value;
-  }
-  std::optional<std::vector<char>> try_get(const std::string& key) override {
-    std::lock_guard lock(mutex_);
-    auto it = map_.find(key);
-    if (it == map_.end()) return std::nullopt;
-    return it->second;
-  }
-
- private:
-  std::mutex mutex_;
-  std::map<std::string, std::vector<char>> map_;
-};
+using testing::MemoryStore;
 
 // Every rank's parameters after the run, over Gloo.
 std::vector<std::vector<float>> run_gloo(const SyncRun& run) {
