@@ -44,8 +44,14 @@ for stage in "${stages[@]}"; do
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
       export UBSAN_OPTIONS="log_path=$here/../../$dir/reports/ubsan:print_stacktrace=1:halt_on_error=1"
+      # Jobs under mpirun: Open MPI's runtime keeps allocations past MPI_Finalize in components
+      # it has already unloaded, which LeakSanitizer can neither name nor suppress. They run
+      # with every address and UB check, without leak detection; the Gloo jobs keep it.
+      mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E '^Accuracy\.|SameSeedGivesTheSameMetrics|^SyncEquivalence\.'
+        -E "^Accuracy\.|SameSeedGivesTheSameMetrics|^SyncEquivalence\.|$mpi_tests"
+      ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
+        ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"
       ;;
     tsan)

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -195,7 +196,13 @@ TEST(MultiHost, SyncJobAcrossTwoNamespaceHostsWithEachBackend) {
                           " --sync.backend=" + backend +
                           " --model=mlp --train.epochs=1 --data.train_limit=4096 --data.test_limit=1000"
                           " --threads=1 --progress=off";
-    auto r = testing::run({"/bin/bash", script, "--", "/bin/sh", "-c", command}, {}, 4min);
+    std::vector<std::string> argv{"/bin/bash", script};
+    // Host 2 starts from a clean environment, as ssh gives: the sanitizer stage's settings go
+    // along explicitly.
+    for (const char* name : {"ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS"})
+      if (std::getenv(name) != nullptr) argv.insert(argv.end(), {"-x", name});
+    argv.insert(argv.end(), {"--", "/bin/sh", "-c", command});
+    auto r = testing::run(argv, {}, 4min);
     if (r.exit_code == 77) GTEST_SKIP() << "network namespaces unavailable: " << r.output;
     EXPECT_EQ(r.exit_code, 0) << backend << "\n" << r.output;
     EXPECT_NE(r.output.find("all-reduce over " + backend), std::string::npos) << r.output;
