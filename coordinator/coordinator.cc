@@ -331,7 +331,9 @@ void Coordinator::check_liveness(Clock::time_point now) {
   for (const auto& id : members_.expire(now)) {
     const Member* m = members_.find(id);
     if (m->role == wire::Role::WORKER) {
-      worker_gone(id, "declared dead (no heartbeat for " + std::to_string(config_.dead_after_seconds) + " s)");
+      std::ostringstream how;
+      how << "declared dead (no heartbeat for " << config_.dead_after_seconds << " s)";
+      worker_gone(id, how.str());
     } else if (m->role == wire::Role::SERVER && table_) {
       end_job(ExitCode::peer_lost, "parameter server " + id +
                                        " stopped answering heartbeats; the job cannot continue without it "

@@ -179,9 +179,15 @@ TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed) {
   return o;
 }
 
-// Registers and waits for the job to start; nothing if stopped first (already logged).
-std::optional<std::string> join_job(ControlClient& control, const JobConfig& config, int rank, Logger& log,
-                                    const std::atomic<bool>* stop) {
+struct Joined {
+  std::string id;
+  PartitionTable table;
+};
+
+// Registers, then waits for the job to start (the table); nothing if stopped first (logged,
+// and the coordinator told).
+std::optional<Joined> join_job(ControlClient& control, const JobConfig& config, int rank, Logger& log,
+                               const std::atomic<bool>* stop) {
   Seconds startup(config.startup_timeout_seconds);
   auto registered = control.register_node(wire::Role::WORKER, rank, "", startup, stop);
   if (!registered) {
@@ -189,7 +195,23 @@ std::optional<std::string> join_job(ControlClient& control, const JobConfig& con
     return std::nullopt;
   }
   log = log.with_role(*registered);
-  return registered;
+  // The coordinator ends the job (and says so) if the cluster does not assemble within the
+  // start-up timeout; this deadline is only a backstop for a coordinator that went silent.
+  auto fetched = control.fetch_table(2 * startup, stop);
+  if (!fetched) {
+    control.leave();
+    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
+    return std::nullopt;
+  }
+  return Joined{*registered, *fetched};
+}
+
+// Ends a wait when the job failed or the coordinator is gone.
+std::function<void()> job_watch(Heartbeat& heartbeat) {
+  return [&heartbeat] {
+    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    heartbeat.check();
+  };
 }
 
 void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
@@ -197,18 +219,10 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
-  auto id = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
-  if (!id) return;
-  // The coordinator ends the job (and says so) if the cluster does not assemble within the
-  // start-up timeout; this deadline is only a backstop for a coordinator that went silent.
-  auto fetched = control.fetch_table(2 * startup, stop);
-  if (!fetched) {
-    control.leave();
-    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
-    return;
-  }
-  const PartitionTable& table = *fetched;
-  Heartbeat heartbeat(network, config.coordinator_address, *id, log, Seconds(config.heartbeat_seconds),
+  auto joined = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
+  if (!joined) return;
+  const std::string& id = joined->id;
+  Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
 
   AsyncPsOptions options;
@@ -216,17 +230,14 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   options.request_timeout = timeout;
   options.startup_timeout = startup;
   options.stop = stop;
-  options.watch = [&heartbeat] {
-    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
-    heartbeat.check();
-  };
-  AsyncPsStrategy strategy(network, table, *id, *l.model, log, options);
+  options.watch = job_watch(heartbeat);
+  AsyncPsStrategy strategy(network, joined->table, id, *l.model, log, options);
   SHOAL_LOG(log, info, "registered; " << strategy.describe() << "; backend " << l.backend->describe());
 
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
   // Dropout differs per worker.
-  Trainer trainer(*l.backend, *l.model, strategy, l.norm, trainer_options(config, hash_combine(config.seed, hash_string(*id))),
+  Trainer trainer(*l.backend, *l.model, strategy, l.norm, trainer_options(config, hash_combine(config.seed, hash_string(id))),
                   log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
@@ -268,19 +279,13 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
-  auto id = join_job(control, config, setup.world.rank, log, stop);
-  if (!id) return;
-  auto fetched = control.fetch_table(2 * startup, stop);
-  if (!fetched) {
-    control.leave();
-    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
-    return;
-  }
-  Heartbeat heartbeat(network, config.coordinator_address, *id, log, Seconds(config.heartbeat_seconds),
+  auto joined = join_job(control, config, setup.world.rank, log, stop);
+  if (!joined) return;
+  const std::string& id = joined->id;
+  Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
-  auto watch = [&heartbeat, stop] {
-    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
-    heartbeat.check();
+  auto watch = [job = job_watch(heartbeat), stop] {
+    job();
     if (stop != nullptr && stop->load()) throw StopRequested{};
   };
   std::unique_ptr<Collective> collective;
@@ -297,7 +302,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   options.watch = watch;
   SyncAllReduceStrategy strategy(*l.backend, *l.model, Optimizer(config.optimizer), *collective, log, options);
   SHOAL_LOG(log, info,
-            "registered as " << *id << "; " << strategy.describe() << " (" << setup.why << "); backend "
+            "registered as " << id << "; " << strategy.describe() << " (" << setup.why << "); backend "
                              << l.backend->describe());
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
