@@ -387,7 +387,7 @@ void Coordinator::report_epochs(Clock::time_point now) {
 CoordinatorResult Coordinator::run() {
   started_ = Clock::now();
   auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
-  std::optional<Clock::time_point> end_deadline;
+  std::optional<Clock::time_point> end_deadline, told_at;
   while (true) {
     auto in = socket_.receive(std::chrono::milliseconds(20));
     auto now = Clock::now();
@@ -426,7 +426,11 @@ CoordinatorResult Coordinator::run() {
     // Every member hears how the job ended (in its next heartbeat, lease or table request);
     // one that never asks again is not waited for past two liveness periods.
     if (!end_deadline) end_deadline = now + 2 * ms(config_.dead_after_seconds + config_.heartbeat_seconds);
-    if (everyone_told() || now > *end_deadline) break;
+    // "Told" means the reply was sent, not that it arrived: keep answering for two more
+    // heartbeat periods, so a reply still on its way is delivered and a process whose
+    // heartbeat crossed ours hears the job's end, instead of finding the coordinator gone.
+    if (everyone_told() && !told_at) told_at = now;
+    if ((told_at && now > *told_at + 2 * ms(config_.heartbeat_seconds)) || now > *end_deadline) break;
   }
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());
