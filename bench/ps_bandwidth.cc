@@ -133,7 +133,7 @@ std::vector<double> push_pull_rounds(int servers, std::int64_t in, std::int64_t 
   ServerFarm farm(servers, model->params().parameter_count(), "bench.worker");
   Network context;
   AsyncPsOptions options;
-  AsyncPsStrategy strategy(context, farm.table, "bench.worker", *model, Logger("worker", LogLevel::warn), options);
+  AsyncPsStrategy strategy(context, farm.table, "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), options);
   std::vector<Parameter*> all;
   for (const auto& p : model->params().parameters()) all.push_back(p.get());
   std::vector<double> times;
@@ -187,7 +187,7 @@ int run(int argc, char** argv) {
     auto model = blob_model(*backend, 31, 32);  // 1024 parameters
     ServerFarm farm(1, model->params().parameter_count(), "bench.worker");
     Network context;
-    AsyncPsStrategy strategy(context, farm.table, "bench.worker", *model, Logger("worker", LogLevel::warn), {});
+    AsyncPsStrategy strategy(context, farm.table, "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), {});
     std::vector<Parameter*> all;
     for (const auto& p : model->params().parameters()) all.push_back(p.get());
     strategy.begin_step(*model, 0);

@@ -8,6 +8,7 @@
 // allocated by the backend on first use and only the same backend reads them back.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -58,6 +59,26 @@ struct AdamHyper {
   std::int64_t step = 1;   // 1-based, for bias correction
 };
 
+// Completion of device work. On the CPU every op has finished when it returns, so its events
+// are complete when recorded; on a GPU an event marks a point in a stream.
+class DeviceEvent {
+ public:
+  virtual ~DeviceEvent() = default;
+  virtual bool ready() = 0;  // never blocks
+  virtual void wait() = 0;   // blocks the calling thread until the work before the event is done
+};
+
+// Device memory in use by a backend: a caching pool on a GPU, plain allocations on the CPU.
+struct MemoryStats {
+  std::size_t in_use = 0;          // bytes handed out now
+  std::size_t high_water = 0;      // most bytes handed out at once
+  std::size_t reserved = 0;        // bytes held from the device (in use + cached)
+  std::size_t device_allocations = 0;  // calls into the device allocator (cudaMalloc) so far
+};
+
+// "device memory: high-water 812.0 MiB, reserved 1024.0 MiB, 37 device allocations"
+std::string describe_memory(const MemoryStats& stats);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -71,6 +92,25 @@ class Backend {
   virtual void copy_to_host(const Tensor& src, void* dst) = 0;
   virtual void fill(Tensor& t, float value) = 0;
   virtual void synchronize() = 0;
+
+  // Streams, events and host staging. Ops run in issue order on the backend's compute stream;
+  // these let a strategy overlap copies and communication with it. The defaults are the CPU's
+  // (synchronous copies, events complete at once); a GPU backend overrides all of them.
+  //
+  // An event after every op issued so far.
+  virtual std::shared_ptr<DeviceEvent> record_event();
+  // Copies src to host memory dst on a copy stream, after every op issued so far; dst must be
+  // allocate_host() memory on a GPU. The event completes when the bytes are in dst.
+  virtual std::shared_ptr<DeviceEvent> copy_to_host_async(const Tensor& src, void* dst);
+  // Copies host memory src into dst before any op issued later; src must stay unchanged until
+  // the returned event completes.
+  virtual std::shared_ptr<DeviceEvent> copy_from_host_async(const void* src, Tensor& dst);
+  // A zero-filled host tensor the device can copy to and from asynchronously (pinned on a GPU).
+  virtual Tensor allocate_host(const Shape& shape, DType dtype = DType::f32);
+  // The native compute stream (cudaStream_t) for libraries that enqueue work on it; null on
+  // the CPU.
+  virtual void* native_stream() { return nullptr; }
+  virtual MemoryStats memory_stats() const { return {}; }
 
   // Convolution, square kernels taken from w: x [N, C, H, W], w [K, C, R, R], y [N, K, P, Q].
   virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
@@ -130,6 +170,7 @@ class Backend {
 struct BackendOptions {
   Device device = Device::cpu();
   int threads = 0;  // 0: all cores
+  bool tf32 = true;  // cuda: TF32 tensor cores for convolutions and matrix products
 };
 
 // Builds the backend for a device; throws DeviceError naming what is missing.
@@ -139,5 +180,8 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options);
 bool cuda_built();
 int cuda_device_count();  // 0 when not built or no GPU
 std::string build_description();
+// One line per visible GPU ("GPU 0: NVIDIA H100 80GB HBM3, 79.1 GiB, compute 9.0"), or why
+// there is none.
+std::string describe_gpus();
 
 }  // namespace shoal

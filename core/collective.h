@@ -30,6 +30,7 @@ struct WorldInfo {
   int rank = 0;
   int size = 1;
   int local_rank = 0;
+  int local_size = 1;  // ranks on this host
 };
 
 // One collective operation in flight. Thread-safe.

@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/environment.h"
+
 namespace shoal {
 namespace mpi {
 namespace {
@@ -29,14 +31,9 @@ void check(int code, const char* call) {
 }
 
 int env_int(const char* name, int low, int high) {
-  const char* text = std::getenv(name);
-  SHOAL_REQUIRE(text != nullptr, ConfigError, "started by mpirun but " << name << " is not set");
-  char* end = nullptr;
-  long value = std::strtol(text, &end, 10);
-  SHOAL_REQUIRE(end != text && *end == '\0' && value >= low && value <= high, ConfigError,
-                "environment variable " << name << "='" << text << "' is not an integer in [" << low << ", " << high
-                                        << "]");
-  return static_cast<int>(value);
+  auto value = env_integer(name, low, high);
+  SHOAL_REQUIRE(value.has_value(), ConfigError, "started by mpirun but " << name << " is not set");
+  return static_cast<int>(*value);
 }
 
 }  // namespace
@@ -48,7 +45,8 @@ std::optional<WorldInfo> world_from_environment() {
   WorldInfo w;
   w.size = env_int("OMPI_COMM_WORLD_SIZE", 1, 1 << 20);
   w.rank = env_int("OMPI_COMM_WORLD_RANK", 0, w.size - 1);
-  w.local_rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK") ? env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0, w.size - 1) : 0;
+  w.local_rank = static_cast<int>(env_integer("OMPI_COMM_WORLD_LOCAL_RANK", 0, w.size - 1).value_or(0));
+  w.local_size = static_cast<int>(env_integer("OMPI_COMM_WORLD_LOCAL_SIZE", 1, w.size).value_or(w.size));
   return w;
 }
 

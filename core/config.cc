@@ -285,7 +285,11 @@ SettingsRegistry::SettingsRegistry() {
       "compute threads per process (0: all cores)"));
   s.push_back(choice_setting(
       "device", [](JobConfig & c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},
-      "where to compute; auto picks cuda when a GPU and the CUDA backend are available"));
+      "where to compute; auto picks cuda when a GPU and the CUDA backend are available (a process's GPU is its "
+      "local rank modulo the GPUs it sees)"));
+  s.push_back(bool_setting(
+      "cuda.tf32", [](JobConfig & c) -> auto& { return c.cuda_tf32; },
+      "TF32 tensor cores for convolutions and matrix products on the GPU (false: full FP32)"));
   s.push_back(choice_setting(
       "log.level", [](JobConfig & c) -> auto& { return c.log_level; }, {"debug", "info", "warn", "error", "off"},
       "least severe log level printed"));

@@ -61,6 +61,7 @@ struct JobConfig {
 
   std::int64_t threads = 0;  // 0: all cores
   std::string device = "auto";
+  bool cuda_tf32 = true;
   std::string log_level = "info";
   std::string metrics_file;
   std::string progress = "auto";

@@ -7,26 +7,18 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/kernel_math.h"
+
 namespace shoal {
 
-inline std::uint64_t mix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-inline std::uint64_t hash_combine(std::uint64_t seed, std::uint64_t value) { return mix64(seed ^ mix64(value)); }
+using math::hash_combine;
+using math::mix64;
+using math::uniform_at;  // exact in float, so host and device agree bit for bit
 
 inline std::uint64_t hash_string(std::string_view s) {
   std::uint64_t h = 1469598103934665603ULL;  // FNV-1a
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
   return mix64(h);
-}
-
-// Uniform in [0, 1) from the top 24 bits, so float and device code agree exactly.
-inline float uniform_at(std::uint64_t seed, std::uint64_t index) {
-  return static_cast<float>(hash_combine(seed, index) >> 40) * (1.0f / 16777216.0f);
 }
 
 // A small sequential generator for host-side work (shuffles, init).

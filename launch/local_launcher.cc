@@ -50,7 +50,9 @@ std::string self_executable() {
   return path;
 }
 
-Child spawn(const std::string& name, const std::vector<std::string>& argv) {
+// local_rank >= 0: SHOAL_LOCAL_RANK for the child (a worker's GPU is its local rank).
+Child spawn(const std::string& name, const std::vector<std::string>& argv, int local_rank = -1) {
+  const std::string local_rank_text = std::to_string(local_rank);
   int fds[2];
   SHOAL_REQUIRE(pipe(fds) == 0, IoError, "pipe failed: " << std::strerror(errno));
   pid_t parent = getpid();
@@ -60,6 +62,7 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // the launcher died: so do we
     unblock_all_signals();             // the child starts as a fresh process would
     if (getppid() != parent) _exit(1);
+    if (local_rank >= 0) setenv("SHOAL_LOCAL_RANK", local_rank_text.c_str(), 1);
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
     close(fds[0]);
@@ -206,7 +209,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
               "starting a local sync job: " << config.workers << " ranks (" << worker_threads
                                             << " threads each), coordinator in rank 0 at " << coordinator);
     for (int i = 0; i < config.workers; ++i)
-      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads), i));
     decider = "worker.0";
   } else {
     SHOAL_LOG(log, info,
@@ -216,7 +219,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
     for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
     for (int i = 0; i < config.workers; ++i)
-      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads), i));
   }
   std::size_t width = 0;
   for (const auto& c : children) width = std::max(width, c.name.size());

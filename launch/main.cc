@@ -76,6 +76,7 @@ int run(int argc, char** argv) {
   if (command == "help" || command == "--help" || command == "-h") return print_help(registry, nullptr);
   if (command == "version" || command == "--version") {
     std::printf("%s\n", build_description().c_str());
+    if (cuda_built()) std::printf("%s\n", describe_gpus().c_str());
     return 0;
   }
 

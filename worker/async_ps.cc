@@ -7,9 +7,15 @@
 
 namespace shoal {
 
-AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Model& model,
-                                 Logger log, AsyncPsOptions options)
-    : table_(table), id_(std::move(worker_id)), model_(model), log_(std::move(log)), options_(options) {
+AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id,
+                                 Backend& backend, Model& model, Logger log, AsyncPsOptions options)
+    : table_(table),
+      id_(std::move(worker_id)),
+      backend_(backend),
+      model_(model),
+      log_(std::move(log)),
+      options_(options),
+      staged_(!model.params().values().is_cpu()) {
   SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but the model has "
                                               << model.params().parameter_count());
@@ -26,6 +32,19 @@ AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, 
     links_.push_back(std::move(link));
   }
   pushed_from_ = table_.chunks.size();
+  if (staged_) {
+    host_values_ = backend_.allocate_host(model.params().values().shape());
+    host_grads_ = backend_.allocate_host(model.params().grads().shape());
+  }
+}
+
+float* AsyncPsStrategy::pull_target() {
+  if (!staged_) return model_.params().values().data<float>();
+  if (upload_) {  // the last upload must have left the mirror before it is overwritten
+    upload_->wait();
+    upload_.reset();
+  }
+  return host_values_.data<float>();
 }
 
 void AsyncPsStrategy::send_pull(Link& link, bool bounded) {
@@ -49,7 +68,7 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
     case K::PULL_REPLY: {
       if (!link.pull_id || in.request_id() != *link.pull_id) return;  // a reply to an abandoned pull
       auto chunks = in.envelope().getBody().getPullReply().getChunks();
-      float* values = model_.params().values().data<float>();
+      float* values = pull_target();
       for (unsigned i = 0; i < chunks.size(); ++i) {
         std::uint32_t key = chunks[i].getKey();
         SHOAL_REQUIRE(key < owner_.size() && owner_[key] == static_cast<std::size_t>(&link - links_.data()) &&
@@ -135,6 +154,7 @@ void AsyncPsStrategy::await_parameters() {
       },
       "a pull", /*stoppable=*/true);
   fresh_ = true;
+  if (staged_) upload_ = backend_.copy_from_host_async(host_values_.raw(), model_.params().values());
 }
 
 void AsyncPsStrategy::begin_step(Model& /*model*/, std::int64_t /*step*/) {
@@ -150,7 +170,7 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
   auto p = msg.body().initPush();
   p.setClock(clock_);
   auto list = p.initChunks(static_cast<unsigned>(keys.size()));
-  const Tensor& arena = model_.params().grads();
+  const Tensor& arena = staged_ ? host_grads_ : model_.params().grads();
   const float* grads = arena.data<float>();
   for (std::size_t i = 0; i < keys.size(); ++i) {
     const ChunkSpan& c = table_.chunks[keys[i]];
@@ -169,15 +189,36 @@ void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parame
   if (from == pushed_from_) return;
   std::vector<std::vector<std::uint32_t>> per_server(links_.size());
   for (std::size_t k = from; k < pushed_from_; ++k) per_server[owner_[k]].push_back(static_cast<std::uint32_t>(k));
+  const std::size_t end = pushed_from_;
   pushed_from_ = from;
+  if (staged_) {
+    const std::int64_t first = table_.chunks[from].offset;
+    const std::int64_t last = table_.chunks[end - 1].offset + table_.chunks[end - 1].numel;
+    auto landed = backend_.copy_to_host_async(model_.params().grads().flat_slice(first, last - first),
+                                              host_grads_.data<float>() + first);
+    copies_.push_back(StagedCopy{std::move(landed), std::move(per_server)});
+    push_staged(false);
+    return;
+  }
   // One message per chunk: a server applies chunk k while chunk k + 1 is still on the wire.
   for (std::size_t s = 0; s < links_.size(); ++s)
     for (auto key : per_server[s]) push(s, {key});
 }
 
+void AsyncPsStrategy::push_staged(bool all) {
+  while (!copies_.empty() && (all || copies_.front().landed->ready())) {
+    copies_.front().landed->wait();
+    StagedCopy copy = std::move(copies_.front());
+    copies_.pop_front();
+    for (std::size_t s = 0; s < links_.size(); ++s)
+      for (auto key : copy.per_server[s]) push(s, {key});
+  }
+}
+
 void AsyncPsStrategy::end_step(Model& model, std::int64_t /*step*/, float /*lr*/) {
   ready_offset_ = 0;
   gradients_ready(model, {});
+  push_staged(true);
   finish_step();
 }
 

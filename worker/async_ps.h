@@ -5,10 +5,17 @@
 // zero-copy from the gradient arena, which is why a step waits for every acknowledgement
 // before the next backward may overwrite it. At most `max_in_flight` pushes per server are
 // unacknowledged; every wait has a deadline.
+//
+// On a GPU the model lives in device memory and the wire needs host bytes: each range of
+// gradients that backward finishes is copied to a pinned host mirror on the backend's copy
+// stream (ordered after the kernels that produced it) and pushed as soon as that copy lands,
+// while backward goes on; pulled chunks are written into a pinned mirror of the parameters
+// and copied up once, before the next forward.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -39,8 +46,8 @@ struct AsyncPsOptions {
 
 class AsyncPsStrategy final : public DistributedStrategy {
  public:
-  AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Model& model, Logger log,
-                  AsyncPsOptions options);
+  AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Backend& backend,
+                  Model& model, Logger log, AsyncPsOptions options);
 
   void begin_step(Model& model, std::int64_t step) override;
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
@@ -83,9 +90,20 @@ class AsyncPsStrategy final : public DistributedStrategy {
   template <typename Done>
   void pump_until(Done done, const char* waiting_for, bool stoppable = false);
   void handle_reply(Link& link, Incoming& in);
+  // Where pulled chunks are written: the parameter arena, or its host mirror on a device.
+  float* pull_target();
+  // Pushes the staged gradient ranges whose copy to the host has landed (all: waits for each).
+  void push_staged(bool all);
+
+  // Gradients of one range on their way to the host mirror, and the chunks they complete.
+  struct StagedCopy {
+    std::shared_ptr<DeviceEvent> landed;
+    std::vector<std::vector<std::uint32_t>> per_server;
+  };
 
   PartitionTable table_;
   std::string id_;
+  Backend& backend_;
   Model& model_;
   Logger log_;
   AsyncPsOptions options_;
@@ -96,6 +114,11 @@ class AsyncPsStrategy final : public DistributedStrategy {
   bool fresh_ = false;
   std::size_t pushed_from_ = 0;  // chunks [pushed_from_, end) pushed this step
   std::int64_t ready_offset_ = 0;
+  // Set when the parameters live on a device: the host mirrors and what is in flight there.
+  bool staged_ = false;
+  Tensor host_values_, host_grads_;
+  std::shared_ptr<DeviceEvent> upload_;  // host_values_ -> device, before the next forward
+  std::deque<StagedCopy> copies_;
 };
 
 }  // namespace shoal

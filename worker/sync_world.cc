@@ -44,6 +44,10 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
 #endif
   SHOAL_REQUIRE(s.backend != "nccl" || cuda_device, ConfigError,
                 "sync.backend = nccl all-reduces GPU buffers: it needs device = cuda");
+  SHOAL_REQUIRE(s.backend == "nccl" || !cuda_device, ConfigError,
+                "sync.backend = " << s.backend
+                                  << " all-reduces host memory, but this worker computes on a GPU: use sync.backend = "
+                                     "nccl (or auto), or device = cpu");
   if (auto env = mpi::world_from_environment()) {
     s.world = *env;
   } else {
@@ -134,7 +138,7 @@ EmbeddedCoordinator::~EmbeddedCoordinator() {
 std::string EmbeddedCoordinator::endpoint() const { return coordinator_->endpoint(); }
 
 std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobConfig& config, ControlClient& control,
-                                            std::uint64_t generation) {
+                                            std::uint64_t generation, Backend& backend) {
   if (setup.backend == "mpi") {
     mpi::init();
     return make_mpi_collective();
@@ -143,7 +147,8 @@ std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobCon
   std::string prefix = "gen" + std::to_string(generation) + "/" + setup.backend + "/";
 #ifdef SHOAL_WITH_CUDA
   if (setup.backend == "nccl")
-    return make_nccl_collective(store, setup.world, prefix, Seconds(config.sync_timeout_seconds));
+    return make_nccl_collective(store, setup.world, prefix, Seconds(config.sync_timeout_seconds),
+                                NcclPlacement{backend.device().index, backend.native_stream()});
 #endif
   GlooOptions options;
   options.interface = config.sync_interface;

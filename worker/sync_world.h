@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/collective.h"
+#include "core/backend.h"
 #include "core/config.h"
 #include "core/control_client.h"
 #include "core/log.h"
@@ -56,7 +57,8 @@ class EmbeddedCoordinator {
 
 // The collective of this rank's world. Gloo is formed through the coordinator's store under a
 // key prefix of the membership generation; mpi uses the world mpirun started.
+// NCCL runs on the backend's GPU, ordered after the work issued on its compute stream.
 std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobConfig& config, ControlClient& control,
-                                            std::uint64_t generation);
+                                            std::uint64_t generation, Backend& backend);
 
 }  // namespace shoal

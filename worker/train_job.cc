@@ -3,20 +3,16 @@
 #include <chrono>
 #include <cstdio>
 
+#include "core/device_select.h"
 #include "core/error.h"
 
 namespace shoal {
 
-Device resolve_device(const std::string& setting) {
-  if (setting == "cpu") return Device::cpu();
-  if (setting == "cuda") return Device::cuda(0);
-  // auto: the CUDA backend arrives in a later release; until then auto means cpu.
-  return Device::cpu();
-}
-
 TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   auto started = std::chrono::steady_clock::now();
-  auto backend = make_backend(BackendOptions{resolve_device(config.device), static_cast<int>(config.threads)});
+  DeviceChoice device = choose_device(config.device);
+  SHOAL_LOG(log, info, device.why);
+  auto backend = make_backend(BackendOptions{device.device, static_cast<int>(config.threads), config.cuda_tf32});
   SHOAL_LOG(log, info, "backend: " << backend->describe());
 
   TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
@@ -60,6 +56,7 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s)\n", 100 * result.final_test_accuracy,
               config.model.c_str(), static_cast<long long>(config.epochs), total);
   std::fflush(stdout);
+  if (backend->device().kind != DeviceKind::cpu) SHOAL_LOG(log, info, describe_memory(backend->memory_stats()));
   metrics.write(
       {{"event", std::string("end")}, {"final_test_accuracy", result.final_test_accuracy}, {"seconds", total}});
   return result;

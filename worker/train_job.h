@@ -15,9 +15,6 @@ struct TrainJobResult {
   double final_test_accuracy = 0;
 };
 
-// Resolves device = auto|cpu|cuda to a device this build and machine can use.
-Device resolve_device(const std::string& setting);
-
 TrainJobResult run_train_job(const JobConfig& config, const Logger& log);
 
 }  // namespace shoal

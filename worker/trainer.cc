@@ -42,19 +42,30 @@ Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, const Norma
 void Trainer::load_batch(const Dataset& data, std::span<const std::int64_t> samples) {
   const auto n = static_cast<std::int64_t>(samples.size());
   Shape xs{n, data.channels, data.height, data.width};
-  if (!x_.defined() || !(x_.shape() == xs)) {
-    x_ = backend_.allocate(xs);
-    y_ = backend_.allocate(Shape{n}, DType::i32);
-  }
-  if (x_.is_cpu()) {
+  if (backend_.device().kind == DeviceKind::cpu) {
+    if (!x_.defined() || !(x_.shape() == xs)) {
+      x_ = backend_.allocate(xs);
+      y_ = backend_.allocate(Shape{n}, DType::i32);
+    }
     gather_batch(data, norm_, samples, x_.data<float>(), y_.data<std::int32_t>());
-  } else {
-    host_x_.resize(static_cast<std::size_t>(xs.numel()));
-    host_y_.resize(static_cast<std::size_t>(n));
-    gather_batch(data, norm_, samples, host_x_.data(), host_y_.data());
-    backend_.copy_from_host(host_x_.data(), x_);
-    backend_.copy_from_host(host_y_.data(), y_);
+    return;
   }
+  // A device: gather into one of two pinned buffers and copy up asynchronously, so the host
+  // gathers batch i + 1 while the device still runs the backward pass of batch i.
+  Staging& s = staging_[slot_];
+  slot_ ^= 1;
+  if (s.uploaded) s.uploaded->wait();  // its copy from two batches ago has left the buffer
+  if (!s.device_x.defined() || !(s.device_x.shape() == xs)) {
+    s.host_x = backend_.allocate_host(xs);
+    s.host_y = backend_.allocate_host(Shape{n}, DType::i32);
+    s.device_x = backend_.allocate(xs);
+    s.device_y = backend_.allocate(Shape{n}, DType::i32);
+  }
+  gather_batch(data, norm_, samples, s.host_x.data<float>(), s.host_y.data<std::int32_t>());
+  backend_.copy_from_host_async(s.host_x.raw(), s.device_x);
+  s.uploaded = backend_.copy_from_host_async(s.host_y.raw(), s.device_y);
+  x_ = s.device_x;
+  y_ = s.device_y;
 }
 
 LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t> samples) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -78,9 +79,14 @@ class Trainer {
   MetricsWriter& metrics_;
   std::int64_t step_ = 0;
   const std::atomic<bool>* stop_ = nullptr;
-  std::vector<float> host_x_;
-  std::vector<std::int32_t> host_y_;
   Tensor x_, y_, dlogits_;
+  // Device backends: two pinned host buffers and their device batches, used in turn.
+  struct Staging {
+    Tensor host_x, host_y, device_x, device_y;
+    std::shared_ptr<DeviceEvent> uploaded;
+  };
+  Staging staging_[2];
+  int slot_ = 0;
   // Running totals for the progress line of the current epoch.
   LossStats epoch_stats_;
   std::int64_t epoch_samples_ = 0;

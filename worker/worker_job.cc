@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/control_client.h"
+#include "core/device_select.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "models/dataset.h"
@@ -160,15 +161,21 @@ struct Loaded {
   std::unique_ptr<Model> model;
 };
 
-Loaded load(const JobConfig& config) {
+Loaded load(const JobConfig& config, const DeviceChoice& device, const Logger& log) {
   Loaded l;
-  l.backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
+  SHOAL_LOG(log, info, device.why);
+  l.backend = make_backend(BackendOptions{device.device, static_cast<int>(config.threads), config.cuda_tf32});
   l.data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
   l.norm = config.normalize ? compute_normalization(l.data.train) : identity_normalization(l.data.train.channels);
   l.model = build_model(config.model, Shape{l.data.train.channels, l.data.train.height, l.data.train.width},
                         l.data.train.classes);
   l.model->build(*l.backend, config.seed);
   return l;
+}
+
+// A GPU worker says how much device memory its pool took (nothing to say on the CPU).
+void report_memory(Backend& backend, const Logger& log) {
+  if (backend.device().kind != DeviceKind::cpu) SHOAL_LOG(log, info, describe_memory(backend.memory_stats()));
 }
 
 TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed) {
@@ -215,7 +222,7 @@ std::function<void()> job_watch(Heartbeat& heartbeat) {
 }
 
 void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
-  Loaded l = load(config);
+  Loaded l = load(config, choose_device(config.device), log);
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
@@ -231,7 +238,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   options.startup_timeout = startup;
   options.stop = stop;
   options.watch = job_watch(heartbeat);
-  AsyncPsStrategy strategy(network, joined->table, id, *l.model, log, options);
+  AsyncPsStrategy strategy(network, joined->table, id, *l.backend, *l.model, log, options);
   SHOAL_LOG(log, info, "registered; " << strategy.describe() << "; backend " << l.backend->describe());
 
   Progress progress(ProgressMode::off, stdout);
@@ -242,10 +249,14 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   trainer.set_stop_flag(stop);
   JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
   run_job_loop(job);
+  report_memory(*l.backend, log);
 }
 
 void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop) {
-  SyncSetup setup = resolve_sync_setup(config, false);
+  // The device kind decides the collective (auto: nccl on GPUs); the GPU index needs the rank.
+  const bool cuda = choose_device(config.device, std::nullopt, cuda_device_count(), cuda_built()).device.kind ==
+                    DeviceKind::cuda;
+  SyncSetup setup = resolve_sync_setup(config, cuda);
   if (setup.under_mpirun) {
     // The world is what mpirun started; the coordinator runs in rank 0 and its address
     // reaches the others by MPI_Bcast, so nothing else needs starting.
@@ -258,8 +269,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   std::optional<EmbeddedCoordinator> coordinator;
   if (setup.world.rank == 0) {
     JobConfig cc = config;
-    const char* local_size = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    bool one_host = !setup.under_mpirun || (local_size != nullptr && std::atoi(local_size) == setup.world.size);
+    bool one_host = !setup.under_mpirun || setup.world.local_size == setup.world.size;
     if (!one_host) {
       // Ranks on other hosts: listen on every interface, announce this host's address.
       auto colon = config.coordinator_address.rfind(':');
@@ -275,7 +285,9 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   }
   if (setup.under_mpirun) config.coordinator_address = mpi::broadcast_string(config.coordinator_address, 0);
 
-  Loaded l = load(config);
+  std::optional<LocalRank> local_rank = local_rank_from_environment();
+  if (!local_rank) local_rank = LocalRank{setup.world.local_rank, "the rank of a sync worker"};
+  Loaded l = load(config, choose_device(config.device, local_rank, cuda_device_count(), cuda_built()), log);
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
@@ -290,7 +302,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   };
   std::unique_ptr<Collective> collective;
   try {
-    collective = make_collective(setup, config, control, heartbeat.generation());
+    collective = make_collective(setup, config, control, heartbeat.generation(), *l.backend);
   } catch (const CollectiveError&) {
     rethrow_with_verdict(heartbeat, config);
   }
@@ -324,6 +336,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
     rethrow_with_verdict(heartbeat, config);
   }
   collective.reset();
+  report_memory(*l.backend, log);
   if (setup.under_mpirun && !(stop != nullptr && stop->load())) mpi::finalize();
 }
 

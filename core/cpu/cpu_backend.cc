@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/kernel_math.h"
 #include "core/rng.h"
 
 namespace shoal {
@@ -624,11 +625,11 @@ class CpuBackend final : public Backend {
     const float* xs = x.data<float>();
     float* ys = y.data<float>();
     float* ms = mask.data<float>();
-    float keep_scale = p < 1.f ? 1.f / (1.f - p) : 0.f;
+    const float keep_scale = math::dropout_keep_scale(p);
     std::int64_t n = x.numel();
 #pragma omp parallel for if (n > 65536)
     for (std::int64_t i = 0; i < n; ++i) {
-      float m = uniform_at(seed, first_index + static_cast<std::uint64_t>(i)) >= p ? keep_scale : 0.f;
+      float m = math::dropout_mask(seed, first_index + static_cast<std::uint64_t>(i), p, keep_scale);
       ms[i] = m;
       ys[i] = xs[i] * m;
     }
@@ -658,24 +659,11 @@ class CpuBackend final : public Backend {
     LossStats stats;
     stats.count = n;
     for (std::int64_t i = 0; i < n; ++i) {
-      const float* row = z + i * k;
       std::int32_t label = y[i];
       SHOAL_ASSERT(label >= 0 && label < k, "label " << label << " outside [0, " << k << ")");
-      std::int64_t best = 0;
-      float max_z = row[0];
-      for (std::int64_t j = 1; j < k; ++j)
-        if (row[j] > max_z) max_z = row[j], best = j;
-      double denom = 0;
-      for (std::int64_t j = 0; j < k; ++j) denom += std::exp(static_cast<double>(row[j] - max_z));
-      double log_denom = std::log(denom);
-      stats.loss_sum += log_denom - (row[label] - max_z);
-      stats.correct += best == label;
-      if (g != nullptr) {
-        for (std::int64_t j = 0; j < k; ++j) {
-          double prob = std::exp(static_cast<double>(row[j] - max_z) - log_denom);
-          g[i * k + j] = static_cast<float>(grad_scale * (prob - (j == label ? 1.0 : 0.0)));
-        }
-      }
+      math::RowLoss r = math::softmax_xent_row(z + i * k, k, label, grad_scale, g != nullptr ? g + i * k : nullptr);
+      stats.loss_sum += r.loss;
+      stats.correct += r.correct;
     }
     return stats;
   }
@@ -728,7 +716,7 @@ class CpuBackend final : public Backend {
     std::uint32_t bad = 0;
     // Exponent bits all ones is exactly NaN or infinity; an integer test vectorises.
 #pragma omp parallel for simd reduction(| : bad) if (n > 1 << 20)
-    for (std::int64_t i = 0; i < n; ++i) bad |= static_cast<std::uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    for (std::int64_t i = 0; i < n; ++i) bad |= static_cast<std::uint32_t>(math::non_finite_bits(bits[i]));
     return bad == 0;
   }
 
@@ -738,28 +726,16 @@ class CpuBackend final : public Backend {
     float* w = param.data<float>();
     const float* g = grad.data<float>();
     std::int64_t n = param.numel();
-    const float lr = h.lr, wd = h.weight_decay, mu = h.momentum;
-    if (velocity == nullptr || mu == 0.f) {
+    const math::SgdCoeffs c{h.lr, h.momentum, h.weight_decay, h.nesterov};
+    if (velocity == nullptr || h.momentum == 0.f) {
 #pragma omp parallel for simd if (n > 65536)
-      for (std::int64_t i = 0; i < n; ++i) w[i] -= lr * (g[i] + wd * w[i]);
+      for (std::int64_t i = 0; i < n; ++i) math::sgd_step(w[i], g[i], c);
       return;
     }
     check_same_numel(param, *velocity);
     float* v = velocity->data<float>();
-    if (h.nesterov) {
 #pragma omp parallel for simd if (n > 65536)
-      for (std::int64_t i = 0; i < n; ++i) {
-        float d = g[i] + wd * w[i];
-        v[i] = mu * v[i] + d;
-        w[i] -= lr * (d + mu * v[i]);
-      }
-    } else {
-#pragma omp parallel for simd if (n > 65536)
-      for (std::int64_t i = 0; i < n; ++i) {
-        v[i] = mu * v[i] + g[i] + wd * w[i];
-        w[i] -= lr * v[i];
-      }
-    }
+    for (std::int64_t i = 0; i < n; ++i) math::momentum_step(w[i], g[i], v[i], c);
   }
 
   void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamHyper& h) override {
@@ -773,21 +749,10 @@ class CpuBackend final : public Backend {
     float* pm = m.data<float>();
     float* pv = v.data<float>();
     std::int64_t n = param.numel();
-    const float b1 = h.beta1, b2 = h.beta2, eps = h.eps, wd = h.weight_decay;
-    const float bc1 = 1.f - static_cast<float>(std::pow(h.beta1, static_cast<double>(h.step)));
-    const float bc2 = 1.f - static_cast<float>(std::pow(h.beta2, static_cast<double>(h.step)));
-    const float step_size = h.lr / bc1;
-    const float inv_sqrt_bc2 = 1.f / std::sqrt(bc2);
-    const bool decoupled = h.decoupled;
-    const float lr = h.lr;
+    const math::AdamCoeffs c =
+        math::adam_coeffs(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled, h.step);
 #pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) {
-      float gi = decoupled ? g[i] : g[i] + wd * w[i];
-      if (decoupled) w[i] -= lr * wd * w[i];
-      pm[i] = b1 * pm[i] + (1 - b1) * gi;
-      pv[i] = b2 * pv[i] + (1 - b2) * gi * gi;
-      w[i] -= step_size * pm[i] / (std::sqrt(pv[i]) * inv_sqrt_bc2 + eps);
-    }
+    for (std::int64_t i = 0; i < n; ++i) math::adam_step(w[i], g[i], pm[i], pv[i], c);
   }
 
  private:

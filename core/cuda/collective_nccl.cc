@@ -22,12 +22,13 @@ void check_nccl(ncclResult_t code, const char* call) {
 class NcclCollective final : public Collective {
  public:
   NcclCollective(RendezvousStore& store, const WorldInfo& world, const std::string& prefix,
-                 std::chrono::duration<double> timeout)
-      : world_(world) {
+                 std::chrono::duration<double> timeout, NcclPlacement placement)
+      : world_(world), device_(placement.device), producer_(static_cast<cudaStream_t>(placement.producer_stream)) {
     int devices = 0;
     check_cuda(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
     SHOAL_REQUIRE(devices > 0, DeviceError, "sync.backend = nccl but no GPU is visible");
-    device_ = world.local_rank % devices;
+    SHOAL_REQUIRE(device_ >= 0 && device_ < devices, DeviceError,
+                  "sync.backend = nccl on GPU " << device_ << ", but " << devices << " GPU(s) are visible");
     check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     ncclUniqueId id;
     const std::string key = prefix + "nccl-unique-id";
@@ -42,6 +43,7 @@ class NcclCollective final : public Collective {
     }
     check_nccl(ncclCommInitRank(&comm_, world.size, id, world.rank), "ncclCommInitRank");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    check_cuda(cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     watcher_ = std::thread(&NcclCollective::watch, this);
   }
   ~NcclCollective() override {
@@ -54,6 +56,8 @@ class NcclCollective final : public Collective {
       cudaStreamSynchronize(stream_);
       ncclCommDestroy(comm_);
     }
+    cudaEventDestroy(produced_);
+    if (scratch_ != nullptr) cudaFree(scratch_);
     cudaStreamDestroy(stream_);
   }
 
@@ -64,16 +68,15 @@ class NcclCollective final : public Collective {
   }
 
   WorkHandle all_reduce(std::span<float> data, ReduceOp op, std::string what) override {
-    return launch(std::move(what), [&] {
-      check_nccl(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat, op == ReduceOp::sum ? ncclSum : ncclAvg,
-                               comm_, stream_),
+    return launch(std::move(what), data, [&](float* buffer) {
+      check_nccl(ncclAllReduce(buffer, buffer, data.size(), ncclFloat, op == ReduceOp::sum ? ncclSum : ncclAvg, comm_,
+                               stream_),
                  "ncclAllReduce");
     });
   }
   WorkHandle broadcast(std::span<float> data, int root, std::string what) override {
-    return launch(std::move(what), [&] {
-      check_nccl(ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat, root, comm_, stream_),
-                 "ncclBroadcast");
+    return launch(std::move(what), data, [&](float* buffer) {
+      check_nccl(ncclBroadcast(buffer, buffer, data.size(), ncclFloat, root, comm_, stream_), "ncclBroadcast");
     });
   }
   void abort(const std::string& why) override {
@@ -97,8 +100,29 @@ class NcclCollective final : public Collective {
     WorkHandle work;
     cudaEvent_t done;
   };
+  static bool in_host_memory(const void* p) {
+    cudaPointerAttributes attributes{};
+    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+      cudaGetLastError();
+      return true;
+    }
+    return attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost;
+  }
+  // A device buffer for host spans, grown as needed (evaluation sums: a few floats, rarely).
+  float* scratch(std::size_t count) {
+    if (count > scratch_count_) {
+      check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+      if (scratch_ != nullptr) check_cuda(cudaFree(scratch_), "cudaFree");
+      scratch_ = nullptr;
+      check_cuda(cudaMalloc(reinterpret_cast<void**>(&scratch_), count * sizeof(float)), "cudaMalloc");
+      scratch_count_ = count;
+    }
+    return scratch_;
+  }
+  // Enqueues one operation on the communication stream after the producer's work so far; a
+  // host span is copied to the device before and back after it.
   template <typename Enqueue>
-  WorkHandle launch(std::string what, Enqueue enqueue) {
+  WorkHandle launch(std::string what, std::span<float> data, Enqueue enqueue) {
     auto work = std::make_shared<Work>(std::move(what));
     std::lock_guard lock(mutex_);
     if (aborted_) {
@@ -107,7 +131,19 @@ class NcclCollective final : public Collective {
     }
     try {
       check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-      enqueue();
+      if (producer_ != nullptr) {
+        check_cuda(cudaEventRecord(produced_, producer_), "cudaEventRecord");
+        check_cuda(cudaStreamWaitEvent(stream_, produced_, 0), "cudaStreamWaitEvent");
+      }
+      const std::size_t bytes = data.size() * sizeof(float);
+      if (!data.empty() && in_host_memory(data.data())) {
+        float* device = scratch(data.size());
+        check_cuda(cudaMemcpyAsync(device, data.data(), bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+        enqueue(device);
+        check_cuda(cudaMemcpyAsync(data.data(), device, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+      } else {
+        enqueue(data.data());
+      }
       cudaEvent_t done;
       check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
       check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
@@ -157,6 +193,10 @@ class NcclCollective final : public Collective {
 
   WorldInfo world_;
   int device_ = 0;
+  cudaStream_t producer_ = nullptr;
+  cudaEvent_t produced_ = nullptr;
+  float* scratch_ = nullptr;
+  std::size_t scratch_count_ = 0;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::mutex mutex_;
@@ -170,8 +210,9 @@ class NcclCollective final : public Collective {
 }  // namespace
 
 std::unique_ptr<Collective> make_nccl_collective(RendezvousStore& store, const WorldInfo& world,
-                                                 const std::string& prefix, std::chrono::duration<double> timeout) {
-  return std::make_unique<NcclCollective>(store, world, prefix, timeout);
+                                                 const std::string& prefix, std::chrono::duration<double> timeout,
+                                                 NcclPlacement placement) {
+  return std::make_unique<NcclCollective>(store, world, prefix, timeout, placement);
 }
 
 }  // namespace shoal

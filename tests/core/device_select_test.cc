@@ -1,0 +1,96 @@
+// Which device a process picks (core/device_select.h): a table over the setting, the local
+// rank its launcher gave it, the GPUs it sees and whether this build has CUDA; and the
+// environment variables it reads, checked.
+#include "core/device_select.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <optional>
+#include <string>
+
+#include "core/error.h"
+
+namespace shoal {
+namespace {
+
+struct Row {
+  std::string setting;
+  std::optional<int> local_rank;
+  int gpus;
+  bool built;
+  std::string expect;  // "cpu", "cuda:N", or the error's kind: "DeviceError" / "ConfigError"
+  std::string why_has;
+};
+
+std::string outcome(const Row& r, std::string* why) {
+  std::optional<LocalRank> lr;
+  if (r.local_rank) lr = LocalRank{*r.local_rank, "TEST_LOCAL_RANK"};
+  try {
+    DeviceChoice c = choose_device(r.setting, lr, r.gpus, r.built);
+    *why = c.why;
+    return c.device.kind == DeviceKind::cpu ? "cpu" : "cuda:" + std::to_string(c.device.index);
+  } catch (const DeviceError& e) {
+    *why = e.what();
+    return "DeviceError";
+  } catch (const ConfigError& e) {
+    *why = e.what();
+    return "ConfigError";
+  }
+}
+
+TEST(DeviceSelect, Table) {
+  const Row rows[] = {
+      {"cpu", 3, 8, true, "cpu", "device = cpu"},
+      {"auto", std::nullopt, 0, true, "cpu", "no CUDA GPU is visible"},
+      {"auto", std::nullopt, 4, false, "cpu", "built without CUDA"},
+      {"auto", std::nullopt, 4, true, "cuda:0", "no local rank set"},
+      {"auto", 2, 4, true, "cuda:2", "local rank 2 from TEST_LOCAL_RANK"},
+      {"cuda", 5, 4, true, "cuda:1", "GPUs are shared"},
+      {"cuda", 3, 1, true, "cuda:0", "GPU 0 of 1"},  // a pod given one GPU sees only it
+      {"cuda", 0, 0, true, "DeviceError", "no CUDA GPU is visible"},
+      {"cuda", 0, 2, false, "DeviceError", "built without CUDA"},
+      {"gpu", 0, 2, true, "ConfigError", "'gpu' is not one of auto, cpu, cuda"},
+  };
+  for (const Row& r : rows) {
+    std::string why;
+    EXPECT_EQ(outcome(r, &why), r.expect) << r.setting << " rank " << r.local_rank.value_or(-1) << " gpus " << r.gpus;
+    EXPECT_NE(why.find(r.why_has), std::string::npos) << "why: " << why << "; expected it to say: " << r.why_has;
+  }
+}
+
+class LocalRankEnvironment : public ::testing::Test {
+ protected:
+  void SetUp() override { clear(); }
+  void TearDown() override { clear(); }
+  static void clear() {
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SHOAL_LOCAL_RANK", "LOCAL_RANK"}) unsetenv(name);
+  }
+};
+
+TEST_F(LocalRankEnvironment, OpenMpiThenShoalThenTorchrunStyle) {
+  EXPECT_FALSE(local_rank_from_environment().has_value());
+  setenv("LOCAL_RANK", "3", 1);
+  EXPECT_EQ(local_rank_from_environment()->rank, 3);
+  EXPECT_EQ(local_rank_from_environment()->source, "LOCAL_RANK");
+  setenv("SHOAL_LOCAL_RANK", "2", 1);
+  EXPECT_EQ(local_rank_from_environment()->source, "SHOAL_LOCAL_RANK");
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+  EXPECT_EQ(local_rank_from_environment()->rank, 1);
+  EXPECT_EQ(local_rank_from_environment()->source, "OMPI_COMM_WORLD_LOCAL_RANK");
+}
+
+TEST_F(LocalRankEnvironment, AMalformedValueIsAConfigErrorNamingTheVariable) {
+  for (const char* bad : {"", "x", "1x", "-1", "99999999999"}) {
+    setenv("SHOAL_LOCAL_RANK", bad, 1);
+    try {
+      local_rank_from_environment();
+      ADD_FAILURE() << "accepted SHOAL_LOCAL_RANK='" << bad << "'";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("SHOAL_LOCAL_RANK"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shoal
