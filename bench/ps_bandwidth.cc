@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -21,13 +20,13 @@
 #include <thread>
 #include <vector>
 
-#include "coordinator/partitioner.h"
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "launch/local_launcher.h"
 #include "models/model.h"
 #include "ps/parameter_server.h"
+#include "ps/server_farm.h"
 #include "worker/async_ps.h"
 
 namespace shoal {
@@ -73,50 +72,14 @@ double iperf3_gbps() {
   return std::stod(m[1]) / 8 / 1e9;
 }
 
-// N servers, each with its own context and thread, serving until stopped.
-class ServerFarm {
- public:
-  ServerFarm(int n, std::int64_t elements, const std::string& worker) {
-    std::vector<ServerRange> ranges;
-    for (int i = 0; i < n; ++i) {
-      auto s = std::make_unique<Slot>();
-      s->backend = make_backend(BackendOptions{Device::cpu(), 1});
-      s->server =
-          std::make_unique<ParameterServer>(s->context, "tcp://127.0.0.1:0", *s->backend, Logger("ps", LogLevel::warn));
-      ranges.push_back(ServerRange{"ps." + std::to_string(i), s->server->endpoint(), 0, 0});
-      slots_.push_back(std::move(s));
-    }
-    table = make_partition(elements, 1 << 20, ranges);  // 4 MiB chunks
-    table.live_workers = {worker};
-    std::vector<float> initial(static_cast<std::size_t>(elements), 0.5f);
-    ServerOptions options;
-    options.staleness = 1 << 20;  // never wait: one worker
-    options.optimizer.momentum = 0;
-    options.schedule.base_lr = 1e-6f;
-    for (int i = 0; i < n; ++i) {
-      Slot* s = slots_[i].get();
-      s->server->start(ranges[i].id, table, static_cast<std::size_t>(i), initial.data(), options);
-      s->thread = std::thread([this, s] {
-        while (!stop_) s->server->serve(std::chrono::milliseconds(5));
-      });
-    }
-  }
-  ~ServerFarm() {
-    stop_ = true;
-    for (auto& s : slots_) s->thread.join();
-  }
-  PartitionTable table;
-
- private:
-  struct Slot {
-    Network context;
-    std::unique_ptr<Backend> backend;
-    std::unique_ptr<ParameterServer> server;
-    std::thread thread;
-  };
-  std::vector<std::unique_ptr<Slot>> slots_;
-  std::atomic<bool> stop_{false};
-};
+// The bench's servers: never wait (one worker), momentum-free SGD with a tiny rate.
+ServerOptions bench_server_options() {
+  ServerOptions options;
+  options.staleness = 1 << 20;
+  options.optimizer.momentum = 0;
+  options.schedule.base_lr = 1e-6f;
+  return options;
+}
 
 // A model that is nothing but `in x out` parameters (+ out biases).
 std::unique_ptr<Model> blob_model(Backend& backend, std::int64_t in, std::int64_t out) {
@@ -130,10 +93,10 @@ std::unique_ptr<Model> blob_model(Backend& backend, std::int64_t in, std::int64_
 std::vector<double> push_pull_rounds(int servers, std::int64_t in, std::int64_t out, int rounds) {
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   auto model = blob_model(*backend, in, out);
-  ServerFarm farm(servers, model->params().parameter_count(), "bench.worker");
+  ServerFarm farm(servers, model->params().parameter_count(), 1 << 20, 0.5f, "bench.worker", bench_server_options());  // 4 MiB chunks
   Network context;
   AsyncPsOptions options;
-  AsyncPsStrategy strategy(context, farm.table, "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), options);
+  AsyncPsStrategy strategy(context, farm.table(), "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), options);
   std::vector<Parameter*> all;
   for (const auto& p : model->params().parameters()) all.push_back(p.get());
   std::vector<double> times;
@@ -185,9 +148,9 @@ int run(int argc, char** argv) {
   {
     auto backend = make_backend(BackendOptions{Device::cpu(), 1});
     auto model = blob_model(*backend, 31, 32);  // 1024 parameters
-    ServerFarm farm(1, model->params().parameter_count(), "bench.worker");
+    ServerFarm farm(1, model->params().parameter_count(), 1 << 20, 0.5f, "bench.worker", bench_server_options());
     Network context;
-    AsyncPsStrategy strategy(context, farm.table, "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), {});
+    AsyncPsStrategy strategy(context, farm.table(), "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), {});
     std::vector<Parameter*> all;
     for (const auto& p : model->params().parameters()) all.push_back(p.get());
     strategy.begin_step(*model, 0);

@@ -15,7 +15,7 @@ AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, 
       model_(model),
       log_(std::move(log)),
       options_(options),
-      staged_(!model.params().values().is_cpu()) {
+      staged_(!model.params().values().is_cpu() || options.stage_through_host) {
   SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but the model has "
                                               << model.params().parameter_count());

@@ -42,6 +42,8 @@ struct AsyncPsOptions {
   // Called at least every 10 ms of every wait; throws to end it (the job failed, the
   // coordinator is gone), so a worker waiting on a dead server hears the job's end at once.
   std::function<void()> watch;
+  // Stage through host mirrors even on the CPU (tests of the device path; a GPU always does).
+  bool stage_through_host = false;
 };
 
 class AsyncPsStrategy final : public DistributedStrategy {
