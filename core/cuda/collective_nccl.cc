@@ -1,5 +1,7 @@
 #include "core/cuda/collective_nccl.h"
 
+#include "core/cuda/check.h"
+
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -12,12 +14,8 @@
 namespace shoal {
 namespace {
 
-void check_cuda(cudaError_t code, const char* call) {
-  if (code != cudaSuccess) throw CollectiveError(std::string(call) + " failed: " + cudaGetErrorString(code));
-}
-void check_nccl(ncclResult_t code, const char* call) {
-  if (code != ncclSuccess) throw CollectiveError(std::string(call) + " failed: " + ncclGetErrorString(code));
-}
+using cuda::check_cuda;
+using cuda::check_nccl;
 
 class NcclCollective final : public Collective {
  public:
@@ -41,7 +39,21 @@ class NcclCollective final : public Collective {
                     "the NCCL unique id in the store has " << bytes.size() << " bytes, expected " << sizeof(id));
       std::memcpy(&id, bytes.data(), sizeof(id));
     }
-    check_nccl(ncclCommInitRank(&comm_, world.size, id, world.rank), "ncclCommInitRank");
+    // A non-blocking communicator, so forming the world has a deadline: a rank that never
+    // arrives ends the wait instead of holding every other rank forever.
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    try {
+      settle(ncclCommInitRankConfig(&comm_, world.size, id, world.rank, &config), "ncclCommInitRankConfig", deadline);
+    } catch (const Error& e) {
+      // Most often a peer that died or never came while the world formed: the job's verdict
+      // names it.
+      if (comm_ != nullptr) ncclCommAbort(comm_);
+      throw CollectiveError(std::string(e.what()) + " (forming the NCCL world of " + std::to_string(world.size) +
+                            " ranks)");
+    }
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     check_cuda(cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     watcher_ = std::thread(&NcclCollective::watch, this);
@@ -69,14 +81,15 @@ class NcclCollective final : public Collective {
 
   WorkHandle all_reduce(std::span<float> data, ReduceOp op, std::string what) override {
     return launch(std::move(what), data, [&](float* buffer) {
-      check_nccl(ncclAllReduce(buffer, buffer, data.size(), ncclFloat, op == ReduceOp::sum ? ncclSum : ncclAvg, comm_,
-                               stream_),
-                 "ncclAllReduce");
+      settle(ncclAllReduce(buffer, buffer, data.size(), ncclFloat, op == ReduceOp::sum ? ncclSum : ncclAvg, comm_,
+                           stream_),
+             "ncclAllReduce", enqueue_deadline());
     });
   }
   WorkHandle broadcast(std::span<float> data, int root, std::string what) override {
     return launch(std::move(what), data, [&](float* buffer) {
-      check_nccl(ncclBroadcast(buffer, buffer, data.size(), ncclFloat, root, comm_, stream_), "ncclBroadcast");
+      settle(ncclBroadcast(buffer, buffer, data.size(), ncclFloat, root, comm_, stream_), "ncclBroadcast",
+             enqueue_deadline());
     });
   }
   void abort(const std::string& why) override {
@@ -100,6 +113,21 @@ class NcclCollective final : public Collective {
     WorkHandle work;
     cudaEvent_t done;
   };
+  // A call on a non-blocking communicator may return ncclInProgress: the next call must wait
+  // until the communicator says it is done (or failed), within the deadline.
+  void settle(ncclResult_t result, const char* call, std::chrono::steady_clock::time_point deadline) {
+    while (result == ncclInProgress) {
+      SHOAL_REQUIRE(std::chrono::steady_clock::now() < deadline, TimeoutError,
+                    call << " did not complete before its deadline");
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      check_nccl(ncclCommGetAsyncError(comm_, &result), "ncclCommGetAsyncError");
+    }
+    check_nccl(result, call);
+  }
+  // Enqueueing an operation is local work; a stuck enqueue means a broken communicator.
+  static std::chrono::steady_clock::time_point enqueue_deadline() {
+    return std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  }
   static bool in_host_memory(const void* p) {
     cudaPointerAttributes attributes{};
     if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
@@ -155,7 +183,10 @@ class NcclCollective final : public Collective {
   }
   // Completes handles in order as their events fire; fails everything on an NCCL error.
   void watch() {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
+    if (cudaSetDevice(device_) != cudaSuccess) {
+      cudaGetLastError();
+      abort("the NCCL watcher thread could not select GPU " + std::to_string(device_));
+    }
     while (true) {
       std::optional<Pending> ready;
       std::exception_ptr failure;

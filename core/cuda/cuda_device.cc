@@ -24,8 +24,12 @@ std::string library_versions() {
   int nccl = 0;
   ncclGetVersion(&nccl);
   std::size_t cudnn = cudnnGetVersion();
+  // cuDNN 9 and NCCL 2.9+ encode versions as major * 10000 + minor * 100 + patch.
+  auto dotted = [](std::size_t v) {
+    return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+  };
   return "CUDA runtime " + std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10) + ", cuDNN " +
-         std::to_string(cudnn) + ", NCCL " + std::to_string(nccl) +
+         dotted(cudnn) + ", NCCL " + dotted(static_cast<std::size_t>(nccl)) +
          ", GPUs visible: " + std::to_string(visible_device_count());
 }
 
