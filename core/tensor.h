@@ -5,9 +5,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shoal {
@@ -45,11 +47,13 @@ class Shape {
   std::vector<std::int64_t> dims_;
 };
 
-// Owns device memory and knows how to free it.
+// Owns device memory and knows how to free it. The deleter may carry state (a caching
+// allocator that takes the block back, core/cuda/memory_pool.h).
 class Storage {
  public:
-  using Deleter = void (*)(void*);
-  Storage(void* data, std::size_t bytes, Deleter deleter) : data_(data), bytes_(bytes), deleter_(deleter) {}
+  using Deleter = std::function<void(void*)>;
+  Storage(void* data, std::size_t bytes, Deleter deleter)
+      : data_(data), bytes_(bytes), deleter_(std::move(deleter)) {}
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
