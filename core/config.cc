@@ -245,6 +245,10 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(int_setting(
       "node.rank", [](JobConfig & c) -> auto& { return c.node_rank; }, -1, 1 << 20,
       "this process's rank within its role (-1: the coordinator assigns one)"));
+  s.push_back(int_setting(
+      "node.local_rank", [](JobConfig & c) -> auto& { return c.node_local_rank; }, -1, 1 << 20,
+      "workers: rank among the processes on this host, which picks the GPU (-1: from "
+      "OMPI_COMM_WORLD_LOCAL_RANK or LOCAL_RANK when set)"));
   s.push_back(string_setting(
       "node.address", [](JobConfig & c) -> auto& { return c.node_address; },
       "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));

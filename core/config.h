@@ -48,6 +48,7 @@ struct JobConfig {
   std::int64_t servers = 2;
   std::int64_t workers = 2;
   std::int64_t node_rank = -1;
+  std::int64_t node_local_rank = -1;
   std::string node_address = "tcp://127.0.0.1:0";
   std::int64_t staleness = 2;
   std::int64_t chunk_kib = 4096;

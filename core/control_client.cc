@@ -108,7 +108,7 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
     reg.setRole(role);
     reg.setRank(rank);
     reg.setAddress(address);
-    reg.setDevice("cpu");
+    reg.setDevice(device_);
     reg.setNonce(nonce_);
     ++attempts;
     try {
@@ -139,6 +139,22 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
                   "could not register with the coordinator at " << socket_.address() << " within " << deadline.count()
                                                                 << " s (cluster.startup_timeout_seconds)");
     wait = std::min<Seconds>(timeout_, std::min<Seconds>(wait * 2, Seconds(2.0)));
+  }
+  // Stopped. A coordinator that got an attempt answers within milliseconds: take a
+  // registration that crossed the stop request.
+  if (attempts > 0) {
+    auto until = std::chrono::steady_clock::now() + std::min(to_ms(timeout_), std::chrono::milliseconds(250));
+    while (true) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      auto reply = socket_.receive(left);
+      if (!reply) break;
+      if (reply->request_id() >= first_request && reply->request_id() < next_request_ &&
+          reply->kind() == wire::Envelope::Body::REGISTER_REPLY) {
+        sender_ = reply->envelope().getBody().getRegisterReply().getId().cStr();
+        return sender_;
+      }
+    }
   }
   return std::nullopt;
 }

@@ -59,7 +59,9 @@ class ControlClient {
                 Seconds request_timeout);
 
   // Registers (retrying until `deadline` passes while the coordinator is not up yet) and
-  // adopts the id the coordinator assigns. Returns nothing if `stop` turned true first.
+  // adopts the id the coordinator assigns. Returns nothing if `stop` turned true first and
+  // the coordinator had not registered us; if it had (its answer crossed the stop), the id,
+  // so that the caller leaves the job instead of being declared dead later.
   // Throws TimeoutError, ProtocolError, or the job's failure if it ended before we joined.
   std::optional<std::string> register_node(wire::Role role, int rank, const std::string& address, Seconds deadline,
                                            const std::atomic<bool>* stop = nullptr);
@@ -76,6 +78,8 @@ class ControlClient {
   void store_set(const std::string& key, const std::vector<char>& value);
   std::optional<std::vector<char>> store_get(const std::string& key);
   const std::string& id() const { return sender_; }
+  // What this process computes on, as registered ("cpu", "cuda:1").
+  void set_device(std::string device) { device_ = std::move(device); }
 
   // One request and its reply (matched by request id; stray replies are discarded). An error
   // reply becomes the returned message; no reply in time throws TimeoutError.
@@ -93,6 +97,7 @@ class ControlClient {
   Seconds timeout_;
   std::uint64_t next_request_ = 1;
   std::uint64_t nonce_;
+  std::string device_ = "cpu";
 };
 
 // The coordinator's store as a RendezvousStore (for forming Gloo and NCCL worlds). Uses the

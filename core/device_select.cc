@@ -6,8 +6,9 @@
 
 namespace shoal {
 
-std::optional<LocalRank> local_rank_from_environment() {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SHOAL_LOCAL_RANK", "LOCAL_RANK"})
+std::optional<LocalRank> local_rank_of(std::int64_t configured) {
+  if (configured >= 0) return LocalRank{static_cast<int>(configured), "node.local_rank"};
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"})
     if (auto value = env_integer(name, 0, 1 << 20)) return LocalRank{static_cast<int>(*value), name};
   return std::nullopt;
 }
@@ -36,8 +37,8 @@ DeviceChoice choose_device(const std::string& setting, const std::optional<Local
   return {Device::cuda(index), why};
 }
 
-DeviceChoice choose_device(const std::string& setting) {
-  return choose_device(setting, local_rank_from_environment(), cuda_device_count(), cuda_built());
+DeviceChoice choose_device(const std::string& setting, std::int64_t configured_local_rank) {
+  return choose_device(setting, local_rank_of(configured_local_rank), cuda_device_count(), cuda_built());
 }
 
 }  // namespace shoal

@@ -5,6 +5,7 @@
 // its inputs, so it is tested as a table (tests/core/device_select_test.cc).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -22,15 +23,16 @@ struct LocalRank {
   std::string source;  // the variable it came from
 };
 
-// The first of OMPI_COMM_WORLD_LOCAL_RANK (mpirun), SHOAL_LOCAL_RANK (shoal launch) and
-// LOCAL_RANK (torchrun-style launchers) that is set; ConfigError naming a malformed one.
-std::optional<LocalRank> local_rank_from_environment();
+// node.local_rank when it is set (>= 0; `shoal launch --local` sets it for each worker), else
+// the first of OMPI_COMM_WORLD_LOCAL_RANK (mpirun) and LOCAL_RANK (torchrun-style launchers)
+// that is set; ConfigError naming a malformed variable.
+std::optional<LocalRank> local_rank_of(std::int64_t configured);
 
 // setting is auto, cpu or cuda. DeviceError when cuda is asked for and cannot be had.
 DeviceChoice choose_device(const std::string& setting, const std::optional<LocalRank>& local_rank, int visible_gpus,
                            bool cuda_built);
 
-// choose_device with this process's environment and this build's view of the machine.
-DeviceChoice choose_device(const std::string& setting);
+// choose_device with local_rank_of(configured_local_rank) and this build's view of the machine.
+DeviceChoice choose_device(const std::string& setting, std::int64_t configured_local_rank);
 
 }  // namespace shoal

@@ -50,9 +50,7 @@ std::string self_executable() {
   return path;
 }
 
-// local_rank >= 0: SHOAL_LOCAL_RANK for the child (a worker's GPU is its local rank).
-Child spawn(const std::string& name, const std::vector<std::string>& argv, int local_rank = -1) {
-  const std::string local_rank_text = std::to_string(local_rank);
+Child spawn(const std::string& name, const std::vector<std::string>& argv) {
   int fds[2];
   SHOAL_REQUIRE(pipe(fds) == 0, IoError, "pipe failed: " << std::strerror(errno));
   pid_t parent = getpid();
@@ -62,7 +60,6 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv, int l
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // the launcher died: so do we
     unblock_all_signals();             // the child starts as a fresh process would
     if (getppid() != parent) _exit(1);
-    if (local_rank >= 0) setenv("SHOAL_LOCAL_RANK", local_rank_text.c_str(), 1);
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
     close(fds[0]);
@@ -150,7 +147,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   std::vector<std::string> passed;
   for (const auto& a : overrides) {
     bool ours = false;
-    for (const char* key : {"--cluster.coordinator", "--node.rank", "--node.address", "--progress"})
+    for (const char* key : {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress"})
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }
@@ -164,6 +161,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     argv.push_back("--cluster.coordinator=" + coordinator);
     argv.push_back("--progress=off");
     if (rank >= 0) argv.push_back("--node.rank=" + std::to_string(rank));
+    // Every process of a local job is on this host: a worker's GPU is its rank.
+    if (rank >= 0 && role == "worker") argv.push_back("--node.local_rank=" + std::to_string(rank));
     if (role == "ps") argv.push_back("--node.address=tcp://127.0.0.1:0");
     if (config.threads == 0 && threads > 0) argv.push_back("--threads=" + std::to_string(threads));
     return argv;
@@ -209,7 +208,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
               "starting a local sync job: " << config.workers << " ranks (" << worker_threads
                                             << " threads each), coordinator in rank 0 at " << coordinator);
     for (int i = 0; i < config.workers; ++i)
-      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads), i));
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
     decider = "worker.0";
   } else {
     SHOAL_LOG(log, info,
@@ -219,7 +218,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     children.push_back(spawn("coordinator", command("coordinator", -1, 1)));
     for (int i = 0; i < config.servers; ++i) children.push_back(spawn("ps." + std::to_string(i), command("ps", i, 1)));
     for (int i = 0; i < config.workers; ++i)
-      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads), i));
+      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
   }
   std::size_t width = 0;
   for (const auto& c : children) width = std::max(width, c.name.size());

@@ -10,7 +10,7 @@ namespace shoal {
 
 TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   auto started = std::chrono::steady_clock::now();
-  DeviceChoice device = choose_device(config.device);
+  DeviceChoice device = choose_device(config.device, config.node_local_rank);
   SHOAL_LOG(log, info, device.why);
   auto backend = make_backend(BackendOptions{device.device, static_cast<int>(config.threads), config.cuda_tf32});
   SHOAL_LOG(log, info, "backend: " << backend->describe());

@@ -222,10 +222,11 @@ std::function<void()> job_watch(Heartbeat& heartbeat) {
 }
 
 void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
-  Loaded l = load(config, choose_device(config.device), log);
+  Loaded l = load(config, choose_device(config.device, config.node_local_rank), log);
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
+  control.set_device(l.backend->device().str());
   auto joined = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
   if (!joined) return;
   const std::string& id = joined->id;
@@ -285,12 +286,13 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   }
   if (setup.under_mpirun) config.coordinator_address = mpi::broadcast_string(config.coordinator_address, 0);
 
-  std::optional<LocalRank> local_rank = local_rank_from_environment();
+  std::optional<LocalRank> local_rank = local_rank_of(config.node_local_rank);
   if (!local_rank) local_rank = LocalRank{setup.world.local_rank, "the rank of a sync worker"};
   Loaded l = load(config, choose_device(config.device, local_rank, cuda_device_count(), cuda_built()), log);
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
+  control.set_device(l.backend->device().str());
   auto joined = join_job(control, config, setup.world.rank, log, stop);
   if (!joined) return;
   const std::string& id = joined->id;

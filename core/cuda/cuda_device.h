@@ -17,7 +17,7 @@ std::string library_versions();
 // One line per visible GPU: index, name, memory, compute capability; or why there is none.
 std::string describe_devices();
 
-// The CUDA backend on GPU `device` (core/cuda/cuda_backend.cu).
+// The CUDA backend on GPU `device` (core/cuda/cuda_backend.cc).
 std::unique_ptr<Backend> make_cuda_backend(int device, bool tf32);
 
 }  // namespace shoal::cuda

@@ -64,30 +64,30 @@ class LocalRankEnvironment : public ::testing::Test {
   void SetUp() override { clear(); }
   void TearDown() override { clear(); }
   static void clear() {
-    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SHOAL_LOCAL_RANK", "LOCAL_RANK"}) unsetenv(name);
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"}) unsetenv(name);
   }
 };
 
-TEST_F(LocalRankEnvironment, OpenMpiThenShoalThenTorchrunStyle) {
-  EXPECT_FALSE(local_rank_from_environment().has_value());
+TEST_F(LocalRankEnvironment, ConfiguredThenOpenMpiThenTorchrunStyle) {
+  EXPECT_FALSE(local_rank_of(-1).has_value());
   setenv("LOCAL_RANK", "3", 1);
-  EXPECT_EQ(local_rank_from_environment()->rank, 3);
-  EXPECT_EQ(local_rank_from_environment()->source, "LOCAL_RANK");
-  setenv("SHOAL_LOCAL_RANK", "2", 1);
-  EXPECT_EQ(local_rank_from_environment()->source, "SHOAL_LOCAL_RANK");
+  EXPECT_EQ(local_rank_of(-1)->rank, 3);
+  EXPECT_EQ(local_rank_of(-1)->source, "LOCAL_RANK");
   setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
-  EXPECT_EQ(local_rank_from_environment()->rank, 1);
-  EXPECT_EQ(local_rank_from_environment()->source, "OMPI_COMM_WORLD_LOCAL_RANK");
+  EXPECT_EQ(local_rank_of(-1)->rank, 1);
+  EXPECT_EQ(local_rank_of(-1)->source, "OMPI_COMM_WORLD_LOCAL_RANK");
+  EXPECT_EQ(local_rank_of(2)->rank, 2);
+  EXPECT_EQ(local_rank_of(2)->source, "node.local_rank");
 }
 
 TEST_F(LocalRankEnvironment, AMalformedValueIsAConfigErrorNamingTheVariable) {
   for (const char* bad : {"", "x", "1x", "-1", "99999999999"}) {
-    setenv("SHOAL_LOCAL_RANK", bad, 1);
+    setenv("LOCAL_RANK", bad, 1);
     try {
-      local_rank_from_environment();
-      ADD_FAILURE() << "accepted SHOAL_LOCAL_RANK='" << bad << "'";
+      local_rank_of(-1);
+      ADD_FAILURE() << "accepted LOCAL_RANK='" << bad << "'";
     } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find("SHOAL_LOCAL_RANK"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("LOCAL_RANK"), std::string::npos) << e.what();
     }
   }
 }
