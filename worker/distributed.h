@@ -16,6 +16,9 @@ namespace shoal {
 
 class DistributedStrategy : public Strategy {
  public:
+  // Once, before the first task (sync: every rank takes rank 0's parameters). A stop request
+  // while it waits on peers leaves the job like one during training.
+  virtual void start() {}
   // Before asking the coordinator for the next task (async: the next parameters are in).
   virtual void before_task() {}
   // The coordinator has no task for this worker right now.

@@ -37,6 +37,7 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
 
   // Rank 0's parameters and buffers reach every rank.
   void broadcast_initial_state();
+  void start() override { broadcast_initial_state(); }
 
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
   void end_step(Model& model, std::int64_t step, float lr) override;

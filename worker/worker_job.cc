@@ -63,6 +63,7 @@ void run_job_loop(JobContext& job) {
     SHOAL_LOG(log, info, "stopped on request " << when << " after " << strategy.clock() << " steps; left the job");
   };
   try {
+    strategy.start();
     while (true) {
       if (stopped()) return leave("between steps");
       if (auto end = heartbeat.job_end()) {
@@ -330,7 +331,6 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   trainer.set_stop_flag(stop);
   JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
   try {
-    strategy.broadcast_initial_state();
     run_job_loop(job);
   } catch (const CollectiveError&) {
     rethrow_with_verdict(heartbeat, config);
