@@ -258,7 +258,19 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
           SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
         else if (c.name == decider)
           SHOAL_LOG(log, info, c.name << " finished the job");
-        if (c.name == decider && !interrupted) {
+        // A process that cannot run at all (bad configuration, dataset or device) fails the
+        // same way in every process of a local job: stop now with its code instead of letting
+        // the coordinator wait out the start-up timeout.
+        const bool cannot_run = c.code == static_cast<int>(ExitCode::usage) ||
+                                c.code == static_cast<int>(ExitCode::data) ||
+                                c.code == static_cast<int>(ExitCode::device);
+        if (c.name != decider && cannot_run && !interrupted && result < 0) {
+          SHOAL_LOG(log, warn, c.name << " cannot run (" << exit_code_name(static_cast<ExitCode>(c.code))
+                                      << "): stopping every process of the job");
+          result = c.code;
+          stop_at = Clock::now();
+        }
+        if (c.name == decider && !interrupted && result < 0) {
           result = c.code;
           // The others are told by the coordinator and leave on their own; give them a moment.
           stop_at = Clock::now() +

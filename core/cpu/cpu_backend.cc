@@ -38,6 +38,10 @@ void check_cpu_f32(const Tensor& t, const char* what) {
   SHOAL_ASSERT(t.is_cpu() && t.dtype() == DType::f32, what << " must be a CPU f32 tensor, got " << t.describe());
 }
 
+// An opaque output the backend allocates on first use: reusable when it already has memory
+// for `numel` elements (a default Tensor has shape [] and numel 1, but no memory).
+bool holds(const Tensor& t, std::int64_t numel) { return t.raw() != nullptr && t.numel() == numel; }
+
 void check_same_numel(const Tensor& a, const Tensor& b) {
   SHOAL_ASSERT(a.numel() == b.numel(), "size mismatch: " << a.describe() << " vs " << b.describe());
 }
@@ -442,7 +446,7 @@ class CpuBackend final : public Backend {
     const std::int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3];
     const std::int64_t oh = window_output_size(h, k, k, 0), ow = window_output_size(w, k, k, 0);
     SHOAL_ASSERT(y.numel() == planes * oh * ow, "pool output " << y.describe());
-    if (workspace.numel() != y.numel()) workspace = Tensor::zeros(Shape{y.numel()}, DType::u8);
+    if (!holds(workspace, y.numel())) workspace = Tensor::zeros(Shape{y.numel()}, DType::u8);
     const float* in = x.data<float>();
     float* out = y.data<float>();
     std::uint8_t* arg = static_cast<std::uint8_t*>(workspace.raw());
@@ -558,8 +562,8 @@ class CpuBackend final : public Backend {
     use_threads();
     auto d = norm_dims(x.shape());
     std::int64_t channels = d[1];
-    if (saved_mean.numel() != channels) saved_mean = Tensor::zeros(Shape{channels});
-    if (saved_var.numel() != channels) saved_var = Tensor::zeros(Shape{channels});
+    if (!holds(saved_mean, channels)) saved_mean = Tensor::zeros(Shape{channels});
+    if (!holds(saved_var, channels)) saved_var = Tensor::zeros(Shape{channels});
     NormEntry& e = norm_entry(x.shape(), eps, true);
     memory::desc md = plain_desc(d), cmd({channels}, dt::f32, tag::a);
     e.fwd.execute(stream_, {{DNNL_ARG_SRC, memory(md, engine_, x.raw())},
@@ -621,7 +625,7 @@ class CpuBackend final : public Backend {
                        std::uint64_t first_index) override {
     use_threads();
     check_same_numel(x, y);
-    if (mask.numel() != x.numel()) mask = Tensor::zeros(x.shape());
+    if (!holds(mask, x.numel())) mask = Tensor::zeros(x.shape());
     const float* xs = x.data<float>();
     float* ys = y.data<float>();
     float* ms = mask.data<float>();

@@ -82,7 +82,16 @@ TEST(Cli, BadInputGivesOneLineErrorAndDocumentedExitCode) {
       {"unknown command", {"trian"}, {}, 2, "unknown command 'trian'"},
       {"missing data", {"train", "--data.dir=/nonexistent"}, {}, 3, "not found in '/nonexistent'"},
       {"corrupt data", {"train", "--data.dir=" + dir.path()}, {}, 3, "truncated IDX header"},
-      {"cuda unavailable", {"train", "--device=cuda", "--train.epochs=1"}, {}, 7, "device = cuda"},
+      // No GPU visible, also on a machine that has one.
+      {"cuda unavailable", {"train", "--device=cuda", "--train.epochs=1"}, {{"CUDA_VISIBLE_DEVICES", ""}}, 7,
+       "device = cuda"},
+      // A local job whose workers cannot run stops at once with their code (not the
+      // coordinator's start-up timeout, 6).
+      {"cuda unavailable in a local job",
+       {"launch", "--local", "--device=cuda", "--cluster.startup_timeout_seconds=50"},
+       {{"CUDA_VISIBLE_DEVICES", ""}},
+       7,
+       "cannot run (device unavailable)"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> argv{kShoal};

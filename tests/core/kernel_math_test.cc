@@ -188,5 +188,32 @@ TEST(KernelMath, CpuBackendRunsExactlyTheseFunctions) {
                                                          math::dropout_keep_scale(0.4f)));
 }
 
+// Opaque outputs the backend allocates on first use (dropout mask, batch-norm statistics,
+// pooling workspace) are allocated for one element too: a default Tensor has shape [] and
+// numel 1, but no memory, and was once taken as already allocated.
+TEST(CpuBackend, AllocatesOpaqueOutputsOfOneElement) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), 1});
+  Tensor x = Tensor::zeros({1}), y = Tensor::zeros({1}), mask;
+  x.data<float>()[0] = 2.f;
+  backend->dropout_forward(x, y, mask, 0.f, 1);
+  ASSERT_NE(mask.raw(), nullptr);
+  EXPECT_EQ(y.data<float>()[0], 2.f);
+
+  Tensor bx = Tensor::zeros({2, 1}), by = Tensor::zeros({2, 1}), gamma = Tensor::zeros({1}), beta = Tensor::zeros({1});
+  Tensor rm = Tensor::zeros({1}), rv = Tensor::zeros({1}), sm, sv;
+  bx.data<float>()[0] = 1.f;
+  bx.data<float>()[1] = 3.f;
+  gamma.data<float>()[0] = 1.f;
+  backend->batch_norm_forward_training(bx, gamma, beta, by, rm, rv, sm, sv, 0.1f, 1e-5f);
+  ASSERT_NE(sm.raw(), nullptr);
+  ASSERT_NE(sv.raw(), nullptr);
+  EXPECT_NEAR(by.data<float>()[0], -1.f, 1e-3);
+
+  Tensor px = Tensor::zeros({1, 1, 2, 2}), py = Tensor::zeros({1, 1, 1, 1}), ws;
+  px.data<float>()[3] = 5.f;
+  backend->pool_forward(px, py, ws, PoolParams{}, true);
+  EXPECT_EQ(py.data<float>()[0], 5.f);
+}
+
 }  // namespace
 }  // namespace shoal

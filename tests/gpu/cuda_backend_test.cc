@@ -650,9 +650,7 @@ TEST_F(CudaTest, BatchNormTrainingBackwardAndInference) {
 TEST_F(CudaTest, DropoutMasksAreBitIdenticalToTheCpu) {
   Backend& g = gpu();
   const std::uint64_t seed = rng().next_u64();
-  // Not n = 1: the CPU backend allocates the mask when its numel differs from x's, and an empty
-  // Tensor's shape [] has numel 1, so a one-element dropout writes through a null mask there.
-  for (std::int64_t n : {std::int64_t{7}, std::int64_t{1000}, std::int64_t{(1 << 20) + 3}}) {
+  for (std::int64_t n : {std::int64_t{1}, std::int64_t{7}, std::int64_t{1000}, std::int64_t{(1 << 20) + 3}}) {
     for (float p : {0.1f, 0.3f, 0.5f}) {
       // Past 2^32 too: an index truncated to 32 bits on the device draws another mask.
       for (std::uint64_t first : {std::uint64_t{0}, std::uint64_t{12345}, (std::uint64_t{1} << 33) + 7}) {
