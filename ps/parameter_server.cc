@@ -155,6 +155,16 @@ void ParameterServer::retry_parked() {
   }
 }
 
+Tensor ParameterServer::float_view(zmq::message_t& frame, std::int64_t numel) {
+  // ZeroMQ may deliver small messages at any byte offset of a shared receive buffer; reading
+  // floats there is undefined behaviour (UBSan reported it), so such a frame is copied.
+  if (reinterpret_cast<std::uintptr_t>(frame.data()) % alignof(float) == 0)
+    return Tensor::borrow(frame.data(), Shape{numel}, DType::f32);
+  Tensor aligned = Tensor::zeros(Shape{numel});
+  std::memcpy(aligned.raw(), frame.data(), static_cast<std::size_t>(numel) * sizeof(float));
+  return aligned;
+}
+
 void ParameterServer::handle_push(Incoming& in) {
   const std::string worker = in.sender();
   auto push = in.envelope().getBody().getPush();
@@ -162,6 +172,7 @@ void ParameterServer::handle_push(Incoming& in) {
   const std::uint64_t clock = push.getClock();
   // Check the whole message before changing anything.
   std::set<std::uint32_t> seen;
+  std::vector<Tensor> grads(chunks.size());
   for (unsigned i = 0; i < chunks.size(); ++i) {
     ChunkState* c = find_chunk(chunks[i].getKey());
     std::string problem;
@@ -177,8 +188,8 @@ void ParameterServer::handle_push(Incoming& in) {
                 std::to_string(c->applied);
     if (problem.empty()) {
       // A NaN or infinity would poison the model for every worker: refuse it whole.
-      Tensor grad = Tensor::borrow(in.payloads()[i].data(), Shape{c->span.numel}, DType::f32);
-      if (!backend_.all_finite(grad))
+      grads[i] = float_view(in.payloads()[i], c->span.numel);
+      if (!backend_.all_finite(grads[i]))
         problem = "chunk key " + std::to_string(c->key) + " carries a non-finite gradient (NaN or infinity)";
     }
     if (!problem.empty()) {
@@ -189,8 +200,7 @@ void ParameterServer::handle_push(Incoming& in) {
   }
   for (unsigned i = 0; i < chunks.size(); ++i) {
     ChunkState& c = *find_chunk(chunks[i].getKey());
-    zmq::message_t& frame = in.payloads()[i];
-    Tensor grad = Tensor::borrow(frame.data(), Shape{c.span.numel}, DType::f32);
+    const Tensor& grad = grads[i];
     if (options_.staleness == 0) {
       if (c.contributors == 0)
         backend_.copy(grad, c.sum);

@@ -80,6 +80,8 @@ class ParameterServer {
 
   void handle(Incoming& in);
   void handle_push(Incoming& in);
+  // A pushed frame's floats: the frame itself, or an aligned copy when it is not float-aligned.
+  static Tensor float_view(zmq::message_t& frame, std::int64_t numel);
   void handle_pull(Incoming& in);
   void error_reply(const std::string& peer, std::uint64_t request_id, wire::ErrorCode code, const std::string& message);
   bool pull_ready(std::uint64_t clock) const;
