@@ -81,7 +81,9 @@ void Coordinator::publish_table() {
   if (sync_) {
     // No servers: the table only says the job started (every rank registered).
     PartitionTable t;
-    t.version = 1;
+    // The membership generation the world forms in: every rank reads it from this one table
+    // (a rank's own heartbeat may not have seen the last registration yet).
+    t.version = members_.generation();
     t.total_elements = model_elements_;
     t.chunks.push_back(ChunkSpan{0, static_cast<std::uint32_t>(model_elements_)});
     t.train_samples = train_samples_;

@@ -305,7 +305,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   };
   std::unique_ptr<Collective> collective;
   try {
-    collective = make_collective(setup, config, control, heartbeat.generation(), *l.backend);
+    collective = make_collective(setup, config, control, joined->table.version, *l.backend);
   } catch (const CollectiveError&) {
     rethrow_with_verdict(heartbeat, config);
   }
