@@ -1,21 +1,41 @@
-// Parameter-server push+pull bandwidth beside its physical limits, measured in the same run.
+// Parameter-server push+pull bandwidth beside the limits that bind it, measured in the same run.
 //
-//   build/bench/shoal_ps_bench [--rounds N] [--runs R]
+//   build/bench/shoal_ps_bench [--rounds N] [--runs R] [--quick]
 //
-// One worker (the real AsyncPsStrategy code path: zero-copy pushes of every chunk, wait for
-// the acknowledgements, pull every chunk back into the parameter arena) against 1, 2 and 4
-// parameter servers (the real ParameterServer, SGD applied to every pushed chunk), each with
-// its own ZeroMQ context as if it were its own process, over loopback TCP. A 10M-float model
-// (40 MB) moves 80 MB per round. Beside it: raw loopback TCP with iperf3 (one stream) and
-// memcpy bandwidth. For small messages: push+pull round trips per second of a 4 KB model.
+// Table 1, one worker. The real AsyncPsStrategy code path (zero-copy pushes of every chunk,
+// wait for the acknowledgements, pull every chunk back into the parameter arena) against 1, 2
+// and 4 parameter servers (the real ParameterServer, SGD applied to every pushed chunk), each
+// with its own ZeroMQ context as if it were its own process, over loopback TCP. A 10M-float
+// model (40 MB) moves 80 MB per round. Each row is compared with the raw loopback TCP it
+// could at best reach: iperf3 with 1 MiB writes, one stream for one server, -P N streams for
+// N servers (the worker holds one connection per server). Also: iperf3 with its default
+// writes, memcpy bandwidth, and push+pull round trips per second of a 4 KB model. Targets are
+// printed with PASS or MISS.
+//
+// Table 2, W workers. W = 1, 2, 4, 8 synthetic workers, each a thread with its own ZeroMQ
+// context running the same strategy with random gradients and no compute, against one server
+// and against two: the servers' aggregate ingress (gradients pushed) and egress (values
+// pulled) and the rounds per second, in total and per worker, as W grows.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <fstream>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +43,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/process.h"
+#include "core/rng.h"
 #include "launch/local_launcher.h"
 #include "models/model.h"
 #include "ps/parameter_server.h"
@@ -34,9 +55,137 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double median(std::vector<double> v) {
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and formatting.
+
+struct Spread {
+  double median = 0, lo = 0, hi = 0;
+};
+
+Spread spread(std::vector<double> v) {
+  SHOAL_ASSERT(!v.empty(), "no samples");
   std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  std::size_t n = v.size();
+  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), v.front(), v.back()};
+}
+
+Spread scaled(const Spread& s, double k) { return {k * s.median, k * s.lo, k * s.hi}; }
+// The spread of `k / x`: a time per round becomes a rate (its extremes swap).
+Spread inverse(const Spread& s, double k) { return {k / s.median, k / s.hi, k / s.lo}; }
+
+std::string format(const char* fmt, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), fmt, value);
+  return buf;
+}
+
+// "2.26 GB/s (1.95–2.42)", each figure written by `write`; the range left out when it is one value.
+template <typename Write>
+std::string with_range(const Spread& s, Write write, const std::string& unit = "") {
+  std::string lo = write(s.lo), hi = write(s.hi);
+  return write(s.median) + unit + (lo == hi ? "" : " (" + lo + "–" + hi + ")");
+}
+std::string with_range(const Spread& s, const char* fmt, const std::string& unit = "") {
+  return with_range(
+      s, [fmt](double v) { return format(fmt, v); }, unit);
+}
+
+// 12345.6 -> "12,346"
+std::string thousands(double value) {
+  std::string digits = std::to_string(static_cast<long long>(value + 0.5)), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string percent(double fraction) { return format("%.0f%%", 100 * fraction); }
+
+// "≥ 70%: PASS", or "n/a" in place of the verdict when there is nothing to compare with.
+struct Target {
+  std::string what;
+  std::optional<bool> met;
+  std::string cell() const { return what + ": " + (met ? (*met ? "PASS" : "MISS") : "n/a"); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+struct Plan {
+  int rounds = 10;              // push+pull rounds per run (table 1)
+  int runs = 3;                 // runs of everything; windows per row in table 2
+  int iperf_seconds = 2;        // each iperf3 run
+  double rtt_seconds = 2;       // each run of 4 KB round trips
+  double window_seconds = 1;    // each measuring window of table 2
+  double warmup_seconds = 0.3;  // table 2: after every worker has its first pull
+  bool small_only = false;      // only the 4 KB round trips (for a profiler)
+};
+
+constexpr const char* kUsage =
+    "usage: shoal_ps_bench [--rounds N] [--runs R] [--quick]\n"
+    "  --rounds N  push+pull rounds per run, one worker (default 10; 3 with --quick)\n"
+    "  --runs R    runs of each measurement, iperf3 included; windows per row of the\n"
+    "              W-worker table (default 3; 1 with --quick)\n"
+    "  --quick     short runs for a smoke test (under a minute); --rounds/--runs still apply\n"
+    "  --small     only the 4 KB round trips, --runs times (to run under a profiler)\n";
+
+int positive_int(const std::string& flag, const char* text) {
+  int value = 0;
+  const char* end = text + std::strlen(text);
+  auto [stop, ec] = std::from_chars(text, end, value);
+  if (ec != std::errc() || stop != end || value < 1)
+    SHOAL_THROW(ConfigError, flag << " needs a positive integer, not '" << text << "'\n" << kUsage);
+  return value;
+}
+
+Plan parse(int argc, char** argv) {
+  Plan plan;
+  std::optional<int> rounds, runs;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--quick") {
+      plan = Plan{
+          .rounds = 3, .runs = 1, .iperf_seconds = 1, .rtt_seconds = 0.5, .window_seconds = 0.5, .warmup_seconds = 0.2,
+                  .small_only = plan.small_only};
+    } else if (flag == "--small") {
+      plan.small_only = true;
+    } else if (flag == "--rounds" || flag == "--runs") {
+      if (i + 1 == argc) SHOAL_THROW(ConfigError, flag << " needs a value\n" << kUsage);
+      (flag == "--rounds" ? rounds : runs) = positive_int(flag, argv[++i]);
+    } else if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else {
+      SHOAL_THROW(ConfigError, "unknown flag '" << flag << "'\n" << kUsage);
+    }
+  }
+  if (rounds) plan.rounds = *rounds;
+  if (runs) plan.runs = *runs;
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine.
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string name = line.substr(line.find(':') + 1);
+      return name.substr(std::min(name.find_first_not_of(" \t"), name.size()));
+    }
+  return "unknown CPU";
+}
+
+std::string machine() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) + " cores, " + cpu_model() + ", host " + host;
 }
 
 double memcpy_gbps() {
@@ -46,33 +195,161 @@ double memcpy_gbps() {
   for (int i = 0; i < 5; ++i) {
     auto t = Clock::now();
     std::memcpy(b.data(), a.data(), bytes);
-    rates.push_back(bytes / std::chrono::duration<double>(Clock::now() - t).count() / 1e9);
+    rates.push_back(static_cast<double>(bytes) / seconds_since(t) / 1e9);
   }
-  return median(rates);
+  return spread(rates).median;
 }
 
-// iperf3 over loopback, one stream, 3 s; 0 when iperf3 is not installed.
-double iperf3_gbps() {
-  if (system("command -v iperf3 >/dev/null 2>&1") != 0) return 0;
-  int port = pick_free_port();
-  std::string server = "iperf3 -s -1 -p " + std::to_string(port) + " >/dev/null 2>&1 &";
-  if (system(server.c_str()) != 0) return 0;
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  std::string cmd = "iperf3 -c 127.0.0.1 -p " + std::to_string(port) + " -t 3 -J 2>/dev/null";
+// ---------------------------------------------------------------------------------------------
+// iperf3 over loopback.
+
+bool have_iperf3() { return std::system("command -v iperf3 >/dev/null 2>&1") == 0; }
+
+// Whether a socket listens on `port` (any local address), from the kernel's tables: probing
+// with a connection would use up the test of a one-off (-1) iperf3 server.
+bool listening(int port) {
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      auto colon = local.rfind(':');
+      if (state == "0A" && colon != std::string::npos &&
+          std::strtol(local.c_str() + colon + 1, nullptr, 16) == port)  // 0A: LISTEN
+        return true;
+    }
+  }
+  return false;
+}
+
+// `iperf3 -s -1` on a free loopback port, for one test. Started and waited for until it
+// listens (bounded polling); never left behind: reaped after its test, terminated if it
+// outlives it, and killed by the kernel if this process dies first (PR_SET_PDEATHSIG).
+class IperfServer {
+ public:
+  IperfServer() : port_(pick_free_port()) {
+    std::string port = std::to_string(port_);
+    std::vector<const char*> argv = {"iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", port.c_str(), nullptr};
+    pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) SHOAL_THROW(IoError, "fork: " << std::strerror(errno));
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      int null = open("/dev/null", O_WRONLY);
+      dup2(null, STDOUT_FILENO);
+      dup2(null, STDERR_FILENO);
+      execvp(argv[0], const_cast<char* const*>(argv.data()));
+      _exit(127);
+    }
+    for (int tries = 0; tries < 300; ++tries) {  // 3 s
+      if (listening(port_)) return;
+      if (reaped(0)) SHOAL_THROW(IoError, "iperf3 -s exited before listening on port " << port_);
+      sleep_ms(10);
+    }
+    stop(0);
+    SHOAL_THROW(TimeoutError, "iperf3 -s did not listen on port " << port_ << " within 3 s");
+  }
+  ~IperfServer() { stop(200); }  // 2 s for the server to end by itself after its test
+  IperfServer(const IperfServer&) = delete;
+  IperfServer& operator=(const IperfServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  // Whether the server has exited (and is reaped), polling for up to `tries` x 10 ms.
+  bool reaped(int tries) {
+    for (int i = 0;; ++i) {
+      if (pid_ < 0 || waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        return true;
+      }
+      if (i >= tries) return false;
+      sleep_ms(10);
+    }
+  }
+  // A one-off server exits after its test; one that does not within `tries` x 10 ms is
+  // terminated, then killed.
+  void stop(int tries) {
+    if (reaped(tries)) return;
+    kill(pid_, SIGTERM);
+    if (reaped(100)) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  int port_;
+  pid_t pid_ = -1;
+};
+
+// One client run against a fresh one-off server: GB/s received. Throws on failure.
+double iperf3_run(const std::string& args, int seconds) {
+  IperfServer server;
+  std::string cmd = "iperf3 -c 127.0.0.1 -p " + std::to_string(server.port()) + " -t " + std::to_string(seconds) +
+                    " --connect-timeout 3000 -J " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return 0;
+  if (p == nullptr) SHOAL_THROW(IoError, "cannot run " << cmd);
   std::string json;
   char buf[4096];
   while (std::size_t n = fread(buf, 1, sizeof(buf), p)) json.append(buf, n);
-  pclose(p);
-  auto at = json.find("\"sum_received\"");
+  int status = pclose(p);
   std::smatch m;
+  auto at = json.find("\"sum_received\"");
   std::string rest = at == std::string::npos ? "" : json.substr(at);
-  if (!std::regex_search(rest, m, std::regex("\"bits_per_second\":\\s*([0-9.eE+]+)"))) return 0;
+  if (status != 0 || !std::regex_search(rest, m, std::regex("\"bits_per_second\":\\s*([0-9.eE+]+)"))) {
+    std::smatch error;
+    std::regex_search(json, error, std::regex("\"error\":\\s*\"([^\"]*)\""));
+    SHOAL_THROW(IoError, "iperf3 " << args << " failed" << (error.empty() ? "" : ": " + error[1].str()));
+  }
   return std::stod(m[1]) / 8 / 1e9;
 }
 
-// The bench's servers: never wait (one worker), momentum-free SGD with a tiny rate.
+struct IperfCase {
+  const char* label;
+  const char* args;
+};
+constexpr IperfCase kIperfCases[] = {
+    {"iperf3, 1 stream, default writes (reference)", ""},
+    {"iperf3 -l 1M, 1 stream", "-l 1M"},
+    {"iperf3 -l 1M -P 2", "-l 1M -P 2"},
+    {"iperf3 -l 1M -P 4", "-l 1M -P 4"},
+};
+
+struct Iperf {
+  IperfCase what;
+  int runs = 0;
+  std::vector<double> gbps;  // one per run that succeeded
+  std::string failure;       // the last failure, if any run failed
+
+  std::optional<Spread> result() const { return gbps.empty() ? std::nullopt : std::optional<Spread>(spread(gbps)); }
+  std::string cell() const {
+    if (gbps.empty()) return "failed: " + failure;
+    std::string failed = std::to_string(runs - static_cast<int>(gbps.size())) + " of " + std::to_string(runs) +
+                         " runs failed: " + failure;
+    return with_range(spread(gbps), "%.2f", " GB/s") + (failure.empty() ? "" : " (" + failed + ")");
+  }
+};
+
+Iperf measure_iperf3(IperfCase what, const Plan& plan) {
+  Iperf m{what, plan.runs, {}, {}};
+  for (int r = 0; r < plan.runs; ++r) {
+    try {
+      m.gbps.push_back(iperf3_run(what.args, plan.iperf_seconds));
+    } catch (const Error& e) {
+      m.failure = e.what();
+    }
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shoal: servers and synthetic workers.
+
+// The bench's servers: never wait for a slow worker, momentum-free SGD with a tiny rate.
 ServerOptions bench_server_options() {
   ServerOptions options;
   options.staleness = 1 << 20;
@@ -81,93 +358,277 @@ ServerOptions bench_server_options() {
   return options;
 }
 
+constexpr std::int64_t kChunkElements = 1 << 20;  // 4 MiB chunks at most
+
 // A model that is nothing but `in x out` parameters (+ out biases).
-std::unique_ptr<Model> blob_model(Backend& backend, std::int64_t in, std::int64_t out) {
-  auto m = std::make_unique<Model>("blob", Shape{1, 1, in}, out);
-  m->add("fc", linear(in, out));
-  m->build(backend, 1);
-  return m;
+struct Blob {
+  std::int64_t in, out;
+  std::int64_t elements() const { return in * out + out; }
+  double bytes() const { return 4.0 * static_cast<double>(elements()); }
+};
+
+// One synthetic worker: a blob model whose gradient arena holds fixed random values (the
+// servers reject non-finite gradients), its own ZeroMQ context as if it were its own process,
+// and the real AsyncPsStrategy; no compute. Construction does the first pull.
+class BenchWorker {
+ public:
+  BenchWorker(const PartitionTable& table, const std::string& id, Blob blob, std::uint64_t seed)
+      : backend_(make_backend(BackendOptions{Device::cpu(), 1})),
+        model_(build(*backend_, blob)),
+        strategy_(network_, table, id, *backend_, *model_, Logger("worker", LogLevel::warn), AsyncPsOptions{}) {
+    for (const auto& p : model_->params().parameters()) all_.push_back(p.get());
+    Tensor& grads = model_->params().grads();
+    Rng rng(seed);
+    float* g = grads.data<float>();
+    for (std::int64_t i = 0; i < grads.numel(); ++i) g[i] = static_cast<float>(2 * rng.uniform() - 1);
+    strategy_.begin_step(*model_, 0);
+  }
+
+  // Pushes every chunk and waits for the acknowledgements; the pull for the next round goes out.
+  void push() {
+    strategy_.gradients_ready(*model_, all_);
+    strategy_.end_step(*model_, step_, 0);
+  }
+  // Waits for the pulled values.
+  void pull() { strategy_.begin_step(*model_, ++step_); }
+
+ private:
+  static std::unique_ptr<Model> build(Backend& backend, Blob blob) {
+    auto m = std::make_unique<Model>("blob", Shape{1, 1, blob.in}, blob.out);
+    m->add("fc", linear(blob.in, blob.out));
+    m->build(backend, 1);
+    return m;
+  }
+
+  Network network_;  // outlives the strategy's sockets
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Model> model_;
+  AsyncPsStrategy strategy_;
+  std::vector<Parameter*> all_;
+  std::int64_t step_ = 0;
+};
+
+// One worker, `plan.runs` runs, each against fresh servers: `rounds` push+pull rounds, or as
+// many as fit in `seconds`.
+struct Rounds {
+  std::vector<double> times;  // seconds per round, every round of every run
+  std::vector<double> rates;  // rounds per second, one per run
+};
+
+Rounds one_worker_rounds(int servers, Blob blob, const Plan& plan, int rounds, double seconds) {
+  Rounds result;
+  for (int r = 0; r < plan.runs; ++r) {
+    ServerFarm farm(servers, blob.elements(), kChunkElements, 0.5f, "bench.worker", bench_server_options());
+    BenchWorker worker(farm.table(), "bench.worker", blob, 1);
+    auto start = Clock::now();
+    int n = 0;
+    for (; n < rounds && seconds_since(start) < seconds; ++n) {
+      auto t = Clock::now();
+      worker.push();
+      worker.pull();
+      result.times.push_back(seconds_since(t));
+    }
+    result.rates.push_back(n / seconds_since(start));
+  }
+  return result;
 }
 
-// Seconds per push+pull round, one per round.
-std::vector<double> push_pull_rounds(int servers, std::int64_t in, std::int64_t out, int rounds) {
-  auto backend = make_backend(BackendOptions{Device::cpu(), 1});
-  auto model = blob_model(*backend, in, out);
-  ServerFarm farm(servers, model->params().parameter_count(), 1 << 20, 0.5f, "bench.worker", bench_server_options());  // 4 MiB chunks
-  Network context;
-  AsyncPsOptions options;
-  AsyncPsStrategy strategy(context, farm.table(), "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), options);
-  std::vector<Parameter*> all;
-  for (const auto& p : model->params().parameters()) all.push_back(p.get());
-  std::vector<double> times;
-  strategy.begin_step(*model, 0);  // first pull, outside the timing
-  for (int r = 0; r < rounds; ++r) {
-    auto t = Clock::now();
-    strategy.gradients_ready(*model, all);  // pushes every chunk
-    strategy.end_step(*model, r, 0);        // waits for acks, sends the pulls
-    strategy.begin_step(*model, r + 1);     // waits for the pulled values
-    times.push_back(std::chrono::duration<double>(Clock::now() - t).count());
+// W workers, each a thread, against `servers` servers; the servers' load over back-to-back
+// windows once every worker is running.
+struct Load {
+  std::vector<double> ingress, egress, total;  // GB/s pushed, GB/s pulled, rounds/s; per window
+  std::vector<double> per_worker;              // rounds/s of each worker in each window
+};
+
+Load worker_load(int workers, int servers, Blob blob, const Plan& plan) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < workers; ++i) ids.push_back("bench.worker." + std::to_string(i));
+  ServerFarm farm(servers, blob.elements(), kChunkElements, 0.5f, ids, bench_server_options());
+
+  struct Counters {
+    std::atomic<std::int64_t> pushes{0}, pulls{0};
+  };
+  std::vector<Counters> counters(static_cast<std::size_t>(workers));
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+  std::atomic<int> ready{0};
+  std::atomic<bool> stop{false}, failed{false};
+  // Stops and joins the workers on every way out (each finishes its round first).
+  struct Threads {
+    std::atomic<bool>& stop;
+    std::vector<std::thread> list;
+    ~Threads() { join(); }
+    void join() {
+      stop = true;
+      for (auto& t : list)
+        if (t.joinable()) t.join();
+    }
+  } threads{stop, {}};
+  auto join = [&] {  // and rethrows the first worker's failure
+    threads.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  };
+  for (int i = 0; i < workers; ++i)
+    threads.list.emplace_back([&, i] {
+      auto u = static_cast<std::size_t>(i);
+      try {
+        BenchWorker worker(farm.table(), ids[u], blob, 1000 + u);
+        ++ready;
+        while (!stop) {
+          worker.push();
+          ++counters[u].pushes;
+          worker.pull();
+          ++counters[u].pulls;
+        }
+      } catch (...) {
+        errors[u] = std::current_exception();
+        failed = true;
+      }
+    });
+
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (ready < workers && !failed && Clock::now() < deadline) sleep_ms(5);
+  if (ready < workers) {
+    join();  // rethrows a worker's failure
+    SHOAL_THROW(TimeoutError, workers << " workers did not start within 60 s");
   }
-  return times;
+  std::this_thread::sleep_for(std::chrono::duration<double>(plan.warmup_seconds));
+
+  Load load;
+  auto snapshot = [&] {
+    std::vector<std::int64_t> s;
+    for (auto& c : counters) s.insert(s.end(), {c.pushes.load(), c.pulls.load()});
+    return s;
+  };
+  auto start = Clock::now();
+  auto before = snapshot();
+  for (int w = 0; w < plan.runs && !failed; ++w) {
+    auto t = Clock::now();
+    std::this_thread::sleep_until(start + std::chrono::duration<double>((w + 1) * plan.window_seconds));
+    auto after = snapshot();
+    double dt = seconds_since(t);
+    std::int64_t pushed = 0, pulled = 0;
+    for (std::size_t i = 0; i < counters.size(); ++i) {
+      pushed += after[2 * i] - before[2 * i];
+      pulled += after[2 * i + 1] - before[2 * i + 1];
+      load.per_worker.push_back(static_cast<double>(after[2 * i + 1] - before[2 * i + 1]) / dt);
+    }
+    load.ingress.push_back(static_cast<double>(pushed) * blob.bytes() / dt / 1e9);
+    load.egress.push_back(static_cast<double>(pulled) * blob.bytes() / dt / 1e9);
+    load.total.push_back(static_cast<double>(pulled) / dt);
+    before = std::move(after);
+  }
+  join();
+  return load;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tables.
+
+constexpr Blob kBigModel{1000, 10000};    // 10,010,000 parameters, 40 MB
+constexpr Blob kSmallModel{31, 32};       // 1,024 parameters, 4 KB
+constexpr Blob kWorkerModel{1000, 1000};  // 1,001,000 parameters, 4 MB
+constexpr double kRoundTripTarget = 10000;
+constexpr double kForever = std::numeric_limits<double>::infinity();
+
+struct PushPullCase {
+  int servers;
+  std::size_t iperf;  // index into kIperfCases: the limit this row is compared with
+  double target;      // the fraction of it to reach
+};
+constexpr PushPullCase kPushPullCases[] = {{1, 1, 0.70}, {2, 2, 0.80}, {4, 3, 0.80}};
+
+void print_row(const std::vector<std::string>& cells) {
+  std::string line = "|";
+  for (const auto& c : cells) line += " " + c + " |";
+  std::puts(line.c_str());
+}
+
+void one_worker_table(const Plan& plan) {
+  std::vector<Iperf> iperf;
+  const bool iperf3 = have_iperf3();
+  if (iperf3)
+    for (IperfCase c : kIperfCases) iperf.push_back(measure_iperf3(c, plan));
+  const double copy = memcpy_gbps();
+
+  const double bytes = 2 * kBigModel.bytes();  // pushed and pulled
+  std::printf(
+      "# push+pull, 1 worker: %.1f MB model (%.0f MB moved per round), loopback TCP, %d run%s x %d rounds;\n"
+      "# iperf3: %d run%s x %d s each. Figures: median (min–max); time per round over every round of every run.\n",
+      kBigModel.bytes() / 1e6, bytes / 1e6, plan.runs, plan.runs > 1 ? "s" : "", plan.rounds, plan.runs,
+      plan.runs > 1 ? "s" : "", plan.iperf_seconds);
+  print_row({"what", "time per round", "throughput", "vs the limit that binds it", "target"});
+  print_row({"---", "---:", "---:", "---:", "---"});
+
+  std::vector<Target> targets;
+  for (PushPullCase c : kPushPullCases) {
+    Spread time = spread(one_worker_rounds(c.servers, kBigModel, plan, plan.rounds, kForever).times);
+    Spread gbps = inverse(time, bytes / 1e9);
+    std::optional<Spread> limit = iperf3 ? iperf[c.iperf].result() : std::nullopt;
+    std::string vs = limit ? percent(gbps.median / limit->median) + " of " + iperf[c.iperf].what.label : "n/a";
+    Target target{"≥ " + percent(c.target),
+                  limit ? std::optional<bool>(gbps.median >= c.target * limit->median) : std::nullopt};
+    print_row({"push+pull, " + std::to_string(c.servers) + " server" + (c.servers > 1 ? "s" : ""),
+               with_range(scaled(time, 1e3), "%.1f", " ms"), with_range(gbps, "%.2f", " GB/s"), vs, target.cell()});
+    targets.push_back(target);
+  }
+
+  Rounds small = one_worker_rounds(1, kSmallModel, plan, INT_MAX, plan.rtt_seconds);
+  Spread rtt = spread(small.times), rate = spread(small.rates);
+  Target rtt_target{"≥ " + thousands(kRoundTripTarget) + "/s", rate.median >= kRoundTripTarget};
+  print_row({"4 KB push+pull, 1 server", with_range(scaled(rtt, 1e6), "%.0f", " us"),
+             with_range(rate, thousands, " round trips/s"), "", rtt_target.cell()});
+  targets.push_back(rtt_target);
+
+  if (!iperf3)
+    print_row({"raw loopback TCP", "", "iperf3 not installed (launch/setup-debian.sh --bench installs it)", "n/a", ""});
+  for (const Iperf& m : iperf) print_row({m.what.label, "", m.cell(), "", ""});
+  print_row({"memcpy, 400 MiB", "", format("%.2f", copy) + " GB/s", "", ""});
+
+  int met = 0, judged = 0;
+  for (const Target& t : targets) {
+    judged += t.met.has_value();
+    met += t.met.value_or(false);
+  }
+  std::printf("\ntargets met: %d of %d", met, static_cast<int>(targets.size()));
+  if (judged < static_cast<int>(targets.size()))
+    std::printf(" (%d not judged: no iperf3 figure)", static_cast<int>(targets.size()) - judged);
+  std::printf("\n");
+}
+
+void worker_table(const Plan& plan) {
+  std::printf(
+      "\n# W workers against 1 and 2 servers: each worker a thread with its own ZeroMQ context running\n"
+      "# AsyncPsStrategy with random gradients (fixed seeds) and no compute, on a %.1f MB model (%s floats):\n"
+      "# a round pushes and pulls %.1f MB. Staleness unbounded, so workers never wait on each other.\n"
+      "# %d window%s of %.1f s per row after a %.1f s warm-up; ingress = gradients pushed to the servers,\n"
+      "# egress = values pulled from them. Median (min–max) over windows; per worker over workers and windows.\n",
+      kWorkerModel.bytes() / 1e6, thousands(static_cast<double>(kWorkerModel.elements())).c_str(),
+      kWorkerModel.bytes() / 1e6, plan.runs, plan.runs > 1 ? "s" : "", plan.window_seconds, plan.warmup_seconds);
+  print_row({"workers", "servers", "ingress", "egress", "rounds/s, all workers", "rounds/s per worker"});
+  print_row({"---:", "---:", "---:", "---:", "---:", "---:"});
+  for (int servers : {1, 2})
+    for (int workers : {1, 2, 4, 8}) {
+      Load load = worker_load(workers, servers, kWorkerModel, plan);
+      print_row({std::to_string(workers), std::to_string(servers), with_range(spread(load.ingress), "%.2f", " GB/s"),
+                 with_range(spread(load.egress), "%.2f", " GB/s"), with_range(spread(load.total), "%.0f"),
+                 with_range(spread(load.per_worker), "%.0f")});
+      std::fflush(stdout);
+    }
 }
 
 int run(int argc, char** argv) {
-  int rounds = 10, runs = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--rounds") rounds = std::stoi(argv[i + 1]);
-    if (std::string(argv[i]) == "--runs") runs = std::stoi(argv[i + 1]);
+  Plan plan = parse(argc, argv);
+  std::printf("# shoal_ps_bench on %s\n\n", machine().c_str());
+  std::fflush(stdout);
+  if (plan.small_only) {
+    Spread rate = spread(one_worker_rounds(1, kSmallModel, plan, INT_MAX, plan.rtt_seconds).rates);
+    std::printf("4 KB push+pull, 1 server: %s round trips/s\n", with_range(rate, thousands, "").c_str());
+    return 0;
   }
-  const std::int64_t in = 1000, out = 10000;  // 10,010,000 parameters
-  const double bytes = 2.0 * 4 * (in * out + out);
-  double tcp = iperf3_gbps();
-  double copy = memcpy_gbps();
-  char host[256] = {0};
-  gethostname(host, sizeof(host) - 1);
-  std::printf(
-      "# parameter-server push+pull, 1 worker, %.1f MB model (%.0f MB moved per round), loopback TCP,\n"
-      "# median of %d runs x %d rounds; %ld cores on %s\n",
-      bytes / 2 / 1e6, bytes / 1e6, runs, rounds, sysconf(_SC_NPROCESSORS_ONLN), host);
-  std::printf("| what | time per round | GB/s | vs raw loopback TCP |\n| --- | ---: | ---: | ---: |\n");
-  for (int servers : {1, 2, 4}) {
-    std::vector<double> all;
-    for (int r = 0; r < runs; ++r) {
-      auto t = push_pull_rounds(servers, in, out, rounds);
-      all.insert(all.end(), t.begin(), t.end());
-    }
-    double s = median(all), gbps = bytes / s / 1e9;
-    std::printf("| push+pull, %d server%s | %.1f ms | %.2f | %s |\n", servers, servers > 1 ? "s" : "", 1e3 * s, gbps,
-                tcp > 0 ? (std::to_string(static_cast<int>(100 * gbps / tcp + 0.5)) + "%").c_str() : "n/a");
-  }
-  if (tcp > 0)
-    std::printf("| raw loopback TCP, iperf3, 1 stream | | %.2f | 100%% |\n", tcp);
-  else
-    std::printf("| raw loopback TCP | | iperf3 not installed (launch/setup-debian.sh --bench) | |\n");
-  std::printf("| memcpy, 400 MiB | | %.2f | |\n", copy);
-
-  // Small messages: a 4 KB model on one server, as many rounds as fit in 2 s.
-  {
-    auto backend = make_backend(BackendOptions{Device::cpu(), 1});
-    auto model = blob_model(*backend, 31, 32);  // 1024 parameters
-    ServerFarm farm(1, model->params().parameter_count(), 1 << 20, 0.5f, "bench.worker", bench_server_options());
-    Network context;
-    AsyncPsStrategy strategy(context, farm.table(), "bench.worker", *backend, *model, Logger("worker", LogLevel::warn), {});
-    std::vector<Parameter*> all;
-    for (const auto& p : model->params().parameters()) all.push_back(p.get());
-    strategy.begin_step(*model, 0);
-    std::vector<double> rates;
-    for (int r = 0; r < runs; ++r) {
-      int n = 0;
-      auto start = Clock::now();
-      while (Clock::now() - start < std::chrono::seconds(2)) {
-        strategy.gradients_ready(*model, all);
-        strategy.end_step(*model, n, 0);
-        strategy.begin_step(*model, n + 1);
-        ++n;
-      }
-      rates.push_back(n / std::chrono::duration<double>(Clock::now() - start).count());
-    }
-    std::printf("| 4 KB push+pull, 1 server | %.0f us | %.0f round trips/s | |\n", 1e6 / median(rates), median(rates));
-  }
+  one_worker_table(plan);
+  std::fflush(stdout);
+  worker_table(plan);
   return 0;
 }
 
@@ -178,8 +639,9 @@ int main(int argc, char** argv) {
   shoal::tune_allocator();  // as every shoal process does
   try {
     return shoal::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "shoal_ps_bench: error: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    auto failure = shoal::failure_of(std::current_exception());
+    std::fprintf(stderr, "shoal_ps_bench: error: %s\n", failure.message.c_str());
+    return static_cast<int>(failure.code);
   }
 }

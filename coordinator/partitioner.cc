@@ -10,7 +10,11 @@ PartitionTable make_partition(std::int64_t total, std::int64_t chunk_elements,
                               const std::vector<ServerRange>& servers) {
   SHOAL_ASSERT(total > 0 && chunk_elements > 0 && !servers.empty(), "bad partition request");
   const auto n = static_cast<std::int64_t>(servers.size());
-  std::int64_t chunk = std::min(chunk_elements, std::max<std::int64_t>(1, (total + 4 * n - 1) / (4 * n)));
+  // At least 4 chunks per server, so a server applies one while the next is on the wire; but
+  // no chunk under kMinChunkElements unless a server's share is smaller: below that, another
+  // message costs more than the overlap buys (a 4 KB model is one message, not four).
+  const std::int64_t floor = std::min(kMinChunkElements, (total + n - 1) / n);
+  std::int64_t chunk = std::min(chunk_elements, std::max<std::int64_t>(floor, (total + 4 * n - 1) / (4 * n)));
   PartitionTable t;
   t.total_elements = total;
   for (std::int64_t offset = 0; offset < total; offset += chunk)

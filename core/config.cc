@@ -277,6 +277,10 @@ SettingsRegistry::SettingsRegistry() {
       "async.staleness", [](JobConfig & c) -> auto& { return c.staleness; }, 0, 1 << 20,
       "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "
       "gradients averaged)"));
+  s.push_back(choice_setting(
+      "async.lr_staleness", [](JobConfig & c) -> auto& { return c.lr_staleness; }, {"none", "inverse"},
+      "async jobs: scale each update by 1 / (1 + t), t = updates other workers made to the chunk since this "
+      "gradient's worker pulled it (inverse; docs/async-training.md), or not (none)"));
   s.push_back(int_setting(
       "async.chunk_kib", [](JobConfig & c) -> auto& { return c.chunk_kib; }, 1, 1 << 20,
       "largest chunk a parameter tensor is cut into for the servers, in KiB"));

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 #include "core/control_client.h"
@@ -13,6 +14,12 @@
 #include "models/model.h"
 
 namespace shoal {
+
+LrStaleness parse_lr_staleness(const std::string& name) {
+  if (name == "none") return LrStaleness::none;
+  if (name == "inverse") return LrStaleness::inverse;
+  SHOAL_THROW(ConfigError, "async.lr_staleness must be none or inverse, not '" << name << "'");
+}
 
 ParameterServer::ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log)
     : socket_(network, bind_address, log), backend_(backend), log_(std::move(log)) {}
@@ -24,13 +31,12 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
   optimizer_ = std::make_unique<Optimizer>(options.optimizer);
   const ServerRange& range = table.servers.at(index);
   first_key_ = range.first_key;
-  chunks_.clear();
+  SHOAL_ASSERT(chunks_.empty(), id << " was started twice");
   for (std::uint32_t key = range.first_key; key < range.end_key; ++key) {
     ChunkState c;
     c.key = key;
     c.span = table.chunks[key];
-    c.value = backend_.allocate(Shape{c.span.numel});
-    backend_.copy_from_host(initial + c.span.offset, c.value);
+    store_.add(initial + c.span.offset, c.span.numel);
     c.state = optimizer_->make_state(backend_, c.span.numel);
     if (options.staleness == 0) c.sum = backend_.allocate(Shape{c.span.numel});
     chunks_.push_back(std::move(c));
@@ -53,7 +59,8 @@ void ParameterServer::set_live_workers(const std::vector<std::string>& workers) 
 }
 
 void ParameterServer::read_values(float* arena) const {
-  for (const auto& c : chunks_) backend_.copy_to_host(c.value, arena + c.span.offset);
+  for (std::size_t i = 0; i < chunks_.size(); ++i)
+    std::memcpy(arena + chunks_[i].span.offset, store_.values(i).raw(), store_.values(i).bytes());
 }
 
 ParameterServer::ChunkState* ParameterServer::find_chunk(std::uint32_t key) {
@@ -89,31 +96,88 @@ bool ParameterServer::pull_ready(std::uint64_t clock) const {
   return slowest == UINT64_MAX || clock <= slowest + static_cast<std::uint64_t>(options_.staleness);
 }
 
-void ParameterServer::answer_pull(const std::string& peer, std::uint64_t request_id) {
+void ParameterServer::answer_pull(const ParkedPull& pull) {
   std::uint64_t clock = UINT64_MAX;
   for (const auto& c : chunks_) clock = std::min(clock, c.applied);
-  // One message per chunk, so the worker copies chunk k while chunk k + 1 is on the wire.
-  for (const ChunkState& c : chunks_) {
-    Outgoing out(id_, request_id);
+  if (options_.lr_staleness != LrStaleness::none) {
+    auto& pulled = pulled_[pull.worker];
+    pulled.resize(chunks_.size());
+    for (std::size_t i = 0; i < chunks_.size(); ++i) pulled[i] = chunks_[i].applied;
+  }
+  // Large chunks go one per message, so the worker copies chunk k while chunk k + 1 is on the
+  // wire; small ones share a message, so a small model costs one message, not one per chunk.
+  // Every frame is the chunk's current buffer itself, held until ZeroMQ is done with it.
+  for (std::size_t first = 0; first < chunks_.size();) {
+    std::size_t end = first + 1;
+    std::int64_t bytes = chunks_[first].span.numel * 4;
+    while (end < chunks_.size() && bytes + chunks_[end].span.numel * 4 <= kCoalesceBytes)
+      bytes += chunks_[end++].span.numel * 4;
+    Outgoing out(id_, pull.request_id);
     auto reply = out.body().initPullReply();
     reply.setClock(clock);
-    auto list = reply.initChunks(1);
-    list[0].setKey(c.key);
-    list[0].setNumel(static_cast<std::uint32_t>(c.span.numel));
-    // A copy: the values keep changing under later pushes while the frame is being sent.
-    zmq::message_t frame(c.value.bytes());
-    backend_.copy_to_host(c.value, frame.data());
-    out.add_payload(std::move(frame));
-    socket_.send(peer, out);
+    auto list = reply.initChunks(static_cast<unsigned>(end - first));
+    for (std::size_t i = first; i < end; ++i) {
+      list[static_cast<unsigned>(i - first)].setKey(chunks_[i].key);
+      list[static_cast<unsigned>(i - first)].setNumel(static_cast<std::uint32_t>(chunks_[i].span.numel));
+      out.add_payload(store_.frame(i));
+    }
+    socket_.send(pull.peer, out);
+    first = end;
   }
   ++stats_.pulls;
 }
 
-void ParameterServer::apply(ChunkState& chunk, const Tensor& grad) {
-  float lr = options_.schedule.at(static_cast<std::int64_t>(chunk.state.updates));
-  optimizer_->apply(backend_, chunk.value, grad, chunk.state, lr);
-  ++chunk.applied;
-  ++stats_.updates;
+void ParameterServer::apply(ChunkState& chunk, const Tensor& grad, float scale) {
+  float lr = scale * options_.schedule.at(static_cast<std::int64_t>(chunk.state.updates));
+  optimizer_->apply(backend_, store_.writable(static_cast<std::size_t>(&chunk - chunks_.data())), grad, chunk.state,
+                    lr);
+}
+
+void ParameterServer::apply_updates() {
+  if (updates_.empty()) return;
+  // Each chunk's updates in arrival order; different chunks at once.
+  std::vector<std::vector<const Update*>> per_chunk(chunks_.size());
+  std::vector<std::size_t> touched;
+  for (const Update& u : updates_) {
+    if (per_chunk[u.chunk].empty()) touched.push_back(u.chunk);
+    per_chunk[u.chunk].push_back(&u);
+  }
+  const auto n = static_cast<std::int64_t>(touched.size());
+  // One chunk: the backend spreads that chunk's loop over the threads itself.
+  auto apply_chunk = [&](std::int64_t t) {
+    for (const Update* u : per_chunk[touched[static_cast<std::size_t>(t)]]) apply(chunks_[u->chunk], u->grad, u->scale);
+  };
+  std::exception_ptr failed;  // an exception must not leave an OpenMP region
+  if (n == 1 || options_.threads == 1) {
+    // Not even an OpenMP region with an `if` clause: entering one costs futex calls.
+    for (std::int64_t t = 0; t < n; ++t) apply_chunk(t);
+  } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(options_.threads)
+    for (std::int64_t t = 0; t < n; ++t) {
+      try {
+        apply_chunk(t);
+      } catch (...) {
+#pragma omp critical(shoal_ps_apply)
+        failed = std::current_exception();
+      }
+    }
+  }
+  stats_.updates += updates_.size();
+  updates_.clear();
+  if (failed) std::rethrow_exception(failed);
+}
+
+void ParameterServer::finish_batch() {
+  apply_updates();
+  batch_.clear();  // no frame of the batch is read after this
+  for (const Ack& a : acks_) {
+    Outgoing out(id_, a.request_id);
+    out.body().initPushAck().setClock(a.clock);
+    socket_.send(a.peer, out);
+  }
+  acks_.clear();
+  try_finish_steps();
+  retry_parked();
 }
 
 void ParameterServer::try_finish_steps() {
@@ -124,9 +188,9 @@ void ParameterServer::try_finish_steps() {
     if (c.contributors > 0) {
       backend_.scale(c.sum, 1.f / static_cast<float>(c.contributors));
       apply(c, c.sum);
-    } else {
-      ++c.applied;  // every worker was idle for this step
+      ++stats_.updates;
     }
+    ++c.applied;  // with no data: every worker was idle for this step
     c.pushed.clear();
     c.contributors = 0;
   }
@@ -140,7 +204,7 @@ void ParameterServer::retry_parked() {
                   it->worker + " no longer takes part in this job");
       it = parked_.erase(it);
     } else if (pull_ready(it->clock)) {
-      answer_pull(it->peer, it->request_id);
+      answer_pull(*it);
       it = parked_.erase(it);
     } else if (now > it->deadline) {
       error_reply(it->peer, it->request_id, wire::ErrorCode::TIMEOUT,
@@ -150,6 +214,8 @@ void ParameterServer::retry_parked() {
       ++stats_.pull_timeouts;
       it = parked_.erase(it);
     } else {
+      if (!it->counted) ++stats_.parked;
+      it->counted = true;
       ++it;
     }
   }
@@ -198,8 +264,10 @@ void ParameterServer::handle_push(Incoming& in) {
       return;
     }
   }
+  const auto pulled = pulled_.find(worker);
   for (unsigned i = 0; i < chunks.size(); ++i) {
     ChunkState& c = *find_chunk(chunks[i].getKey());
+    const std::size_t index = static_cast<std::size_t>(&c - chunks_.data());
     const Tensor& grad = grads[i];
     if (options_.staleness == 0) {
       if (c.contributors == 0)
@@ -208,30 +276,38 @@ void ParameterServer::handle_push(Incoming& in) {
         backend_.axpy(1.f, grad, c.sum);
       ++c.contributors;
       c.pushed.insert(worker);
-    } else {
-      apply(c, grad);
+      continue;
     }
+    // Updates other gradients made to this chunk since this worker pulled it (the updates
+    // still queued in this batch count too: they land first).
+    std::uint64_t stale = 0;
+    if (pulled != pulled_.end() && index < pulled->second.size()) stale = c.applied - pulled->second[index];
+    stats_.staleness_total += stale;
+    float scale = options_.lr_staleness == LrStaleness::inverse ? 1.f / static_cast<float>(1 + stale) : 1.f;
+    updates_.push_back(Update{index, grad, scale});
+    ++c.applied;
   }
   if (options_.staleness == 0 && chunks.size() == 0)
     for (auto& c : chunks_) c.pushed.insert(worker);  // an idle step: no data, but the clock moves
   auto& worker_clock = clocks_[worker];
   worker_clock = std::max(worker_clock, clock + 1);
   ++stats_.pushes;
-  Outgoing out(id_, in.request_id());
-  out.body().initPushAck().setClock(clock);
-  socket_.send(in.peer, out);
-  try_finish_steps();
-  retry_parked();
+  if (push.getPullAfter()) {
+    // The step's last push carries the pull for the next step; its reply is the acknowledgement.
+    parked_.push_back(ParkedPull{in.peer, worker, in.request_id(), clock + 1,
+                                 std::chrono::steady_clock::now() + options_.pull_timeout});
+    return;
+  }
+  // Acknowledged once the batch is applied: until then the frames may be the worker's own
+  // memory (inproc://), which it must not reuse.
+  acks_.push_back(Ack{in.peer, in.request_id(), clock});
 }
 
 void ParameterServer::handle_pull(Incoming& in) {
+  // Answered at the end of the batch, after the updates that came before it; an unbounded pull
+  // (evaluation) is ready at once.
   auto pull = in.envelope().getBody().getPull();
-  if (!pull.getBounded() || pull_ready(pull.getClock())) {
-    answer_pull(in.peer, in.request_id());
-    return;
-  }
-  ++stats_.parked;
-  parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getClock(),
+  parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getBounded() ? pull.getClock() : 0,
                                std::chrono::steady_clock::now() + options_.pull_timeout});
 }
 
@@ -265,8 +341,6 @@ void ParameterServer::handle(Incoming& in) {
       Outgoing out(id_, in.request_id());
       out.body().setAck();
       socket_.send(in.peer, out);
-      try_finish_steps();
-      retry_parked();
       break;
     }
     default:
@@ -278,15 +352,20 @@ void ParameterServer::handle(Incoming& in) {
 
 void ParameterServer::serve(std::chrono::milliseconds timeout) {
   auto in = socket_.receive(timeout);
+  std::size_t taken = 0;
   while (in) {
+    // Kept until the end of the batch at a fixed address: updates read its frames in place.
+    batch_.push_back(std::make_unique<Incoming>(std::move(*in)));
     try {
-      handle(*in);
+      handle(*batch_.back());
     } catch (const kj::Exception& e) {
       socket_.reject("malformed field", e.getDescription().cStr());
     }
+    if (++taken == kMaxBatch) break;
     in = socket_.try_receive();
   }
-  if (!parked_.empty()) retry_parked();
+  if (taken > 0) ++stats_.batches;
+  finish_batch();
 }
 
 namespace {
@@ -331,6 +410,8 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   options.staleness = config.staleness;
   options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
   options.optimizer = config.optimizer;
+  options.lr_staleness = parse_lr_staleness(config.lr_staleness);
+  options.threads = config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
   options.schedule.kind = parse_lr_schedule(config.lr_schedule);
   options.schedule.base_lr = config.optimizer.lr;
   options.schedule.warmup_steps =

@@ -2,6 +2,16 @@
 // keeps the values and optimizer state of its chunks, applies every pushed gradient with the
 // job's optimizer (the same code the single-process trainer runs) and answers pulls.
 //
+// Data path: the values live in a versioned chunk store (ps/chunk_store.h). A pull reply sends
+// the current buffers zero-copy; pushed gradients are applied straight from the received frames.
+// The server takes every message already waiting as one batch: it checks and books each in
+// order, then applies the batch's updates, the chunks spread over `threads` (each chunk's
+// updates in arrival order), then acknowledges the pushes (a worker may reuse a pushed
+// buffer only then) and answers the pulls. A pull is therefore never answered before the
+// updates that arrived ahead of it.
+//
+// Staleness-aware learning rate (`lr_staleness = inverse`): an update is scaled by 1 / (1 + t),
+// t being the updates other gradients made to the chunk since the pushing worker pulled it.
 // Bounded staleness: a pull from a worker about to compute step c waits while c is more than
 // `async.staleness` steps ahead of the slowest live worker. Staleness 0 is bulk-synchronous:
 // the gradients of step c are summed until every live worker has pushed it, then averaged
@@ -24,11 +34,17 @@
 #include "core/optimizer.h"
 #include "core/partition.h"
 #include "core/transport.h"
+#include "ps/chunk_store.h"
 
 namespace shoal {
 
+enum class LrStaleness { none, inverse };
+LrStaleness parse_lr_staleness(const std::string& name);  // throws ConfigError
+
 struct ServerOptions {
   std::int64_t staleness = 2;
+  LrStaleness lr_staleness = LrStaleness::none;
+  int threads = 1;  // chunks updated at once
   std::chrono::milliseconds pull_timeout{60000};
   OptimizerConfig optimizer;
   LrSchedule schedule;
@@ -36,6 +52,8 @@ struct ServerOptions {
 
 struct ServerStats {
   std::uint64_t pushes = 0, pulls = 0, updates = 0, parked = 0, pull_timeouts = 0;
+  std::uint64_t batches = 0;          // batches of waiting messages handled together
+  std::uint64_t staleness_total = 0;  // sum over async updates of t (see lr_staleness)
 };
 
 class ParameterServer {
@@ -46,12 +64,14 @@ class ParameterServer {
   const std::string& id() const { return id_; }
   const ProtocolCounters& counters() const { return socket_.counters(); }
   const ServerStats& stats() const { return stats_; }
+  const ChunkStore& store() const { return store_; }
 
   // Takes ownership of the keys of table.servers[index], starting from `initial` (the whole
   // flat parameter arena; only this server's part is read).
   void start(const std::string& id, const PartitionTable& table, std::size_t index, const float* initial,
              const ServerOptions& options);
-  // Handles messages for up to `timeout`; returns after the first batch of work.
+  // Waits up to `timeout` for a message, then handles it and every other one already waiting
+  // as one batch.
   void serve(std::chrono::milliseconds timeout);
   // The workers taking part in clocks (from the coordinator's heartbeats).
   void set_live_workers(const std::vector<std::string>& workers);
@@ -66,7 +86,7 @@ class ParameterServer {
   struct ChunkState {
     std::uint32_t key = 0;
     ChunkSpan span;
-    Tensor value, sum;
+    Tensor sum;
     OptimizerState state;
     std::uint64_t applied = 0;     // updates applied (= synchronous steps when staleness is 0)
     std::set<std::string> pushed;  // synchronous: workers that pushed step `applied`
@@ -76,6 +96,17 @@ class ParameterServer {
     std::string peer, worker;
     std::uint64_t request_id = 0, clock = 0;
     std::chrono::steady_clock::time_point deadline;
+    bool counted = false;  // counted as parked (it could not be answered in its own batch)
+  };
+  // An async update waiting for the end of its batch; `grad` borrows a frame of `batch_`.
+  struct Update {
+    std::size_t chunk = 0;
+    Tensor grad;
+    float scale = 1;
+  };
+  struct Ack {
+    std::string peer;
+    std::uint64_t request_id = 0, clock = 0;
   };
 
   void handle(Incoming& in);
@@ -85,12 +116,18 @@ class ParameterServer {
   void handle_pull(Incoming& in);
   void error_reply(const std::string& peer, std::uint64_t request_id, wire::ErrorCode code, const std::string& message);
   bool pull_ready(std::uint64_t clock) const;
-  void answer_pull(const std::string& peer, std::uint64_t request_id);
-  void apply(ChunkState& chunk, const Tensor& grad);
+  void answer_pull(const ParkedPull& pull);
+  void apply(ChunkState& chunk, const Tensor& grad, float scale = 1);
+  // Applies the batch's updates, acknowledges its pushes, answers the pulls that may be.
+  void finish_batch();
+  void apply_updates();
   void try_finish_steps();
   void retry_parked();
   std::uint64_t slowest_clock() const;
   ChunkState* find_chunk(std::uint32_t key);
+
+  static constexpr std::int64_t kCoalesceBytes = 256 << 10;  // chunks up to this share a reply
+  static constexpr std::size_t kMaxBatch = 256;               // messages handled as one batch
 
   ServerSocket socket_;
   Backend& backend_;
@@ -99,10 +136,17 @@ class ParameterServer {
   ServerOptions options_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<ChunkState> chunks_;
+  ChunkStore store_;  // chunk i of chunks_ is chunk i here
   std::uint32_t first_key_ = 0;
   std::set<std::string> live_, left_, known_;
   std::map<std::string, std::uint64_t> clocks_;  // steps pushed per worker
   std::vector<ParkedPull> parked_;
+  // The batch in progress: its messages (their frames back the updates), updates, acks.
+  std::vector<std::unique_ptr<Incoming>> batch_;
+  std::vector<Update> updates_;
+  std::vector<Ack> acks_;
+  // lr_staleness: per worker, the version of each chunk it last pulled.
+  std::map<std::string, std::vector<std::uint64_t>> pulled_;
   ServerStats stats_;
   bool started_ = false;
 };

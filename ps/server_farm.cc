@@ -1,11 +1,17 @@
 #include "ps/server_farm.h"
 
+#include <utility>
+
 #include "coordinator/partitioner.h"
 
 namespace shoal {
 
 ServerFarm::ServerFarm(int servers, std::int64_t elements, std::int64_t chunk_elements, float initial,
-                       const std::string& worker, const ServerOptions& options) {
+                       const std::string& worker, const ServerOptions& options)
+    : ServerFarm(servers, elements, chunk_elements, initial, std::vector<std::string>{worker}, options) {}
+
+ServerFarm::ServerFarm(int servers, std::int64_t elements, std::int64_t chunk_elements, float initial,
+                       std::vector<std::string> workers, const ServerOptions& options) {
   std::vector<ServerRange> ranges;
   for (int i = 0; i < servers; ++i) {
     auto s = std::make_unique<Slot>();
@@ -16,7 +22,7 @@ ServerFarm::ServerFarm(int servers, std::int64_t elements, std::int64_t chunk_el
     slots_.push_back(std::move(s));
   }
   table_ = make_partition(elements, chunk_elements, ranges);
-  table_.live_workers = {worker};
+  table_.live_workers = std::move(workers);
   std::vector<float> values(static_cast<std::size_t>(elements), initial);
   for (int i = 0; i < servers; ++i) {
     Slot* s = slots_[static_cast<std::size_t>(i)].get();

@@ -18,9 +18,13 @@ namespace shoal {
 class ServerFarm {
  public:
   // `elements` parameters cut into chunks of at most `chunk_elements`, starting from `initial`
-  // everywhere, for one worker named `worker`.
+  // everywhere, for the workers named in `workers` (the table's live workers: the ones whose
+  // clocks the servers wait on).
   ServerFarm(int servers, std::int64_t elements, std::int64_t chunk_elements, float initial,
-             const std::string& worker, const ServerOptions& options);
+             std::vector<std::string> workers, const ServerOptions& options);
+  // The same for one worker named `worker`.
+  ServerFarm(int servers, std::int64_t elements, std::int64_t chunk_elements, float initial, const std::string& worker,
+             const ServerOptions& options);
   ~ServerFarm();
   ServerFarm(const ServerFarm&) = delete;
   ServerFarm& operator=(const ServerFarm&) = delete;

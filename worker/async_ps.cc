@@ -129,8 +129,12 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for, bool stoppa
     }
     if (now > deadline) {
       std::string who;
-      for (const auto& link : links_)
-        if (link.in_flight > 0 || link.pull_id) who += " " + link.id + " (" + link.address + ")";
+      for (const auto& link : links_) {
+        std::string owes;
+        if (link.in_flight > 0) owes = "push acknowledgements: " + std::to_string(link.in_flight);
+        if (link.pull_id) owes += std::string(owes.empty() ? "" : ", ") + "the pull";
+        if (!owes.empty()) who += " " + link.id + " (" + link.address + "; " + owes + ")";
+      }
       SHOAL_THROW(TimeoutError, "no answer for " << waiting_for << " within " << options_.request_timeout.count()
                                                  << " s from:" << (who.empty() ? std::string(" ?") : who));
     }
@@ -149,10 +153,11 @@ void AsyncPsStrategy::await_parameters() {
   pump_until(
       [&] {
         for (const auto& link : links_)
-          if (link.pull_id || link.retry_at != std::chrono::steady_clock::time_point{}) return false;
+          if (link.pull_id || link.retry_at != std::chrono::steady_clock::time_point{} || link.in_flight > 0)
+            return false;
         return true;
       },
-      "a pull", /*stoppable=*/true);
+      "the parameters", /*stoppable=*/true);
   fresh_ = true;
   if (staged_) upload_ = backend_.copy_from_host_async(host_values_.raw(), model_.params().values());
 }
@@ -163,12 +168,14 @@ void AsyncPsStrategy::begin_step(Model& /*model*/, std::int64_t /*step*/) {
   ready_offset_ = table_.total_elements;
 }
 
-void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>& keys) {
+void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>& keys, bool pull_after) {
   Link& link = links_[server];
   pump_until([&] { return link.in_flight < options_.max_in_flight; }, "a push acknowledgement");
-  Outgoing msg(id_, next_request_++);
+  const std::uint64_t id = next_request_++;
+  Outgoing msg(id_, id);
   auto p = msg.body().initPush();
   p.setClock(clock_);
+  p.setPullAfter(pull_after);
   auto list = p.initChunks(static_cast<unsigned>(keys.size()));
   const Tensor& arena = staged_ ? host_grads_ : model_.params().grads();
   const float* grads = arena.data<float>();
@@ -179,7 +186,14 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
     msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float), arena.storage());
   }
   link.socket->send(msg);
-  ++link.in_flight;
+  if (pull_after) {  // answered by the pull reply, for the step after this one
+    link.asked = true;
+    link.pull_id = id;
+    link.pull_bounded = true;
+    link.pulled.clear();
+  } else {
+    ++link.in_flight;
+  }
 }
 
 void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parameter*>& params) {
@@ -200,9 +214,27 @@ void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parame
     push_staged(false);
     return;
   }
-  // One message per chunk: a server applies chunk k while chunk k + 1 is still on the wire.
-  for (std::size_t s = 0; s < links_.size(); ++s)
-    for (auto key : per_server[s]) push(s, {key});
+  for (std::size_t s = 0; s < links_.size(); ++s) push_all(s, per_server[s]);
+}
+
+void AsyncPsStrategy::push_all(std::size_t server, const std::vector<std::uint32_t>& keys) {
+  // A large chunk goes alone, so a server applies chunk k while chunk k + 1 is on the wire;
+  // small ones share a message, so a small model costs one message, not one per chunk.
+  // Backward finishes a server's keys from the highest down, so the call that holds its first
+  // key is its last of the step: that call's last message also asks for the next parameters.
+  const bool last = !keys.empty() && keys.front() == links_[server].keys.front();
+  std::vector<std::uint32_t> group;
+  std::int64_t bytes = 0;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    group.push_back(keys[i]);
+    bytes += table_.chunks[keys[i]].numel * static_cast<std::int64_t>(sizeof(float));
+    bool end = i + 1 == keys.size();
+    if (end || bytes + table_.chunks[keys[i + 1]].numel * static_cast<std::int64_t>(sizeof(float)) > kCoalesceBytes) {
+      push(server, group, last && end);
+      group.clear();
+      bytes = 0;
+    }
+  }
 }
 
 void AsyncPsStrategy::push_staged(bool all) {
@@ -210,8 +242,7 @@ void AsyncPsStrategy::push_staged(bool all) {
     copies_.front().landed->wait();
     StagedCopy copy = std::move(copies_.front());
     copies_.pop_front();
-    for (std::size_t s = 0; s < links_.size(); ++s)
-      for (auto key : copy.per_server[s]) push(s, {key});
+    for (std::size_t s = 0; s < links_.size(); ++s) push_all(s, copy.per_server[s]);
   }
 }
 
@@ -223,16 +254,15 @@ void AsyncPsStrategy::end_step(Model& model, std::int64_t /*step*/, float /*lr*/
 }
 
 void AsyncPsStrategy::finish_step() {
-  pump_until(
-      [&] {
-        for (const auto& link : links_)
-          if (link.in_flight > 0) return false;
-        return true;
-      },
-      "push acknowledgements");
+  // The pull follows the pushes at once, without waiting for their acknowledgements: a server
+  // answers a connection's messages in order, so the reply carries this step's updates, and one
+  // round trip per step is saved. The acknowledgements are awaited with the reply.
   ++clock_;
   fresh_ = false;
-  for (auto& link : links_) send_pull(link, true);
+  for (auto& link : links_) {
+    if (!link.asked) send_pull(link, true);  // not asked for with the last push
+    link.asked = false;
+  }
 }
 
 void AsyncPsStrategy::idle_step() {

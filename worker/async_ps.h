@@ -1,9 +1,10 @@
 // The asynchronous parameter-server strategy of a worker. Per step: wait for the parameters
 // pulled at the end of the previous step, forward/backward, push each chunk of gradients as
-// soon as backward has produced it (while the earlier layers are still computing), and once
-// every push is acknowledged issue the pull for the next step. Gradient frames are sent
-// zero-copy from the gradient arena, which is why a step waits for every acknowledgement
-// before the next backward may overwrite it. At most `max_in_flight` pushes per server are
+// soon as backward has produced it (while the earlier layers are still computing), and right
+// after the last push issue the pull for the next step (a server answers a connection's
+// messages in order, so the reply carries this step's updates). Gradient frames are sent
+// zero-copy from the gradient arena, which is why the next step waits for every
+// acknowledgement, with the pulled parameters, before backward may overwrite it. At most `max_in_flight` pushes per server are
 // unacknowledged; every wait has a deadline.
 //
 // On a GPU the model lives in device memory and the wire needs host bytes: each range of
@@ -81,13 +82,18 @@ class AsyncPsStrategy final : public DistributedStrategy {
     std::optional<std::uint64_t> pull_id;  // outstanding pull
     std::set<std::uint32_t> pulled;        // chunks of it received so far
     bool pull_bounded = true;
+    bool asked = false;                    // the next step's pull went with this step's last push
     std::chrono::steady_clock::time_point retry_at{};
   };
 
   void send_pull(Link& link, bool bounded);
   // Waits for every push acknowledgement, moves the clock and asks for the next parameters.
   void finish_step();
-  void push(std::size_t server, const std::vector<std::uint32_t>& keys);
+  // pull_after: the step's last push to this server, which also asks for the next parameters.
+  void push(std::size_t server, const std::vector<std::uint32_t>& keys, bool pull_after = false);
+  // Pushes `keys` in as few messages as kCoalesceBytes allows.
+  void push_all(std::size_t server, const std::vector<std::uint32_t>& keys);
+  static constexpr std::int64_t kCoalesceBytes = 256 << 10;
   // Handles replies until `done()` holds; throws TimeoutError at the deadline.
   template <typename Done>
   void pump_until(Done done, const char* waiting_for, bool stoppable = false);

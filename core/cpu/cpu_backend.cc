@@ -135,6 +135,22 @@ struct EltwiseEntry {
   dnnl::eltwise_backward bwd;
 };
 
+// Loops this long or shorter run on the calling thread. Entering an OpenMP region costs
+// libgomp futex calls even when its `if` clause keeps it on one thread (about 7 per parameter
+// server round trip of a 4 KB model, measured with perf), so a short loop never enters one.
+constexpr std::int64_t kParallelElements = 65536;
+
+template <typename Body>
+void elementwise(std::int64_t n, Body body) {
+  if (n <= kParallelElements) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for simd
+  for (std::int64_t i = 0; i < n; ++i) body(i);
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
@@ -170,8 +186,7 @@ class CpuBackend final : public Backend {
     check_cpu_f32(t, "fill target");
     float* p = t.data<float>();
     std::int64_t n = t.numel();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) p[i] = value;
+    elementwise(n, [&](std::int64_t i) { p[i] = value; });
   }
   void synchronize() override {}
 
@@ -647,8 +662,7 @@ class CpuBackend final : public Backend {
     const float* m = mask.data<float>();
     float* out = dx.data<float>();
     std::int64_t n = dy.numel();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) out[i] = g[i] * m[i];
+    elementwise(n, [&](std::int64_t i) { out[i] = g[i] * m[i]; });
   }
 
   LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
@@ -680,8 +694,7 @@ class CpuBackend final : public Backend {
     const float* pb = b.data<float>();
     float* po = out.data<float>();
     std::int64_t n = a.numel();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) po[i] = pa[i] + pb[i];
+    elementwise(n, [&](std::int64_t i) { po[i] = pa[i] + pb[i]; });
   }
 
   void axpy(float alpha, const Tensor& x, Tensor& y) override {
@@ -690,16 +703,14 @@ class CpuBackend final : public Backend {
     const float* px = x.data<float>();
     float* py = y.data<float>();
     std::int64_t n = x.numel();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) py[i] += alpha * px[i];
+    elementwise(n, [&](std::int64_t i) { py[i] += alpha * px[i]; });
   }
 
   void scale(Tensor& x, float alpha) override {
     use_threads();
     float* px = x.data<float>();
     std::int64_t n = x.numel();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) px[i] *= alpha;
+    elementwise(n, [&](std::int64_t i) { px[i] *= alpha; });
   }
 
   double sum_squares(const Tensor& x) override {
@@ -707,7 +718,11 @@ class CpuBackend final : public Backend {
     const float* px = x.data<float>();
     std::int64_t n = x.numel();
     double total = 0;
-#pragma omp parallel for reduction(+ : total) if (n > 65536)
+    if (n <= kParallelElements) {
+      for (std::int64_t i = 0; i < n; ++i) total += static_cast<double>(px[i]) * px[i];
+      return total;
+    }
+#pragma omp parallel for reduction(+ : total)
     for (std::int64_t i = 0; i < n; ++i) total += static_cast<double>(px[i]) * px[i];
     return total;
   }
@@ -719,7 +734,12 @@ class CpuBackend final : public Backend {
     std::int64_t n = x.numel();
     std::uint32_t bad = 0;
     // Exponent bits all ones is exactly NaN or infinity; an integer test vectorises.
-#pragma omp parallel for simd reduction(| : bad) if (n > 1 << 20)
+    if (n <= 1 << 20) {
+#pragma omp simd reduction(| : bad)
+      for (std::int64_t i = 0; i < n; ++i) bad |= static_cast<std::uint32_t>(math::non_finite_bits(bits[i]));
+      return bad == 0;
+    }
+#pragma omp parallel for simd reduction(| : bad)
     for (std::int64_t i = 0; i < n; ++i) bad |= static_cast<std::uint32_t>(math::non_finite_bits(bits[i]));
     return bad == 0;
   }
@@ -732,14 +752,12 @@ class CpuBackend final : public Backend {
     std::int64_t n = param.numel();
     const math::SgdCoeffs c{h.lr, h.momentum, h.weight_decay, h.nesterov};
     if (velocity == nullptr || h.momentum == 0.f) {
-#pragma omp parallel for simd if (n > 65536)
-      for (std::int64_t i = 0; i < n; ++i) math::sgd_step(w[i], g[i], c);
+      elementwise(n, [&](std::int64_t i) { math::sgd_step(w[i], g[i], c); });
       return;
     }
     check_same_numel(param, *velocity);
     float* v = velocity->data<float>();
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) math::momentum_step(w[i], g[i], v[i], c);
+    elementwise(n, [&](std::int64_t i) { math::momentum_step(w[i], g[i], v[i], c); });
   }
 
   void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamHyper& h) override {
@@ -755,8 +773,7 @@ class CpuBackend final : public Backend {
     std::int64_t n = param.numel();
     const math::AdamCoeffs c =
         math::adam_coeffs(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled, h.step);
-#pragma omp parallel for simd if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) math::adam_step(w[i], g[i], pm[i], pv[i], c);
+    elementwise(n, [&](std::int64_t i) { math::adam_step(w[i], g[i], pm[i], pv[i], c); });
   }
 
  private:

@@ -1,6 +1,8 @@
 #include "core/wire/codec.h"
 
+#include <capnp/serialize.h>
 #include <kj/exception.h>
+#include <kj/io.h>
 
 #include <cstring>
 
@@ -147,7 +149,9 @@ Incoming Incoming::decode(std::string peer, std::vector<zmq::message_t> frames) 
 }
 
 Outgoing::Outgoing(const std::string& sender, std::uint64_t request_id)
-    : builder_(std::make_unique<capnp::MallocMessageBuilder>()), root_(builder_->initRoot<wire::Envelope>()) {
+    // Envelopes are small: a 1 KiB first segment (not capnp's 8 KiB, zeroed per message);
+    // a partition table grows it.
+    : builder_(std::make_unique<capnp::MallocMessageBuilder>(128)), root_(builder_->initRoot<wire::Envelope>()) {
   root_.setVersion(wire::PROTOCOL_VERSION);
   root_.setSender(sender);
   root_.setRequestId(request_id);
@@ -162,9 +166,12 @@ void Outgoing::add_payload(zmq::message_t frame) { payloads_.push_back(std::move
 
 std::vector<zmq::message_t> Outgoing::frames() {
   std::vector<zmq::message_t> out;
-  kj::Array<capnp::word> flat = capnp::messageToFlatArray(*builder_);
-  auto bytes = flat.asBytes();
-  out.emplace_back(bytes.begin(), bytes.size());
+  out.reserve(payloads_.size() + 1);
+  // Serialized straight into the frame: one allocation, no intermediate array.
+  zmq::message_t header(capnp::computeSerializedSizeInWords(*builder_) * sizeof(capnp::word));
+  kj::ArrayOutputStream stream(kj::arrayPtr(static_cast<kj::byte*>(header.data()), header.size()));
+  capnp::writeMessage(stream, *builder_);
+  out.push_back(std::move(header));
   for (auto& p : payloads_) out.push_back(std::move(p));
   payloads_.clear();
   return out;

@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 3;
+const protocolVersion :UInt16 = 4;
 
 enum Role {
   coordinator @0;
@@ -145,6 +145,8 @@ struct ChunkData {
 struct Push {
   clock @0 :UInt64;               # the worker's step this gradient belongs to
   chunks @1 :List(ChunkData);     # empty: the worker had no data for this clock (idle)
+  pullAfter @2 :Bool;             # the worker's last push of the step: instead of a pushAck, the
+                                  # server answers as to pull{clock + 1, bounded} sent right after
 }
 
 struct PushAck {
