@@ -26,7 +26,8 @@ using namespace std::chrono_literals;
 class ServerFixture {
  public:
   ServerFixture(std::int64_t staleness, std::int64_t elements = 10,
-                std::vector<std::string> workers = {"worker.0", "worker.1"}) {
+                std::vector<std::string> workers = {"worker.0", "worker.1"},
+                const std::function<void(ServerOptions&)>& tweak = {}) {
     address_ = "inproc://ps-test-" + std::to_string(++instances_);
     backend_ = make_backend(BackendOptions{Device::cpu(), 1});
     server_ = std::make_unique<ParameterServer>(context, address_, *backend_, Logger("ps", LogLevel::error));
@@ -38,6 +39,7 @@ class ServerFixture {
     options.optimizer.kind = OptimizerKind::sgd;
     options.optimizer.momentum = 0;
     options.schedule.base_lr = 0.1f;
+    if (tweak) tweak(options);
     std::vector<float> initial(static_cast<std::size_t>(elements), 1.f);
     server_->start("ps.0", table, 0, initial.data(), options);
     thread_ = std::thread([this] {
@@ -204,6 +206,35 @@ TEST(ParameterServer, IdleAndDepartedWorkersDoNotHoldOthersBack) {
   a.push(1, 1.f);
   a.pull(2);
   EXPECT_TRUE(a.expect(wire::Envelope::Body::PULL_REPLY)) << "worker.0 alone now completes steps";
+}
+
+// lr_staleness = inverse: an update is scaled by 1 / (1 + t), t = the updates other workers
+// made to the chunk since this worker pulled it.
+TEST(ParameterServer, InverseStalenessScalesEachUpdateByTheUpdatesItMissed) {
+  for (auto mode : {LrStaleness::none, LrStaleness::inverse}) {
+    ServerFixture f(/*staleness=*/100, 10, {"worker.0", "worker.1", "worker.2"},
+                    [&](ServerOptions& o) { o.lr_staleness = mode; });
+    Client a(f, "worker.0"), b(f, "worker.1"), c(f, "worker.2");
+    for (Client* w : {&a, &b, &c}) {
+      w->pull(0);
+      ASSERT_TRUE(w->expect(wire::Envelope::Body::PULL_REPLY));
+    }
+    // All three computed on version 0; their pushes land one after another.
+    for (Client* w : {&a, &b, &c}) {
+      w->push(0, 1.f);
+      ASSERT_TRUE(w->expect(wire::Envelope::Body::PUSH_ACK));
+    }
+    const bool inverse = mode == LrStaleness::inverse;
+    EXPECT_NEAR(f.values()[0], 1.f - 0.1f * (inverse ? 1.f + 1.f / 2 + 1.f / 3 : 3.f), 1e-6)
+        << (inverse ? "inverse" : "none") << ": staleness 0, 1 and 2";
+    // a pulls again: it is up to date, so its next push is not scaled.
+    a.pull(1);
+    ASSERT_TRUE(a.expect(wire::Envelope::Body::PULL_REPLY));
+    float before = f.values()[0];
+    a.push(1, 1.f);
+    ASSERT_TRUE(a.expect(wire::Envelope::Body::PUSH_ACK));
+    EXPECT_NEAR(f.values()[0], before - 0.1f, 1e-6);
+  }
 }
 
 // Each malformed input is dropped or refused and counted under a reason, and the server keeps

@@ -4,7 +4,8 @@
 #         cluster tests, the collectives and the short multi-process tests, sync jobs included
 #         (not the 10-epoch accuracy runs, nor the 50-step equivalence runs: pure arithmetic);
 #   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected)
-#         and the collectives (Gloo worlds, ranks as threads).
+#         the collectives (Gloo worlds, ranks as threads) and the parameter server under
+#         concurrent clients (its chunk store hands buffers between threads).
 # A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
 # reports go to files under build-<stage>/reports, and any file there is a failure.
 #   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
@@ -39,7 +40,7 @@ for stage in "${stages[@]}"; do
     asan)
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
-        shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests
+        shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -56,10 +57,10 @@ for stage in "${stages[@]}"; do
       ;;
     tsan)
       configure "$dir" "-fsanitize=thread"
-      cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests
+      cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.'
       check_reports "$dir"
       ;;
     *)
