@@ -123,7 +123,7 @@ struct Plan {
   double rtt_seconds = 2;       // each run of 4 KB round trips
   double window_seconds = 1;    // each measuring window of table 2
   double warmup_seconds = 0.3;  // table 2: after every worker has its first pull
-  bool small_only = false;      // only the 4 KB round trips (for a profiler)
+  std::string only;             // "small" or "big": one measurement alone (for a profiler)
 };
 
 constexpr const char* kUsage =
@@ -132,7 +132,8 @@ constexpr const char* kUsage =
     "  --runs R    runs of each measurement, iperf3 included; windows per row of the\n"
     "              W-worker table (default 3; 1 with --quick)\n"
     "  --quick     short runs for a smoke test (under a minute); --rounds/--runs still apply\n"
-    "  --small     only the 4 KB round trips, --runs times (to run under a profiler)\n";
+    "  --small     only the 4 KB round trips, --runs times (to run under a profiler)\n"
+    "  --big       only the 40 MB rounds against 1 server (to run under a profiler)\n";
 
 int positive_int(const std::string& flag, const char* text) {
   int value = 0;
@@ -151,9 +152,11 @@ Plan parse(int argc, char** argv) {
     if (flag == "--quick") {
       plan = Plan{
           .rounds = 3, .runs = 1, .iperf_seconds = 1, .rtt_seconds = 0.5, .window_seconds = 0.5, .warmup_seconds = 0.2,
-                  .small_only = plan.small_only};
+                  .only = plan.only};
     } else if (flag == "--small") {
-      plan.small_only = true;
+      plan.only = "small";
+    } else if (flag == "--big") {
+      plan.only = "big";
     } else if (flag == "--rounds" || flag == "--runs") {
       if (i + 1 == argc) SHOAL_THROW(ConfigError, flag << " needs a value\n" << kUsage);
       (flag == "--rounds" ? rounds : runs) = positive_int(flag, argv[++i]);
@@ -621,7 +624,12 @@ int run(int argc, char** argv) {
   Plan plan = parse(argc, argv);
   std::printf("# shoal_ps_bench on %s\n\n", machine().c_str());
   std::fflush(stdout);
-  if (plan.small_only) {
+  if (plan.only == "big") {
+    Spread time = spread(one_worker_rounds(1, kBigModel, plan, plan.rounds, kForever).times);
+    std::printf("40 MB push+pull, 1 server: %s\n", with_range(scaled(time, 1e3), "%.1f", " ms").c_str());
+    return 0;
+  }
+  if (plan.only == "small") {
     Spread rate = spread(one_worker_rounds(1, kSmallModel, plan, INT_MAX, plan.rtt_seconds).rates);
     std::printf("4 KB push+pull, 1 server: %s round trips/s\n", with_range(rate, thousands, "").c_str());
     return 0;

@@ -99,26 +99,33 @@ bool ParameterServer::pull_ready(std::uint64_t clock) const {
 void ParameterServer::answer_pull(const ParkedPull& pull) {
   std::uint64_t clock = UINT64_MAX;
   for (const auto& c : chunks_) clock = std::min(clock, c.applied);
+  std::vector<std::size_t> all;
+  const std::vector<std::size_t>* which = &pull.chunks;
+  if (which->empty()) {
+    for (std::size_t i = 0; i < chunks_.size(); ++i) all.push_back(i);
+    which = &all;
+  }
   if (options_.lr_staleness != LrStaleness::none) {
     auto& pulled = pulled_[pull.worker];
     pulled.resize(chunks_.size());
-    for (std::size_t i = 0; i < chunks_.size(); ++i) pulled[i] = chunks_[i].applied;
+    for (std::size_t i : *which) pulled[i] = chunks_[i].applied;
   }
   // Large chunks go one per message, so the worker copies chunk k while chunk k + 1 is on the
   // wire; small ones share a message, so a small model costs one message, not one per chunk.
   // Every frame is the chunk's current buffer itself, held until ZeroMQ is done with it.
-  for (std::size_t first = 0; first < chunks_.size();) {
+  for (std::size_t first = 0; first < which->size();) {
     std::size_t end = first + 1;
-    std::int64_t bytes = chunks_[first].span.numel * 4;
-    while (end < chunks_.size() && bytes + chunks_[end].span.numel * 4 <= kCoalesceBytes)
-      bytes += chunks_[end++].span.numel * 4;
+    std::int64_t bytes = chunks_[(*which)[first]].span.numel * 4;
+    while (end < which->size() && bytes + chunks_[(*which)[end]].span.numel * 4 <= kCoalesceBytes)
+      bytes += chunks_[(*which)[end++]].span.numel * 4;
     Outgoing out(id_, pull.request_id);
     auto reply = out.body().initPullReply();
     reply.setClock(clock);
     auto list = reply.initChunks(static_cast<unsigned>(end - first));
-    for (std::size_t i = first; i < end; ++i) {
-      list[static_cast<unsigned>(i - first)].setKey(chunks_[i].key);
-      list[static_cast<unsigned>(i - first)].setNumel(static_cast<std::uint32_t>(chunks_[i].span.numel));
+    for (std::size_t j = first; j < end; ++j) {
+      const std::size_t i = (*which)[j];
+      list[static_cast<unsigned>(j - first)].setKey(chunks_[i].key);
+      list[static_cast<unsigned>(j - first)].setNumel(static_cast<std::uint32_t>(chunks_[i].span.numel));
       out.add_payload(store_.frame(i));
     }
     socket_.send(pull.peer, out);
@@ -293,9 +300,13 @@ void ParameterServer::handle_push(Incoming& in) {
   worker_clock = std::max(worker_clock, clock + 1);
   ++stats_.pushes;
   if (push.getPullAfter()) {
-    // The step's last push carries the pull for the next step; its reply is the acknowledgement.
-    parked_.push_back(ParkedPull{in.peer, worker, in.request_id(), clock + 1,
-                                 std::chrono::steady_clock::now() + options_.pull_timeout});
+    // The push asks for its chunks back, as a pull for the next step would; the reply is its
+    // acknowledgement. An idle push (no chunks) asks for every chunk.
+    ParkedPull pull{in.peer, worker, in.request_id(), clock + 1,
+                    std::chrono::steady_clock::now() + options_.pull_timeout, false, {}};
+    for (unsigned i = 0; i < chunks.size(); ++i)
+      pull.chunks.push_back(static_cast<std::size_t>(find_chunk(chunks[i].getKey()) - chunks_.data()));
+    parked_.push_back(std::move(pull));
     return;
   }
   // Acknowledged once the batch is applied: until then the frames may be the worker's own
@@ -308,7 +319,7 @@ void ParameterServer::handle_pull(Incoming& in) {
   // (evaluation) is ready at once.
   auto pull = in.envelope().getBody().getPull();
   parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getBounded() ? pull.getClock() : 0,
-                               std::chrono::steady_clock::now() + options_.pull_timeout});
+                               std::chrono::steady_clock::now() + options_.pull_timeout, false, {}});
 }
 
 void ParameterServer::handle(Incoming& in) {

@@ -97,6 +97,7 @@ class ParameterServer {
     std::uint64_t request_id = 0, clock = 0;
     std::chrono::steady_clock::time_point deadline;
     bool counted = false;  // counted as parked (it could not be answered in its own batch)
+    std::vector<std::size_t> chunks;  // a push's pullAfter: the chunks it carried; empty: all
   };
   // An async update waiting for the end of its batch; `grad` borrows a frame of `batch_`.
   struct Update {

@@ -66,7 +66,9 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
       if (link.in_flight > 0) --link.in_flight;
       return;
     case K::PULL_REPLY: {
-      if (!link.pull_id || in.request_id() != *link.pull_id) return;  // a reply to an abandoned pull
+      auto owed = link.push_pulls.find(in.request_id());
+      bool pull = link.pull_id && in.request_id() == *link.pull_id;
+      if (!pull && owed == link.push_pulls.end()) return;  // a reply to an abandoned pull
       auto chunks = in.envelope().getBody().getPullReply().getChunks();
       float* values = pull_target();
       for (unsigned i = 0; i < chunks.size(); ++i) {
@@ -78,9 +80,11 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
         SHOAL_REQUIRE(link.pulled.insert(key).second, ProtocolError, link.id << " sent chunk key " << key << " twice");
         std::memcpy(values + table_.chunks[key].offset, in.payloads()[i].data(), in.payloads()[i].size());
       }
-      if (link.pulled.size() == link.keys.size()) {  // replies come one chunk at a time
-        link.pull_id.reset();
-        link.pulled.clear();
+      if (pull && link.pulled.size() == link.keys.size()) link.pull_id.reset();  // replies come in parts
+      if (!pull) {
+        SHOAL_REQUIRE(chunks.size() <= owed->second, ProtocolError,
+                      link.id << " answered a push with more chunks than it carried");
+        if ((owed->second -= chunks.size()) == 0) link.push_pulls.erase(owed);
       }
       return;
     }
@@ -133,6 +137,9 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for, bool stoppa
         std::string owes;
         if (link.in_flight > 0) owes = "push acknowledgements: " + std::to_string(link.in_flight);
         if (link.pull_id) owes += std::string(owes.empty() ? "" : ", ") + "the pull";
+        if (!link.push_pulls.empty())
+          owes += std::string(owes.empty() ? "" : ", ") + "replies to " + std::to_string(link.push_pulls.size()) +
+                  " pushes";
         if (!owes.empty()) who += " " + link.id + " (" + link.address + "; " + owes + ")";
       }
       SHOAL_THROW(TimeoutError, "no answer for " << waiting_for << " within " << options_.request_timeout.count()
@@ -148,16 +155,22 @@ void AsyncPsStrategy::pump_until(Done done, const char* waiting_for, bool stoppa
 
 void AsyncPsStrategy::await_parameters() {
   if (fresh_) return;
+  // A pull for every server that was not asked with this step's pushes (the first step, an
+  // idle one) and has not sent everything already.
   for (auto& link : links_)
-    if (!link.pull_id && link.retry_at == std::chrono::steady_clock::time_point{}) send_pull(link, true);
+    if (!link.pull_id && link.push_pulls.empty() && link.pulled.size() < link.keys.size() &&
+        link.retry_at == std::chrono::steady_clock::time_point{})
+      send_pull(link, true);
   pump_until(
       [&] {
         for (const auto& link : links_)
-          if (link.pull_id || link.retry_at != std::chrono::steady_clock::time_point{} || link.in_flight > 0)
+          if (link.pull_id || !link.push_pulls.empty() || link.retry_at != std::chrono::steady_clock::time_point{} ||
+              link.in_flight > 0)
             return false;
         return true;
       },
       "the parameters", /*stoppable=*/true);
+  for (auto& link : links_) link.pulled.clear();
   fresh_ = true;
   if (staged_) upload_ = backend_.copy_from_host_async(host_values_.raw(), model_.params().values());
 }
@@ -170,7 +183,8 @@ void AsyncPsStrategy::begin_step(Model& /*model*/, std::int64_t /*step*/) {
 
 void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>& keys, bool pull_after) {
   Link& link = links_[server];
-  pump_until([&] { return link.in_flight < options_.max_in_flight; }, "a push acknowledgement");
+  pump_until([&] { return link.in_flight + static_cast<int>(link.push_pulls.size()) < options_.max_in_flight; },
+             "a push acknowledgement");
   const std::uint64_t id = next_request_++;
   Outgoing msg(id_, id);
   auto p = msg.body().initPush();
@@ -186,11 +200,8 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
     msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float), arena.storage());
   }
   link.socket->send(msg);
-  if (pull_after) {  // answered by the pull reply, for the step after this one
-    link.asked = true;
-    link.pull_id = id;
-    link.pull_bounded = true;
-    link.pulled.clear();
+  if (pull_after) {  // answered with these chunks' values for the next step, once applied
+    link.push_pulls[id] = keys.size();
   } else {
     ++link.in_flight;
   }
@@ -220,9 +231,12 @@ void AsyncPsStrategy::gradients_ready(Model& /*model*/, const std::vector<Parame
 void AsyncPsStrategy::push_all(std::size_t server, const std::vector<std::uint32_t>& keys) {
   // A large chunk goes alone, so a server applies chunk k while chunk k + 1 is on the wire;
   // small ones share a message, so a small model costs one message, not one per chunk.
+  // Every push asks for its chunks back (pullAfter): the server answers with their values for the
+  // next step as soon as it has applied them, so the pull of the layers backward finished
+  // first overlaps the pushes of the rest, and one message each way replaces push, ack, pull.
   // Backward finishes a server's keys from the highest down, so the call that holds its first
-  // key is its last of the step: that call's last message also asks for the next parameters.
-  const bool last = !keys.empty() && keys.front() == links_[server].keys.front();
+  // key is its last of the step: then every chunk was asked for and no pull is needed.
+  if (!keys.empty() && keys.front() == links_[server].keys.front()) links_[server].asked = true;
   std::vector<std::uint32_t> group;
   std::int64_t bytes = 0;
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -230,7 +244,7 @@ void AsyncPsStrategy::push_all(std::size_t server, const std::vector<std::uint32
     bytes += table_.chunks[keys[i]].numel * static_cast<std::int64_t>(sizeof(float));
     bool end = i + 1 == keys.size();
     if (end || bytes + table_.chunks[keys[i + 1]].numel * static_cast<std::int64_t>(sizeof(float)) > kCoalesceBytes) {
-      push(server, group, last && end);
+      push(server, group, /*pull_after=*/true);
       group.clear();
       bytes = 0;
     }
@@ -254,9 +268,9 @@ void AsyncPsStrategy::end_step(Model& model, std::int64_t /*step*/, float /*lr*/
 }
 
 void AsyncPsStrategy::finish_step() {
-  // The pull follows the pushes at once, without waiting for their acknowledgements: a server
-  // answers a connection's messages in order, so the reply carries this step's updates, and one
-  // round trip per step is saved. The acknowledgements are awaited with the reply.
+  // Every chunk pushed this step was asked back with its push. A server that got no push (an
+  // idle step) is asked now, without waiting for acknowledgements: a server answers a
+  // connection's messages in order, so the reply carries this step's updates.
   ++clock_;
   fresh_ = false;
   for (auto& link : links_) {

@@ -19,6 +19,7 @@
 #include <deque>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -79,10 +80,12 @@ class AsyncPsStrategy final : public DistributedStrategy {
     std::unique_ptr<ClientSocket> socket;
     std::vector<std::uint32_t> keys;
     int in_flight = 0;
-    std::optional<std::uint64_t> pull_id;  // outstanding pull
-    std::set<std::uint32_t> pulled;        // chunks of it received so far
+    std::optional<std::uint64_t> pull_id;  // outstanding pull of every chunk
+    // Pushes that asked for their chunks back (pullAfter): request id -> chunks still owed.
+    std::map<std::uint64_t, std::size_t> push_pulls;
+    std::set<std::uint32_t> pulled;  // chunks of the next parameters received so far
     bool pull_bounded = true;
-    bool asked = false;                    // the next step's pull went with this step's last push
+    bool asked = false;  // this step's pushes asked for every chunk back: no pull needed
     std::chrono::steady_clock::time_point retry_at{};
   };
 

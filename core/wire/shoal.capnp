@@ -145,8 +145,9 @@ struct ChunkData {
 struct Push {
   clock @0 :UInt64;               # the worker's step this gradient belongs to
   chunks @1 :List(ChunkData);     # empty: the worker had no data for this clock (idle)
-  pullAfter @2 :Bool;             # the worker's last push of the step: instead of a pushAck, the
-                                  # server answers as to pull{clock + 1, bounded} sent right after
+  pullAfter @2 :Bool;             # instead of a pushAck, the server answers with these chunks'
+                                  # values (all chunks if none) as a pull{clock + 1, bounded}
+                                  # sent right after would get them, once they are applied
 }
 
 struct PushAck {
