@@ -1,16 +1,16 @@
 // Parameter-server push+pull bandwidth beside the limits that bind it, measured in the same run.
 //
-//   build/bench/shoal_ps_bench [--rounds N] [--runs R] [--quick]
+//   build/bench/shoal_ps_bench [--rounds N] [--runs R] [--quick] [--small | --big]
 //
-// Table 1, one worker. The real AsyncPsStrategy code path (zero-copy pushes of every chunk,
-// wait for the acknowledgements, pull every chunk back into the parameter arena) against 1, 2
+// Table 1, one worker. The real AsyncPsStrategy code path (zero-copy pushes of every chunk, each
+// answered with that chunk's new values, copied into the parameter arena) against 1, 2
 // and 4 parameter servers (the real ParameterServer, SGD applied to every pushed chunk), each
 // with its own ZeroMQ context as if it were its own process, over loopback TCP. A 10M-float
 // model (40 MB) moves 80 MB per round. Each row is compared with the raw loopback TCP it
 // could at best reach: iperf3 with 1 MiB writes, one stream for one server, -P N streams for
 // N servers (the worker holds one connection per server). Also: iperf3 with its default
-// writes, memcpy bandwidth, and push+pull round trips per second of a 4 KB model. Targets are
-// printed with PASS or MISS.
+// writes, memcpy bandwidth, and push+pull round trips per second of a 4 KB model beside bare
+// ZeroMQ round trips of 4 KB. Targets are printed with PASS or MISS.
 //
 // Table 2, W workers. W = 1, 2, 4, 8 synthetic workers, each a thread with its own ZeroMQ
 // context running the same strategy with random gradients and no compute, against one server
@@ -418,6 +418,48 @@ struct Rounds {
   std::vector<double> rates;  // rounds per second, one per run
 };
 
+// The limit for small messages: bare ZeroMQ round trips of one 4 KB frame each way between a
+// DEALER and a ROUTER in two contexts over loopback TCP (the sockets Shoal uses, nothing else).
+std::vector<double> zmq_round_trips(const Plan& plan) {
+  std::vector<double> rates;
+  for (int r = 0; r < plan.runs; ++r) {
+    zmq::context_t server_context(1), client_context(1);
+    zmq::socket_t router(server_context, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:*");
+    const std::string endpoint = router.get(zmq::sockopt::last_endpoint);
+    std::atomic<bool> stop{false};
+    std::thread echo([&] {
+      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+      while (!stop) {
+        zmq::poll(&item, 1, std::chrono::milliseconds(10));
+        zmq::message_t id, body;
+        while (router.recv(id, zmq::recv_flags::dontwait)) {
+          (void)router.recv(body);
+          router.send(id, zmq::send_flags::sndmore);
+          router.send(body, zmq::send_flags::none);
+        }
+      }
+    });
+    zmq::socket_t dealer(client_context, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::linger, 0);
+    dealer.connect(endpoint);
+    std::vector<char> payload(4096, 1);
+    int n = 0;
+    auto start = Clock::now();
+    while (seconds_since(start) < plan.rtt_seconds) {
+      dealer.send(zmq::buffer(payload));
+      zmq::message_t reply;
+      (void)dealer.recv(reply);
+      ++n;
+    }
+    rates.push_back(n / seconds_since(start));
+    stop = true;
+    echo.join();
+  }
+  return rates;
+}
+
 Rounds one_worker_rounds(int servers, Blob blob, const Plan& plan, int rounds, double seconds) {
   Rounds result;
   for (int r = 0; r < plan.runs; ++r) {
@@ -579,9 +621,13 @@ void one_worker_table(const Plan& plan) {
   Rounds small = one_worker_rounds(1, kSmallModel, plan, INT_MAX, plan.rtt_seconds);
   Spread rtt = spread(small.times), rate = spread(small.rates);
   Target rtt_target{"≥ " + thousands(kRoundTripTarget) + "/s", rate.median >= kRoundTripTarget};
+  Spread bare = spread(zmq_round_trips(plan));
   print_row({"4 KB push+pull, 1 server", with_range(scaled(rtt, 1e6), "%.0f", " us"),
-             with_range(rate, thousands, " round trips/s"), "", rtt_target.cell()});
+             with_range(rate, thousands, " round trips/s"), percent(rate.median / bare.median) + " of bare ZeroMQ",
+             rtt_target.cell()});
   targets.push_back(rtt_target);
+  print_row({"bare ZeroMQ 4 KB round trip (reference)", with_range(inverse(bare, 1e6), "%.0f", " us"),
+             with_range(bare, thousands, " round trips/s"), "", ""});
 
   if (!iperf3)
     print_row({"raw loopback TCP", "", "iperf3 not installed (launch/setup-debian.sh --bench installs it)", "n/a", ""});

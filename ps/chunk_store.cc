@@ -1,6 +1,7 @@
 #include "ps/chunk_store.h"
 
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 
@@ -58,6 +59,13 @@ Tensor& ChunkStore::writable(std::size_t chunk) {
     ++c.moved;
   }
   c.current->version = old->version + 1;
+  if (c.buffers.size() > 2) {
+    // A burst of slow readers must not pin its buffers for good: keep one free spare at most.
+    std::size_t spares = 0;
+    std::erase_if(c.buffers, [&](const std::shared_ptr<Buffer>& b) {
+      return b != c.current && b->free() && ++spares > 1;
+    });
+  }
   return c.current->values;
 }
 

@@ -5,7 +5,7 @@
 // buffer someone still holds: `writable()` returns the current buffer when only the store
 // holds it, and otherwise moves the chunk to a buffer nobody holds (a spare one, or a new
 // one) with a copy of the current values. The held buffer keeps the old version, unchanged,
-// for as long as it is held.
+// for as long as it is held. Free buffers beyond one spare per chunk are given back.
 //
 // The same hold gives a consistent snapshot (`snapshot()`): every chunk's buffer at one
 // moment, kept unchanged while updates go on into other buffers, for a checkpoint to write in

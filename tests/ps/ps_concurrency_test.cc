@@ -59,6 +59,18 @@ TEST(ChunkStore, AHeldFrameKeepsItsBytesAndUpdatesMoveToAFreeBuffer) {
   zmq::message_t again = store.frame(0);
   store.writable(0);
   EXPECT_EQ(store.buffer_count(0), 2u) << "the buffer the snapshot released is reused";
+  again.rebuild();  // released
+  {
+    // A burst of readers: each update finds its buffer held and takes another.
+    std::vector<zmq::message_t> burst;
+    for (int i = 0; i < 4; ++i) {
+      burst.push_back(store.frame(0));
+      store.writable(0);
+    }
+    EXPECT_EQ(store.buffer_count(0), 5u);
+  }
+  store.writable(0);
+  EXPECT_EQ(store.buffer_count(0), 2u) << "after the burst, one spare is kept, the rest given back";
 }
 
 // A server in its own thread, with `threads` update threads, for `workers` workers.
