@@ -29,6 +29,7 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
   id_ = id;
   options_ = options;
   optimizer_ = std::make_unique<Optimizer>(options.optimizer);
+  if (options.threads > 1) pool_ = std::make_unique<UpdatePool>(options.threads);
   const ServerRange& range = table.servers.at(index);
   first_key_ = range.first_key;
   SHOAL_ASSERT(chunks_.empty(), id << " was started twice");
@@ -154,24 +155,13 @@ void ParameterServer::apply_updates() {
   auto apply_chunk = [&](std::int64_t t) {
     for (const Update* u : per_chunk[touched[static_cast<std::size_t>(t)]]) apply(chunks_[u->chunk], u->grad, u->scale);
   };
-  std::exception_ptr failed;  // an exception must not leave an OpenMP region
-  if (n == 1 || options_.threads == 1) {
-    // Not even an OpenMP region with an `if` clause: entering one costs futex calls.
+  stats_.updates += updates_.size();
+  if (n == 1 || !pool_) {
     for (std::int64_t t = 0; t < n; ++t) apply_chunk(t);
   } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(options_.threads)
-    for (std::int64_t t = 0; t < n; ++t) {
-      try {
-        apply_chunk(t);
-      } catch (...) {
-#pragma omp critical(shoal_ps_apply)
-        failed = std::current_exception();
-      }
-    }
+    pool_->run(n, apply_chunk);
   }
-  stats_.updates += updates_.size();
   updates_.clear();
-  if (failed) std::rethrow_exception(failed);
 }
 
 void ParameterServer::finish_batch() {
@@ -393,7 +383,8 @@ std::string advertised(const std::string& endpoint) {
 }  // namespace
 
 void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log) {
-  auto backend = make_backend(BackendOptions{Device::cpu(), static_cast<int>(config.threads)});
+  // One thread per backend loop: the server spreads its updates by chunk (UpdatePool) instead.
+  auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   ParameterServer server(network, config.node_address, *backend, log);
   Seconds timeout(config.request_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);

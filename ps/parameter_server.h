@@ -35,6 +35,7 @@
 #include "core/partition.h"
 #include "core/transport.h"
 #include "ps/chunk_store.h"
+#include "ps/update_pool.h"
 
 namespace shoal {
 
@@ -138,6 +139,7 @@ class ParameterServer {
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<ChunkState> chunks_;
   ChunkStore store_;  // chunk i of chunks_ is chunk i here
+  std::unique_ptr<UpdatePool> pool_;  // with threads > 1
   std::uint32_t first_key_ = 0;
   std::set<std::string> live_, left_, known_;
   std::map<std::string, std::uint64_t> clocks_;  // steps pushed per worker

@@ -8,6 +8,9 @@
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <mutex>
+#include <set>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -15,6 +18,7 @@
 #include "core/rng.h"
 #include "ps/chunk_store.h"
 #include "ps/parameter_server.h"
+#include "ps/update_pool.h"
 
 namespace shoal {
 namespace {
@@ -71,6 +75,31 @@ TEST(ChunkStore, AHeldFrameKeepsItsBytesAndUpdatesMoveToAFreeBuffer) {
   }
   store.writable(0);
   EXPECT_EQ(store.buffer_count(0), 2u) << "after the burst, one spare is kept, the rest given back";
+}
+
+TEST(UpdatePool, RunsEveryIndexOnceOnSeveralThreadsAndRethrows) {
+  UpdatePool pool(3);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::atomic<int>> calls(37);
+    std::mutex mutex;
+    std::set<std::thread::id> threads;
+    pool.run(37, [&](std::int64_t i) {
+      ++calls[static_cast<std::size_t>(i)];
+      std::lock_guard<std::mutex> lock(mutex);
+      threads.insert(std::this_thread::get_id());
+    });
+    for (auto& c : calls) ASSERT_EQ(c.load(), 1);
+    ASSERT_GE(threads.size(), 1u);
+  }
+  std::atomic<int> done{0};
+  EXPECT_THROW(pool.run(20,
+                        [&](std::int64_t i) {
+                          if (i == 3) throw std::runtime_error("boom");
+                          ++done;
+                        }),
+               std::runtime_error);
+  EXPECT_LT(done.load(), 20);
+  pool.run(5, [&](std::int64_t) { ++done; });  // still usable after a failure
 }
 
 // A server in its own thread, with `threads` update threads, for `workers` workers.

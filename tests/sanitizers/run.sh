@@ -60,7 +60,7 @@ for stage in "${stages[@]}"; do
       cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.'
       check_reports "$dir"
       ;;
     *)
