@@ -151,7 +151,7 @@ void ParameterServer::apply_updates() {
     per_chunk[u.chunk].push_back(&u);
   }
   const auto n = static_cast<std::int64_t>(touched.size());
-  // One chunk: the backend spreads that chunk's loop over the threads itself.
+  // Chunks are the unit of parallelism: one chunk (or no pool) runs on this thread.
   auto apply_chunk = [&](std::int64_t t) {
     for (const Update* u : per_chunk[touched[static_cast<std::size_t>(t)]]) apply(chunks_[u->chunk], u->grad, u->scale);
   };
