@@ -89,7 +89,9 @@ TEST(Cluster, AsyncTwoServersTwoWorkersConverges) {
   auto epochs = lines_with(c.metrics(), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 2u) << c.all_output();
   EXPECT_LT(json_number(epochs[1], "train_loss"), json_number(epochs[0], "train_loss"));
-  EXPECT_GT(json_number(epochs[1], "test_accuracy"), 0.75) << epochs[1];
+  // Two epochs of 6000 samples, asynchronously: 75.0-79.6% over 8 runs, idle and beside a CPU
+  // hog (how the workers interleave moves it); chance is 10%.
+  EXPECT_GT(json_number(epochs[1], "test_accuracy"), 0.70) << epochs[1];
   EXPECT_EQ(json_number(epochs[1], "samples_done"), 6000);
   // Both servers applied updates and both workers trained.
   for (auto& s : c.servers) EXPECT_NE(s->output().find("chunk updates"), std::string::npos);
