@@ -11,6 +11,9 @@
 
 namespace shoal {
 
+// Chunks up to this many bytes together share a push or a pull reply; a larger chunk goes alone.
+constexpr std::int64_t kCoalesceBytes = 256 << 10;
+
 struct ChunkSpan {
   std::int64_t offset = 0;
   std::int64_t numel = 0;

@@ -262,9 +262,11 @@ void ParameterServer::handle_push(Incoming& in) {
     }
   }
   const auto pulled = pulled_.find(worker);
+  std::vector<std::size_t> indices;  // of the pushed chunks, in chunks_
   for (unsigned i = 0; i < chunks.size(); ++i) {
     ChunkState& c = *find_chunk(chunks[i].getKey());
     const std::size_t index = static_cast<std::size_t>(&c - chunks_.data());
+    indices.push_back(index);
     const Tensor& grad = grads[i];
     if (options_.staleness == 0) {
       if (c.contributors == 0)
@@ -279,7 +281,6 @@ void ParameterServer::handle_push(Incoming& in) {
     // still queued in this batch count too: they land first).
     std::uint64_t stale = 0;
     if (pulled != pulled_.end() && index < pulled->second.size()) stale = c.applied - pulled->second[index];
-    stats_.staleness_total += stale;
     float scale = options_.lr_staleness == LrStaleness::inverse ? 1.f / static_cast<float>(1 + stale) : 1.f;
     updates_.push_back(Update{index, grad, scale});
     ++c.applied;
@@ -292,11 +293,9 @@ void ParameterServer::handle_push(Incoming& in) {
   if (push.getPullAfter()) {
     // The push asks for its chunks back, as a pull for the next step would; the reply is its
     // acknowledgement. An idle push (no chunks) asks for every chunk.
-    ParkedPull pull{in.peer, worker, in.request_id(), clock + 1,
-                    std::chrono::steady_clock::now() + options_.pull_timeout, false, {}};
-    for (unsigned i = 0; i < chunks.size(); ++i)
-      pull.chunks.push_back(static_cast<std::size_t>(find_chunk(chunks[i].getKey()) - chunks_.data()));
-    parked_.push_back(std::move(pull));
+    parked_.push_back(ParkedPull{in.peer, worker, in.request_id(), clock + 1,
+                                 std::chrono::steady_clock::now() + options_.pull_timeout, false,
+                                 std::move(indices)});
     return;
   }
   // Acknowledged once the batch is applied: until then the frames may be the worker's own
@@ -353,8 +352,7 @@ void ParameterServer::handle(Incoming& in) {
 
 void ParameterServer::serve(std::chrono::milliseconds timeout) {
   auto in = socket_.receive(timeout);
-  std::size_t taken = 0;
-  while (in) {
+  for (std::size_t taken = 0; in;) {
     // Kept until the end of the batch at a fixed address: updates read its frames in place.
     batch_.push_back(std::make_unique<Incoming>(std::move(*in)));
     try {
@@ -365,7 +363,6 @@ void ParameterServer::serve(std::chrono::milliseconds timeout) {
     if (++taken == kMaxBatch) break;
     in = socket_.try_receive();
   }
-  if (taken > 0) ++stats_.batches;
   finish_batch();
 }
 

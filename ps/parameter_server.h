@@ -53,8 +53,6 @@ struct ServerOptions {
 
 struct ServerStats {
   std::uint64_t pushes = 0, pulls = 0, updates = 0, parked = 0, pull_timeouts = 0;
-  std::uint64_t batches = 0;          // batches of waiting messages handled together
-  std::uint64_t staleness_total = 0;  // sum over async updates of t (see lr_staleness)
 };
 
 class ParameterServer {
@@ -128,8 +126,7 @@ class ParameterServer {
   std::uint64_t slowest_clock() const;
   ChunkState* find_chunk(std::uint32_t key);
 
-  static constexpr std::int64_t kCoalesceBytes = 256 << 10;  // chunks up to this share a reply
-  static constexpr std::size_t kMaxBatch = 256;               // messages handled as one batch
+  static constexpr std::size_t kMaxBatch = 256;  // messages handled as one batch
 
   ServerSocket socket_;
   Backend& backend_;

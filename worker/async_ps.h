@@ -96,7 +96,6 @@ class AsyncPsStrategy final : public DistributedStrategy {
   void push(std::size_t server, const std::vector<std::uint32_t>& keys, bool pull_after = false);
   // Pushes `keys` in as few messages as kCoalesceBytes allows.
   void push_all(std::size_t server, const std::vector<std::uint32_t>& keys);
-  static constexpr std::int64_t kCoalesceBytes = 256 << 10;
   // Handles replies until `done()` holds; throws TimeoutError at the deadline.
   template <typename Done>
   void pump_until(Done done, const char* waiting_for, bool stoppable = false);
