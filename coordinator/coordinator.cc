@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "coordinator/partitioner.h"
@@ -21,10 +22,58 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// The `layout` file: every parameter and buffer with its element range and shape.
+std::string model_layout(const std::string& model, const ParameterSet& params) {
+  std::ostringstream out;
+  out << "model " << model << "\nparameters " << params.parameter_count() << "\n";
+  auto shape = [](const Shape& s) {
+    std::ostringstream text;
+    for (std::size_t i = 0; i < s.rank(); ++i) text << (i ? "x" : "") << s[i];
+    return s.rank() == 0 ? std::string("1") : text.str();
+  };
+  for (const auto& p : params.parameters())
+    out << "param " << p->name << " " << p->offset << " " << p->offset + p->shape.numel() << " " << shape(p->shape)
+        << "\n";
+  for (const auto& b : params.buffers())
+    out << "buffer " << b->name << " " << b->offset << " " << b->offset + b->shape.numel() << " " << shape(b->shape)
+        << "\n";
+  return out.str();
+}
+
+// The job's configuration as an INI file (the `job.ini` of a checkpoint).
+std::string config_ini(const JobConfig& config) {
+  SettingsRegistry registry;
+  std::map<std::string, std::vector<std::string>> sections;
+  for (const Setting& s : registry.settings()) {
+    auto dot = s.key.find('.');
+    std::string section = dot == std::string::npos ? "" : s.key.substr(0, dot);
+    sections[section].push_back(s.key.substr(dot == std::string::npos ? 0 : dot + 1) + " = " + s.get(config));
+  }
+  std::string out = "# the configuration of the job that wrote this checkpoint\n";
+  for (const auto& [section, lines] : sections) {
+    if (!section.empty()) out += "\n[" + section + "]\n";
+    for (const auto& line : lines) out += line + "\n";
+  }
+  return out;
+}
+
+std::int64_t position_step(const std::string& position, const std::string& dir) {
+  std::istringstream in(position);
+  std::string key;
+  long long step = -1;
+  while (in >> key) {
+    if (key == "step" && (in >> step)) break;
+    in.ignore(1 << 20, '\n');
+  }
+  SHOAL_REQUIRE(step >= 0, CheckpointError, dir << "/position has no step");
+  return step;
+}
+
 }  // namespace
 
 Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics)
-    : config_(config),
+    : network_(network),
+      config_(config),
       log_(std::move(log)),
       metrics_(metrics),
       socket_(network, config.coordinator_address, log_),
@@ -38,12 +87,43 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->build(*backend, config.seed);
   model_elements_ = model->params().parameter_count();
+  layout_ = model_layout(config.model, model->params());
+  has_buffers_ = !model->params().buffers().empty();
   SHOAL_LOG(log_, info,
             "listening on " << socket_.endpoint() << "; model " << config.model << " has " << model_elements_
                             << " parameters; " << train_samples_ << " training samples; "
                             << (sync_ ? "sync job, waiting for " + std::to_string(config.workers) + " ranks"
                                       : "waiting for " + std::to_string(config.servers) + " servers and " +
                                             std::to_string(config.workers) + " workers"));
+  if (!config.checkpoint_dir.empty() && sync_)
+    SHOAL_LOG(log_, warn, "checkpoint.dir is set, but checkpoints are taken in async jobs only so far");
+  else if (!config.checkpoint_dir.empty())
+    resume_from_checkpoint();
+}
+
+void Coordinator::resume_from_checkpoint() {
+  const std::string& mode = config_.checkpoint_resume;
+  if (mode == "never") return;
+  std::string dir;
+  if (mode == "auto") {
+    auto found = find_resumable(config_.checkpoint_dir, [&](const std::string& d, const std::string& why) {
+      SHOAL_LOG(log_, warn, "not resuming from " << d << ": " << why);
+    });
+    if (!found) {
+      SHOAL_LOG(log_, info, "no checkpoint in " << config_.checkpoint_dir << " yet: the job starts afresh");
+      return;
+    }
+    dir = *found;
+  } else {
+    dir = mode;
+    verify_checkpoint(dir);  // a named checkpoint must be intact: CheckpointError names the bad file
+  }
+  SHOAL_REQUIRE(read_whole_file(dir + "/layout") == layout_, CheckpointError,
+                dir << " holds another model: its layout file differs from model " << config_.model
+                    << "'s (shoal checkpoint inspect " << dir << ")");
+  restored_position_ = read_whole_file(dir + "/position");
+  steps_ = checkpoint_step_ = position_step(restored_position_, dir);
+  restored_from_ = newest_checkpoint_ = dir;
 }
 
 void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message) {
@@ -104,8 +184,16 @@ void Coordinator::publish_table() {
   std::int64_t batch = config_.batch_size * (config_.staleness == 0 ? config_.workers : 1);
   t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
   table_ = t;
-  book_ = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
-                                      ms(config_.lease_timeout_seconds));
+  auto leases = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
+                                           ms(config_.lease_timeout_seconds));
+  leases_ = leases.get();
+  book_ = std::move(leases);
+  if (!restored_from_.empty()) {
+    for (const EpochReport& r : leases_->restore(restored_position_, Clock::now()))
+      result_.final_test_accuracy = r.test_accuracy;
+    table_->restore = restored_from_;
+    SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
+  }
   std::string layout;
   for (const auto& s : t.servers)
     layout += " " + s.id + "=keys[" + std::to_string(s.first_key) + "," + std::to_string(s.end_key) + ")/" +
@@ -136,18 +224,42 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       return;
     }
     if (over) return reply_job_over(in);
-    if (table_) {
-      reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                  "the job has started; joining a running job is not supported yet (elasticity)");
-      return;
-    }
     bool server = reg.getRole() == wire::Role::SERVER;
-    std::size_t have = members_.count(reg.getRole(), true),
-                want = static_cast<std::size_t>(server ? servers_wanted_ : config_.workers);
-    if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
-      reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                  std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
-      return;
+    if (table_) {
+      // A running job: a restarted server takes its old place; an async worker may join at any
+      // time (it starts at the slowest live clock).
+      if (sync_ || (!server && config_.staleness == 0)) {
+        reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                    sync_ ? "the sync job has started; a rank cannot join it yet (sync elasticity)"
+                          : "a synchronous parameter-server job (async.staleness = 0) takes no worker once started");
+        return;
+      }
+      if (reg.getRank() >= 0) {
+        // The same rank from a new process (its supervisor restarted it): the old process is
+        // gone, whether or not its heartbeats have stopped long enough to say so.
+        const std::string id = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
+        if (const Member* old = members_.find(id); old != nullptr && old->alive) {
+          SHOAL_LOG(log_, warn, id << " registered again from a new process: its old process is taken as dead");
+          const auto last_seen = old->last_seen;
+          members_.mark_dead(id);
+          if (server) {
+            server_lost(id, now);
+          } else {
+            int returned = book_ ? book_->release(id) : 0;
+            SHOAL_LOG(log_, warn, id << "'s " << returned << " leased shard(s) back in the queue");
+            recovering_ = Recovery{id, last_seen};
+          }
+        }
+      }
+      if (server) return server_returns(in, reg, now);
+    } else {
+      std::size_t have = members_.count(reg.getRole(), true),
+                  want = static_cast<std::size_t>(server ? servers_wanted_ : config_.workers);
+      if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
+        reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                    std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
+        return;
+      }
     }
     try {
       const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
@@ -181,9 +293,11 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
 
   switch (in.kind()) {
     case K::HEARTBEAT: {
+      members_.set_clock(sender, body.getHeartbeat().getClock());
       Outgoing out("coordinator", in.request_id());
       auto r = out.body().initHeartbeatReply();
       r.setGeneration(members_.generation());
+      r.setTableVersion(table_ ? table_->version : 0);
       auto live = members_.live_workers();
       auto list = r.initLiveWorkers(static_cast<unsigned>(live.size()));
       for (std::size_t i = 0; i < live.size(); ++i) list.set(static_cast<unsigned>(i), live[i]);
@@ -199,7 +313,18 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         reply_error(in, wire::ErrorCode::NOT_READY, "the partition table is not published yet");
         return;
       }
+      if (!missing_servers_.empty()) {
+        reply_error(in, wire::ErrorCode::NOT_READY,
+                    "the job is paused until " + *missing_servers_.begin() + " is back");
+        return;
+      }
       table_->live_workers = members_.live_workers();
+      // A worker joining now starts at the slowest live clock (as its heartbeats report it).
+      table_->start_clock = UINT64_MAX;
+      for (const auto& w : table_->live_workers)
+        if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
+          table_->start_clock = std::min(table_->start_clock, wm->clock);
+      if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
       Outgoing out("coordinator", in.request_id());
       table_->to_wire(out.body().initPartitionTable());
       socket_.send(in.peer, out);
@@ -212,6 +337,21 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       }
       Outgoing out("coordinator", in.request_id());
       auto grant = out.body().initLeaseGrant();
+      at_boundary_[sender] = true;  // its pushes are applied: it waited for its parameters first
+      if (!over && ((checkpoint_ && checkpoint_->draining) || !missing_servers_.empty())) {
+        grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
+        socket_.send(in.peer, out);
+        return;
+      }
+      if (!over && checkpoint_ && checkpoint_->waiting.count("buffers") && checkpoint_->buffers_holder.empty()) {
+        auto order = grant.initSaveBuffers();
+        order.setStep(static_cast<std::uint64_t>(checkpoint_->step));
+        order.setDir(checkpoint_->dir);
+        checkpoint_->buffers_holder = sender;
+        at_boundary_[sender] = false;
+        socket_.send(in.peer, out);
+        return;
+      }
       LeaseBook::Task task;
       if (over) {
         task.kind = LeaseBook::Task::finished;
@@ -219,6 +359,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         task = book_->next(sender, now);
         if (task.kind == LeaseBook::Task::finished) end_job(ExitCode::ok, "every epoch is done");
       }
+      if (task.kind == LeaseBook::Task::train || task.kind == LeaseBook::Task::evaluate) at_boundary_[sender] = false;
       switch (task.kind) {
         case LeaseBook::Task::train: {
           auto s = grant.initShard();
@@ -244,10 +385,24 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       return;
     }
     case K::LEASE_DONE: {
+      members_.progressed(sender, now);
       auto d = body.getLeaseDone();
       if (book_) {
         ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
                          static_cast<std::int64_t>(d.getCorrect())};
+        steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
+        if (recovering_) {
+          // The job goes on: a shard completed after the loss was handled.
+          const double seconds = seconds_between(recovering_->lost_at, now);
+          SHOAL_LOG(log_, info,
+                    "recovered from the loss of " << recovering_->who << " in " << seconds
+                                                  << " s (from its last sign of life to the next completed shard)");
+          metrics_.write({{"event", std::string("recovery")},
+                          {"lost", recovering_->who},
+                          {"seconds", seconds},
+                          {"elapsed", seconds_between(started_, now)}});
+          recovering_.reset();
+        }
         if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, d.getSeconds(), now))
           SHOAL_LOG(
               log_, debug,
@@ -295,7 +450,11 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       socket_.send(in.peer, out);
       return;
     }
+    case K::CHECKPOINT_FILES:
+      handle_checkpoint_files(in);
+      return;
     case K::EVAL_DONE: {
+      members_.progressed(sender, now);
       auto d = body.getEvalDone();
       if (book_) book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
       Outgoing out("coordinator", in.request_id());
@@ -321,6 +480,7 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
                                        "supported yet)");
     return;
   }
+  if (checkpoint_ && checkpoint_->buffers_holder == id) checkpoint_->buffers_holder.clear();  // ask another
   int returned = book_ ? book_->release(id) : 0;
   SHOAL_LOG(log_, warn,
             id << " " << how << "; " << returned << " leased shard(s) back in the queue; "
@@ -329,19 +489,285 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
     end_job(ExitCode::peer_lost, "every worker is gone before the job finished");
 }
 
+bool Coordinator::checkpoint_due(Clock::time_point now) const {
+  if (sync_ || config_.checkpoint_dir.empty() || leases_ == nullptr || checkpoint_ || end_ ||
+      !missing_servers_.empty())
+    return false;
+  if (steps_ == checkpoint_step_) return false;  // nothing new since the last one
+  const std::int64_t since = steps_ - std::max<std::int64_t>(checkpoint_step_, 0);
+  if (config_.checkpoint_every_steps > 0 && since >= config_.checkpoint_every_steps) return true;
+  return config_.checkpoint_every_seconds > 0 && now - checkpoint_time_ >= ms(config_.checkpoint_every_seconds);
+}
+
+void Coordinator::begin_checkpoint(Clock::time_point now) {
+  CheckpointInProgress c;
+  c.step = steps_;
+  c.name = checkpoint_name(c.step);
+  c.dir = (std::filesystem::path(config_.checkpoint_dir) / c.name).string();
+  c.started = now;
+  std::error_code ec;
+  if (std::filesystem::exists(c.dir + "/MANIFEST", ec)) {
+    checkpoint_step_ = c.step;  // already complete (a job resumed at this step)
+    return;
+  }
+  std::filesystem::remove_all(c.dir, ec);  // an attempt at this step that never completed
+  std::filesystem::create_directories(c.dir, ec);
+  if (ec) {
+    checkpoint_time_ = now;
+    SHOAL_LOG(log_, error, "cannot create checkpoint directory " << c.dir << ": " << ec.message());
+    return;
+  }
+  SHOAL_LOG(log_, info, "checkpoint " << c.name << ": draining (no new shard until every worker is at a step boundary)");
+  checkpoint_ = std::move(c);
+}
+
+void Coordinator::abandon_checkpoint(const std::string& why) {
+  SHOAL_LOG(log_, error, "checkpoint " << checkpoint_->name << " abandoned: " << why << "; training goes on");
+  checkpoint_.reset();
+  checkpoint_time_ = Clock::now();  // the next attempt after the interval, not at once
+  if (terminating_) {
+    preempted_ = true;
+    end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
+                              "; the last checkpoint could not be written (" + why + ")");
+  }
+}
+
+void Coordinator::snapshot_servers(Clock::time_point now) {
+  CheckpointInProgress& c = *checkpoint_;
+  c.position = "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" +
+               leases_->save();
+  // Short waits: the coordinator answers nobody while it waits here.
+  Seconds wait(std::min(config_.request_timeout_seconds, std::max(0.5, config_.dead_after_seconds / 2)));
+  for (const auto& s : table_->servers) {
+    auto& client = server_clients_[s.address];
+    if (!client) client = std::make_unique<ControlClient>(network_, s.address, "coordinator", log_, wait);
+    try {
+      client->order_snapshot(c.step, c.dir);
+    } catch (const Error& e) {
+      client.reset();  // a fresh connection next time
+      return abandon_checkpoint(s.id + " did not take its snapshot: " + e.what());
+    }
+    c.waiting.insert(s.id);
+  }
+  if (has_buffers_) c.waiting.insert("buffers");
+  c.draining = false;
+  c.snapshotted = Clock::now();
+  SHOAL_LOG(log_, info,
+            "checkpoint " << c.name << ": cut at step " << c.step << "; training stalled "
+                          << static_cast<long long>(1000 * seconds_between(c.started, c.snapshotted))
+                          << " ms (drain " << static_cast<long long>(1000 * seconds_between(c.started, now))
+                          << " ms, snapshots " << static_cast<long long>(1000 * seconds_between(now, c.snapshotted))
+                          << " ms); the servers write in the background");
+}
+
+void Coordinator::handle_checkpoint_files(const Incoming& in) {
+  auto f = in.envelope().getBody().getCheckpointFiles();
+  const Member* member = members_.find(in.sender());
+  const std::string who = member->role == wire::Role::SERVER ? member->id : "buffers";
+  if (!checkpoint_ || checkpoint_->draining || static_cast<std::int64_t>(f.getStep()) != checkpoint_->step ||
+      !checkpoint_->waiting.count(who)) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                "no checkpoint at step " + std::to_string(f.getStep()) + " waits for files from " + in.sender());
+    return;
+  }
+  CheckpointInProgress& c = *checkpoint_;
+  for (auto file : f.getFiles()) {
+    std::string name = file.getName().cStr();
+    bool ours = name == "MANIFEST" || name == "position" || name == "layout" || name == "job.ini";
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || ours || c.files.size() > 65536) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST, "bad checkpoint file name '" + name + "'");
+      return;
+    }
+    c.files.push_back(FileEntry{name, file.getSize(), file.getCrc()});
+  }
+  c.copy_seconds = std::max(c.copy_seconds, f.getCopySeconds());
+  c.write_seconds = std::max(c.write_seconds, f.getWriteSeconds());
+  c.waiting.erase(who);
+  Outgoing out("coordinator", in.request_id());
+  out.body().setAck();
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::finish_checkpoint(Clock::time_point now) {
+  CheckpointInProgress& c = *checkpoint_;
+  std::vector<std::string> removed;
+  try {
+    Manifest m;
+    m.step = c.step;
+    m.files = c.files;
+    m.files.push_back(write_file_atomic(c.dir, "position", c.position));
+    m.files.push_back(write_file_atomic(c.dir, "layout", layout_));
+    m.files.push_back(write_file_atomic(c.dir, "job.ini", config_ini(config_)));
+    write_manifest(c.dir, m);  // last: from now on the checkpoint is complete
+    write_latest(config_.checkpoint_dir, c.name);
+    removed = prune_checkpoints(config_.checkpoint_dir, static_cast<int>(config_.checkpoint_keep));
+  } catch (const Error& e) {
+    return abandon_checkpoint(e.what());
+  }
+  std::uint64_t bytes = 0;
+  for (const auto& f : c.files) bytes += f.size;
+  const double stall = seconds_between(c.started, c.snapshotted), total = seconds_between(c.snapshotted, now);
+  char line[300];
+  std::snprintf(line, sizeof(line),
+                "checkpoint %s written: %.1f MB; training stalled %.0f ms (server copy %.0f ms); the servers wrote "
+                "in %.2f s (%.2f GB/s)%s",
+                c.name.c_str(), static_cast<double>(bytes) / 1e6, 1000 * stall, 1000 * c.copy_seconds, c.write_seconds,
+                c.write_seconds > 0 ? static_cast<double>(bytes) / c.write_seconds / 1e9 : 0.0,
+                removed.empty() ? "" : (", removed " + std::to_string(removed.size()) + " older").c_str());
+  SHOAL_LOG(log_, info, line);
+  metrics_.write({{"event", std::string("checkpoint")},
+                  {"step", c.step},
+                  {"name", c.name},
+                  {"bytes", static_cast<std::int64_t>(bytes)},
+                  {"stall_seconds", stall},
+                  {"copy_seconds", c.copy_seconds},
+                  {"write_seconds", c.write_seconds},
+                  {"complete_seconds", total},
+                  {"elapsed", seconds_between(started_, now)}});
+  checkpoint_step_ = c.step;
+  checkpoint_time_ = c.started;
+  newest_checkpoint_ = c.dir;
+  const std::string name = c.name;
+  checkpoint_.reset();
+  if (terminating_) {
+    preempted_ = true;
+    end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) + " after checkpoint " + name);
+  }
+}
+
+void Coordinator::drive_checkpoint(Clock::time_point now) {
+  if (term_ != nullptr && term_->load() && !terminating_ && !end_) {
+    terminating_ = true;
+    const bool checkpoints = !sync_ && !config_.checkpoint_dir.empty() && leases_ != nullptr;
+    const bool old = checkpoint_step_ < 0 || now - checkpoint_time_ > ms(config_.checkpoint_on_term_older_than);
+    SHOAL_LOG(log_, warn, "SIGTERM: stopping the job at a step boundary");
+    if (checkpoints && old && steps_ != checkpoint_step_ && !checkpoint_) begin_checkpoint(now);
+    if (!checkpoint_) {
+      preempted_ = true;
+      end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
+                                (checkpoints ? " (the newest checkpoint is recent enough)" : " (no checkpoints)"));
+      return;
+    }
+  }
+  if (!checkpoint_) {
+    if (checkpoint_due(now)) begin_checkpoint(now);
+    if (!checkpoint_) return;
+  }
+  CheckpointInProgress& c = *checkpoint_;
+  if (c.draining) {
+    bool drained = leases_->outstanding() == 0;
+    for (const auto& w : members_.live_workers())
+      if (!at_boundary_[w]) drained = false;
+    if (drained)
+      snapshot_servers(now);
+    else if (now - c.started > ms(config_.request_timeout_seconds))
+      abandon_checkpoint("the job did not drain within cluster.request_timeout_seconds");
+    return;
+  }
+  if (c.waiting.empty()) return finish_checkpoint(now);
+  if (now - c.snapshotted > 2 * ms(config_.request_timeout_seconds)) {
+    std::string missing;
+    for (const auto& w : c.waiting) missing += " " + w;
+    abandon_checkpoint("no files from" + missing);
+  }
+}
+
+void Coordinator::server_lost(const std::string& id, Clock::time_point now) {
+  if (missing_servers_.empty()) paused_since_ = now;
+  missing_servers_.insert(id);
+  if (const Member* m = members_.find(id)) recovering_ = Recovery{id, m->last_seen};
+  ++table_->version;  // workers drop their connections and wait for the new table
+  for (const auto& range : table_->servers)
+    if (range.id == id) server_clients_.erase(range.address);  // its successor gets a fresh connection
+  if (checkpoint_) abandon_checkpoint(id + " was lost");
+  int released = leases_ != nullptr ? leases_->release_all() : 0;
+  SHOAL_LOG(log_, error,
+            "parameter server " << id << " stopped answering heartbeats; the job pauses until it is back (shoal launch "
+                                << "restarts it; under Kubernetes its pod is restarted) and it restores its shard from "
+                                << (newest_checkpoint_.empty()
+                                        ? std::string("the initial parameters (no checkpoint yet: the work of its "
+                                                      "shard so far is lost)")
+                                        : newest_checkpoint_)
+                                << "; " << released << " leased shard(s) back in the queue");
+}
+
+void Coordinator::server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now) {
+  std::size_t index = table_->servers.size();
+  for (std::size_t i = 0; i < table_->servers.size(); ++i) {
+    const std::string& id = table_->servers[i].id;
+    if (missing_servers_.count(id) && (reg.getRank() < 0 || id == "ps." + std::to_string(reg.getRank()))) index = i;
+  }
+  if (index == table_->servers.size()) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                "the job has its " + std::to_string(table_->servers.size()) + " servers and none of them is missing" +
+                    (reg.getRank() >= 0 ? " (ps." + std::to_string(reg.getRank()) + " is alive)" : ""));
+    return;
+  }
+  ServerRange& range = table_->servers[index];
+  const int rank = std::stoi(range.id.substr(3));
+  const Member& m = members_.add(wire::Role::SERVER, rank, reg.getAddress().cStr(), now);
+  registrations_[reg.getNonce()] = m.id;
+  range.address = m.address;
+  table_->restore = newest_checkpoint_;
+  ++table_->version;
+  missing_servers_.erase(m.id);
+  reply_register(in, m);
+  SHOAL_LOG(log_, info,
+            m.id << " is back at " << m.address << " after "
+                 << static_cast<long long>(1000 * seconds_between(paused_since_, now)) << " ms; it restores from "
+                 << (newest_checkpoint_.empty() ? std::string("the initial parameters") : newest_checkpoint_)
+                 << (missing_servers_.empty() ? "; the job goes on" : "; still missing: " + *missing_servers_.begin()));
+}
+
+void Coordinator::check_stalls(Clock::time_point now) {
+  if (sync_ || config_.stall_seconds <= 0 || !table_ || end_ || !book_) return;
+  if (!missing_servers_.empty() || checkpoint_) {
+    // Nobody can progress while the job is paused or drains: the clocks start again after.
+    for (const auto& w : members_.live_workers()) members_.progressed(w, now);
+    return;
+  }
+  const auto live = members_.live_workers();
+  for (const auto& w : live) {
+    const Member* m = members_.find(w);
+    if (at_boundary_[w] || now - m->progressed <= ms(config_.stall_seconds)) continue;
+    // Only the one that holds the others back: a worker waiting for a slower one (staleness)
+    // makes no progress either, through no fault of its own.
+    bool slowest = true;
+    for (const auto& other : live)
+      if (other != w && members_.find(other)->clock < m->clock) slowest = false;
+    if (!slowest) continue;
+    std::ostringstream how;
+    how << "stalled: holds work but finished no step for " << config_.stall_seconds
+        << " s while its heartbeats went on (cluster.stall_seconds); treated as dead";
+    recovering_ = Recovery{w, m->progressed};
+    members_.mark_dead(w);
+    worker_gone(w, how.str());
+    // The others were held back by it: their clocks start moving again from now.
+    for (const auto& other : members_.live_workers()) members_.progressed(other, now);
+    return;
+  }
+}
+
 void Coordinator::check_liveness(Clock::time_point now) {
   for (const auto& id : members_.expire(now)) {
     const Member* m = members_.find(id);
     if (m->role == wire::Role::WORKER) {
+      recovering_ = Recovery{id, m->last_seen};
       std::ostringstream how;
       how << "declared dead (no heartbeat for " << config_.dead_after_seconds << " s)";
       worker_gone(id, how.str());
-    } else if (m->role == wire::Role::SERVER && table_) {
+    } else if (m->role == wire::Role::SERVER && table_ && (sync_ || config_.staleness == 0)) {
       end_job(ExitCode::peer_lost, "parameter server " + id +
-                                       " stopped answering heartbeats; the job cannot continue without it "
-                                       "(restoring a server from a checkpoint is not supported yet)");
+                                       " stopped answering heartbeats; a synchronous parameter-server job "
+                                       "(async.staleness = 0) cannot continue without it");
+    } else if (m->role == wire::Role::SERVER && table_) {
+      server_lost(id, now);
     }
   }
+  check_stalls(now);
+  if (!missing_servers_.empty() && now - paused_since_ > ms(config_.startup_timeout_seconds) && !end_)
+    end_job(ExitCode::peer_lost, "parameter server " + *missing_servers_.begin() +
+                                     " was lost and did not come back within cluster.startup_timeout_seconds");
   if (book_) {
     int expired = book_->expire(now);
     if (expired > 0) SHOAL_LOG(log_, warn, expired << " shard lease(s) expired and went back to the queue");
@@ -388,6 +814,7 @@ void Coordinator::report_epochs(Clock::time_point now) {
 
 CoordinatorResult Coordinator::run() {
   started_ = Clock::now();
+  checkpoint_time_ = started_;
   auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
   std::optional<Clock::time_point> end_deadline, told_at;
   while (true) {
@@ -423,6 +850,7 @@ CoordinatorResult Coordinator::run() {
       }
     }
     report_epochs(now);
+    if (!end_) drive_checkpoint(now);
     if (book_ && book_->finished()) end_job(ExitCode::ok, "every epoch is done");
     if (!end_) continue;
     // Every member hears how the job ended (in its next heartbeat, lease or table request);
@@ -436,7 +864,10 @@ CoordinatorResult Coordinator::run() {
   }
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());
-  if (sync_)
+  if (preempted_)
+    std::printf("stopped: %s; run the same command again to resume (checkpoint.resume = auto)\n",
+                end_->reason.c_str());
+  else if (sync_)
     std::printf("final test accuracy: %.2f%% (%s, sync, %lld workers, %lld epochs, %.1f s)\n",
                 100 * result_.final_test_accuracy, config_.model.c_str(), static_cast<long long>(config_.workers),
                 static_cast<long long>(config_.epochs), total);

@@ -9,11 +9,13 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <zmq.hpp>
 
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/control_client.h"
 #include "core/log.h"
@@ -38,6 +40,12 @@ class Coordinator {
   CoordinatorResult run();
   // Ends the job early (the code every process then exits with is `timeout`).
   void request_stop() { stop_ = true; }
+  // Preemption (SIGTERM): once `flag` turns true the job stops at a step boundary, after a
+  // last checkpoint when the newest is older than checkpoint.on_term_older_than; every
+  // process then exits 0 and the job resumes from that checkpoint when started again.
+  void set_term_flag(const std::atomic<bool>* flag) { term_ = flag; }
+  // The checkpoint the job resumed from ("" if none).
+  const std::string& restored_from() const { return restored_from_; }
   const ProtocolCounters& counters() const { return socket_.counters(); }
 
  private:
@@ -45,6 +53,8 @@ class Coordinator {
   void publish_table();
   void reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message);
   void check_liveness(Clock::time_point now);
+  // cluster.stall_seconds: a worker alive (heartbeats) but making no progress is treated as dead.
+  void check_stalls(Clock::time_point now);
   // A worker died or left: its leases go back to the queue.
   void worker_gone(const std::string& id, const std::string& how);
   void report_epochs(Clock::time_point now);
@@ -55,6 +65,25 @@ class Coordinator {
   // Once the job is over, the answer to whatever a process asks: how it ended.
   void reply_job_over(const Incoming& in);
 
+  // Checkpoints (async jobs, docs/checkpoint-format.md). A checkpoint drains the job first:
+  // no new shard is leased until every leased one is reported and every live worker has asked
+  // again (so its pushes are applied); then every server snapshots its shard at once and the
+  // job goes on while the servers write. The coordinator writes its own files and the
+  // MANIFEST once every server (and a worker, for batch-norm buffers) reported its files.
+  void resume_from_checkpoint();
+  bool checkpoint_due(Clock::time_point now) const;
+  void drive_checkpoint(Clock::time_point now);
+  void begin_checkpoint(Clock::time_point now);
+  void snapshot_servers(Clock::time_point now);
+  void finish_checkpoint(Clock::time_point now);
+  void abandon_checkpoint(const std::string& why);
+  void handle_checkpoint_files(const Incoming& in);
+  // A parameter server lost: the job pauses (no leases, no table) until it registers again and
+  // restores its shard from the newest checkpoint.
+  void server_lost(const std::string& id, Clock::time_point now);
+  void server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
+
+  Network& network_;
   const JobConfig& config_;
   Logger log_;
   MetricsWriter& metrics_;
@@ -74,6 +103,40 @@ class Coordinator {
   std::atomic<bool> stop_{false};
   CoordinatorResult result_;
   std::optional<JobEnd> end_;  // set once the job is over
+
+  struct CheckpointInProgress {
+    std::int64_t step = 0;
+    std::string name, dir;
+    bool draining = true;  // then: snapshots taken, files being written
+    Clock::time_point started, snapshotted;
+    std::string position;           // the data position at the cut
+    std::set<std::string> waiting;  // servers (and "buffers") whose files are not reported yet
+    std::vector<FileEntry> files;
+    double copy_seconds = 0, write_seconds = 0;
+    std::string buffers_holder;  // the worker told to write the batch-norm buffers
+  };
+  LeaseBook* leases_ = nullptr;  // book_, in async jobs
+  std::string layout_;            // the model's parameters and buffers (the `layout` file)
+  bool has_buffers_ = false;
+  std::optional<CheckpointInProgress> checkpoint_;
+  std::map<std::string, std::unique_ptr<ControlClient>> server_clients_;
+  std::map<std::string, bool> at_boundary_;  // worker -> asked for work since its last task
+  std::int64_t steps_ = 0;                    // global steps: batches reported by workers
+  std::int64_t checkpoint_step_ = -1;         // of the newest complete checkpoint
+  Clock::time_point checkpoint_time_;         // when it was cut (the job's start if none)
+  std::string restored_from_;
+  std::string restored_position_;
+  std::string newest_checkpoint_;             // directory of the newest complete checkpoint
+  std::set<std::string> missing_servers_;     // lost and not back yet: the job is paused
+  Clock::time_point paused_since_;
+  struct Recovery {
+    std::string who;
+    Clock::time_point lost_at;  // its last sign of life
+  };
+  std::optional<Recovery> recovering_;  // a process was lost: until the next completed shard
+  const std::atomic<bool>* term_ = nullptr;
+  bool terminating_ = false;
+  bool preempted_ = false;  // the job stopped on SIGTERM (exit 0, to be resumed)
 };
 
 }  // namespace shoal

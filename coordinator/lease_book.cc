@@ -1,5 +1,10 @@
 #include "coordinator/lease_book.h"
 
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <sstream>
+
 #include "core/error.h"
 
 namespace shoal {
@@ -121,6 +126,10 @@ int LeaseBook::release(const std::string& worker) {
   return reclaim([&](const Lease& lease) { return lease.worker == worker; });
 }
 
+int LeaseBook::release_all() {
+  return reclaim([](const Lease&) { return true; });
+}
+
 int LeaseBook::expire(TimePoint now) {
   return reclaim([&](const Lease& lease) { return lease.deadline < now; });
 }
@@ -141,6 +150,155 @@ std::vector<EpochReport> LeaseBook::take_completed() {
     ++next_report_;
   }
   return out;
+}
+
+namespace {
+
+// "0-3,5,9-12" (ascending runs of done shards), "-" for none.
+std::string done_list(const std::vector<bool>& done) {
+  std::string out;
+  for (std::size_t i = 0; i < done.size();) {
+    if (!done[i]) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i;
+    while (j + 1 < done.size() && done[j + 1]) ++j;
+    if (!out.empty()) out += ",";
+    out += std::to_string(i);
+    if (j > i) out += "-" + std::to_string(j);
+    i = j + 1;
+  }
+  return out.empty() ? "-" : out;
+}
+
+std::int64_t parse_int(const std::string& text, const std::string& what) {
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  SHOAL_REQUIRE(used == text.size() && !text.empty() && v >= 0, CheckpointError,
+                "position: " << what << " '" << text << "' is not a count");
+  return v;
+}
+
+double parse_real(const std::string& text, const std::string& what) {
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  SHOAL_REQUIRE(!text.empty() && end == text.c_str() + text.size(), CheckpointError,
+                "position: " << what << " '" << text << "' is not a number");
+  return v;
+}
+
+std::string hex_real(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%a", v);  // exact
+  return buf;
+}
+
+}  // namespace
+
+std::string LeaseBook::save() const {
+  std::ostringstream out;
+  out << "samples " << samples_ << "\nshard_size " << shard_size_ << "\nepochs_opened " << opened_ << "\n";
+  for (const auto& [epoch, r] : reports_) {
+    out << "epoch " << epoch << " shards " << r.shards_total << " done " << done_list(done_.at(epoch))
+        << " samples_done " << r.samples_done << " processed " << r.samples_processed << " released "
+        << r.shards_released << " loss_sum " << hex_real(r.loss_sum) << " correct " << r.correct << " evaluated "
+        << (r.evaluated ? 1 : 0) << " test_loss " << hex_real(r.test_loss) << " test_accuracy "
+        << hex_real(r.test_accuracy) << "\n";
+  }
+  return out.str();
+}
+
+std::vector<EpochReport> LeaseBook::restore(const std::string& text, TimePoint now) {
+  SHOAL_ASSERT(leases_.empty() && opened_ == 0, "restore into a lease book in use");
+  std::istringstream in(text);
+  std::string line;
+  std::map<std::string, std::string> head;
+  std::vector<std::map<std::string, std::string>> epochs;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string key, value;
+    if (!(words >> key)) continue;
+    if (key != "epoch") {
+      SHOAL_REQUIRE(words >> value, CheckpointError, "position: no value for '" << key << "'");
+      head[key] = value;
+      continue;
+    }
+    std::map<std::string, std::string> fields;
+    SHOAL_REQUIRE(words >> fields["epoch"], CheckpointError, "position: epoch line without a number");
+    while (words >> key) {
+      SHOAL_REQUIRE(words >> value, CheckpointError, "position: no value for '" << key << "' in '" << line << "'");
+      fields[key] = value;
+    }
+    epochs.push_back(std::move(fields));
+  }
+  auto need = [](const std::map<std::string, std::string>& m, const std::string& key) -> const std::string& {
+    auto it = m.find(key);
+    SHOAL_REQUIRE(it != m.end(), CheckpointError, "position: '" << key << "' is missing");
+    return it->second;
+  };
+  const std::int64_t samples = parse_int(need(head, "samples"), "samples");
+  const std::int64_t shard_size = parse_int(need(head, "shard_size"), "shard_size");
+  SHOAL_REQUIRE(samples == samples_ && shard_size == shard_size_, CheckpointError,
+                "the checkpoint's data position is of " << samples << " training samples in shards of " << shard_size
+                                                        << "; this job has " << samples_ << " in shards of "
+                                                        << shard_size_ << " (data.train_limit, data.shard_size)");
+  const std::int64_t opened = parse_int(need(head, "epochs_opened"), "epochs_opened");
+  SHOAL_REQUIRE(opened == static_cast<std::int64_t>(epochs.size()), CheckpointError,
+                "position: " << opened << " epochs opened but " << epochs.size() << " epoch lines");
+  std::vector<EpochReport> evaluated;
+  for (std::int64_t e = 1; e <= opened; ++e) {
+    const auto& f = epochs[static_cast<std::size_t>(e - 1)];
+    SHOAL_REQUIRE(parse_int(need(f, "epoch"), "epoch") == e, CheckpointError,
+                  "position: epoch lines are not 1.." << opened << " in order");
+    const auto shards = split_epoch(samples_, shard_size_, e);
+    std::vector<bool> done(shards.size(), false);
+    SHOAL_REQUIRE(parse_int(need(f, "shards"), "shards") == static_cast<std::int64_t>(shards.size()), CheckpointError,
+                  "position: epoch " << e << " has another number of shards than " << shards.size());
+    const std::string& list = need(f, "done");
+    if (list != "-") {
+      std::istringstream runs(list);
+      std::string run;
+      while (std::getline(runs, run, ',')) {
+        auto dash = run.find('-');
+        std::int64_t a = parse_int(run.substr(0, dash), "shard"),
+                     b = dash == std::string::npos ? a : parse_int(run.substr(dash + 1), "shard");
+        SHOAL_REQUIRE(a <= b && b < static_cast<std::int64_t>(done.size()), CheckpointError,
+                      "position: epoch " << e << " shard run '" << run << "' out of range");
+        for (std::int64_t i = a; i <= b; ++i) done[static_cast<std::size_t>(i)] = true;
+      }
+    }
+    EpochReport& r = reports_[e];
+    r.epoch = e;
+    r.samples_total = samples_;
+    r.shards_total = static_cast<std::int64_t>(shards.size());
+    r.started = now;
+    r.samples_done = parse_int(need(f, "samples_done"), "samples_done");
+    r.samples_processed = parse_int(need(f, "processed"), "processed");
+    r.shards_released = parse_int(need(f, "released"), "released");
+    r.loss_sum = parse_real(need(f, "loss_sum"), "loss_sum");
+    r.correct = parse_int(need(f, "correct"), "correct");
+    r.evaluated = parse_int(need(f, "evaluated"), "evaluated") != 0;
+    r.test_loss = parse_real(need(f, "test_loss"), "test_loss");
+    r.test_accuracy = parse_real(need(f, "test_accuracy"), "test_accuracy");
+    r.shards_done = static_cast<std::int64_t>(std::count(done.begin(), done.end(), true));
+    r.complete = r.shards_done == r.shards_total;
+    SHOAL_REQUIRE(!r.evaluated || r.complete, CheckpointError, "position: epoch " << e << " evaluated but not complete");
+    if (r.complete) r.completed = now;
+    for (const auto& shard : shards)
+      if (!done[static_cast<std::size_t>(shard.index)]) queue_.emplace_back(e, shard.index);
+    if (r.complete && !r.evaluated) eval_queue_.push_back(e);
+    done_[e] = std::move(done);
+  }
+  opened_ = opened;
+  next_report_ = 1;
+  while (reports_.count(next_report_) && reports_[next_report_].evaluated) evaluated.push_back(reports_[next_report_++]);
+  return evaluated;
 }
 
 }  // namespace shoal

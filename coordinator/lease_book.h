@@ -37,11 +37,24 @@ class LeaseBook final : public WorkBook {
   int release(const std::string& worker) override;
   // Leases past their deadline go back to the queue; returns how many.
   int expire(TimePoint now) override;
+  // Every lease goes back to the queue (a parameter server was lost: work in progress is redone).
+  int release_all();
 
   bool finished() const override;
   // Epochs completed (and evaluated) since the last call, in order.
   std::vector<EpochReport> take_completed() override;
   const std::map<std::int64_t, EpochReport>& reports() const { return reports_; }
+  // Shards and evaluations handed out and not reported yet.
+  std::size_t outstanding() const { return leases_.size() + eval_leases_.size(); }
+
+  // The data position as text (the `position` file of a checkpoint, docs/checkpoint-format.md):
+  // per epoch opened, which shards are done and what its report holds so far.
+  std::string save() const;
+  // Takes the position of a checkpoint (nothing must be leased yet): done shards stay done,
+  // every other shard of an opened epoch is queued again, complete epochs not evaluated yet are
+  // evaluated again. Throws CheckpointError when the text is malformed or was cut from another
+  // plan (samples, shard size). Returns the epochs already evaluated, for the job's report.
+  std::vector<EpochReport> restore(const std::string& text, TimePoint now);
 
  private:
   struct Lease {

@@ -37,6 +37,7 @@ const Member& Membership::add(wire::Role role, int rank, const std::string& addr
   m.rank = rank;
   m.address = address;
   m.last_seen = now;
+  m.progressed = now;
   members_[id] = m;
   if (role == wire::Role::WORKER) ++generation_;
   return members_[id];
@@ -59,6 +60,18 @@ std::vector<std::string> Membership::expire(Clock::time_point now) {
   }
   if (!dead.empty()) ++generation_;
   return dead;
+}
+
+void Membership::set_clock(const std::string& id, std::uint64_t clock) {
+  auto it = members_.find(id);
+  if (it == members_.end()) return;
+  if (clock != it->second.clock) it->second.progressed = Clock::now();
+  it->second.clock = clock;
+}
+
+void Membership::progressed(const std::string& id, Clock::time_point now) {
+  auto it = members_.find(id);
+  if (it != members_.end()) it->second.progressed = now;
 }
 
 void Membership::mark_finished(const std::string& id) {

@@ -23,6 +23,8 @@ struct Member {
   bool alive = true;
   bool finished = false;  // workers: told the job is over
   bool said_goodbye = false;
+  std::uint64_t clock = 0;  // workers: steps pushed, as the last heartbeat said
+  Clock::time_point progressed;  // when its clock last moved (or it registered)
 };
 
 class Membership {
@@ -36,6 +38,8 @@ class Membership {
   bool heard_from(const std::string& id, Clock::time_point now);
   // Declares members silent for longer than dead_after dead; returns their ids.
   std::vector<std::string> expire(Clock::time_point now);
+  void set_clock(const std::string& id, std::uint64_t clock);
+  void progressed(const std::string& id, Clock::time_point now);  // a finished shard, an evaluation
   void mark_finished(const std::string& id);
   void mark_dead(const std::string& id);
 

@@ -240,8 +240,37 @@ SettingsRegistry::SettingsRegistry() {
       "cluster.startup_timeout_seconds", [](JobConfig & c) -> auto& { return c.startup_timeout_seconds; }, 0.1, 86400,
       false, "how long the coordinator waits for all servers and workers to register"));
   s.push_back(float_setting(
+      "cluster.stall_seconds", [](JobConfig & c) -> auto& { return c.stall_seconds; }, 0, 1e9, false,
+      "async jobs: a worker that holds work and is the slowest, but has not finished a step for this long (a "
+      "hung device) while its heartbeats go on, is treated as dead (0: never)"));
+  s.push_back(float_setting(
       "cluster.lease_timeout_seconds", [](JobConfig & c) -> auto& { return c.lease_timeout_seconds; }, 0.1, 86400,
       false, "a leased data shard not finished in this time goes back to the queue"));
+  s.push_back(string_setting(
+      "checkpoint.dir", [](JobConfig & c) -> auto& { return c.checkpoint_dir; },
+      "folder of the job's checkpoints, shared by every process (empty: no checkpoints)"));
+  s.push_back(int_setting(
+      "checkpoint.every_steps", [](JobConfig & c) -> auto& { return c.checkpoint_every_steps; }, 0, kBig,
+      "take a checkpoint every this many global steps (batches trained by any worker; 0: not by steps)"));
+  s.push_back(float_setting(
+      "checkpoint.every_seconds", [](JobConfig & c) -> auto& { return c.checkpoint_every_seconds; }, 0, 1e9, false,
+      "take a checkpoint every this many seconds (0: not by time)"));
+  s.push_back(int_setting(
+      "checkpoint.keep", [](JobConfig & c) -> auto& { return c.checkpoint_keep; }, 1, 1 << 20,
+      "complete checkpoints kept; older ones are removed"));
+  s.push_back(string_setting(
+      "checkpoint.resume", [](JobConfig & c) -> auto& { return c.checkpoint_resume; },
+      "auto: resume from checkpoint.dir/LATEST when there is one (falling back to the newest intact one); "
+      "never: start afresh; or the path of one checkpoint directory"));
+  s.push_back(float_setting(
+      "checkpoint.on_term_older_than", [](JobConfig & c) -> auto& { return c.checkpoint_on_term_older_than; }, 0, 1e9,
+      false, "on SIGTERM, the coordinator takes a last checkpoint when the newest is older than this (seconds)"));
+  s.push_back(bool_setting(
+      "launch.restart_workers", [](JobConfig & c) -> auto& { return c.launch_restart_workers; },
+      "shoal launch --local: restart a worker that died (a dead parameter server is always restarted)"));
+  s.push_back(int_setting(
+      "launch.max_restarts", [](JobConfig & c) -> auto& { return c.launch_max_restarts; }, 0, 1 << 20,
+      "shoal launch --local: restarts per process before the job is given up"));
   s.push_back(int_setting(
       "node.rank", [](JobConfig & c) -> auto& { return c.node_rank; }, -1, 1 << 20,
       "this process's rank within its role (-1: the coordinator assigns one)"));

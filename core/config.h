@@ -56,10 +56,21 @@ struct JobConfig {
   std::int64_t max_in_flight = 8;
   std::int64_t shard_size = 1024;
   double heartbeat_seconds = 1.0;
-  double dead_after_seconds = 5.0;
+  double dead_after_seconds = 3.0;
   double lease_timeout_seconds = 120.0;
   double request_timeout_seconds = 60.0;
   double startup_timeout_seconds = 120.0;
+  double stall_seconds = 300.0;
+
+  // Checkpoints (docs/checkpoint-format.md) and restarts.
+  std::string checkpoint_dir;  // "": no checkpoints
+  std::int64_t checkpoint_every_steps = 0;
+  double checkpoint_every_seconds = 0;
+  std::int64_t checkpoint_keep = 3;
+  std::string checkpoint_resume = "auto";  // auto | never | a checkpoint directory
+  double checkpoint_on_term_older_than = 30;
+  bool launch_restart_workers = false;
+  std::int64_t launch_max_restarts = 3;
 
   std::int64_t threads = 0;  // 0: all cores
   std::string device = "auto";

@@ -229,6 +229,12 @@ LeaseTask ControlClient::request_lease() {
       task.kind = LeaseTask::finished;
       task.job_end = job_end_from_wire(grant.getFinished());
       break;
+    case wire::LeaseGrant::SAVE_BUFFERS:
+      task.kind = LeaseTask::save_buffers;
+      task.step = static_cast<std::int64_t>(grant.getSaveBuffers().getStep());
+      task.dir = grant.getSaveBuffers().getDir().cStr();
+      SHOAL_REQUIRE(!task.dir.empty(), ProtocolError, "a checkpoint order without a directory");
+      break;
     default:
       SHOAL_THROW(ProtocolError, "unknown lease grant kind");
   }
@@ -256,6 +262,37 @@ void ControlClient::report_evaluation(std::int64_t epoch, double loss, double ac
   d.setAccuracy(accuracy);
   d.setSamples(static_cast<std::uint64_t>(samples));
   throw_if_dropped(request(msg, timeout_), sender_);
+}
+
+void ControlClient::report_checkpoint(const CheckpointReport& report) {
+  Outgoing msg = make();
+  auto c = msg.body().initCheckpointFiles();
+  c.setStep(static_cast<std::uint64_t>(report.step));
+  c.setCopySeconds(report.copy_seconds);
+  c.setWriteSeconds(report.write_seconds);
+  auto files = c.initFiles(static_cast<unsigned>(report.files.size()));
+  for (std::size_t i = 0; i < report.files.size(); ++i) {
+    files[static_cast<unsigned>(i)].setName(report.files[i].name);
+    files[static_cast<unsigned>(i)].setSize(report.files[i].size);
+    files[static_cast<unsigned>(i)].setCrc(report.files[i].crc);
+  }
+  Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
+  if (reply.kind() == wire::Envelope::Body::ERROR)
+    SHOAL_THROW(ProtocolError, "the coordinator refused the checkpoint files: "
+                                   << reply.envelope().getBody().getError().getMessage().cStr());
+}
+
+void ControlClient::order_snapshot(std::int64_t step, const std::string& dir) {
+  Outgoing msg = make();
+  auto o = msg.body().initSnapshot();
+  o.setStep(static_cast<std::uint64_t>(step));
+  o.setDir(dir);
+  Incoming reply = request(msg, timeout_);
+  if (reply.kind() == wire::Envelope::Body::ERROR)
+    SHOAL_THROW(ProtocolError, "snapshot refused: " << reply.envelope().getBody().getError().getMessage().cStr());
+  SHOAL_REQUIRE(reply.kind() == wire::Envelope::Body::ACK, ProtocolError,
+                "expected an ack of the snapshot, got " << kind_name(reply.kind()));
 }
 
 void ControlClient::store_set(const std::string& key, const std::vector<char>& value) {
@@ -385,6 +422,7 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
             if (end) job_end_ = end;
           }
           generation_ = r.getGeneration();
+          table_version_ = r.getTableVersion();
           if (end) ended_ = true;
           last_ok = std::chrono::steady_clock::now();
         } else if (reply.kind() == wire::Envelope::Body::ERROR) {

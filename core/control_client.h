@@ -20,6 +20,7 @@
 #include "core/collective.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/checkpoint.h"
 #include "core/partition.h"
 #include "core/transport.h"
 
@@ -47,10 +48,19 @@ void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out);
 [[noreturn]] void throw_job_failure(const JobEnd& end);
 
 struct LeaseTask {
-  enum Kind { shard, evaluate, wait, finished } kind = wait;
+  enum Kind { shard, evaluate, wait, finished, save_buffers } kind = wait;
   std::int64_t epoch = 0, index = 0, begin = 0, end = 0;
   std::uint32_t wait_ms = 0;
   JobEnd job_end;  // finished
+  std::int64_t step = 0;  // save_buffers: the checkpoint's step and directory
+  std::string dir;
+};
+
+// Files of a checkpoint one process wrote, for the coordinator's MANIFEST.
+struct CheckpointReport {
+  std::int64_t step = 0;
+  std::vector<FileEntry> files;
+  double copy_seconds = 0, write_seconds = 0;
 };
 
 class ControlClient {
@@ -71,6 +81,11 @@ class ControlClient {
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
                     double seconds);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
+  // Tells the coordinator which files of a checkpoint this process wrote.
+  void report_checkpoint(const CheckpointReport& report);
+  // Coordinator -> parameter server: snapshot the shard now into checkpoint `dir` (the
+  // server acknowledges once its copy is taken, and writes in the background).
+  void order_snapshot(std::int64_t step, const std::string& dir);
   // This worker leaves the job before it is over (SIGTERM): its leases go back at once.
   // Best effort (2 s at most): false if the coordinator did not acknowledge it.
   bool leave();
@@ -125,6 +140,8 @@ class Heartbeat {
 
   void set_clock(std::uint64_t clock) { clock_ = clock; }
   std::uint64_t generation() const { return generation_; }
+  // The partition table's version in the coordinator's last reply (0 before the job starts).
+  std::uint64_t table_version() const { return table_version_; }
   std::vector<std::string> live_workers() const;
   // How the job ended, once the coordinator has said so.
   std::optional<JobEnd> job_end() const;
@@ -139,7 +156,7 @@ class Heartbeat {
   Network& network_;
   Logger log_;
   std::atomic<bool> stop_{false}, ended_{false};
-  std::atomic<std::uint64_t> clock_{0}, generation_{0};
+  std::atomic<std::uint64_t> clock_{0}, generation_{0}, table_version_{0};
   mutable std::mutex mutex_;
   std::vector<std::string> live_workers_;
   std::optional<JobEnd> job_end_;

@@ -21,6 +21,8 @@ void PartitionTable::to_wire(wire::PartitionTable::Builder out) const {
   out.setTotalElements(static_cast<std::uint64_t>(total_elements));
   out.setStepsPerEpoch(static_cast<std::uint64_t>(steps_per_epoch));
   out.setTrainSamples(static_cast<std::uint64_t>(train_samples));
+  out.setRestore(restore);
+  out.setStartClock(start_clock);
   auto c = out.initChunks(static_cast<unsigned>(chunks.size()));
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     c[i].setOffset(static_cast<std::uint64_t>(chunks[i].offset));
@@ -43,6 +45,8 @@ PartitionTable PartitionTable::from_wire(wire::PartitionTable::Reader in) {
   t.total_elements = static_cast<std::int64_t>(in.getTotalElements());
   t.steps_per_epoch = static_cast<std::int64_t>(in.getStepsPerEpoch());
   t.train_samples = static_cast<std::int64_t>(in.getTrainSamples());
+  t.restore = in.getRestore().cStr();
+  t.start_clock = in.getStartClock();
   SHOAL_REQUIRE(t.steps_per_epoch > 0, ProtocolError, "partition table with 0 steps per epoch");
   std::int64_t next = 0;
   for (auto c : in.getChunks()) {

@@ -59,7 +59,8 @@ bool receive_frame(zmq::socket_t& socket, zmq::message_t& frame, zmq::recv_flags
 
 }  // namespace
 
-void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout) {
+void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout,
+                         const std::function<void()>& waiting) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (std::size_t i = 0; i < frames.size(); ++i) {
     auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
@@ -77,6 +78,7 @@ void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milli
       if (left.count() <= 0)
         SHOAL_THROW(TimeoutError,
                     "could not send within " << timeout.count() << " ms: the peer's queue is full or the peer is gone");
+      if (waiting && i == 0) waiting();
       zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
       poll_interruptible(&item, 1, std::min(left, std::chrono::milliseconds(100)));
     }
@@ -239,9 +241,9 @@ ClientSocket::ClientSocket(Network& network, const std::string& address, Logger 
   }
 }
 
-void ClientSocket::send(Outgoing& message, std::chrono::milliseconds timeout) {
+void ClientSocket::send(Outgoing& message, std::chrono::milliseconds timeout, const std::function<void()>& waiting) {
   auto frames = message.frames();
-  send_frames(frames, timeout);
+  send_frames(frames, timeout, waiting);
 }
 
 }  // namespace shoal

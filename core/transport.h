@@ -9,6 +9,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -67,7 +68,10 @@ class Socket {
   Socket(Network& network, zmq::socket_type type, Logger log);
   // Sends the frames as one message (a signal never splits it); TimeoutError if it cannot
   // start within `timeout` (the peer's queue is full, or an inproc:// peer is gone).
-  void send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout);
+  // `waiting`, when set, runs at least every 100 ms while the first frame finds no room (it may
+  // throw to end the wait: nothing was sent then).
+  void send_frames(std::vector<zmq::message_t>& frames, std::chrono::milliseconds timeout,
+                   const std::function<void()>& waiting = {});
   bool has_routing_frame_ = false;
   zmq::socket_t socket_;
   Logger log_;
@@ -108,7 +112,8 @@ class ClientSocket final : public Socket {
   ClientSocket(Network& network, const std::string& address, Logger log);
   const std::string& address() const { return address_; }
   // Waits at most `timeout` to hand the message to ZeroMQ (0: only if that is possible at once).
-  void send(Outgoing& message, std::chrono::milliseconds timeout = kSendTimeout);
+  void send(Outgoing& message, std::chrono::milliseconds timeout = kSendTimeout,
+            const std::function<void()>& waiting = {});
 
  private:
   std::string address_;

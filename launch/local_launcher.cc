@@ -23,9 +23,11 @@ namespace shoal {
 namespace {
 
 std::atomic<int> g_signal{0};
+std::atomic<bool> g_second_signal{false};
 int g_wake_fd = -1;
 
 void on_signal(int sig) {
+  if (g_signal != 0) g_second_signal = true;
   g_signal = sig;
   if (g_wake_fd >= 0) {
     char c = 1;
@@ -35,6 +37,8 @@ void on_signal(int sig) {
 
 struct Child {
   std::string name;
+  std::vector<std::string> argv;  // to restart it
+  int restarts = 0;
   pid_t pid = -1;
   int out = -1;         // read end of its stdout+stderr
   std::string partial;  // an unfinished line
@@ -75,6 +79,7 @@ Child spawn(const std::string& name, const std::vector<std::string>& argv) {
   fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);  // drain() must never block
   Child c;
   c.name = name;
+  c.argv = argv;
   c.pid = pid;
   c.out = fds[0];
   return c;
@@ -222,6 +227,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   }
   std::size_t width = 0;
   for (const auto& c : children) width = std::max(width, c.name.size());
+  for (const auto& c : children) SHOAL_LOG(log, info, "started " << c.name << " (pid " << c.pid << ")");
 
   using Clock = std::chrono::steady_clock;
   std::optional<Clock::time_point> stop_at, kill_at;
@@ -243,9 +249,23 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     if (g_signal != 0 && !interrupted) {
       // Before reaping: children that saw the same Ctrl-C must not decide the exit code.
       interrupted = true;
-      SHOAL_LOG(log, warn, "signal " << g_signal << ": stopping every process of the job");
-      result = 128 + g_signal;
-      stop_at = Clock::now();
+      auto coordinator_child = std::find_if(children.begin(), children.end(), [](const Child& c) {
+        return c.name == "coordinator" && !c.exited;
+      });
+      if (coordinator_child != children.end() && g_signal == SIGTERM) {
+        // Preemption: the coordinator stops the job at a step boundary (after a last
+        // checkpoint) and tells every process; the job's exit code is then the coordinator's.
+        SHOAL_LOG(log, warn, "signal " << g_signal << ": asking the coordinator to stop the job at a step boundary");
+        kill(coordinator_child->pid, SIGTERM);
+        stop_at = Clock::now() + std::chrono::seconds(20);  // a backstop: then everyone is stopped
+      } else {
+        SHOAL_LOG(log, warn, "signal " << g_signal << ": stopping every process of the job");
+        result = 128 + g_signal;
+        stop_at = Clock::now();
+      }
+    } else if (g_signal != 0 && interrupted && stop_at && *stop_at > Clock::now() + std::chrono::seconds(1) &&
+               g_second_signal) {
+      stop_at = Clock::now();  // a second Ctrl-C: stop everyone now
     }
     for (auto& c : children) drain(c, width);
     for (auto& c : children) {
@@ -254,6 +274,30 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         c.exited = true;
         c.code = status_code(status);
         drain(c, width);
+        // The supervisor: a dead parameter server is restarted (it restores its shard from the
+        // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job).
+        const bool restartable = c.name.rfind("ps.", 0) == 0 || (config.launch_restart_workers && !sync &&
+                                                                  c.name.rfind("worker.", 0) == 0);
+        // Retried: a death by a signal, an internal or I/O error, a timeout (a worker dropped
+        // from the job after a stall or a network cut). Not: a failed job (its code), bad
+        // configuration, data, checkpoint or device, a protocol error (docs/checkpoint-format.md).
+        const bool retryable = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
+                               c.code == static_cast<int>(ExitCode::io) || c.code == static_cast<int>(ExitCode::timeout);
+        if (retryable && restartable && !interrupted && result < 0) {
+          if (c.restarts < config.launch_max_restarts) {
+            SHOAL_LOG(log, warn,
+                      c.name << " exited with code " << c.code << "; restarting it (" << c.restarts + 1 << " of "
+                             << config.launch_max_restarts << ", launch.max_restarts)");
+            Child again = spawn(c.name, c.argv);
+            again.restarts = c.restarts + 1;
+            SHOAL_LOG(log, info, "started " << again.name << " (pid " << again.pid << ")");
+            if (c.out >= 0) close(c.out);
+            c = std::move(again);
+            continue;
+          }
+          SHOAL_LOG(log, error, c.name << " exited with code " << c.code << " and was restarted "
+                                       << c.restarts << " times already (launch.max_restarts): not again");
+        }
         if (c.code != 0)
           SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
         else if (c.name == decider)
@@ -269,6 +313,11 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
                                       << "): stopping every process of the job");
           result = c.code;
           stop_at = Clock::now();
+        }
+        if (c.name == decider && interrupted && result < 0) {
+          result = c.code;  // stopped on a signal: 0 when the coordinator stopped the job cleanly
+          stop_at = Clock::now() +
+                    std::chrono::milliseconds(static_cast<std::int64_t>(1000 * (config.heartbeat_seconds * 2 + 3)));
         }
         if (c.name == decider && !interrupted && result < 0) {
           result = c.code;

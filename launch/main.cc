@@ -4,12 +4,14 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "coordinator/coordinator.h"
 #include "core/backend.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -40,6 +42,13 @@ const char* kUsage =
     "                    the coordinator\n"
     "  config JOB.ini    check a job file and print the effective configuration\n"
     "  config --markdown print the settings table of docs/configuration.md\n"
+    "  checkpoint inspect DIR\n"
+    "                    print a checkpoint: its step, files with sizes and CRCs, range files\n"
+    "                    with their elements and optimizer slots, position and layout\n"
+    "  checkpoint verify DIR\n"
+    "                    check every file of a checkpoint against its MANIFEST (exit 5 if one\n"
+    "                    does not match). DIR is a ckpt-<step> directory, or a checkpoint.dir:\n"
+    "                    then the checkpoint a job would resume from (docs/checkpoint-format.md)\n"
     "  version           print the version and what this build can use (CUDA, cuDNN, NCCL)\n"
     "  help              this text\n"
     "\n"
@@ -65,6 +74,114 @@ LoadedConfig load_and_report(const std::vector<std::string>& args, const Setting
   return loaded;
 }
 
+// ---- shoal checkpoint inspect|verify DIR ----------------------------------------------------
+
+const char* kCheckpointUsage = "usage: shoal checkpoint inspect DIR | shoal checkpoint verify DIR";
+
+// The checkpoint DIR means: DIR itself if it is one (it holds a MANIFEST or is named ckpt-<step>),
+// else the one find_resumable picks under it, saying which, why, and what it passed over.
+// *verified: whether every file was checked on the way (find_resumable verifies its pick).
+std::string checkpoint_named_by(const std::string& dir, bool* verified) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  SHOAL_REQUIRE(fs::is_directory(dir, ec), CheckpointError, "'" << dir << "' is not a directory");
+  fs::path path = fs::path(dir).lexically_normal();
+  std::string base = path.has_filename() ? path.filename().string() : path.parent_path().filename().string();
+  *verified = false;
+  if (fs::exists(fs::path(dir) / "MANIFEST", ec) || parse_checkpoint_name(base)) return dir;
+
+  std::optional<std::string> latest;
+  try {
+    latest = read_latest(dir);
+  } catch (const CheckpointError&) {
+    // find_resumable reports it as passed over.
+  }
+  int passed_over = 0;
+  auto picked = find_resumable(dir, [&](const std::string& where, const std::string& why) {
+    std::printf("passed over %s: %s\n", where.c_str(), why.c_str());
+    ++passed_over;
+  });
+  SHOAL_REQUIRE(picked, CheckpointError,
+                "no usable checkpoint in '" << dir << "' ("
+                                            << (passed_over > 0 ? "every one was passed over, see above"
+                                                                : "no LATEST and no ckpt-<step> directory")
+                                            << ")");
+  bool by_latest = latest && fs::path(*picked).filename() == *latest;
+  std::printf("using %s (%s)\n", picked->c_str(),
+              by_latest ? "named by LATEST"
+              : latest  ? "the newest that verifies; LATEST names another"
+                        : "the newest that verifies; there is no LATEST");
+  *verified = true;
+  return *picked;
+}
+
+// "7 chunks: 0:120 400:118 ..." or, for many chunks, the count and the range of updates.
+std::string describe_updates(const std::vector<std::pair<std::int64_t, std::int64_t>>& updates) {
+  std::string out = std::to_string(updates.size()) + (updates.size() == 1 ? " chunk" : " chunks");
+  if (updates.size() <= 8) {
+    out += " (first element:updates)";
+    for (const auto& [first, count] : updates) {
+      out += ' ';
+      out += std::to_string(first);
+      out += ':';
+      out += std::to_string(count);
+    }
+    return out;
+  }
+  auto [lo, hi] = std::minmax_element(updates.begin(), updates.end(),
+                                      [](const auto& a, const auto& b) { return a.second < b.second; });
+  return out + ", " + std::to_string(lo->second) + "-" + std::to_string(hi->second) + " updates each";
+}
+
+int checkpoint_command(const std::vector<std::string>& args) {
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::printf("%s\n", kCheckpointUsage);
+    return 0;
+  }
+  SHOAL_REQUIRE(args.size() == 2 && (args[0] == "inspect" || args[0] == "verify"), ConfigError, kCheckpointUsage);
+  std::string named = args[1];
+  while (named.size() > 1 && named.back() == '/') named.pop_back();
+  bool verified = false;
+  const std::string dir = checkpoint_named_by(named, &verified);
+  const Manifest manifest = read_manifest(dir);
+  std::printf("checkpoint %s: step %lld, %zu files\n", dir.c_str(), static_cast<long long>(manifest.step),
+              manifest.files.size());
+
+  if (args[0] == "verify") {
+    for (const auto& f : manifest.files) {
+      if (!verified) verify_file(dir, f);  // throws, naming the file: exit 5
+      std::printf("OK  %s  %llu bytes  crc32c %08x\n", f.name.c_str(), static_cast<unsigned long long>(f.size), f.crc);
+    }
+    std::printf("all %zu files match the MANIFEST\n", manifest.files.size());
+    return 0;
+  }
+
+  if (!verified) std::printf("(not verified: `shoal checkpoint verify` reads every byte)\n");
+  std::printf("files:\n");
+  for (const auto& f : manifest.files)
+    std::printf("  %14llu bytes  crc32c %08x  %s\n", static_cast<unsigned long long>(f.size), f.crc, f.name.c_str());
+  std::vector<RangeInfo> ranges = list_ranges(dir, manifest);
+  std::int64_t elements = 0;
+  for (const auto& r : ranges) elements += r.end - r.begin;
+  std::printf("range files: %zu, %lld elements\n", ranges.size(), static_cast<long long>(elements));
+  for (const auto& r : ranges) {
+    std::string arrays = "values";
+    for (const auto& s : r.slots) arrays += ", " + s;
+    std::printf("  %s  elements [%lld, %lld)  arrays: %s  updates: %s\n", r.file.c_str(),
+                static_cast<long long>(r.begin), static_cast<long long>(r.end), arrays.c_str(),
+                describe_updates(r.updates).c_str());
+  }
+  // The coordinator's text files, verbatim.
+  for (const char* name : {"position", "layout"}) {
+    std::string path = dir + "/" + name;
+    if (!std::filesystem::exists(path)) continue;
+    std::string text = read_whole_file(path);
+    if (!text.empty() && text.back() != '\n') text += '\n';
+    std::printf("%s:\n%s", name, text.c_str());
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   SettingsRegistry registry;
   if (argc < 2) {
@@ -79,6 +196,8 @@ int run(int argc, char** argv) {
     if (cuda_built()) std::printf("%s\n", describe_gpus().c_str());
     return 0;
   }
+
+  if (command == "checkpoint") return checkpoint_command(args);
 
   Logger log(command, LogLevel::info);
   if (command == "config") {
@@ -105,7 +224,9 @@ int run(int argc, char** argv) {
     // First thing, before any thread exists (they inherit the blocked signals), so a SIGTERM
     // during start-up (loading data, registering) is a stop request too, not the default action.
     std::optional<StopSignals> signals;
-    if (command == "worker") signals.emplace();
+    // The coordinator too: SIGTERM is a preemption (a last checkpoint, then every process
+    // exits 0); a parameter server dies on it and is restarted by its supervisor.
+    if (command == "worker" || command == "coordinator") signals.emplace();
     const std::atomic<bool>* stop = signals ? &signals->requested() : nullptr;
     bool local = false;
     if (command == "launch") {
@@ -134,6 +255,7 @@ int run(int argc, char** argv) {
       MetricsWriter metrics =
           loaded.config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(loaded.config.metrics_file);
       Coordinator coordinator(network, loaded.config, log, metrics);
+      coordinator.set_term_flag(stop);
       coordinator.run();
     } else if (command == "ps") {
       ParameterServer::run_role(network, loaded.config, log);

@@ -24,6 +24,10 @@ LrStaleness parse_lr_staleness(const std::string& name) {
 ParameterServer::ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log)
     : socket_(network, bind_address, log), backend_(backend), log_(std::move(log)) {}
 
+ParameterServer::~ParameterServer() {
+  if (writer_ && writer_->thread.joinable()) writer_->thread.join();
+}
+
 void ParameterServer::start(const std::string& id, const PartitionTable& table, std::size_t index, const float* initial,
                             const ServerOptions& options) {
   id_ = id;
@@ -33,26 +37,63 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
   const ServerRange& range = table.servers.at(index);
   first_key_ = range.first_key;
   SHOAL_ASSERT(chunks_.empty(), id << " was started twice");
+  std::vector<RangeInfo> ranges;
+  if (!table.restore.empty()) ranges = list_ranges(table.restore, read_manifest(table.restore));
+  std::vector<float> restored;
   for (std::uint32_t key = range.first_key; key < range.end_key; ++key) {
     ChunkState c;
     c.key = key;
     c.span = table.chunks[key];
-    store_.add(initial + c.span.offset, c.span.numel);
     c.state = optimizer_->make_state(backend_, c.span.numel);
+    const std::int64_t begin = c.span.offset, end = begin + c.span.numel;
+    if (ranges.empty()) {
+      store_.add(initial + begin, c.span.numel);
+    } else {
+      try {
+        restored.resize(static_cast<std::size_t>(c.span.numel));
+        read_range(table.restore, ranges, "values", begin, end, restored.data());
+        store_.add(restored.data(), c.span.numel);
+        for (int k = 0; k < optimizer_->slot_count(); ++k)
+          read_range(table.restore, ranges, optimizer_->slot_name(k), begin, end,
+                     c.state.slots[static_cast<std::size_t>(k)].data<float>());
+        c.state.updates = updates_at(ranges, begin);
+      } catch (const CheckpointError& e) {
+        SHOAL_THROW(CheckpointError, id << " cannot restore elements [" << begin << ", " << end << ") from "
+                                        << table.restore << ": " << e.what()
+                                        << " (was it written with another optimizer?)");
+      }
+    }
     if (options.staleness == 0) c.sum = backend_.allocate(Shape{c.span.numel});
     chunks_.push_back(std::move(c));
   }
+  if (!ranges.empty())
+    SHOAL_LOG(log_, info, "restored " << chunks_.size() << " chunks from " << table.restore);
   set_live_workers(table.live_workers);
+  // The workers of the table count from the table's clock (0 when the job starts; the slowest
+  // live clock when this server was restarted into a running job): a worker ahead of it says so
+  // with its first pull. Workers that join later count once heard from.
+  for (const auto& w : live_) clocks_[w] = table.start_clock;
   started_ = true;
 }
 
 void ParameterServer::set_live_workers(const std::vector<std::string>& workers) {
+  const std::set<std::string> listed(workers.begin(), workers.end());
+  // A worker that left stays out while the coordinator still lists it (a list made before it
+  // heard the leave); once a list omits it, a later list that has it again means it rejoined.
+  std::erase_if(left_, [&](const std::string& w) { return !listed.count(w); });
   std::set<std::string> live;
-  for (const auto& w : workers)
+  for (const auto& w : listed)
     if (!left_.count(w)) live.insert(w);
   if (live == live_) return;
   for (const auto& w : live_)
     if (!live.count(w)) SHOAL_LOG(log_, info, w << " no longer takes part in clocks");
+  for (const auto& w : live) {
+    if (live_.count(w)) continue;
+    // (Re)joined: its clock is the one its first message carries, not what an earlier
+    // incarnation of this id reached.
+    clocks_.erase(w);
+    pulled_.erase(w);
+  }
   live_ = std::move(live);
   known_.insert(live_.begin(), live_.end());
   try_finish_steps();
@@ -79,10 +120,12 @@ void ParameterServer::error_reply(const std::string& peer, std::uint64_t request
 }
 
 std::uint64_t ParameterServer::slowest_clock() const {
+  // A worker that joined and was not heard from yet does not count: a joiner holds nobody back
+  // (it starts at the slowest live clock, which its first pull or push tells).
   std::uint64_t slowest = UINT64_MAX;
   for (const auto& w : live_) {
     auto it = clocks_.find(w);
-    slowest = std::min(slowest, it == clocks_.end() ? std::uint64_t{0} : it->second);
+    if (it != clocks_.end()) slowest = std::min(slowest, it->second);
   }
   return slowest;
 }
@@ -164,8 +207,71 @@ void ParameterServer::apply_updates() {
   updates_.clear();
 }
 
+void ParameterServer::take_snapshot() {
+  SnapshotOrder order = std::move(*snapshot_order_);
+  snapshot_order_.reset();
+  if (writer_) {
+    error_reply(order.peer, order.request_id, wire::ErrorCode::NOT_READY,
+                id_ + " is still writing the checkpoint of step " + std::to_string(writer_->step));
+    return;
+  }
+  const auto started = std::chrono::steady_clock::now();
+  auto w = std::make_unique<Writer>();
+  w->step = order.step;
+  // The values are held, not copied: updates go on into other buffers. The optimizer state is
+  // updated in place, so it is copied now (the only copy pushes wait for).
+  w->values = store_.snapshot();
+  RangeWrite r;
+  r.begin = chunks_.front().span.offset;
+  r.end = chunks_.back().span.offset + chunks_.back().span.numel;
+  r.arrays.emplace_back();
+  for (std::size_t i = 0; i < chunks_.size(); ++i) {
+    r.arrays[0].emplace_back(w->values.values(i), w->values.numel(i));
+    r.updates.emplace_back(chunks_[i].span.offset, chunks_[i].state.updates);
+  }
+  for (int k = 0; k < optimizer_->slot_count(); ++k) {
+    Tensor copy = Tensor::zeros(Shape{r.end - r.begin});
+    for (const auto& c : chunks_) {
+      const Tensor& slot = c.state.slots[static_cast<std::size_t>(k)];
+      std::memcpy(copy.data<float>() + (c.span.offset - r.begin), slot.data<float>(), slot.bytes());
+    }
+    r.slots.emplace_back(optimizer_->slot_name(k));
+    r.arrays.push_back({{copy.data<float>(), r.end - r.begin}});
+    w->slots.push_back(std::move(copy));
+  }
+  w->copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  Outgoing ack(id_, order.request_id);
+  ack.body().setAck();
+  socket_.send(order.peer, ack);
+  Writer* writer = w.get();
+  w->thread = std::thread([writer, r = std::move(r), dir = order.dir] {
+    const auto begin = std::chrono::steady_clock::now();
+    try {
+      writer->file = write_range_file(dir, r);
+    } catch (...) {
+      writer->error = std::current_exception();
+    }
+    writer->write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    writer->done.store(true, std::memory_order_release);
+  });
+  writer_ = std::move(w);
+}
+
+std::optional<CheckpointReport> ParameterServer::take_written_checkpoint() {
+  if (!writer_ || !writer_->done.load(std::memory_order_acquire)) return std::nullopt;
+  writer_->thread.join();
+  std::unique_ptr<Writer> w = std::move(writer_);
+  if (w->error) std::rethrow_exception(w->error);
+  SHOAL_LOG(log_, info,
+            "checkpoint of step " << w->step << ": " << w->file->name << " (" << w->file->size / 1000000.0
+                                  << " MB) written in " << w->write_seconds << " s; pushes waited "
+                                  << 1000 * w->copy_seconds << " ms for the copy");
+  return CheckpointReport{w->step, {*w->file}, w->copy_seconds, w->write_seconds};
+}
+
 void ParameterServer::finish_batch() {
   apply_updates();
+  if (snapshot_order_) take_snapshot();
   batch_.clear();  // no frame of the batch is read after this
   for (const Ack& a : acks_) {
     Outgoing out(id_, a.request_id);
@@ -307,6 +413,11 @@ void ParameterServer::handle_pull(Incoming& in) {
   // Answered at the end of the batch, after the updates that came before it; an unbounded pull
   // (evaluation) is ready at once.
   auto pull = in.envelope().getBody().getPull();
+  if (pull.getBounded()) {
+    // A pull for step c follows the worker's pushes of every step before c on this connection.
+    auto& clock = clocks_[in.sender()];
+    clock = std::max<std::uint64_t>(clock, pull.getClock());
+  }
   parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getBounded() ? pull.getClock() : 0,
                                std::chrono::steady_clock::now() + options_.pull_timeout, false, {}});
 }
@@ -318,6 +429,17 @@ void ParameterServer::handle(Incoming& in) {
     return;
   }
   const std::string sender = in.sender();
+  if (in.kind() == K::SNAPSHOT && sender == "coordinator") {
+    // Taken at the end of this batch, after its updates.
+    auto order = in.envelope().getBody().getSnapshot();
+    if (order.getDir().size() == 0) {
+      error_reply(in.peer, in.request_id(), wire::ErrorCode::BAD_REQUEST, "a snapshot order without a directory");
+      return;
+    }
+    snapshot_order_ =
+        SnapshotOrder{in.peer, in.request_id(), static_cast<std::int64_t>(order.getStep()), order.getDir().cStr()};
+    return;
+  }
   if (!live_.count(sender)) {
     // Not (or no longer) a worker of this job: an unknown id, a worker that left or died.
     bool ever = known_.count(sender) > 0;
@@ -433,6 +555,12 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   while (!(end = heartbeat.job_end())) {
     heartbeat.check();
     server.serve(std::chrono::milliseconds(20));
+    try {
+      if (auto written = server.take_written_checkpoint()) control.report_checkpoint(*written);
+    } catch (const Error& e) {
+      // The coordinator abandons a checkpoint it gets no files for; training goes on.
+      SHOAL_LOG(log, error, "checkpoint not written: " << e.what());
+    }
     if (heartbeat.generation() != generation) {
       generation = heartbeat.generation();
       server.set_live_workers(heartbeat.live_workers());

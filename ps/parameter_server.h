@@ -23,13 +23,17 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 #include <zmq.hpp>
 
 #include "core/backend.h"
 #include "core/config.h"
+#include "core/control_client.h"
 #include "core/log.h"
 #include "core/optimizer.h"
 #include "core/partition.h"
@@ -58,6 +62,7 @@ struct ServerStats {
 class ParameterServer {
  public:
   ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log);
+  ~ParameterServer();  // waits for a checkpoint write in progress
 
   const std::string& endpoint() const { return socket_.endpoint(); }
   const std::string& id() const { return id_; }
@@ -66,7 +71,9 @@ class ParameterServer {
   const ChunkStore& store() const { return store_; }
 
   // Takes ownership of the keys of table.servers[index], starting from `initial` (the whole
-  // flat parameter arena; only this server's part is read).
+  // flat parameter arena; only this server's part is read), or from checkpoint table.restore
+  // when the job resumes (values, optimizer state and update counts of this server's element
+  // range, whatever number of servers wrote it).
   void start(const std::string& id, const PartitionTable& table, std::size_t index, const float* initial,
              const ServerOptions& options);
   // Waits up to `timeout` for a message, then handles it and every other one already waiting
@@ -76,6 +83,10 @@ class ParameterServer {
   void set_live_workers(const std::vector<std::string>& workers);
   // Copies this server's current values into `arena` (the whole flat arena).
   void read_values(float* arena) const;
+  // A checkpoint this server finished writing since the last call (its files for the
+  // coordinator's MANIFEST). Throws the writer's error (an IoError) if it failed.
+  std::optional<CheckpointReport> take_written_checkpoint();
+  bool writing_checkpoint() const { return writer_ != nullptr; }
 
   // The whole role: register with the coordinator, take the table, serve until the job ends.
   // A job that failed ends it with the job's error (and exit code).
@@ -123,6 +134,8 @@ class ParameterServer {
   void apply_updates();
   void try_finish_steps();
   void retry_parked();
+  // The snapshot a coordinator ordered in this batch: taken after the batch's updates.
+  void take_snapshot();
   std::uint64_t slowest_clock() const;
   ChunkState* find_chunk(std::uint32_t key);
 
@@ -149,6 +162,27 @@ class ParameterServer {
   std::map<std::string, std::vector<std::uint64_t>> pulled_;
   ServerStats stats_;
   bool started_ = false;
+
+  // Checkpoints: the order of the current batch, and the write in progress (one at a time).
+  struct SnapshotOrder {
+    std::string peer;
+    std::uint64_t request_id = 0;
+    std::int64_t step = 0;
+    std::string dir;
+  };
+  struct Writer {
+    std::int64_t step = 0;
+    ChunkStore::Snapshot values;  // held until the file is written
+    std::vector<Tensor> slots;    // copies of the optimizer state, one per slot
+    double copy_seconds = 0;
+    std::thread thread;
+    std::atomic<bool> done{false};
+    std::optional<FileEntry> file;
+    std::exception_ptr error;
+    double write_seconds = 0;
+  };
+  std::optional<SnapshotOrder> snapshot_order_;
+  std::unique_ptr<Writer> writer_;
 };
 
 }  // namespace shoal

@@ -19,23 +19,48 @@ AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, 
   SHOAL_REQUIRE(model.params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but the model has "
                                               << model.params().parameter_count());
-  owner_.resize(table.chunks.size());
-  for (std::size_t s = 0; s < table.servers.size(); ++s) {
+  connect(network);
+  clock_ = table.start_clock;  // a worker joining a running job starts at the slowest live clock
+  if (staged_) {
+    host_values_ = backend_.allocate_host(model.params().values().shape());
+    host_grads_ = backend_.allocate_host(model.params().grads().shape());
+  }
+}
+
+void AsyncPsStrategy::connect(Network& network) {
+  links_.clear();
+  owner_.assign(table_.chunks.size(), 0);
+  for (std::size_t s = 0; s < table_.servers.size(); ++s) {
     Link link;
-    link.id = table.servers[s].id;
-    link.address = table.servers[s].address;
+    link.id = table_.servers[s].id;
+    link.address = table_.servers[s].address;
     link.socket = std::make_unique<ClientSocket>(network, link.address, log_);
-    for (std::uint32_t k = table.servers[s].first_key; k < table.servers[s].end_key; ++k) {
+    for (std::uint32_t k = table_.servers[s].first_key; k < table_.servers[s].end_key; ++k) {
       link.keys.push_back(k);
       owner_[k] = s;
     }
     links_.push_back(std::move(link));
   }
   pushed_from_ = table_.chunks.size();
-  if (staged_) {
-    host_values_ = backend_.allocate_host(model.params().values().shape());
-    host_grads_ = backend_.allocate_host(model.params().grads().shape());
+}
+
+void AsyncPsStrategy::retarget(Network& network, const PartitionTable& table) {
+  SHOAL_REQUIRE(table.total_elements == table_.total_elements, ProtocolError,
+                "the new partition table covers " << table.total_elements << " values, not "
+                                                  << table_.total_elements);
+  // Nothing may still read the arena or the mirrors through the old connections.
+  for (auto& copy : copies_) copy.landed->wait();
+  copies_.clear();
+  if (upload_) {
+    upload_->wait();
+    upload_.reset();
   }
+  table_ = table;
+  connect(network);
+  fresh_ = false;  // pull everything before the next step
+  ready_offset_ = 0;
+  SHOAL_LOG(log_, info, "partition table version " << table.version << ": reconnected to " << links_.size()
+                                                   << " servers; pulling the parameters again at step " << clock_);
 }
 
 float* AsyncPsStrategy::pull_target() {
@@ -53,7 +78,7 @@ void AsyncPsStrategy::send_pull(Link& link, bool bounded) {
   auto pull = msg.body().initPull();
   pull.setClock(clock_);
   pull.setBounded(bounded);
-  link.socket->send(msg);
+  link.socket->send(msg, send_timeout(), options_.watch);
   link.pull_id = id;
   link.pull_bounded = bounded;
   link.pulled.clear();
@@ -199,7 +224,7 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
     list[static_cast<unsigned>(i)].setNumel(static_cast<std::uint32_t>(c.numel));
     msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float), arena.storage());
   }
-  link.socket->send(msg);
+  link.socket->send(msg, send_timeout(), options_.watch);
   if (pull_after) {  // answered with these chunks' values for the next step, once applied
     link.push_pulls[id] = keys.size();
   } else {
@@ -272,6 +297,7 @@ void AsyncPsStrategy::finish_step() {
   // idle step) is asked now, without waiting for acknowledgements: a server answers a
   // connection's messages in order, so the reply carries this step's updates.
   ++clock_;
+  if (options_.on_clock) options_.on_clock(clock_);
   fresh_ = false;
   for (auto& link : links_) {
     if (!link.asked) send_pull(link, true);  // not asked for with the last push
@@ -283,7 +309,7 @@ void AsyncPsStrategy::idle_step() {
   for (auto& link : links_) {
     Outgoing msg(id_, next_request_++);
     msg.body().initPush().setClock(clock_);
-    link.socket->send(msg);
+    link.socket->send(msg, send_timeout(), options_.watch);
     ++link.in_flight;
   }
   finish_step();

@@ -44,6 +44,9 @@ struct AsyncPsOptions {
   // Called at least every 10 ms of every wait; throws to end it (the job failed, the
   // coordinator is gone), so a worker waiting on a dead server hears the job's end at once.
   std::function<void()> watch;
+  // Called with the new clock after every step (the heartbeat carries it: progress the
+  // coordinator can see, cluster.stall_seconds).
+  std::function<void(std::uint64_t)> on_clock;
   // Stage through host mirrors even on the CPU (tests of the device path; a GPU always does).
   bool stage_through_host = false;
 };
@@ -63,6 +66,10 @@ class AsyncPsStrategy final : public DistributedStrategy {
   void idle_step();
   // This worker is done: it stops taking part in the servers' clocks.
   void leave() override;
+  // A new partition table (a parameter server was restarted elsewhere): drops every
+  // connection and what was in flight on it, connects to the table's servers and pulls the
+  // parameters again before the next step. The clock goes on.
+  void retarget(Network& network, const PartitionTable& table);
   std::uint64_t clock() const override { return clock_; }
 
   void before_task() override { await_parameters(); }
@@ -89,6 +96,12 @@ class AsyncPsStrategy final : public DistributedStrategy {
     std::chrono::steady_clock::time_point retry_at{};
   };
 
+  void connect(Network& network);
+  // A send waits at most the request timeout for room, watching the job meanwhile (a server
+  // that died leaves its queue full).
+  std::chrono::milliseconds send_timeout() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(options_.request_timeout);
+  }
   void send_pull(Link& link, bool bounded);
   // Waits for every push acknowledgement, moves the clock and asks for the next parameters.
   void finish_step();

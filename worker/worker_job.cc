@@ -7,6 +7,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/checkpoint.h"
 #include "core/control_client.h"
 #include "core/device_select.h"
 #include "core/error.h"
@@ -32,13 +33,54 @@ struct JobContext {
   DistributedStrategy& strategy;
   Trainer& trainer;
   const TrainTestData& data;
+  Backend* backend = nullptr;  // async: for the batch-norm buffers of a checkpoint
+  Model* model = nullptr;
+  // Async: the coordinator published a new partition table (a server was restarted): take it.
+  // Returns false when stopped while waiting for it.
+  std::function<bool()> take_new_table;
 };
+
+// Thrown by a wait when the job is over (it ended while this worker waited for a peer that
+// has stopped answering: a server that shut down with the job).
+struct JobOver {};
+
+// Thrown by a wait when the coordinator announces a new partition table: the work in hand is
+// dropped (the coordinator leased it again) and the worker reconnects.
+struct TableChanged {};
+
+// A checkpoint's `buffers` file: the model's batch-norm running statistics (async jobs: the
+// servers hold only the trained parameters).
+void save_buffers(JobContext& job, const LeaseTask& task) {
+  auto started = std::chrono::steady_clock::now();
+  Tensor& buffers = job.model->params().buffer_values();
+  std::vector<float> host(static_cast<std::size_t>(buffers.numel()));
+  if (!host.empty()) job.backend->copy_to_host(buffers, host.data());
+  FileEntry file = write_file_atomic(task.dir, "buffers", Pieces{{host.data(), host.size() * sizeof(float)}});
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  job.control.report_checkpoint(CheckpointReport{task.step, {file}, 0, seconds});
+}
+
+// Resuming: the batch-norm buffers of the checkpoint, when it has them.
+void restore_buffers(const std::string& dir, Backend& backend, Model& model, const Logger& log) {
+  Manifest manifest = read_manifest(dir);
+  const FileEntry* entry = manifest.find("buffers");
+  Tensor& buffers = model.params().buffer_values();
+  if (entry == nullptr || buffers.numel() == 0) return;
+  std::string bytes = read_whole_file(dir + "/buffers");
+  SHOAL_REQUIRE(bytes.size() == static_cast<std::size_t>(buffers.numel()) * sizeof(float) &&
+                    crc32c(bytes.data(), bytes.size()) == entry->crc,
+                CheckpointError,
+                dir << "/buffers: " << bytes.size() << " bytes, or a checksum, that do not match the manifest and "
+                    << "this model's " << buffers.numel() << " buffer values");
+  backend.copy_from_host(bytes.data(), buffers);
+  SHOAL_LOG(log, info, "restored the batch-norm buffers from " << dir);
+}
 
 // The one job loop of every distributed worker: ask the coordinator for work until the job is
 // over; train what it hands out with the strategy, evaluate when asked, report each result.
 // Honours a stop request at every phase; says goodbye when it fails on its own.
 void run_job_loop(JobContext& job) {
-  auto& [config, log, stop, control, heartbeat, strategy, trainer, data] = job;
+  auto& [config, log, stop, control, heartbeat, strategy, trainer, data, backend, model, take_new_table] = job;
   auto stopped = [stop = stop] { return stop != nullptr && stop->load(); };
   std::int64_t permutation_epoch = -1, logged_epoch = 0;
   std::vector<std::int64_t> order;
@@ -65,7 +107,8 @@ void run_job_loop(JobContext& job) {
   try {
     strategy.start();
     while (true) {
-      if (stopped()) return leave("between steps");
+      try {
+        if (stopped()) return leave("between steps");
       if (auto end = heartbeat.job_end()) {
         if (end->code != ExitCode::ok) throw_job_failure(*end);
         SHOAL_LOG(log, info, "stopping: the job is over");
@@ -84,6 +127,10 @@ void run_job_loop(JobContext& job) {
                   "job finished: trained " << shards << " shards, " << samples << " samples, " << strategy.clock()
                                            << " steps");
         break;
+      }
+      if (task.kind == LeaseTask::save_buffers) {
+        save_buffers(job, task);
+        continue;
       }
       if (task.kind == LeaseTask::wait) {
         strategy.idle();
@@ -115,7 +162,13 @@ void run_job_loop(JobContext& job) {
       control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
       ++shards;
       samples += s.count;
+      } catch (const TableChanged&) {
+        SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
+        if (!take_new_table()) return leave("while waiting for a parameter server to come back");
+      }
     }
+  } catch (const JobOver&) {
+    SHOAL_LOG(log, info, "stopping: the job is over (it ended while this worker waited for its peers)");
   } catch (const StopRequested&) {
     return leave("while waiting for parameters or for its peers");
   } catch (const DetachedError&) {
@@ -217,7 +270,10 @@ std::optional<Joined> join_job(ControlClient& control, const JobConfig& config, 
 // Ends a wait when the job failed or the coordinator is gone.
 std::function<void()> job_watch(Heartbeat& heartbeat) {
   return [&heartbeat] {
-    if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    if (auto end = heartbeat.job_end()) {
+      if (end->code != ExitCode::ok) throw_job_failure(*end);
+      throw JobOver{};
+    }
     heartbeat.check();
   };
 }
@@ -239,7 +295,13 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   options.request_timeout = timeout;
   options.startup_timeout = startup;
   options.stop = stop;
-  options.watch = job_watch(heartbeat);
+  options.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
+  std::uint64_t table_version = joined->table.version;
+  options.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
+    job();
+    if (heartbeat.table_version() > table_version) throw TableChanged{};
+  };
+  if (!joined->table.restore.empty()) restore_buffers(joined->table.restore, *l.backend, *l.model, log);
   AsyncPsStrategy strategy(network, joined->table, id, *l.backend, *l.model, log, options);
   SHOAL_LOG(log, info, "registered; " << strategy.describe() << "; backend " << l.backend->describe());
 
@@ -249,7 +311,15 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, trainer_options(config, hash_combine(config.seed, hash_string(id))),
                   log, progress, no_metrics);
   trainer.set_stop_flag(stop);
-  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
+  auto take_new_table = [&]() -> bool {
+    auto table = control.fetch_table(2 * startup, stop);
+    if (!table) return false;
+    table_version = table->version;
+    strategy.retarget(network, *table);
+    return true;
+  };
+  JobContext job{config, log,    stop, control, heartbeat, strategy, trainer, l.data, l.backend.get(), l.model.get(),
+                 take_new_table};
   run_job_loop(job);
   report_memory(*l.backend, log);
 }
@@ -329,7 +399,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
                                     config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
   trainer.set_stop_flag(stop);
-  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data};
+  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data, nullptr, nullptr, {}};
   try {
     run_job_loop(job);
   } catch (const CollectiveError&) {

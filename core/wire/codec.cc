@@ -67,6 +67,10 @@ const char* kind_name(wire::Envelope::Body::Which kind) {
       return "storeGet";
     case K::STORE_VALUE:
       return "storeValue";
+    case K::SNAPSHOT:
+      return "snapshot";
+    case K::CHECKPOINT_FILES:
+      return "checkpointFiles";
   }
   return "unknown";
 }
@@ -101,7 +105,7 @@ Incoming Incoming::decode(std::string peer, std::vector<zmq::message_t> frames) 
                   ProtocolError, "malformed sender id");
     auto body = in.root_.getBody();
     auto kind = body.which();
-    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::STORE_VALUE), ProtocolError,
+    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::CHECKPOINT_FILES), ProtocolError,
                   "unknown message kind " << static_cast<unsigned>(kind));
     // The rendezvous store (sync jobs): bounded, printable keys and small values.
     auto check_key = [](capnp::Text::Reader key) {

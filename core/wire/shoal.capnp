@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 4;
+const protocolVersion :UInt16 = 5;
 
 enum Role {
   coordinator @0;
@@ -48,6 +48,8 @@ struct Envelope {
     storeSet @21 :StoreEntry;  # sync jobs: the rendezvous store the coordinator serves (Gloo, NCCL ids)
     storeGet @22 :Text;        # the key; answered by storeValue, or notReady while it is absent
     storeValue @23 :Data;
+    snapshot @24 :SnapshotOrder;          # coordinator -> server: snapshot now (answered by ack)
+    checkpointFiles @25 :CheckpointFiles; # server or worker -> coordinator: its files are written
   }
 }
 
@@ -74,6 +76,8 @@ struct HeartbeatReply {
   generation @0 :UInt64;
   liveWorkers @1 :List(Text);  # workers that take part in staleness clocks (alive, not finished)
   end @2 :JobEnd;              # set once the job is over: every process then exits
+  tableVersion @3 :UInt64;     # the partition table's version: a newer one means fetch it again
+                               # (a parameter server was restarted elsewhere)
 }
 
 # How a job ended, sent by whoever ended it (the coordinator) to every process of the job.
@@ -96,13 +100,16 @@ struct Chunk {
 }
 
 struct PartitionTable {
-  version @0 :UInt64;
+  version @0 :UInt64;            # grows whenever a server moves (restarted after a loss)
   totalElements @1 :UInt64;
   chunks @2 :List(Chunk);        # key = index in this list; contiguous, covering the arena
   servers @3 :List(ServerEntry);
   liveWorkers @4 :List(Text);
   stepsPerEpoch @5 :UInt64;      # server-side learning-rate schedule
   trainSamples @6 :UInt64;
+  restore @7 :Text;              # the checkpoint directory the job resumes from ("": none)
+  startClock @8 :UInt64;         # a worker joining a running job starts at this clock (the
+                                 # slowest live worker's), so it holds nobody back
 }
 
 struct Shard {
@@ -118,6 +125,7 @@ struct LeaseGrant {
     evaluate @1 :UInt32;  # evaluate the current model on the test set for this epoch
     wait @2 :UInt32;      # nothing to do now; ask again after this many milliseconds
     finished @3 :JobEnd;  # the job is over (successfully or not)
+    saveBuffers @4 :SnapshotOrder;  # write this worker's batch-norm buffers into a checkpoint
   }
 }
 
@@ -179,4 +187,23 @@ struct StoreEntry {
 
 struct Shutdown {
   reason @0 :Text;
+}
+
+# A checkpoint in progress: its step and the directory every file of it goes to.
+struct SnapshotOrder {
+  step @0 :UInt64;
+  dir @1 :Text;
+}
+
+struct CheckpointFile {
+  name @0 :Text;
+  size @1 :UInt64;
+  crc @2 :UInt32;        # CRC-32C
+}
+
+struct CheckpointFiles {
+  step @0 :UInt64;
+  files @1 :List(CheckpointFile);
+  copySeconds @2 :Float64;   # servers: how long pushes waited for the snapshot's copy
+  writeSeconds @3 :Float64;  # writing and fsyncing the files
 }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "tests/support/subprocess.h"
 
 namespace shoal {
 namespace {
@@ -140,10 +141,11 @@ TEST(InprocCluster, WorkerWhoseMessagesComeLateIsDroppedAndTheOthersGoOn) {
   for (int i = 0; i < 2; ++i) EXPECT_EQ(c.wait("ps." + std::to_string(i), 30s), kPeerLost);
 }
 
-TEST(InprocCluster, LostServerFailsTheJobAndEveryoneSaysWhy) {
+TEST(InprocCluster, LostServerFailsASynchronousJobAndEveryoneSaysWhy) {
   FaultPlan faults;
   faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", -1});
   JobConfig job = small_job();
+  job.staleness = 0;  // bulk-synchronous: a lost server still ends the job
   job.dead_after_seconds = 1;
   job.epochs = 50;  // long enough for ps.1 to be declared dead mid-job
   InprocCluster c(job, &faults);
@@ -158,6 +160,50 @@ TEST(InprocCluster, LostServerFailsTheJobAndEveryoneSaysWhy) {
   }
   // ps.1 never hears back (its heartbeats are lost): it gives up on the coordinator.
   EXPECT_EQ(c.wait("ps.1", 30s), kTimeout);
+}
+
+// An asynchronous job pauses while a server is lost: its heartbeats are dropped (so it gives
+// up on the coordinator, exit 6, while the coordinator declares it dead), the workers drop their
+// connections and wait; started again, it restores its range from the newest checkpoint, the
+// workers reconnect to the new table and the job finishes.
+TEST(InprocCluster, LostServerPausesTheJobAndComesBackRestoredFromTheCheckpoint) {
+  testing::TempDir checkpoints;
+  FaultPlan faults;
+  // 1.3 s of its heartbeats: it gives up on the coordinator after 1 s, as the coordinator on it.
+  faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", 13});
+  JobConfig job = small_job();
+  job.dead_after_seconds = 1;
+  job.epochs = 40;  // outlives the loss
+  job.checkpoint_dir = checkpoints.path();
+  job.checkpoint_every_steps = 5;
+  InprocCluster c(job, &faults);
+  c.start_all();
+  ASSERT_TRUE(c.log().wait_for({"ps.1 stopped answering heartbeats; the job pauses"}, kJobTime)) << c.log().text();
+  EXPECT_EQ(c.wait("ps.1", 30s), kTimeout) << c.log().text();
+  ASSERT_TRUE(c.log().wait_for({"a parameter server was lost"}, 30s)) << c.log().text();
+  c.start_server(1);
+  ASSERT_TRUE(c.log().wait_for({"ps.1 is back at"}, 30s)) << c.log().text();
+  expect_everyone(c, kOk);
+  EXPECT_TRUE(c.log().wait_for({"restored", "chunks from " + checkpoints.path()}, 0ms)) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"reconnected to 2 servers"}, 0ms)) << c.log().text();
+}
+
+// cluster.stall_seconds: worker.1's heartbeats go on but every push it sends arrives 3 s late, so
+// it finishes a step every 3 s and holds worker.0 back (staleness). It is treated as dead (it
+// exits 6 when it hears so), and worker.0 finishes the job.
+TEST(InprocCluster, WorkerThatStallsWhileItsHeartbeatsGoOnIsTreatedAsDead) {
+  FaultPlan faults;
+  faults.add({K::PUSH, FaultAction::delay, "worker.1", -1, 3000ms});
+  JobConfig job = small_job();
+  job.stall_seconds = 1;
+  job.epochs = 4;
+  InprocCluster c(job, &faults);
+  c.start_all();
+  ASSERT_TRUE(c.log().wait_for({"worker.1 stalled: holds work but finished no step"}, kJobTime)) << c.log().text();
+  EXPECT_EQ(c.wait("worker.1", 30s), kTimeout) << c.log().text();
+  EXPECT_EQ(c.wait("coordinator", kJobTime), kOk) << c.log().text();
+  EXPECT_EQ(c.wait("worker.0", 30s), kOk);
+  EXPECT_EQ(c.log().count({"worker.0 stalled"}), 0) << "the worker held back is not blamed";
 }
 
 TEST(InprocCluster, ClusterThatNeverAssemblesFailsEveryoneWithTimeout) {

@@ -4,10 +4,12 @@
 // up here as changed bytes. Also built and run under ThreadSanitizer (tests/sanitizers/run.sh),
 // which checks the holds that hand buffers between threads.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "coordinator/partitioner.h"
+#include "core/checkpoint.h"
 #include "core/rng.h"
 #include "ps/chunk_store.h"
 #include "ps/parameter_server.h"
@@ -118,7 +121,14 @@ class ServerThread {
     std::vector<float> initial(static_cast<std::size_t>(elements), 1.f);
     server_->start("ps.0", table, 0, initial.data(), options);
     thread_ = std::thread([this] {
-      while (!stop_) server_->serve(2ms);
+      while (!stop_) {
+        server_->serve(2ms);
+        // As the role's loop does: a checkpoint written in the background is handed over here.
+        if (auto written = server_->take_written_checkpoint()) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          written_.push_back(*written);
+        }
+      }
     });
   }
   ~ServerThread() { stop(); }
@@ -130,6 +140,10 @@ class ServerThread {
   void stop() {
     if (!stop_.exchange(true)) thread_.join();
   }
+  std::vector<CheckpointReport> written() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return written_;
+  }
 
   Network network;
   const std::string address = "inproc://ps-concurrency";
@@ -140,6 +154,8 @@ class ServerThread {
   std::unique_ptr<ParameterServer> server_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  std::mutex mutex_;
+  std::vector<CheckpointReport> written_;
 };
 
 constexpr float kGradient = 1.f / 1024;
@@ -276,6 +292,84 @@ TEST(InprocPs, ConcurrentPushesAndPullsKeepVersionsAndHolds) {
   for (std::size_t i = 0; i < values.size(); i += 997) ASSERT_EQ(values[i], expected) << "element " << i;
   EXPECT_EQ(server.stats().updates, static_cast<std::uint64_t>(kWorkers * kSteps) * s.table.chunks.size());
   EXPECT_GT(server.store().stats().moved, 0u) << "some updates found their buffer held";
+}
+
+
+// A checkpoint's snapshot while a worker keeps pushing: the server acknowledges the order once it
+// holds its chunks, writes the range file on its own thread while updates go on into other
+// buffers, and the file holds one consistent cut: every chunk at the same number of updates
+// (each push carries every chunk), the values of exactly that many updates. Run under TSan too.
+TEST(InprocPs, SnapshotIsOneCutWrittenInTheBackgroundWhileUpdatesGoOn) {
+  constexpr int kSteps = 200;
+  ServerThread s(/*elements=*/8 * 20000, /*chunk=*/20000, /*workers=*/1, /*threads=*/2);
+  const std::string dir = (std::filesystem::temp_directory_path() / ("shoal-snapshot-" + std::to_string(getpid())))
+                              .string();
+  std::filesystem::create_directories(dir);
+  std::atomic<int> pushed{0};
+  std::atomic<bool> ordered{false};
+  std::string failure;
+  std::thread worker([&] {
+    ClientSocket c(s.network, s.address, Logger("c", LogLevel::off));
+    for (int step = 0; step < kSteps; ++step) {
+      // A quarter in, the snapshot order goes out before the next push: the server reads it
+      // within a message or two (fair queueing) while the pushes go on.
+      while (step == kSteps / 4 && !ordered) std::this_thread::yield();
+      push_all(c, s.table, "worker.0", static_cast<std::uint64_t>(step) + 1, static_cast<std::uint64_t>(step), false);
+      bool acked = false;
+      while (!acked) {
+        auto in = c.receive(10000ms);
+        if (!in) {
+          failure = "no push acknowledgement";
+          return;
+        }
+        acked = in->kind() == K::PUSH_ACK;
+      }
+      pushed = step + 1;
+    }
+  });
+  while (pushed < kSteps / 4) std::this_thread::sleep_for(1ms);
+  ClientSocket coordinator(s.network, s.address, Logger("c", LogLevel::off));
+  Outgoing order("coordinator", 7);
+  auto snapshot = order.body().initSnapshot();
+  snapshot.setStep(42);
+  snapshot.setDir(dir);
+  coordinator.send(order);
+  ordered = true;
+  auto ack = coordinator.receive(10000ms);
+  ASSERT_TRUE(ack);
+  ASSERT_EQ(ack->kind(), K::ACK) << (ack->kind() == K::ERROR ? ack->envelope().getBody().getError().getMessage().cStr()
+                                                             : kind_name(ack->kind()));
+  worker.join();
+  ASSERT_EQ(failure, "");
+  std::vector<CheckpointReport> written;
+  for (int i = 0; i < 1000 && written.empty(); ++i) {
+    written = s.written();
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_EQ(written.size(), 1u) << "the server reports the file it wrote";
+  ASSERT_EQ(written[0].files.size(), 1u);
+  EXPECT_EQ(written[0].step, 42);
+  Manifest m;
+  m.step = 42;
+  m.files = written[0].files;
+  auto ranges = list_ranges(dir, m);
+  ASSERT_EQ(ranges.size(), 1u);
+  const std::int64_t updates = updates_at(ranges, 0);
+  EXPECT_GE(updates, kSteps / 4);
+  EXPECT_LT(updates, kSteps) << "the cut was taken while the worker was still pushing";
+  for (const auto& c : s.table.chunks) EXPECT_EQ(updates_at(ranges, c.offset), updates) << "one cut for every chunk";
+  std::vector<float> values(static_cast<std::size_t>(s.table.total_elements));
+  read_range(dir, ranges, "values", 0, s.table.total_elements, values.data());
+  const float expected = 1.f - static_cast<float>(updates) * kStep;
+  for (std::size_t i = 0; i < values.size(); i += 331) ASSERT_EQ(values[i], expected) << "element " << i;
+  std::string bytes = read_whole_file(dir + "/" + written[0].files[0].name);
+  EXPECT_EQ(crc32c(bytes.data(), bytes.size()), written[0].files[0].crc);
+  // Training went on past the cut, into other buffers.
+  std::vector<float> now(values.size());
+  s.server().read_values(now.data());
+  EXPECT_EQ(now[0], 1.f - kSteps * kStep);
+  EXPECT_GT(s.server().store().stats().moved, 0u) << "updates went to other buffers while the snapshot held them";
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

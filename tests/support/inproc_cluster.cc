@@ -113,6 +113,13 @@ InprocCluster::~InprocCluster() {
 void InprocCluster::launch(const std::string& name, std::function<void()> body) {
   std::lock_guard<std::mutex> lock(mutex_);
   Role& role = roles_[name];
+  if (role.thread.joinable()) {  // started again (a restarted server): its first run is over
+    SHOAL_ASSERT(role.done, name << " was started again while it still runs");
+    role.thread.join();
+  }
+  role.done = false;
+  role.code = 0;
+  role.failure.clear();
   role.thread = std::thread([this, name, body = std::move(body)] {
     int code = 0;
     std::string failure;

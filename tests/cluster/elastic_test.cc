@@ -1,0 +1,255 @@
+// Checkpoints and elastic restarts with real `shoal` processes on loopback: a whole job killed
+// with SIGKILL and started again (with another number of servers, past a corrupted newest
+// checkpoint), a parameter server and a worker killed under `shoal launch --local`'s
+// supervisor, and a job preempted with SIGTERM.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include "tests/support/subprocess.h"
+
+namespace shoal {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::free_port;
+using testing::json_number;
+using testing::lines_with;
+using testing::read_file;
+using testing::Subprocess;
+using testing::TempDir;
+
+const std::string kShoal = SHOAL_BINARY;
+const std::string kJob = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_async.ini";
+
+std::size_t count_of(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// Waits until `needle` appears `times` times in the output of `p` (false: it exited first, or
+// the deadline passed).
+bool wait_for(Subprocess& p, const std::string& needle, std::chrono::milliseconds timeout, std::size_t times = 1) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (count_of(p.output(), needle) >= times) return true;
+    if (!p.running()) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+// The pid `shoal launch` reports for one of its processes ("started ps.1 (pid 1234)"), the
+// newest one when it was restarted.
+pid_t pid_of(const std::string& output, const std::string& name) {
+  std::regex re("started " + std::regex_replace(name, std::regex("\\."), "\\.") + " \\(pid ([0-9]+)\\)");
+  pid_t pid = -1;
+  for (std::sregex_iterator it(output.begin(), output.end(), re), end; it != end; ++it)
+    pid = static_cast<pid_t>(std::stol((*it)[1]));
+  return pid;
+}
+
+// A small async job that takes a checkpoint every 20 global steps (about 5 per epoch).
+std::vector<std::string> job(const TempDir& ckpt, const TempDir& dir) {
+  return {"--model=mlp",
+          "--train.epochs=3",
+          "--data.train_limit=6000",
+          "--data.test_limit=2000",
+          "--data.shard_size=500",
+          "--threads=1",
+          "--progress=off",
+          "--checkpoint.dir=" + ckpt.path(),
+          "--checkpoint.every_steps=20",
+          "--checkpoint.keep=2",
+          "--metrics.file=" + dir.file("metrics.jsonl")};
+}
+
+struct Job {
+  std::string coordinator = "tcp://127.0.0.1:" + std::to_string(free_port());
+  std::vector<std::unique_ptr<Subprocess>> processes;  // coordinator first
+  Job(std::vector<std::string> args, int servers, int workers) {
+    args.insert(args.begin(), kJob);
+    args.push_back("--cluster.coordinator=" + coordinator);
+    args.push_back("--cluster.servers=" + std::to_string(servers));
+    args.push_back("--cluster.workers=" + std::to_string(workers));
+    auto start = [&](const std::string& role, const std::string& rank) {
+      std::vector<std::string> argv{kShoal, role};
+      argv.insert(argv.end(), args.begin(), args.end());
+      if (!rank.empty()) argv.push_back("--node.rank=" + rank);
+      processes.push_back(std::make_unique<Subprocess>(argv));
+    };
+    start("coordinator", "");
+    for (int i = 0; i < servers; ++i) start("ps", std::to_string(i));
+    for (int i = 0; i < workers; ++i) start("worker", std::to_string(i));
+  }
+  Subprocess& coordinator_process() { return *processes.front(); }
+  std::string output() const {
+    std::string out;
+    for (const auto& p : processes) out += "---\n" + p->output();
+    return out;
+  }
+};
+
+TEST(Checkpoint, WholeJobKilledResumesFromTheNewestIntactCheckpointWithThreeServers) {
+  TempDir ckpt, first, second;
+  std::string newest;
+  {
+    Job a(job(ckpt, first), 2, 2);
+    // Two complete checkpoints, then every process dies at once.
+    ASSERT_TRUE(wait_for(a.coordinator_process(), " written: ", 120s, 2)) << a.output();
+    for (auto& p : a.processes) p->signal(SIGKILL);
+    for (auto& p : a.processes) p->wait(10s);
+    newest = read_file(ckpt.file("LATEST"));
+    while (!newest.empty() && std::isspace(static_cast<unsigned char>(newest.back()))) newest.pop_back();
+    ASSERT_EQ(newest.rfind("ckpt-", 0), 0u) << newest;
+  }
+  auto verify = testing::run({kShoal, "checkpoint", "verify", ckpt.path()});
+  ASSERT_EQ(verify.exit_code, 0) << verify.output;
+
+  // One flipped bit in the newest checkpoint's parameters: the resume passes over it.
+  std::string params;
+  for (const auto& e : std::filesystem::directory_iterator(ckpt.file(newest)))
+    if (e.path().filename().string().rfind("params.", 0) == 0) params = e.path().string();
+  ASSERT_FALSE(params.empty());
+  {
+    std::fstream f(params, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-5, std::ios::end);
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(-5, std::ios::end);
+    f.write(&c, 1);
+  }
+  Job b(job(ckpt, second), 3, 2);
+  ASSERT_EQ(b.coordinator_process().wait(180s), 0) << b.output();
+  const std::string coord = b.coordinator_process().output();
+  EXPECT_NE(coord.find("not resuming from " + ckpt.file(newest)), std::string::npos) << coord;
+  EXPECT_NE(coord.find(std::filesystem::path(params).filename().string()), std::string::npos)
+      << "the message names the corrupted file\n"
+      << coord;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(coord, m, std::regex("resuming from [^ ]*/(ckpt-[0-9]+) \\(step"))) << coord;
+  EXPECT_NE(m[1].str(), newest) << "the previous checkpoint is used";
+  for (std::size_t s = 1; s < b.processes.size() && s <= 3; ++s)
+    EXPECT_NE(b.processes[s]->output().find("restored"), std::string::npos) << b.processes[s]->output();
+  // Every epoch reported after the resume has each sample exactly once: shards done before the
+  // checkpoint are not trained again, the others are trained once.
+  auto epochs = lines_with(read_file(second.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_FALSE(epochs.empty()) << coord;
+  EXPECT_EQ(json_number(epochs.back(), "epoch"), 3) << epochs.back();
+  for (const auto& e : epochs) {
+    EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+    EXPECT_EQ(json_number(e, "samples_processed"), 6000) << e;
+  }
+  EXPECT_GT(json_number(epochs.back(), "test_accuracy"), 0.70) << epochs.back();
+}
+
+TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
+  TempDir ckpt, dir;
+  std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
+  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
+  Subprocess launch(argv);
+  ASSERT_TRUE(wait_for(launch, " written: ", 120s)) << launch.output();
+  pid_t ps1 = pid_of(launch.output(), "ps.1");
+  ASSERT_GT(ps1, 0) << launch.output();
+  ASSERT_EQ(kill(ps1, SIGKILL), 0);
+  ASSERT_EQ(launch.wait(240s), 0) << launch.output();
+  const std::string out = launch.output();
+  EXPECT_NE(out.find("ps.1 exited with code 137; restarting it"), std::string::npos) << out;
+  EXPECT_NE(out.find("ps.1 is back at"), std::string::npos) << out;
+  EXPECT_NE(out.find("restored"), std::string::npos) << out;
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 3u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+  EXPECT_GT(json_number(epochs.back(), "test_accuracy"), 0.70) << epochs.back();
+}
+
+TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
+  TempDir ckpt, dir;
+  std::vector<std::string> argv{kShoal, "launch", kJob, "--local", "--launch.restart_workers=true"};
+  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
+  Subprocess launch(argv);
+  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
+  pid_t w1 = pid_of(launch.output(), "worker.1");
+  ASSERT_GT(w1, 0) << launch.output();
+  ASSERT_EQ(kill(w1, SIGKILL), 0);
+  ASSERT_EQ(launch.wait(240s), 0) << launch.output();
+  const std::string out = launch.output();
+  EXPECT_NE(out.find("worker.1 exited with code 137; restarting it"), std::string::npos) << out;
+  EXPECT_EQ(count_of(out, "registered worker.1"), 2u) << "it joined the running job again\n" << out;
+  // The coordinator measures it: from the lost worker's last sign of life to the next shard
+  // the job completes.
+  auto recovery = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"recovery\"");
+  ASSERT_EQ(recovery.size(), 1u) << out;
+  const double seconds = json_number(recovery[0], "seconds");
+  std::printf("recovery time from kill -9 of a worker to the next completed shard: %.2f s (default settings)\n",
+              seconds);
+  EXPECT_LT(seconds, 5.0) << recovery[0];
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 3u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+}
+
+TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins) {
+  TempDir ckpt, dir;
+  std::vector<std::string> argv{kShoal, "launch", kJob, "--local", "--launch.restart_workers=true"};
+  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
+  argv.push_back("--train.epochs=8");  // long enough to rejoin before the end
+  Subprocess launch(argv);
+  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
+  pid_t w1 = pid_of(launch.output(), "worker.1");
+  ASSERT_GT(w1, 0) << launch.output();
+  ASSERT_EQ(kill(w1, SIGSTOP), 0);
+  ASSERT_TRUE(wait_for(launch, "worker.1 declared dead", 30s)) << launch.output();
+  ASSERT_EQ(kill(w1, SIGCONT), 0);
+  // It learns it was dropped, exits 6, and its supervisor starts it again: it rejoins.
+  ASSERT_TRUE(wait_for(launch, "registered worker.1", 60s, 2)) << launch.output();
+  ASSERT_EQ(launch.wait(240s), 0) << launch.output();
+  const std::string out = launch.output();
+  EXPECT_NE(out.find("worker.1 exited with code 6; restarting it"), std::string::npos) << out;
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 8u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+}
+
+TEST(Elastic, SigtermToTheLauncherCheckpointsStopsWithinTenSecondsAndTheJobResumes) {
+  TempDir ckpt, dir;
+  std::vector<std::string> argv{kShoal,
+                                "launch",
+                                kJob,
+                                "--local",
+                                "--model=cnn",
+                                "--train.epochs=2",
+                                "--data.train_limit=8000",
+                                "--data.test_limit=1000",
+                                "--checkpoint.dir=" + ckpt.path(),
+                                "--checkpoint.on_term_older_than=0"};
+  Subprocess launch(argv);
+  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
+  std::this_thread::sleep_for(500ms);  // some steps into the epoch (the test holds either way)
+  launch.signal(SIGTERM);
+  const auto sent = std::chrono::steady_clock::now();
+  ASSERT_EQ(launch.wait(30s), 0) << launch.output();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+  std::printf("SIGTERM to exit 0 with a last checkpoint (cnn): %.2f s\n", took);
+  EXPECT_LT(took, 10.0) << launch.output();
+  EXPECT_NE(launch.output().find("after checkpoint ckpt-"), std::string::npos) << launch.output();
+  ASSERT_TRUE(std::filesystem::exists(ckpt.file("LATEST")));
+
+  argv.push_back("--metrics.file=" + dir.file("metrics.jsonl"));
+  Subprocess again(argv);
+  ASSERT_EQ(again.wait(240s), 0) << again.output();
+  EXPECT_NE(again.output().find("resuming from"), std::string::npos) << again.output();
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_FALSE(epochs.empty()) << again.output();
+  EXPECT_EQ(json_number(epochs.back(), "epoch"), 2) << epochs.back();
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 8000) << e;
+}
+
+}  // namespace
+}  // namespace shoal
