@@ -95,9 +95,12 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
                             << (sync_ ? "sync job, waiting for " + std::to_string(config.workers) + " ranks"
                                       : "waiting for " + std::to_string(config.servers) + " servers and " +
                                             std::to_string(config.workers) + " workers"));
-  if (!config.checkpoint_dir.empty() && sync_)
-    SHOAL_LOG(log_, warn, "checkpoint.dir is set, but checkpoints are taken in async jobs only so far");
-  else if (!config.checkpoint_dir.empty())
+  SHOAL_REQUIRE(!config.checkpoint_resume.empty(), ConfigError,
+                "checkpoint.resume is empty: it is auto, never or the path of a checkpoint directory");
+  const bool named = config.checkpoint_resume != "auto" && config.checkpoint_resume != "never";
+  if (sync_ && (!config.checkpoint_dir.empty() || named))
+    SHOAL_LOG(log_, warn, "checkpoints are taken and resumed in async jobs only so far: checkpoint.* ignored");
+  else if (!config.checkpoint_dir.empty() || named)
     resume_from_checkpoint();
 }
 
@@ -106,6 +109,7 @@ void Coordinator::resume_from_checkpoint() {
   if (mode == "never") return;
   std::string dir;
   if (mode == "auto") {
+    if (config_.checkpoint_dir.empty()) return;
     auto found = find_resumable(config_.checkpoint_dir, [&](const std::string& d, const std::string& why) {
       SHOAL_LOG(log_, warn, "not resuming from " << d << ": " << why);
     });
@@ -185,7 +189,7 @@ void Coordinator::publish_table() {
   t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
   table_ = t;
   auto leases = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
-                                           ms(config_.lease_timeout_seconds));
+                                            ms(config_.lease_timeout_seconds));
   leases_ = leases.get();
   book_ = std::move(leases);
   if (!restored_from_.empty()) {
@@ -391,7 +395,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
                          static_cast<std::int64_t>(d.getCorrect())};
         steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
-        if (recovering_) {
+        if (recovering_ && missing_servers_.empty()) {
           // The job goes on: a shard completed after the loss was handled.
           const double seconds = seconds_between(recovering_->lost_at, now);
           SHOAL_LOG(log_, info,
@@ -446,7 +450,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         return;
       }
       Outgoing out("coordinator", in.request_id());
-      out.body().setStoreValue(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(it->second.data()), it->second.size()));
+      out.body().setStoreValue(
+          kj::arrayPtr(reinterpret_cast<const capnp::byte*>(it->second.data()), it->second.size()));
       socket_.send(in.peer, out);
       return;
     }
@@ -490,8 +495,7 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
 }
 
 bool Coordinator::checkpoint_due(Clock::time_point now) const {
-  if (sync_ || config_.checkpoint_dir.empty() || leases_ == nullptr || checkpoint_ || end_ ||
-      !missing_servers_.empty())
+  if (sync_ || config_.checkpoint_dir.empty() || leases_ == nullptr || checkpoint_ || end_ || !missing_servers_.empty())
     return false;
   if (steps_ == checkpoint_step_) return false;  // nothing new since the last one
   const std::int64_t since = steps_ - std::max<std::int64_t>(checkpoint_step_, 0);
@@ -517,7 +521,8 @@ void Coordinator::begin_checkpoint(Clock::time_point now) {
     SHOAL_LOG(log_, error, "cannot create checkpoint directory " << c.dir << ": " << ec.message());
     return;
   }
-  SHOAL_LOG(log_, info, "checkpoint " << c.name << ": draining (no new shard until every worker is at a step boundary)");
+  SHOAL_LOG(log_, info,
+            "checkpoint " << c.name << ": draining (no new shard until every worker is at a step boundary)");
   checkpoint_ = std::move(c);
 }
 
@@ -534,8 +539,8 @@ void Coordinator::abandon_checkpoint(const std::string& why) {
 
 void Coordinator::snapshot_servers(Clock::time_point now) {
   CheckpointInProgress& c = *checkpoint_;
-  c.position = "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" +
-               leases_->save();
+  c.position =
+      "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" + leases_->save();
   // Short waits: the coordinator answers nobody while it waits here.
   Seconds wait(std::min(config_.request_timeout_seconds, std::max(0.5, config_.dead_after_seconds / 2)));
   for (const auto& s : table_->servers) {
@@ -554,9 +559,9 @@ void Coordinator::snapshot_servers(Clock::time_point now) {
   c.snapshotted = Clock::now();
   SHOAL_LOG(log_, info,
             "checkpoint " << c.name << ": cut at step " << c.step << "; training stalled "
-                          << static_cast<long long>(1000 * seconds_between(c.started, c.snapshotted))
-                          << " ms (drain " << static_cast<long long>(1000 * seconds_between(c.started, now))
-                          << " ms, snapshots " << static_cast<long long>(1000 * seconds_between(now, c.snapshotted))
+                          << static_cast<long long>(1000 * seconds_between(c.started, c.snapshotted)) << " ms (drain "
+                          << static_cast<long long>(1000 * seconds_between(c.started, now)) << " ms, snapshots "
+                          << static_cast<long long>(1000 * seconds_between(now, c.snapshotted))
                           << " ms); the servers write in the background");
 }
 
@@ -865,8 +870,7 @@ CoordinatorResult Coordinator::run() {
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());
   if (preempted_)
-    std::printf("stopped: %s; run the same command again to resume (checkpoint.resume = auto)\n",
-                end_->reason.c_str());
+    std::printf("stopped: %s; run the same command again to resume (checkpoint.resume = auto)\n", end_->reason.c_str());
   else if (sync_)
     std::printf("final test accuracy: %.2f%% (%s, sync, %lld workers, %lld epochs, %.1f s)\n",
                 100 * result_.final_test_accuracy, config_.model.c_str(), static_cast<long long>(config_.workers),

@@ -96,7 +96,7 @@ class Coordinator {
   std::int64_t servers_wanted_;
   std::unique_ptr<WorkBook> book_;
   static constexpr std::size_t kMaxStoreKeys = 65536;
-  std::map<std::string, std::string> store_;  // the rendezvous store (sync jobs)
+  std::map<std::string, std::string> store_;            // the rendezvous store (sync jobs)
   std::map<std::string, bool> told_;                    // members told that the job is over
   std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;
@@ -116,18 +116,18 @@ class Coordinator {
     std::string buffers_holder;  // the worker told to write the batch-norm buffers
   };
   LeaseBook* leases_ = nullptr;  // book_, in async jobs
-  std::string layout_;            // the model's parameters and buffers (the `layout` file)
+  std::string layout_;           // the model's parameters and buffers (the `layout` file)
   bool has_buffers_ = false;
   std::optional<CheckpointInProgress> checkpoint_;
   std::map<std::string, std::unique_ptr<ControlClient>> server_clients_;
   std::map<std::string, bool> at_boundary_;  // worker -> asked for work since its last task
-  std::int64_t steps_ = 0;                    // global steps: batches reported by workers
-  std::int64_t checkpoint_step_ = -1;         // of the newest complete checkpoint
-  Clock::time_point checkpoint_time_;         // when it was cut (the job's start if none)
+  std::int64_t steps_ = 0;                   // global steps: batches reported by workers
+  std::int64_t checkpoint_step_ = -1;        // of the newest complete checkpoint
+  Clock::time_point checkpoint_time_;        // when it was cut (the job's start if none)
   std::string restored_from_;
   std::string restored_position_;
-  std::string newest_checkpoint_;             // directory of the newest complete checkpoint
-  std::set<std::string> missing_servers_;     // lost and not back yet: the job is paused
+  std::string newest_checkpoint_;          // directory of the newest complete checkpoint
+  std::set<std::string> missing_servers_;  // lost and not back yet: the job is paused
   Clock::time_point paused_since_;
   struct Recovery {
     std::string who;

@@ -288,7 +288,8 @@ std::vector<EpochReport> LeaseBook::restore(const std::string& text, TimePoint n
     r.test_accuracy = parse_real(need(f, "test_accuracy"), "test_accuracy");
     r.shards_done = static_cast<std::int64_t>(std::count(done.begin(), done.end(), true));
     r.complete = r.shards_done == r.shards_total;
-    SHOAL_REQUIRE(!r.evaluated || r.complete, CheckpointError, "position: epoch " << e << " evaluated but not complete");
+    SHOAL_REQUIRE(!r.evaluated || r.complete, CheckpointError,
+                  "position: epoch " << e << " evaluated but not complete");
     if (r.complete) r.completed = now;
     for (const auto& shard : shards)
       if (!done[static_cast<std::size_t>(shard.index)]) queue_.emplace_back(e, shard.index);
@@ -297,7 +298,8 @@ std::vector<EpochReport> LeaseBook::restore(const std::string& text, TimePoint n
   }
   opened_ = opened;
   next_report_ = 1;
-  while (reports_.count(next_report_) && reports_[next_report_].evaluated) evaluated.push_back(reports_[next_report_++]);
+  while (reports_.count(next_report_) && reports_[next_report_].evaluated)
+    evaluated.push_back(reports_[next_report_++]);
   return evaluated;
 }
 

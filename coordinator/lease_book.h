@@ -23,7 +23,6 @@ namespace shoal {
 
 class LeaseBook final : public WorkBook {
  public:
-
   LeaseBook(std::int64_t samples, std::int64_t shard_size, std::int64_t epochs,
             std::chrono::steady_clock::duration lease_timeout);
 

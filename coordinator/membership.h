@@ -23,7 +23,7 @@ struct Member {
   bool alive = true;
   bool finished = false;  // workers: told the job is over
   bool said_goodbye = false;
-  std::uint64_t clock = 0;  // workers: steps pushed, as the last heartbeat said
+  std::uint64_t clock = 0;       // workers: steps pushed, as the last heartbeat said
   Clock::time_point progressed;  // when its clock last moved (or it registered)
 };
 

@@ -49,7 +49,7 @@ FileEntry write_file_atomic(const std::string& dir, const std::string& name, con
 // A whole file; throws CheckpointError naming the path when it cannot be read.
 std::string read_whole_file(const std::string& path);
 
-std::string checkpoint_name(std::int64_t step);                           // "ckpt-<step>"
+std::string checkpoint_name(std::int64_t step);                              // "ckpt-<step>"
 std::optional<std::int64_t> parse_checkpoint_name(const std::string& name);  // nullopt if not one
 
 struct Manifest {

@@ -304,7 +304,8 @@ void ControlClient::store_set(const std::string& key, const std::vector<char>& v
   throw_if_dropped(reply, sender_);
   if (reply.kind() == wire::Envelope::Body::ERROR) {
     auto err = reply.envelope().getBody().getError();
-    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) throw_job_failure(job_end_from_wire(err.getEnd()));
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd())
+      throw_job_failure(job_end_from_wire(err.getEnd()));
     SHOAL_THROW(ProtocolError, "store set of '" << key << "' refused: " << err.getMessage().cStr());
   }
 }
@@ -317,7 +318,8 @@ std::optional<std::vector<char>> ControlClient::store_get(const std::string& key
   if (reply.kind() == wire::Envelope::Body::ERROR) {
     auto err = reply.envelope().getBody().getError();
     if (err.getCode() == wire::ErrorCode::NOT_READY) return std::nullopt;
-    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) throw_job_failure(job_end_from_wire(err.getEnd()));
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd())
+      throw_job_failure(job_end_from_wire(err.getEnd()));
     SHOAL_THROW(ProtocolError, "store get of '" << key << "' refused: " << err.getMessage().cStr());
   }
   SHOAL_REQUIRE(reply.kind() == wire::Envelope::Body::STORE_VALUE, ProtocolError,

@@ -17,10 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "core/checkpoint.h"
 #include "core/collective.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/checkpoint.h"
 #include "core/partition.h"
 #include "core/transport.h"
 
@@ -51,7 +51,7 @@ struct LeaseTask {
   enum Kind { shard, evaluate, wait, finished, save_buffers } kind = wait;
   std::int64_t epoch = 0, index = 0, begin = 0, end = 0;
   std::uint32_t wait_ms = 0;
-  JobEnd job_end;  // finished
+  JobEnd job_end;         // finished
   std::int64_t step = 0;  // save_buffers: the checkpoint's step and directory
   std::string dir;
 };

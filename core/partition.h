@@ -33,7 +33,7 @@ struct PartitionTable {
   std::vector<std::string> live_workers;
   std::int64_t steps_per_epoch = 1;
   std::int64_t train_samples = 0;
-  std::string restore;  // the checkpoint directory the job resumes from ("": none)
+  std::string restore;            // the checkpoint directory the job resumes from ("": none)
   std::uint64_t start_clock = 0;  // where a worker that joins a running job starts
 
   // Index into servers of the owner of `key`; throws InternalError if none.

@@ -152,7 +152,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   std::vector<std::string> passed;
   for (const auto& a : overrides) {
     bool ours = false;
-    for (const char* key : {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress"})
+    for (const char* key :
+         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress"})
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }
@@ -194,8 +195,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
               "starting a local sync job through mpirun: " << config.workers << " ranks (" << worker_threads
                                                            << " threads each), coordinator in rank 0 at "
                                                            << coordinator);
-    std::vector<std::string> argv{"mpirun", "-np", std::to_string(config.workers), "--oversubscribe", "--bind-to",
-                                  "none"};
+    std::vector<std::string> argv{"mpirun",          "-np",       std::to_string(config.workers),
+                                  "--oversubscribe", "--bind-to", "none"};
     if (geteuid() == 0) argv.push_back("--allow-run-as-root");
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
       std::string kv = *e;
@@ -249,9 +250,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     if (g_signal != 0 && !interrupted) {
       // Before reaping: children that saw the same Ctrl-C must not decide the exit code.
       interrupted = true;
-      auto coordinator_child = std::find_if(children.begin(), children.end(), [](const Child& c) {
-        return c.name == "coordinator" && !c.exited;
-      });
+      auto coordinator_child = std::find_if(children.begin(), children.end(),
+                                            [](const Child& c) { return c.name == "coordinator" && !c.exited; });
       if (coordinator_child != children.end() && g_signal == SIGTERM) {
         // Preemption: the coordinator stops the job at a step boundary (after a last
         // checkpoint) and tells every process; the job's exit code is then the coordinator's.
@@ -276,13 +276,14 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         drain(c, width);
         // The supervisor: a dead parameter server is restarted (it restores its shard from the
         // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job).
-        const bool restartable = c.name.rfind("ps.", 0) == 0 || (config.launch_restart_workers && !sync &&
-                                                                  c.name.rfind("worker.", 0) == 0);
+        const bool restartable =
+            c.name.rfind("ps.", 0) == 0 || (config.launch_restart_workers && !sync && c.name.rfind("worker.", 0) == 0);
         // Retried: a death by a signal, an internal or I/O error, a timeout (a worker dropped
         // from the job after a stall or a network cut). Not: a failed job (its code), bad
         // configuration, data, checkpoint or device, a protocol error (docs/checkpoint-format.md).
         const bool retryable = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
-                               c.code == static_cast<int>(ExitCode::io) || c.code == static_cast<int>(ExitCode::timeout);
+                               c.code == static_cast<int>(ExitCode::io) ||
+                               c.code == static_cast<int>(ExitCode::timeout);
         if (retryable && restartable && !interrupted && result < 0) {
           if (c.restarts < config.launch_max_restarts) {
             SHOAL_LOG(log, warn,
@@ -295,8 +296,9 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
             c = std::move(again);
             continue;
           }
-          SHOAL_LOG(log, error, c.name << " exited with code " << c.code << " and was restarted "
-                                       << c.restarts << " times already (launch.max_restarts): not again");
+          SHOAL_LOG(log, error,
+                    c.name << " exited with code " << c.code << " and was restarted " << c.restarts
+                           << " times already (launch.max_restarts): not again");
         }
         if (c.code != 0)
           SHOAL_LOG(log, warn, c.name << " exited with code " << c.code);
@@ -309,8 +311,9 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
                                 c.code == static_cast<int>(ExitCode::data) ||
                                 c.code == static_cast<int>(ExitCode::device);
         if (c.name != decider && cannot_run && !interrupted && result < 0) {
-          SHOAL_LOG(log, warn, c.name << " cannot run (" << exit_code_name(static_cast<ExitCode>(c.code))
-                                      << "): stopping every process of the job");
+          SHOAL_LOG(log, warn,
+                    c.name << " cannot run (" << exit_code_name(static_cast<ExitCode>(c.code))
+                           << "): stopping every process of the job");
           result = c.code;
           stop_at = Clock::now();
         }

@@ -117,7 +117,8 @@ std::string checkpoint_named_by(const std::string& dir, bool* verified) {
 
 // "7 chunks: 0:120 400:118 ..." or, for many chunks, the count and the range of updates.
 std::string describe_updates(const std::vector<std::pair<std::int64_t, std::int64_t>>& updates) {
-  std::string out = std::to_string(updates.size()) + (updates.size() == 1 ? " chunk" : " chunks");
+  std::string out = std::to_string(updates.size());
+  out += updates.size() == 1 ? " chunk" : " chunks";
   if (updates.size() <= 8) {
     out += " (first element:updates)";
     for (const auto& [first, count] : updates) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <thread>
@@ -66,8 +67,7 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
     if (options.staleness == 0) c.sum = backend_.allocate(Shape{c.span.numel});
     chunks_.push_back(std::move(c));
   }
-  if (!ranges.empty())
-    SHOAL_LOG(log_, info, "restored " << chunks_.size() << " chunks from " << table.restore);
+  if (!ranges.empty()) SHOAL_LOG(log_, info, "restored " << chunks_.size() << " chunks from " << table.restore);
   set_live_workers(table.live_workers);
   // The workers of the table count from the table's clock (0 when the job starts; the slowest
   // live clock when this server was restarted into a running job): a worker ahead of it says so
@@ -218,6 +218,14 @@ void ParameterServer::take_snapshot() {
   const auto started = std::chrono::steady_clock::now();
   auto w = std::make_unique<Writer>();
   w->step = order.step;
+  Outgoing ack(id_, order.request_id);
+  ack.body().setAck();
+  if (chunks_.empty()) {  // more servers than chunks: this one owns nothing, and writes nothing
+    socket_.send(order.peer, ack);
+    w->done = true;
+    writer_ = std::move(w);
+    return;
+  }
   // The values are held, not copied: updates go on into other buffers. The optimizer state is
   // updated in place, so it is copied now (the only copy pushes wait for).
   w->values = store_.snapshot();
@@ -240,8 +248,6 @@ void ParameterServer::take_snapshot() {
     w->slots.push_back(std::move(copy));
   }
   w->copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  Outgoing ack(id_, order.request_id);
-  ack.body().setAck();
   socket_.send(order.peer, ack);
   Writer* writer = w.get();
   w->thread = std::thread([writer, r = std::move(r), dir = order.dir] {
@@ -259,13 +265,16 @@ void ParameterServer::take_snapshot() {
 
 std::optional<CheckpointReport> ParameterServer::take_written_checkpoint() {
   if (!writer_ || !writer_->done.load(std::memory_order_acquire)) return std::nullopt;
-  writer_->thread.join();
+  if (writer_->thread.joinable()) writer_->thread.join();
   std::unique_ptr<Writer> w = std::move(writer_);
   if (w->error) std::rethrow_exception(w->error);
-  SHOAL_LOG(log_, info,
-            "checkpoint of step " << w->step << ": " << w->file->name << " (" << w->file->size / 1000000.0
-                                  << " MB) written in " << w->write_seconds << " s; pushes waited "
-                                  << 1000 * w->copy_seconds << " ms for the copy");
+  if (!w->file) return CheckpointReport{w->step, {}, 0, 0};
+  char line[200];
+  std::snprintf(line, sizeof(line),
+                "checkpoint of step %lld: %s (%.2f MB) written in %.3f s; pushes waited %.2f ms for the copy",
+                static_cast<long long>(w->step), w->file->name.c_str(), static_cast<double>(w->file->size) / 1e6,
+                w->write_seconds, 1000 * w->copy_seconds);
+  SHOAL_LOG(log_, info, line);
   return CheckpointReport{w->step, {*w->file}, w->copy_seconds, w->write_seconds};
 }
 
@@ -400,8 +409,7 @@ void ParameterServer::handle_push(Incoming& in) {
     // The push asks for its chunks back, as a pull for the next step would; the reply is its
     // acknowledgement. An idle push (no chunks) asks for every chunk.
     parked_.push_back(ParkedPull{in.peer, worker, in.request_id(), clock + 1,
-                                 std::chrono::steady_clock::now() + options_.pull_timeout, false,
-                                 std::move(indices)});
+                                 std::chrono::steady_clock::now() + options_.pull_timeout, false, std::move(indices)});
     return;
   }
   // Acknowledged once the batch is applied: until then the frames may be the worker's own
@@ -418,8 +426,13 @@ void ParameterServer::handle_pull(Incoming& in) {
     auto& clock = clocks_[in.sender()];
     clock = std::max<std::uint64_t>(clock, pull.getClock());
   }
-  parked_.push_back(ParkedPull{in.peer, in.sender(), in.request_id(), pull.getBounded() ? pull.getClock() : 0,
-                               std::chrono::steady_clock::now() + options_.pull_timeout, false, {}});
+  parked_.push_back(ParkedPull{in.peer,
+                               in.sender(),
+                               in.request_id(),
+                               pull.getBounded() ? pull.getClock() : 0,
+                               std::chrono::steady_clock::now() + options_.pull_timeout,
+                               false,
+                               {}});
 }
 
 void ParameterServer::handle(Incoming& in) {
@@ -532,7 +545,8 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
   options.optimizer = config.optimizer;
   options.lr_staleness = parse_lr_staleness(config.lr_staleness);
-  options.threads = config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
+  options.threads =
+      config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
   options.schedule.kind = parse_lr_schedule(config.lr_schedule);
   options.schedule.base_lr = config.optimizer.lr;
   options.schedule.warmup_steps =

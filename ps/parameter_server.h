@@ -106,7 +106,7 @@ class ParameterServer {
     std::string peer, worker;
     std::uint64_t request_id = 0, clock = 0;
     std::chrono::steady_clock::time_point deadline;
-    bool counted = false;  // counted as parked (it could not be answered in its own batch)
+    bool counted = false;             // counted as parked (it could not be answered in its own batch)
     std::vector<std::size_t> chunks;  // a push's pullAfter: the chunks it carried; empty: all
   };
   // An async update waiting for the end of its batch; `grad` borrows a frame of `batch_`.
@@ -148,7 +148,7 @@ class ParameterServer {
   ServerOptions options_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<ChunkState> chunks_;
-  ChunkStore store_;  // chunk i of chunks_ is chunk i here
+  ChunkStore store_;                  // chunk i of chunks_ is chunk i here
   std::unique_ptr<UpdatePool> pool_;  // with threads > 1
   std::uint32_t first_key_ = 0;
   std::set<std::string> live_, left_, known_;

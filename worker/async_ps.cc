@@ -7,8 +7,8 @@
 
 namespace shoal {
 
-AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id,
-                                 Backend& backend, Model& model, Logger log, AsyncPsOptions options)
+AsyncPsStrategy::AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Backend& backend,
+                                 Model& model, Logger log, AsyncPsOptions options)
     : table_(table),
       id_(std::move(worker_id)),
       backend_(backend),
@@ -46,8 +46,7 @@ void AsyncPsStrategy::connect(Network& network) {
 
 void AsyncPsStrategy::retarget(Network& network, const PartitionTable& table) {
   SHOAL_REQUIRE(table.total_elements == table_.total_elements, ProtocolError,
-                "the new partition table covers " << table.total_elements << " values, not "
-                                                  << table_.total_elements);
+                "the new partition table covers " << table.total_elements << " values, not " << table_.total_elements);
   // Nothing may still read the arena or the mirrors through the old connections.
   for (auto& copy : copies_) copy.landed->wait();
   copies_.clear();
@@ -59,8 +58,9 @@ void AsyncPsStrategy::retarget(Network& network, const PartitionTable& table) {
   connect(network);
   fresh_ = false;  // pull everything before the next step
   ready_offset_ = 0;
-  SHOAL_LOG(log_, info, "partition table version " << table.version << ": reconnected to " << links_.size()
-                                                   << " servers; pulling the parameters again at step " << clock_);
+  SHOAL_LOG(log_, info,
+            "partition table version " << table.version << ": reconnected to " << links_.size()
+                                       << " servers; pulling the parameters again at step " << clock_);
 }
 
 float* AsyncPsStrategy::pull_target() {

@@ -4,8 +4,8 @@
 // after the last push issue the pull for the next step (a server answers a connection's
 // messages in order, so the reply carries this step's updates). Gradient frames are sent
 // zero-copy from the gradient arena, which is why the next step waits for every
-// acknowledgement, with the pulled parameters, before backward may overwrite it. At most `max_in_flight` pushes per server are
-// unacknowledged; every wait has a deadline.
+// acknowledgement, with the pulled parameters, before backward may overwrite it. At most `max_in_flight` pushes per
+// server are unacknowledged; every wait has a deadline.
 //
 // On a GPU the model lives in device memory and the wire needs host bytes: each range of
 // gradients that backward finishes is copied to a pinned host mirror on the backend's copy
@@ -16,8 +16,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -53,8 +53,8 @@ struct AsyncPsOptions {
 
 class AsyncPsStrategy final : public DistributedStrategy {
  public:
-  AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Backend& backend,
-                  Model& model, Logger log, AsyncPsOptions options);
+  AsyncPsStrategy(Network& network, const PartitionTable& table, std::string worker_id, Backend& backend, Model& model,
+                  Logger log, AsyncPsOptions options);
 
   void begin_step(Model& model, std::int64_t step) override;
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;

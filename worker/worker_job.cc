@@ -8,12 +8,12 @@
 #include <thread>
 
 #include "core/checkpoint.h"
+#include "core/collective_mpi.h"
 #include "core/control_client.h"
 #include "core/device_select.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "models/dataset.h"
-#include "core/collective_mpi.h"
 #include "worker/async_ps.h"
 #include "worker/sync_allreduce.h"
 #include "worker/sync_world.h"
@@ -109,59 +109,60 @@ void run_job_loop(JobContext& job) {
     while (true) {
       try {
         if (stopped()) return leave("between steps");
-      if (auto end = heartbeat.job_end()) {
-        if (end->code != ExitCode::ok) throw_job_failure(*end);
-        SHOAL_LOG(log, info, "stopping: the job is over");
-        break;
-      }
-      heartbeat.check();  // the coordinator lost, or this worker dropped from the job
-      // Async: parameters first, then the lease, so that in a synchronous parameter-server job
-      // every worker's step c is drawn from the shards handed out for step c.
-      strategy.before_task();
-      heartbeat.set_clock(strategy.clock());
-      LeaseTask task = control.request_lease();
-      if (task.kind == LeaseTask::finished) {
-        strategy.leave();
-        if (task.job_end.code != ExitCode::ok) throw_job_failure(task.job_end);
-        SHOAL_LOG(log, info,
-                  "job finished: trained " << shards << " shards, " << samples << " samples, " << strategy.clock()
-                                           << " steps");
-        break;
-      }
-      if (task.kind == LeaseTask::save_buffers) {
-        save_buffers(job, task);
-        continue;
-      }
-      if (task.kind == LeaseTask::wait) {
-        strategy.idle();
-        std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::uint32_t>(task.wait_ms, 5)));
-        continue;
-      }
-      if (task.kind == LeaseTask::evaluate) {
-        SHOAL_LOG(log, info, "evaluating the model after epoch " << task.epoch);
-        EvalResult r = strategy.evaluate(trainer, data.test);
-        if (stopped()) return leave("while evaluating");  // not reported: leaving hands the evaluation back
-        control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
-        continue;
-      }
-      if (task.epoch != permutation_epoch) {
-        order = epoch_permutation(data.train.count, config.seed, task.epoch);
-        permutation_epoch = task.epoch;
-      }
-      SHOAL_REQUIRE(task.end <= data.train.count, ProtocolError,
-                    "shard [" << task.begin << ", " << task.end << ") is outside the " << data.train.count
-                              << " training samples this worker has: do all processes use the same data?");
-      if (task.epoch > logged_epoch) {  // one line per epoch, so a supervisor (or a test) sees progress
-        SHOAL_LOG(log, info, "training epoch " << task.epoch << " (first shard: " << task.index << ")");
-        logged_epoch = task.epoch;
-      }
-      auto started = std::chrono::steady_clock::now();
-      LossStats s = strategy.train(trainer, data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
-      if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
-      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
-      ++shards;
-      samples += s.count;
+        if (auto end = heartbeat.job_end()) {
+          if (end->code != ExitCode::ok) throw_job_failure(*end);
+          SHOAL_LOG(log, info, "stopping: the job is over");
+          break;
+        }
+        heartbeat.check();  // the coordinator lost, or this worker dropped from the job
+        // Async: parameters first, then the lease, so that in a synchronous parameter-server job
+        // every worker's step c is drawn from the shards handed out for step c.
+        strategy.before_task();
+        heartbeat.set_clock(strategy.clock());
+        LeaseTask task = control.request_lease();
+        if (task.kind == LeaseTask::finished) {
+          strategy.leave();
+          if (task.job_end.code != ExitCode::ok) throw_job_failure(task.job_end);
+          SHOAL_LOG(log, info,
+                    "job finished: trained " << shards << " shards, " << samples << " samples, " << strategy.clock()
+                                             << " steps");
+          break;
+        }
+        if (task.kind == LeaseTask::save_buffers) {
+          save_buffers(job, task);
+          continue;
+        }
+        if (task.kind == LeaseTask::wait) {
+          strategy.idle();
+          std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::uint32_t>(task.wait_ms, 5)));
+          continue;
+        }
+        if (task.kind == LeaseTask::evaluate) {
+          SHOAL_LOG(log, info, "evaluating the model after epoch " << task.epoch);
+          EvalResult r = strategy.evaluate(trainer, data.test);
+          if (stopped()) return leave("while evaluating");  // not reported: leaving hands the evaluation back
+          control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
+          continue;
+        }
+        if (task.epoch != permutation_epoch) {
+          order = epoch_permutation(data.train.count, config.seed, task.epoch);
+          permutation_epoch = task.epoch;
+        }
+        SHOAL_REQUIRE(task.end <= data.train.count, ProtocolError,
+                      "shard [" << task.begin << ", " << task.end << ") is outside the " << data.train.count
+                                << " training samples this worker has: do all processes use the same data?");
+        if (task.epoch > logged_epoch) {  // one line per epoch, so a supervisor (or a test) sees progress
+          SHOAL_LOG(log, info, "training epoch " << task.epoch << " (first shard: " << task.index << ")");
+          logged_epoch = task.epoch;
+        }
+        auto started = std::chrono::steady_clock::now();
+        LossStats s =
+            strategy.train(trainer, data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
+        if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
+        ++shards;
+        samples += s.count;
       } catch (const TableChanged&) {
         SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
         if (!take_new_table()) return leave("while waiting for a parameter server to come back");
@@ -198,9 +199,8 @@ void run_job_loop(JobContext& job) {
 // reports the same one line naming the lost rank instead of a transport error.
 [[noreturn]] void rethrow_with_verdict(Heartbeat& heartbeat, const JobConfig& config) {
   std::exception_ptr error = std::current_exception();
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      Seconds(config.dead_after_seconds + 2 * config.heartbeat_seconds));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(Seconds(
+                                                         config.dead_after_seconds + 2 * config.heartbeat_seconds));
   while (std::chrono::steady_clock::now() < deadline) {
     if (auto end = heartbeat.job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -308,8 +308,8 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
   // Dropout differs per worker.
-  Trainer trainer(*l.backend, *l.model, strategy, l.norm, trainer_options(config, hash_combine(config.seed, hash_string(id))),
-                  log, progress, no_metrics);
+  Trainer trainer(*l.backend, *l.model, strategy, l.norm,
+                  trainer_options(config, hash_combine(config.seed, hash_string(id))), log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   auto take_new_table = [&]() -> bool {
     auto table = control.fetch_table(2 * startup, stop);
@@ -318,16 +318,16 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
     strategy.retarget(network, *table);
     return true;
   };
-  JobContext job{config, log,    stop, control, heartbeat, strategy, trainer, l.data, l.backend.get(), l.model.get(),
-                 take_new_table};
+  JobContext job{config,          log,           stop,          control, heartbeat, strategy, trainer, l.data,
+                 l.backend.get(), l.model.get(), take_new_table};
   run_job_loop(job);
   report_memory(*l.backend, log);
 }
 
 void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop) {
   // The device kind decides the collective (auto: nccl on GPUs); the GPU index needs the rank.
-  const bool cuda = choose_device(config.device, std::nullopt, cuda_device_count(), cuda_built()).device.kind ==
-                    DeviceKind::cuda;
+  const bool cuda =
+      choose_device(config.device, std::nullopt, cuda_device_count(), cuda_built()).device.kind == DeviceKind::cuda;
   SyncSetup setup = resolve_sync_setup(config, cuda);
   if (setup.under_mpirun) {
     // The world is what mpirun started; the coordinator runs in rank 0 and its address
@@ -393,8 +393,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   MetricsWriter no_metrics;
   // Every rank draws the randomness one process with the global batch would (dropout).
   TrainerOptions topts = trainer_options(config, config.seed);
-  std::int64_t steps_per_epoch =
-      std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
+  std::int64_t steps_per_epoch = std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
   topts.schedule = make_lr_schedule(config.lr_schedule, config.optimizer.lr, config.warmup_epochs, config.step_epochs,
                                     config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);

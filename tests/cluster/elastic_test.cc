@@ -24,6 +24,14 @@ using testing::Subprocess;
 using testing::TempDir;
 
 const std::string kShoal = SHOAL_BINARY;
+
+// Time targets hold for the plain build; under a sanitizer every process runs a few times
+// slower, so there the bound is three times the target (the time is printed either way).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double kSlowdown = 3;
+#else
+constexpr double kSlowdown = 1;
+#endif
 const std::string kJob = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_async.ini";
 
 std::size_t count_of(const std::string& text, const std::string& needle) {
@@ -149,6 +157,30 @@ TEST(Checkpoint, WholeJobKilledResumesFromTheNewestIntactCheckpointWithThreeServ
   EXPECT_GT(json_number(epochs.back(), "test_accuracy"), 0.70) << epochs.back();
 }
 
+TEST(Checkpoint, ANamedCheckpointThatIsMissingOrCorruptStopsTheJobNamingTheFile) {
+  TempDir root, dir;
+  auto missing = testing::run({kShoal, "coordinator", kJob, "--checkpoint.resume=" + root.file("ckpt-40")}, {}, 60s);
+  EXPECT_EQ(missing.exit_code, 5) << missing.output;
+  EXPECT_NE(missing.output.find(root.file("ckpt-40") + "/MANIFEST"), std::string::npos) << missing.output;
+  // A complete checkpoint with one byte changed.
+  {
+    Job a(job(root, dir), 2, 2);
+    ASSERT_TRUE(wait_for(a.coordinator_process(), " written: ", 120s)) << a.output();
+    for (auto& p : a.processes) p->signal(SIGKILL);
+    for (auto& p : a.processes) p->wait(10s);
+  }
+  std::string latest = read_file(root.file("LATEST"));
+  latest.erase(latest.find_last_not_of(" \n") + 1);
+  {
+    std::fstream f(root.file(latest + "/position"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0);
+    f.write("X", 1);
+  }
+  auto corrupt = testing::run({kShoal, "coordinator", kJob, "--checkpoint.resume=" + root.file(latest)}, {}, 60s);
+  EXPECT_EQ(corrupt.exit_code, 5) << corrupt.output;
+  EXPECT_NE(corrupt.output.find(root.file(latest) + "/position"), std::string::npos) << corrupt.output;
+}
+
 TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
   TempDir ckpt, dir;
   std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
@@ -189,7 +221,7 @@ TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
   const double seconds = json_number(recovery[0], "seconds");
   std::printf("recovery time from kill -9 of a worker to the next completed shard: %.2f s (default settings)\n",
               seconds);
-  EXPECT_LT(seconds, 5.0) << recovery[0];
+  EXPECT_LT(seconds, 5.0 * kSlowdown) << recovery[0];
   auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 3u) << out;
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
@@ -198,8 +230,8 @@ TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
 TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins) {
   TempDir ckpt, dir;
   std::vector<std::string> argv{kShoal, "launch", kJob, "--local", "--launch.restart_workers=true"};
-  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
-  argv.push_back("--train.epochs=8");  // long enough to rejoin before the end
+  for (const auto& a : job(ckpt, dir))
+    argv.push_back(a == "--train.epochs=3" ? "--train.epochs=8" : a);  // time to rejoin
   Subprocess launch(argv);
   ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
   pid_t w1 = pid_of(launch.output(), "worker.1");
@@ -213,7 +245,7 @@ TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins
   const std::string out = launch.output();
   EXPECT_NE(out.find("worker.1 exited with code 6; restarting it"), std::string::npos) << out;
   auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
-  ASSERT_EQ(epochs.size(), 8u) << out;
+  ASSERT_EQ(epochs.size(), 8u) << out;  // (--train.epochs=8)
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
 }
 
@@ -237,7 +269,7 @@ TEST(Elastic, SigtermToTheLauncherCheckpointsStopsWithinTenSecondsAndTheJobResum
   ASSERT_EQ(launch.wait(30s), 0) << launch.output();
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
   std::printf("SIGTERM to exit 0 with a last checkpoint (cnn): %.2f s\n", took);
-  EXPECT_LT(took, 10.0) << launch.output();
+  EXPECT_LT(took, 10.0 * kSlowdown) << launch.output();
   EXPECT_NE(launch.output().find("after checkpoint ckpt-"), std::string::npos) << launch.output();
   ASSERT_TRUE(std::filesystem::exists(ckpt.file("LATEST")));
 

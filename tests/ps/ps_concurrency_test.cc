@@ -294,7 +294,6 @@ TEST(InprocPs, ConcurrentPushesAndPullsKeepVersionsAndHolds) {
   EXPECT_GT(server.store().stats().moved, 0u) << "some updates found their buffer held";
 }
 
-
 // A checkpoint's snapshot while a worker keeps pushing: the server acknowledges the order once it
 // holds its chunks, writes the range file on its own thread while updates go on into other
 // buffers, and the file holds one consistent cut: every chunk at the same number of updates
@@ -302,8 +301,8 @@ TEST(InprocPs, ConcurrentPushesAndPullsKeepVersionsAndHolds) {
 TEST(InprocPs, SnapshotIsOneCutWrittenInTheBackgroundWhileUpdatesGoOn) {
   constexpr int kSteps = 200;
   ServerThread s(/*elements=*/8 * 20000, /*chunk=*/20000, /*workers=*/1, /*threads=*/2);
-  const std::string dir = (std::filesystem::temp_directory_path() / ("shoal-snapshot-" + std::to_string(getpid())))
-                              .string();
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("shoal-snapshot-" + std::to_string(getpid()))).string();
   std::filesystem::create_directories(dir);
   std::atomic<int> pushed{0};
   std::atomic<bool> ordered{false};
