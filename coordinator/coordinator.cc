@@ -98,10 +98,7 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
   SHOAL_REQUIRE(!config.checkpoint_resume.empty(), ConfigError,
                 "checkpoint.resume is empty: it is auto, never or the path of a checkpoint directory");
   const bool named = config.checkpoint_resume != "auto" && config.checkpoint_resume != "never";
-  if (sync_ && (!config.checkpoint_dir.empty() || named))
-    SHOAL_LOG(log_, warn, "checkpoints are taken and resumed in async jobs only so far: checkpoint.* ignored");
-  else if (!config.checkpoint_dir.empty() || named)
-    resume_from_checkpoint();
+  if (!config.checkpoint_dir.empty() || named) resume_from_checkpoint();
 }
 
 void Coordinator::resume_from_checkpoint() {
@@ -172,8 +169,16 @@ void Coordinator::publish_table() {
     t.chunks.push_back(ChunkSpan{0, static_cast<std::uint32_t>(model_elements_)});
     t.train_samples = train_samples_;
     t.steps_per_epoch = std::max<std::int64_t>(1, train_samples_ / (config_.batch_size * config_.workers));
+    t.restore = restored_from_;
     table_ = t;
-    book_ = std::make_unique<SyncBook>(train_samples_, config_.epochs, static_cast<int>(config_.workers));
+    auto book = std::make_unique<SyncBook>(train_samples_, config_.epochs, static_cast<int>(config_.workers));
+    sync_book_ = book.get();
+    book_ = std::move(book);
+    if (!restored_from_.empty()) {
+      for (const EpochReport& r : sync_book_->restore(restored_position_, Clock::now()))
+        result_.final_test_accuracy = r.test_accuracy;
+      SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
+    }
     SHOAL_LOG(log_, info, "every rank registered; the sync job starts with " << config_.workers << " ranks");
     return;
   }
@@ -342,7 +347,14 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       Outgoing out("coordinator", in.request_id());
       auto grant = out.body().initLeaseGrant();
       at_boundary_[sender] = true;  // its pushes are applied: it waited for its parameters first
-      if (!over && ((checkpoint_ && checkpoint_->draining) || !missing_servers_.empty())) {
+      if (!over && sync_ && sync_checkpoint_holds(sender, now) &&
+          !(checkpoint_ && !checkpoint_->draining && checkpoint_->buffers_holder.empty() && member->rank == 0)) {
+        grant.setWait(20);  // every rank waits before the next epoch while a checkpoint is cut
+        socket_.send(in.peer, out);
+        return;
+      }
+      if (!over && !sync_ &&
+          ((checkpoint_ && (checkpoint_->draining || book_->finished())) || !missing_servers_.empty())) {
         grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
         socket_.send(in.peer, out);
         return;
@@ -394,7 +406,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       if (book_) {
         ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
                          static_cast<std::int64_t>(d.getCorrect())};
-        steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
+        // Global steps: a sync job's ranks train one step together (rank 0 counts them).
+        if (!sync_ || member->rank == 0) steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
         if (recovering_ && missing_servers_.empty()) {
           // The job goes on: a shard completed after the loss was handled.
           const double seconds = seconds_between(recovering_->lost_at, now);
@@ -495,8 +508,7 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
 }
 
 bool Coordinator::checkpoint_due(Clock::time_point now) const {
-  if (sync_ || config_.checkpoint_dir.empty() || leases_ == nullptr || checkpoint_ || end_ || !missing_servers_.empty())
-    return false;
+  if (config_.checkpoint_dir.empty() || !book_ || checkpoint_ || end_ || !missing_servers_.empty()) return false;
   if (steps_ == checkpoint_step_) return false;  // nothing new since the last one
   const std::int64_t since = steps_ - std::max<std::int64_t>(checkpoint_step_, 0);
   if (config_.checkpoint_every_steps > 0 && since >= config_.checkpoint_every_steps) return true;
@@ -643,7 +655,7 @@ void Coordinator::finish_checkpoint(Clock::time_point now) {
 void Coordinator::drive_checkpoint(Clock::time_point now) {
   if (term_ != nullptr && term_->load() && !terminating_ && !end_) {
     terminating_ = true;
-    const bool checkpoints = !sync_ && !config_.checkpoint_dir.empty() && leases_ != nullptr;
+    const bool checkpoints = !sync_ && !config_.checkpoint_dir.empty() && leases_ != nullptr;  // sync: not yet
     const bool old = checkpoint_step_ < 0 || now - checkpoint_time_ > ms(config_.checkpoint_on_term_older_than);
     SHOAL_LOG(log_, warn, "SIGTERM: stopping the job at a step boundary");
     if (checkpoints && old && steps_ != checkpoint_step_ && !checkpoint_) begin_checkpoint(now);
@@ -655,10 +667,31 @@ void Coordinator::drive_checkpoint(Clock::time_point now) {
     }
   }
   if (!checkpoint_) {
-    if (checkpoint_due(now)) begin_checkpoint(now);
+    // Sync jobs decide at an epoch's start (sync_checkpoint_holds), not here.
+    if (!sync_ && checkpoint_due(now)) begin_checkpoint(now);
     if (!checkpoint_) return;
   }
   CheckpointInProgress& c = *checkpoint_;
+  if (c.draining && sync_) {
+    // Every rank asked to train the next epoch: rank 0 writes the whole state (every rank
+    // holds the same), the others wait.
+    bool drained = sync_book_->boundary() == c.sync_epoch;
+    for (const auto& w : members_.live_workers())
+      if (!at_boundary_[w]) drained = false;
+    if (drained) {
+      c.position = "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" +
+                   sync_book_->save();
+      c.waiting.insert("buffers");
+      c.draining = false;
+      c.snapshotted = now;
+      SHOAL_LOG(log_, info,
+                "checkpoint " << c.name << ": cut after epoch " << c.sync_epoch << " (step " << c.step
+                              << "); rank 0 writes the state");
+    } else if (now - c.started > ms(config_.request_timeout_seconds)) {
+      abandon_checkpoint("the ranks did not reach the epoch boundary within cluster.request_timeout_seconds");
+    }
+    return;
+  }
   if (c.draining) {
     bool drained = leases_->outstanding() == 0;
     for (const auto& w : members_.live_workers())
@@ -675,6 +708,23 @@ void Coordinator::drive_checkpoint(Clock::time_point now) {
     for (const auto& w : c.waiting) missing += " " + w;
     abandon_checkpoint("no files from" + missing);
   }
+}
+
+bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_point now) {
+  const std::int64_t next = sync_book_->next_train_epoch(worker);
+  if (next < 0) return false;  // its next task is an evaluation: never held
+  // The first rank to ask for epoch `next` decides for every rank: a checkpoint after epoch
+  // next - 1, or none (a rank already training `next` must not find its peers held).
+  if (next > decided_epoch_ && !checkpoint_) {
+    decided_epoch_ = next;
+    // After the last epoch: the trained model, unless the newest checkpoint already holds it.
+    const bool last = next == config_.epochs + 1 && !config_.checkpoint_dir.empty() && steps_ != checkpoint_step_;
+    if (next > 1 && (checkpoint_due(now) || last)) {
+      begin_checkpoint(now);
+      if (checkpoint_) checkpoint_->sync_epoch = next - 1;
+    }
+  }
+  return checkpoint_ && checkpoint_->sync_epoch == next - 1;
 }
 
 void Coordinator::server_lost(const std::string& id, Clock::time_point now) {
@@ -856,7 +906,18 @@ CoordinatorResult Coordinator::run() {
     }
     report_epochs(now);
     if (!end_) drive_checkpoint(now);
-    if (book_ && book_->finished()) end_job(ExitCode::ok, "every epoch is done");
+    if (book_ && book_->finished() && !end_) {
+      // The trained model is the last checkpoint: taken before the job ends (sync jobs decide
+      // it when their ranks ask for work after the last epoch).
+      if (!sync_ && !config_.checkpoint_dir.empty() && !final_checkpoint_ && !checkpoint_ &&
+          steps_ != checkpoint_step_) {
+        final_checkpoint_ = true;
+        begin_checkpoint(now);
+      }
+      const bool sync_last_pending =
+          sync_ && !config_.checkpoint_dir.empty() && decided_epoch_ <= config_.epochs && steps_ != checkpoint_step_;
+      if (!checkpoint_ && !sync_last_pending) end_job(ExitCode::ok, "every epoch is done");
+    }
     if (!end_) continue;
     // Every member hears how the job ended (in its next heartbeat, lease or table request);
     // one that never asks again is not waited for past two liveness periods.

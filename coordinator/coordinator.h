@@ -15,6 +15,7 @@
 
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
+#include "coordinator/sync_book.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/control_client.h"
@@ -78,6 +79,9 @@ class Coordinator {
   void finish_checkpoint(Clock::time_point now);
   void abandon_checkpoint(const std::string& why);
   void handle_checkpoint_files(const Incoming& in);
+  // Sync jobs: whether a rank asking for work now must wait (a checkpoint is cut before the
+  // epoch it would train); decides, once per epoch, whether one is due.
+  bool sync_checkpoint_holds(const std::string& worker, Clock::time_point now);
   // A parameter server lost: the job pauses (no leases, no table) until it registers again and
   // restores its shard from the newest checkpoint.
   void server_lost(const std::string& id, Clock::time_point now);
@@ -113,10 +117,14 @@ class Coordinator {
     std::set<std::string> waiting;  // servers (and "buffers") whose files are not reported yet
     std::vector<FileEntry> files;
     double copy_seconds = 0, write_seconds = 0;
-    std::string buffers_holder;  // the worker told to write the batch-norm buffers
+    std::string buffers_holder;    // the worker told to write its part (buffers; sync: the whole state)
+    std::int64_t sync_epoch = -1;  // sync: cut after this epoch, before any rank trains the next
   };
-  LeaseBook* leases_ = nullptr;  // book_, in async jobs
-  std::string layout_;           // the model's parameters and buffers (the `layout` file)
+  LeaseBook* leases_ = nullptr;     // book_, in async jobs
+  SyncBook* sync_book_ = nullptr;   // book_, in sync jobs
+  std::int64_t decided_epoch_ = 0;  // sync: the last epoch whose start was checked for a checkpoint
+  bool final_checkpoint_ = false;   // async: the one after the last epoch was started
+  std::string layout_;              // the model's parameters and buffers (the `layout` file)
   bool has_buffers_ = false;
   std::optional<CheckpointInProgress> checkpoint_;
   std::map<std::string, std::unique_ptr<ControlClient>> server_clients_;

@@ -1,6 +1,8 @@
 #include "coordinator/sync_book.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -85,6 +87,91 @@ std::vector<EpochReport> SyncBook::take_completed() {
        it = epochs_progress_.find(++next_report_))
     out.push_back(it->second.report);
   return out;
+}
+
+std::int64_t SyncBook::next_train_epoch(const std::string& worker) const {
+  auto it = stage_.find(worker);
+  const std::int64_t s = it == stage_.end() ? first_stage_ : it->second;
+  return s % 2 == 0 && s <= 2 * epochs_ ? s / 2 + 1 : -1;  // epochs + 1: after the last one
+}
+
+std::int64_t SyncBook::boundary() const {
+  if (static_cast<int>(stage_.size()) < world_) return -1;
+  std::int64_t s = stage_.begin()->second;
+  for (const auto& [worker, stage] : stage_)
+    if (stage != s) return -1;
+  return s % 2 == 0 ? s / 2 : -1;
+}
+
+std::string SyncBook::save() const {
+  const std::int64_t done = boundary();
+  SHOAL_ASSERT(done >= 0, "a sync position cut between epoch boundaries");
+  std::ostringstream out;
+  out << "kind sync\nsamples " << samples_ << "\nepochs_done " << done << "\n";
+  for (std::int64_t e = 1; e <= done; ++e) {
+    const EpochReport& r = epochs_progress_.at(e).report;
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "epoch %lld loss_sum %a correct %lld samples %lld test_loss %a test_accuracy %a\n",
+                  static_cast<long long>(e), r.loss_sum, static_cast<long long>(r.correct),
+                  static_cast<long long>(r.samples_done), r.test_loss, r.test_accuracy);
+    out << line;
+  }
+  return out.str();
+}
+
+std::vector<EpochReport> SyncBook::restore(const std::string& text, TimePoint now) {
+  SHOAL_ASSERT(stage_.empty(), "restore into a sync book in use");
+  std::istringstream in(text);
+  std::string line;
+  std::map<std::string, std::string> head;
+  std::vector<EpochReport> done;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string key;
+    if (!(words >> key)) continue;
+    if (key != "epoch") {
+      std::string value;
+      words >> value;
+      head[key] = value;
+      continue;
+    }
+    EpochReport r;
+    long long e = 0, correct = 0, samples = 0;
+    std::string k1, k2, k3, k4, k5, loss, test_loss, test_accuracy;
+    SHOAL_REQUIRE(words >> e >> k1 >> loss >> k2 >> correct >> k3 >> samples >> k4 >> test_loss >> k5 >> test_accuracy,
+                  CheckpointError, "position: malformed epoch line '" << line << "'");
+    r.epoch = e;
+    r.loss_sum = std::strtod(loss.c_str(), nullptr);
+    r.correct = correct;
+    r.samples_done = r.samples_processed = samples;
+    r.samples_total = samples_;
+    r.test_loss = std::strtod(test_loss.c_str(), nullptr);
+    r.test_accuracy = std::strtod(test_accuracy.c_str(), nullptr);
+    r.complete = r.evaluated = true;
+    r.started = r.completed = now;
+    done.push_back(r);
+  }
+  SHOAL_REQUIRE(head["kind"] == "sync", CheckpointError,
+                "the checkpoint is an asynchronous job's (its data position is in shards): resume it with strategy = "
+                "async");
+  SHOAL_REQUIRE(head["samples"] == std::to_string(samples_), CheckpointError,
+                "the checkpoint's data position is of " << head["samples"] << " training samples; this job has "
+                                                        << samples_ << " (data.train_limit)");
+  const long long epochs_done = std::atoll(head["epochs_done"].c_str());
+  SHOAL_REQUIRE(epochs_done >= 0 && epochs_done == static_cast<long long>(done.size()), CheckpointError,
+                "position: " << head["epochs_done"] << " epochs done but " << done.size() << " epoch lines");
+  for (std::size_t i = 0; i < done.size(); ++i) {
+    SHOAL_REQUIRE(done[i].epoch == static_cast<std::int64_t>(i) + 1, CheckpointError,
+                  "position: epoch lines are not 1.." << done.size() << " in order");
+    Progress& p = epoch(done[i].epoch);
+    p.report = done[i];
+    p.report.shards_total = p.report.shards_done = world_;
+    p.trained = p.evaluated = world_;
+  }
+  first_stage_ = 2 * epochs_done;
+  next_report_ = epochs_done + 1;
+  return done;
 }
 
 }  // namespace shoal

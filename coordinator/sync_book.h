@@ -26,13 +26,27 @@ class SyncBook final : public WorkBook {
   bool finished() const override;
   std::vector<EpochReport> take_completed() override;
 
+  // Epochs every rank trained and evaluated: a checkpoint can be cut after the last of them when
+  // every rank is there (its next task is training the next epoch); -1 when the ranks are not
+  // all at one epoch boundary.
+  std::int64_t boundary() const;
+  // The epoch `worker` trains next (epochs + 1 once it is done with the last), or -1 if its
+  // next task is an evaluation.
+  std::int64_t next_train_epoch(const std::string& worker) const;
+  // The data position as text (a checkpoint's `position`): the epochs done and their reports.
+  std::string save() const;
+  // Takes a checkpoint's position before any rank asked for work: every rank starts after its
+  // last epoch. Throws CheckpointError when malformed or not a sync job's. Returns the epochs
+  // done, for the job's report.
+  std::vector<EpochReport> restore(const std::string& text, TimePoint now);
+
  private:
   struct Progress {
     int trained = 0, evaluated = 0;
     EpochReport report;
   };
   // Stage 2(e-1): train epoch e; 2(e-1)+1: evaluate it; 2 * epochs: done.
-  std::int64_t& stage(const std::string& worker) { return stage_[worker]; }
+  std::int64_t& stage(const std::string& worker) { return stage_.try_emplace(worker, first_stage_).first->second; }
   Progress& epoch(std::int64_t e);
 
   std::int64_t samples_, epochs_;
@@ -40,6 +54,7 @@ class SyncBook final : public WorkBook {
   std::map<std::string, std::int64_t> stage_;
   std::map<std::int64_t, Progress> epochs_progress_;
   std::int64_t next_report_ = 1;
+  std::int64_t first_stage_ = 0;  // where a rank starts (2 x the epochs a restored job had done)
 };
 
 }  // namespace shoal

@@ -31,6 +31,10 @@ class DistributedStrategy : public Strategy {
   virtual EvalResult evaluate(Trainer& trainer, const Dataset& test) = 0;
   // The worker leaves the job (best effort, bounded).
   virtual void leave() {}
+  // The optimizer state this process keeps (sync: every rank's copy; async: none, the servers
+  // keep it): what a checkpoint saves and restores.
+  virtual OptimizerState* optimizer_state() { return nullptr; }
+  virtual const Optimizer* optimizer() const { return nullptr; }
   // Steps taken.
   virtual std::uint64_t clock() const = 0;
   // One line for the log: "parameter servers (2 servers, 14 chunks)", "all-reduce over gloo ...".

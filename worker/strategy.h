@@ -39,6 +39,8 @@ class LocalStrategy final : public Strategy {
   LocalStrategy(Backend& backend, Model& model, Optimizer optimizer);
   void end_step(Model& model, std::int64_t step, float lr) override;
   const OptimizerState& state() const { return state_; }
+  OptimizerState& state() { return state_; }  // a checkpoint restores it
+  const Optimizer& optimizer() const { return optimizer_; }
 
  private:
   Backend& backend_;

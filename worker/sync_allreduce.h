@@ -49,6 +49,8 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
                   const DataShard& shard) override;
   EvalResult evaluate(Trainer& trainer, const Dataset& test) override;
   void leave() override;
+  OptimizerState* optimizer_state() override { return &local_->state(); }
+  const Optimizer* optimizer() const override { return &local_->optimizer(); }
   std::uint64_t clock() const override { return clock_; }
   std::string describe() const override;
 

@@ -61,6 +61,8 @@ class Trainer {
   EvalResult evaluate(const Dataset& data, std::int64_t first, std::int64_t last);
 
   std::int64_t step() const { return step_; }
+  // Resuming from a checkpoint: the learning-rate schedule and dropout go on from this step.
+  void set_step(std::int64_t step) { step_ = step; }
   // When the flag turns true, train_shard stops after the current step and evaluate after the
   // current batch (its partial result is then meaningless).
   void set_stop_flag(const std::atomic<bool>* flag) { stop_ = flag; }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <thread>
@@ -50,14 +51,39 @@ struct TableChanged {};
 
 // A checkpoint's `buffers` file: the model's batch-norm running statistics (async jobs: the
 // servers hold only the trained parameters).
-void save_buffers(JobContext& job, const LeaseTask& task) {
+std::vector<float> to_host(Backend& backend, const Tensor& t) {
+  std::vector<float> host(static_cast<std::size_t>(t.numel()));
+  if (!host.empty()) backend.copy_to_host(t, host.data());
+  return host;
+}
+
+// A worker's part of a checkpoint: async, its batch-norm buffers (the servers hold the rest);
+// rank 0 of a sync job, the whole state every rank holds: parameters, optimizer state,
+// buffers, and the trainer's step (the learning-rate schedule and dropout are functions of it).
+void save_state(JobContext& job, const LeaseTask& task) {
   auto started = std::chrono::steady_clock::now();
-  Tensor& buffers = job.model->params().buffer_values();
-  std::vector<float> host(static_cast<std::size_t>(buffers.numel()));
-  if (!host.empty()) job.backend->copy_to_host(buffers, host.data());
-  FileEntry file = write_file_atomic(task.dir, "buffers", Pieces{{host.data(), host.size() * sizeof(float)}});
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  job.control.report_checkpoint(CheckpointReport{task.step, {file}, 0, seconds});
+  std::vector<float> buffers = to_host(*job.backend, job.model->params().buffer_values());
+  CheckpointReport report{task.step, {}, 0, 0};
+  report.files.push_back(
+      write_file_atomic(task.dir, "buffers", Pieces{{buffers.data(), buffers.size() * sizeof(float)}}));
+  if (OptimizerState* state = job.strategy.optimizer_state()) {
+    const Optimizer& optimizer = *job.strategy.optimizer();
+    std::vector<std::vector<float>> arrays{to_host(*job.backend, job.model->params().values())};
+    RangeWrite range;
+    range.begin = 0;
+    range.end = job.model->params().parameter_count();
+    range.arrays.push_back({{arrays[0].data(), range.end}});
+    for (int k = 0; k < optimizer.slot_count(); ++k) {
+      arrays.push_back(to_host(*job.backend, state->slots[static_cast<std::size_t>(k)]));
+      range.slots.emplace_back(optimizer.slot_name(k));
+      range.arrays.push_back({{arrays.back().data(), range.end}});
+    }
+    range.updates.emplace_back(0, state->updates);
+    report.files.push_back(write_range_file(task.dir, range));
+    report.files.push_back(write_file_atomic(task.dir, "trainer", "step " + std::to_string(job.trainer.step()) + "\n"));
+  }
+  report.write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  job.control.report_checkpoint(report);
 }
 
 // Resuming: the batch-norm buffers of the checkpoint, when it has them.
@@ -74,6 +100,32 @@ void restore_buffers(const std::string& dir, Backend& backend, Model& model, con
                     << "this model's " << buffers.numel() << " buffer values");
   backend.copy_from_host(bytes.data(), buffers);
   SHOAL_LOG(log, info, "restored the batch-norm buffers from " << dir);
+}
+
+// Resuming a sync job: every rank takes the whole state rank 0 wrote (the world may have
+// another size now: the state does not depend on it).
+void restore_sync_state(const std::string& dir, Backend& backend, Model& model, DistributedStrategy& strategy,
+                        Trainer& trainer, const Logger& log) {
+  Manifest manifest = read_manifest(dir);
+  auto ranges = list_ranges(dir, manifest);
+  const std::int64_t n = model.params().parameter_count();
+  std::vector<float> host(static_cast<std::size_t>(n));
+  read_range(dir, ranges, "values", 0, n, host.data());
+  backend.copy_from_host(host.data(), model.params().values());
+  OptimizerState& state = *strategy.optimizer_state();
+  const Optimizer& optimizer = *strategy.optimizer();
+  for (int k = 0; k < optimizer.slot_count(); ++k) {
+    read_range(dir, ranges, optimizer.slot_name(k), 0, n, host.data());
+    backend.copy_from_host(host.data(), state.slots[static_cast<std::size_t>(k)]);
+  }
+  state.updates = updates_at(ranges, 0);
+  std::string text = read_whole_file(dir + "/trainer");
+  long long step = -1;
+  SHOAL_REQUIRE(std::sscanf(text.c_str(), "step %lld", &step) == 1 && step >= 0, CheckpointError,
+                dir << "/trainer: expected 'step N', found '" << text.substr(0, 40) << "'");
+  trainer.set_step(step);
+  restore_buffers(dir, backend, model, log);
+  SHOAL_LOG(log, info, "restored the parameters, optimizer state and step " << step << " from " << dir);
 }
 
 // The one job loop of every distributed worker: ask the coordinator for work until the job is
@@ -129,7 +181,7 @@ void run_job_loop(JobContext& job) {
           break;
         }
         if (task.kind == LeaseTask::save_buffers) {
-          save_buffers(job, task);
+          save_state(job, task);
           continue;
         }
         if (task.kind == LeaseTask::wait) {
@@ -398,7 +450,9 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
                                     config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
   trainer.set_stop_flag(stop);
-  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data, nullptr, nullptr, {}};
+  if (!joined->table.restore.empty())
+    restore_sync_state(joined->table.restore, *l.backend, *l.model, strategy, trainer, log);
+  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data, l.backend.get(), l.model.get(), {}};
   try {
     run_job_loop(job);
   } catch (const CollectiveError&) {

@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <thread>
 
+#include "core/checkpoint.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {
@@ -179,6 +181,72 @@ TEST(Checkpoint, ANamedCheckpointThatIsMissingOrCorruptStopsTheJobNamingTheFile)
   auto corrupt = testing::run({kShoal, "coordinator", kJob, "--checkpoint.resume=" + root.file(latest)}, {}, 60s);
   EXPECT_EQ(corrupt.exit_code, 5) << corrupt.output;
   EXPECT_NE(corrupt.output.find(root.file(latest) + "/position"), std::string::npos) << corrupt.output;
+}
+
+// The parameters of the newest checkpoint under `root`.
+std::vector<float> newest_values(const std::string& root, std::string* name) {
+  std::string latest = read_file(root + "/LATEST");
+  latest.erase(latest.find_last_not_of(" \n") + 1);
+  *name = latest;
+  const std::string dir = root + "/" + latest;
+  auto ranges = list_ranges(dir, read_manifest(dir));
+  const std::int64_t n = ranges.back().end;
+  std::vector<float> values(static_cast<std::size_t>(n));
+  read_range(dir, ranges, "values", 0, n, values.data());
+  return values;
+}
+
+// Sync jobs (Gloo) checkpoint at epoch boundaries, rank 0 writing the state every rank holds, and
+// the trained model at the end. Killed with SIGKILL after the first checkpoint and started again,
+// the job resumes from LATEST and ends with parameters bit for bit those of an uninterrupted run:
+// every rank's data order and dropout are functions of the seed, the epoch and the step, which
+// the checkpoint holds. The same checkpoint then resumes with 3 ranks instead of 2.
+TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenGoesOnWithThreeRanks) {
+  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
+  auto job = [&](const TempDir& dir, int ranks, int epochs) {
+    return std::vector<std::string>{kShoal,
+                                    "launch",
+                                    sync_job,
+                                    "--local",
+                                    "--sync.backend=gloo",
+                                    "--model=mlp",
+                                    "--cluster.workers=" + std::to_string(ranks),
+                                    "--train.epochs=" + std::to_string(epochs),
+                                    "--data.train_limit=3000",
+                                    "--data.test_limit=500",
+                                    "--threads=1",
+                                    "--checkpoint.dir=" + dir.path(),
+                                    "--checkpoint.every_steps=1"};
+  };
+  TempDir whole, killed, dir;
+  auto uninterrupted = testing::run(job(whole, 2, 3), {}, 300s);
+  ASSERT_EQ(uninterrupted.exit_code, 0) << uninterrupted.output;
+  {
+    Subprocess first(job(killed, 2, 3));
+    ASSERT_TRUE(wait_for(first, " written: ", 120s)) << first.output();
+    for (const char* rank : {"worker.0", "worker.1"}) kill(pid_of(first.output(), rank), SIGKILL);
+    first.signal(SIGKILL);
+    first.wait(10s);
+  }
+  auto again = testing::run(job(killed, 2, 3), {}, 300s);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resuming from"), std::string::npos) << again.output;
+  std::string a, b;
+  const std::vector<float> expected = newest_values(whole.path(), &a), resumed = newest_values(killed.path(), &b);
+  EXPECT_EQ(a, b) << "both end with a checkpoint of the trained model at the same step";
+  ASSERT_EQ(expected.size(), resumed.size());
+  EXPECT_EQ(std::memcmp(expected.data(), resumed.data(), expected.size() * sizeof(float)), 0)
+      << "the resumed job's parameters differ from the uninterrupted job's";
+
+  auto three = job(killed, 3, 4);
+  three.push_back("--metrics.file=" + dir.file("metrics.jsonl"));
+  auto wider = testing::run(three, {}, 300s);
+  ASSERT_EQ(wider.exit_code, 0) << wider.output;
+  EXPECT_NE(wider.output.find("resuming from " + killed.file(b)), std::string::npos) << wider.output;
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 1u) << wider.output;
+  EXPECT_EQ(json_number(epochs[0], "epoch"), 4) << epochs[0];
+  EXPECT_EQ(json_number(epochs[0], "samples_done"), 3000) << epochs[0];
 }
 
 TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
