@@ -32,51 +32,14 @@
 #include <vector>
 
 #include "core/checkpoint.h"
+#include "bench/bench_table.h"
 #include "core/error.h"
 #include "core/process.h"
 
 namespace shoal {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-// ---------------------------------------------------------------------------------------------
-// Statistics and formatting, as in bench/ps_bandwidth.cc.
-
-struct Spread {
-  double median = 0, lo = 0, hi = 0;
-};
-
-Spread spread(std::vector<double> v) {
-  SHOAL_ASSERT(!v.empty(), "no samples");
-  std::sort(v.begin(), v.end());
-  std::size_t n = v.size();
-  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), v.front(), v.back()};
-}
-
-Spread scaled(const Spread& s, double k) { return {k * s.median, k * s.lo, k * s.hi}; }
-// The spread of `k / x`: a time becomes a rate (its extremes swap).
-Spread inverse(const Spread& s, double k) { return {k / s.median, k / s.hi, k / s.lo}; }
-
-std::string format(const char* fmt, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, value);
-  return buf;
-}
-
-// "2.26 GB/s (1.95–2.42)"; the range left out when it is one value.
-std::string with_range(const Spread& s, const char* fmt, const std::string& unit = "") {
-  std::string lo = format(fmt, s.lo), hi = format(fmt, s.hi);
-  return format(fmt, s.median) + unit + (lo == hi ? "" : " (" + lo + "–" + hi + ")");
-}
-
-void print_row(const std::vector<std::string>& cells) {
-  std::string line = "|";
-  for (const auto& c : cells) line += " " + c + " |";
-  std::puts(line.c_str());
-}
+using namespace bench;  // the table helpers of bench/bench_table.h
 
 // ---------------------------------------------------------------------------------------------
 // The command line.

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "bench/bench_table.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "core/rng.h"
@@ -53,46 +54,12 @@
 namespace shoal {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+using namespace bench;  // the table helpers of bench/bench_table.h
 
 void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics and formatting.
-
-struct Spread {
-  double median = 0, lo = 0, hi = 0;
-};
-
-Spread spread(std::vector<double> v) {
-  SHOAL_ASSERT(!v.empty(), "no samples");
-  std::sort(v.begin(), v.end());
-  std::size_t n = v.size();
-  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), v.front(), v.back()};
-}
-
-Spread scaled(const Spread& s, double k) { return {k * s.median, k * s.lo, k * s.hi}; }
-// The spread of `k / x`: a time per round becomes a rate (its extremes swap).
-Spread inverse(const Spread& s, double k) { return {k / s.median, k / s.hi, k / s.lo}; }
-
-std::string format(const char* fmt, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, value);
-  return buf;
-}
-
-// "2.26 GB/s (1.95–2.42)", each figure written by `write`; the range left out when it is one value.
-template <typename Write>
-std::string with_range(const Spread& s, Write write, const std::string& unit = "") {
-  std::string lo = write(s.lo), hi = write(s.hi);
-  return write(s.median) + unit + (lo == hi ? "" : " (" + lo + "–" + hi + ")");
-}
-std::string with_range(const Spread& s, const char* fmt, const std::string& unit = "") {
-  return with_range(
-      s, [fmt](double v) { return format(fmt, v); }, unit);
-}
+// Formatting beyond bench/bench_table.h.
 
 // 12345.6 -> "12,346"
 std::string thousands(double value) {
@@ -582,12 +549,6 @@ struct PushPullCase {
   double target;      // the fraction of it to reach
 };
 constexpr PushPullCase kPushPullCases[] = {{1, 1, 0.70}, {2, 2, 0.80}, {4, 3, 0.80}};
-
-void print_row(const std::vector<std::string>& cells) {
-  std::string line = "|";
-  for (const auto& c : cells) line += " " + c + " |";
-  std::puts(line.c_str());
-}
 
 void one_worker_table(const Plan& plan) {
   std::vector<Iperf> iperf;

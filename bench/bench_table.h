@@ -1,0 +1,59 @@
+// What every benchmark of bench/ prints with: medians with their spread over runs, and Markdown
+// table rows (docs/benchmarks.md takes them as they are).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace shoal::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct Spread {
+  double median = 0, lo = 0, hi = 0;
+};
+
+inline Spread spread(std::vector<double> v) {
+  SHOAL_ASSERT(!v.empty(), "no samples");
+  std::sort(v.begin(), v.end());
+  std::size_t n = v.size();
+  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), v.front(), v.back()};
+}
+
+inline Spread scaled(const Spread& s, double k) { return {k * s.median, k * s.lo, k * s.hi}; }
+// The spread of `k / x`: a time becomes a rate (its extremes swap).
+inline Spread inverse(const Spread& s, double k) { return {k / s.median, k / s.hi, k / s.lo}; }
+
+inline std::string format(const char* fmt, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), fmt, value);
+  return buf;
+}
+
+// "2.26 GB/s (1.95–2.42)", each figure written by `write`; the range left out when it is one value.
+template <typename Write>
+std::string with_range(const Spread& s, Write write, const std::string& unit = "") {
+  std::string lo = write(s.lo), hi = write(s.hi);
+  return write(s.median) + unit + (lo == hi ? "" : " (" + lo + "–" + hi + ")");
+}
+inline std::string with_range(const Spread& s, const char* fmt, const std::string& unit = "") {
+  return with_range(
+      s, [fmt](double v) { return format(fmt, v); }, unit);
+}
+
+inline void print_row(const std::vector<std::string>& cells) {
+  std::string line = "|";
+  for (const auto& c : cells) line += " " + c + " |";
+  std::puts(line.c_str());
+}
+
+}  // namespace shoal::bench
