@@ -375,7 +375,10 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         task = book_->next(sender, now);
         if (task.kind == LeaseBook::Task::finished) end_job(ExitCode::ok, "every epoch is done");
       }
-      if (task.kind == LeaseBook::Task::train || task.kind == LeaseBook::Task::evaluate) at_boundary_[sender] = false;
+      // An evaluation pushes nothing: a worker evaluating is at a step boundary for a checkpoint's
+      // cut (which then records the epoch as not evaluated yet). A shard is not.
+      if (task.kind == LeaseBook::Task::train || (sync_ && task.kind == LeaseBook::Task::evaluate))
+        at_boundary_[sender] = false;
       switch (task.kind) {
         case LeaseBook::Task::train: {
           auto s = grant.initShard();
@@ -693,7 +696,7 @@ void Coordinator::drive_checkpoint(Clock::time_point now) {
     return;
   }
   if (c.draining) {
-    bool drained = leases_->outstanding() == 0;
+    bool drained = leases_->outstanding_shards() == 0;
     for (const auto& w : members_.live_workers())
       if (!at_boundary_[w]) drained = false;
     if (drained)

@@ -166,7 +166,10 @@ std::string done_list(const std::vector<bool>& done) {
     while (j + 1 < done.size() && done[j + 1]) ++j;
     if (!out.empty()) out += ",";
     out += std::to_string(i);
-    if (j > i) out += "-" + std::to_string(j);
+    if (j > i) {
+      out += '-';
+      out += std::to_string(j);
+    }
     i = j + 1;
   }
   return out.empty() ? "-" : out;

@@ -45,6 +45,7 @@ class LeaseBook final : public WorkBook {
   const std::map<std::int64_t, EpochReport>& reports() const { return reports_; }
   // Shards and evaluations handed out and not reported yet.
   std::size_t outstanding() const { return leases_.size() + eval_leases_.size(); }
+  std::size_t outstanding_shards() const { return leases_.size(); }
 
   // The data position as text (the `position` file of a checkpoint, docs/checkpoint-format.md):
   // per epoch opened, which shards are done and what its report holds so far.
