@@ -807,6 +807,8 @@ void Coordinator::check_stalls(Clock::time_point now) {
 }
 
 void Coordinator::check_liveness(Clock::time_point now) {
+  // Once the job is over, processes that heard it exit: their silence is not a death.
+  if (end_) return;
   for (const auto& id : members_.expire(now)) {
     const Member* m = members_.find(id);
     if (m->role == wire::Role::WORKER) {
