@@ -3,12 +3,15 @@
 #pragma once
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "core/process.h"
 
 namespace shoal::bench {
 
@@ -50,10 +53,33 @@ inline std::string with_range(const Spread& s, const char* fmt, const std::strin
       s, [fmt](double v) { return format(fmt, v); }, unit);
 }
 
+// A command-line count: a positive integer, or a ConfigError naming the flag (with the usage).
+inline int positive_int(const std::string& flag, const char* text, const char* usage) {
+  int value = 0;
+  const char* end = text + std::strlen(text);
+  auto [stop, ec] = std::from_chars(text, end, value);
+  if (ec != std::errc() || stop != end || value < 1)
+    SHOAL_THROW(ConfigError, flag << " needs a positive integer, not '" << text << "'\n" << usage);
+  return value;
+}
+
 inline void print_row(const std::vector<std::string>& cells) {
   std::string line = "|";
   for (const auto& c : cells) line += " " + c + " |";
   std::puts(line.c_str());
+}
+
+// A benchmark's main(): as every shoal process, the allocator tuned first; any error one line
+// and its documented exit code.
+inline int main_of(const char* name, int (*run)(int, char**), int argc, char** argv) {
+  tune_allocator();
+  try {
+    return run(argc, argv);
+  } catch (...) {
+    auto failure = failure_of(std::current_exception());
+    std::fprintf(stderr, "%s: error: %s\n", name, failure.message.c_str());
+    return static_cast<int>(failure.code);
+  }
 }
 
 }  // namespace shoal::bench

@@ -31,8 +31,8 @@
 #include <string>
 #include <vector>
 
-#include "core/checkpoint.h"
 #include "bench/bench_table.h"
+#include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/process.h"
 
@@ -57,14 +57,7 @@ constexpr const char* kUsage =
     "  --mb N     only N MiB of state (values + velocity), not 64 and 256\n"
     "  --runs R   runs of each measurement (default 5)\n";
 
-int positive_int(const std::string& flag, const char* text) {
-  int value = 0;
-  const char* end = text + std::strlen(text);
-  auto [stop, ec] = std::from_chars(text, end, value);
-  if (ec != std::errc() || stop != end || value < 1)
-    SHOAL_THROW(ConfigError, flag << " needs a positive integer, not '" << text << "'\n" << kUsage);
-  return value;
-}
+int positive_int(const std::string& flag, const char* text) { return bench::positive_int(flag, text, kUsage); }
 
 Plan parse(int argc, char** argv) {
   Plan plan;
@@ -362,13 +355,4 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace shoal
 
-int main(int argc, char** argv) {
-  shoal::tune_allocator();  // as every shoal process does
-  try {
-    return shoal::run(argc, argv);
-  } catch (...) {
-    auto failure = shoal::failure_of(std::current_exception());
-    std::fprintf(stderr, "shoal_checkpoint_bench: error: %s\n", failure.message.c_str());
-    return static_cast<int>(failure.code);
-  }
-}
+int main(int argc, char** argv) { return shoal::bench::main_of("shoal_checkpoint_bench", shoal::run, argc, argv); }

@@ -40,8 +40,8 @@
 #include <thread>
 #include <vector>
 
-#include "core/backend.h"
 #include "bench/bench_table.h"
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "core/rng.h"
@@ -102,14 +102,7 @@ constexpr const char* kUsage =
     "  --small     only the 4 KB round trips, --runs times (to run under a profiler)\n"
     "  --big       only the 40 MB rounds against 1 server (to run under a profiler)\n";
 
-int positive_int(const std::string& flag, const char* text) {
-  int value = 0;
-  const char* end = text + std::strlen(text);
-  auto [stop, ec] = std::from_chars(text, end, value);
-  if (ec != std::errc() || stop != end || value < 1)
-    SHOAL_THROW(ConfigError, flag << " needs a positive integer, not '" << text << "'\n" << kUsage);
-  return value;
-}
+int positive_int(const std::string& flag, const char* text) { return bench::positive_int(flag, text, kUsage); }
 
 Plan parse(int argc, char** argv) {
   Plan plan;
@@ -117,8 +110,12 @@ Plan parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--quick") {
-      plan = Plan{
-          .rounds = 3, .runs = 1, .iperf_seconds = 1, .rtt_seconds = 0.5, .window_seconds = 0.5, .warmup_seconds = 0.2,
+      plan = Plan{.rounds = 3,
+                  .runs = 1,
+                  .iperf_seconds = 1,
+                  .rtt_seconds = 0.5,
+                  .window_seconds = 0.5,
+                  .warmup_seconds = 0.2,
                   .only = plan.only};
     } else if (flag == "--small") {
       plan.only = "small";
@@ -650,13 +647,4 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace shoal
 
-int main(int argc, char** argv) {
-  shoal::tune_allocator();  // as every shoal process does
-  try {
-    return shoal::run(argc, argv);
-  } catch (...) {
-    auto failure = shoal::failure_of(std::current_exception());
-    std::fprintf(stderr, "shoal_ps_bench: error: %s\n", failure.message.c_str());
-    return static_cast<int>(failure.code);
-  }
-}
+int main(int argc, char** argv) { return shoal::bench::main_of("shoal_ps_bench", shoal::run, argc, argv); }
