@@ -521,28 +521,38 @@ bool Coordinator::checkpoint_due(Clock::time_point now) const {
 void Coordinator::begin_checkpoint(Clock::time_point now) {
   CheckpointInProgress c;
   c.step = steps_;
+  c.started = now;
+  SHOAL_LOG(log_, info,
+            "checkpoint at step " << c.step << "+: draining (no new shard until every worker is at a step "
+                                  << "boundary)");
+  checkpoint_ = std::move(c);
+}
+
+bool Coordinator::name_checkpoint() {
+  // Named at the cut: the shards finished while the job drained count.
+  CheckpointInProgress& c = *checkpoint_;
+  c.step = steps_;
   c.name = checkpoint_name(c.step);
   c.dir = (std::filesystem::path(config_.checkpoint_dir) / c.name).string();
-  c.started = now;
   std::error_code ec;
   if (std::filesystem::exists(c.dir + "/MANIFEST", ec)) {
     checkpoint_step_ = c.step;  // already complete (a job resumed at this step)
-    return;
+    checkpoint_.reset();
+    return false;
   }
   std::filesystem::remove_all(c.dir, ec);  // an attempt at this step that never completed
   std::filesystem::create_directories(c.dir, ec);
   if (ec) {
-    checkpoint_time_ = now;
-    SHOAL_LOG(log_, error, "cannot create checkpoint directory " << c.dir << ": " << ec.message());
-    return;
+    abandon_checkpoint("cannot create checkpoint directory " + c.dir + ": " + ec.message());
+    return false;
   }
-  SHOAL_LOG(log_, info,
-            "checkpoint " << c.name << ": draining (no new shard until every worker is at a step boundary)");
-  checkpoint_ = std::move(c);
+  return true;
 }
 
 void Coordinator::abandon_checkpoint(const std::string& why) {
-  SHOAL_LOG(log_, error, "checkpoint " << checkpoint_->name << " abandoned: " << why << "; training goes on");
+  const std::string name =
+      checkpoint_->name.empty() ? "at step " + std::to_string(checkpoint_->step) : checkpoint_->name;
+  SHOAL_LOG(log_, error, "checkpoint " << name << " abandoned: " << why << "; training goes on");
   checkpoint_.reset();
   checkpoint_time_ = Clock::now();  // the next attempt after the interval, not at once
   if (terminating_) {
@@ -553,6 +563,7 @@ void Coordinator::abandon_checkpoint(const std::string& why) {
 }
 
 void Coordinator::snapshot_servers(Clock::time_point now) {
+  if (!name_checkpoint()) return;
   CheckpointInProgress& c = *checkpoint_;
   c.position =
       "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" + leases_->save();
@@ -682,6 +693,7 @@ void Coordinator::drive_checkpoint(Clock::time_point now) {
     for (const auto& w : members_.live_workers())
       if (!at_boundary_[w]) drained = false;
     if (drained) {
+      if (!name_checkpoint()) return;  // nothing to take, or abandoned: checkpoint_ is gone
       c.position = "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" +
                    sync_book_->save();
       c.waiting.insert("buffers");

@@ -75,6 +75,9 @@ class Coordinator {
   bool checkpoint_due(Clock::time_point now) const;
   void drive_checkpoint(Clock::time_point now);
   void begin_checkpoint(Clock::time_point now);
+  // Names the checkpoint at its cut and makes its directory; false when there is nothing to take
+  // (the newest complete one is of this step) or the directory cannot be made (abandoned).
+  bool name_checkpoint();
   void snapshot_servers(Clock::time_point now);
   void finish_checkpoint(Clock::time_point now);
   void abandon_checkpoint(const std::string& why);
