@@ -511,7 +511,9 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
 }
 
 bool Coordinator::checkpoint_due(Clock::time_point now) const {
-  if (config_.checkpoint_dir.empty() || !book_ || checkpoint_ || end_ || !missing_servers_.empty()) return false;
+  if (config_.checkpoint_dir.empty() || !book_ || checkpoint_ || end_ || !missing_servers_.empty() ||
+      now < retry_checkpoint_at_)
+    return false;
   if (steps_ == checkpoint_step_) return false;  // nothing new since the last one
   const std::int64_t since = steps_ - std::max<std::int64_t>(checkpoint_step_, 0);
   if (config_.checkpoint_every_steps > 0 && since >= config_.checkpoint_every_steps) return true;
@@ -554,7 +556,9 @@ void Coordinator::abandon_checkpoint(const std::string& why) {
       checkpoint_->name.empty() ? "at step " + std::to_string(checkpoint_->step) : checkpoint_->name;
   SHOAL_LOG(log_, error, "checkpoint " << name << " abandoned: " << why << "; training goes on");
   checkpoint_.reset();
-  checkpoint_time_ = Clock::now();  // the next attempt after the interval, not at once
+  checkpoint_time_ = Clock::now();
+  // Not again at once (every_steps would be due at once): one liveness period first.
+  retry_checkpoint_at_ = checkpoint_time_ + ms(config_.dead_after_seconds);
   if (terminating_) {
     preempted_ = true;
     end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
@@ -567,8 +571,10 @@ void Coordinator::snapshot_servers(Clock::time_point now) {
   CheckpointInProgress& c = *checkpoint_;
   c.position =
       "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" + leases_->save();
-  // Short waits: the coordinator answers nobody while it waits here.
-  Seconds wait(std::min(config_.request_timeout_seconds, std::max(0.5, config_.dead_after_seconds / 2)));
+  // Short waits: the coordinator answers nobody while it waits here, and all of them together
+  // must stay well under a liveness period (a dying server makes one of them run out).
+  Seconds wait(std::min({config_.request_timeout_seconds, 0.5,
+                         config_.dead_after_seconds / (4.0 * static_cast<double>(table_->servers.size()))}));
   for (const auto& s : table_->servers) {
     auto& client = server_clients_[s.address];
     if (!client) client = std::make_unique<ControlClient>(network_, s.address, "coordinator", log_, wait);

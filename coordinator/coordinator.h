@@ -135,6 +135,7 @@ class Coordinator {
   std::int64_t steps_ = 0;                   // global steps: batches reported by workers
   std::int64_t checkpoint_step_ = -1;        // of the newest complete checkpoint
   Clock::time_point checkpoint_time_;        // when it was cut (the job's start if none)
+  Clock::time_point retry_checkpoint_at_{};  // after an abandoned one
   std::string restored_from_;
   std::string restored_position_;
   std::string newest_checkpoint_;          // directory of the newest complete checkpoint
