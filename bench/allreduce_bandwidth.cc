@@ -135,8 +135,9 @@ int run(int argc, char** argv) {
     gethostname(host, sizeof(host));
     std::printf("all-reduce (sum, float32, in place), %d ranks on %s (%u cores), median of several runs\n\n", size,
                 host, std::thread::hardware_concurrency());
-    std::printf("| bytes | bare MPI_Allreduce ms | algbw GB/s | busbw GB/s | shoal mpi ms | busbw GB/s | vs bare | "
-                "shoal gloo ms | busbw GB/s | vs bare |\n");
+    std::printf(
+        "| bytes | bare MPI_Allreduce ms | algbw GB/s | busbw GB/s | shoal mpi ms | busbw GB/s | vs bare | "
+        "shoal gloo ms | busbw GB/s | vs bare |\n");
     std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   }
   for (std::size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
@@ -146,9 +147,8 @@ int run(int argc, char** argv) {
     double bare = time_op(iterations, [&] {
       MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     });
-    double via_mpi = time_op(iterations, [&] {
-      mpi_c->all_reduce(data, ReduceOp::sum, "bench")->wait(std::chrono::duration<double>(300));
-    });
+    double via_mpi = time_op(
+        iterations, [&] { mpi_c->all_reduce(data, ReduceOp::sum, "bench")->wait(std::chrono::duration<double>(300)); });
     double via_gloo = time_op(iterations, [&] {
       gloo_c->all_reduce(data, ReduceOp::sum, "bench")->wait(std::chrono::duration<double>(300));
     });
@@ -193,7 +193,8 @@ int run(int argc, char** argv) {
     auto hidden = [&](double t) { return std::clamp((sequential - t) / alone_comm, 0.0, 1.0) * 100; };
     std::printf("| one after the other (no overlap) | %.1f | 0%% |\n", sequential * 1e3);
     std::printf("| shoal mpi: communication thread | %.1f | %.0f%% |\n", threaded * 1e3, hidden(threaded));
-    std::printf("| MPI_Iallreduce + MPI_Test every ~0.5 ms | %.1f | %.0f%% |\n", nonblocking * 1e3, hidden(nonblocking));
+    std::printf("| MPI_Iallreduce + MPI_Test every ~0.5 ms | %.1f | %.0f%% |\n", nonblocking * 1e3,
+                hidden(nonblocking));
   }
   gloo_c.reset();
   mpi_c.reset();

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,17 @@ inline int positive_int(const std::string& flag, const char* text, const char* u
   if (ec != std::errc() || stop != end || value < 1)
     SHOAL_THROW(ConfigError, flag << " needs a positive integer, not '" << text << "'\n" << usage);
   return value;
+}
+
+// The CPU, as /proc/cpuinfo names it (for a table's heading).
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string name = line.substr(line.find(':') + 1);
+      return name.substr(std::min(name.find_first_not_of(" \t"), name.size()));
+    }
+  return "unknown CPU";
 }
 
 inline void print_row(const std::vector<std::string>& cells) {

@@ -81,16 +81,6 @@ Plan parse(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 // The machine and the file system.
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
-      std::string name = line.substr(line.find(':') + 1);
-      return name.substr(std::min(name.find_first_not_of(" \t"), name.size()));
-    }
-  return "unknown CPU";
-}
-
 std::string file_system(const std::string& dir) {
   struct statfs fs {};
   if (statfs(dir.c_str(), &fs) != 0) return "unknown file system";

@@ -139,16 +139,6 @@ Plan parse(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 // The machine.
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
-      std::string name = line.substr(line.find(':') + 1);
-      return name.substr(std::min(name.find_first_not_of(" \t"), name.size()));
-    }
-  return "unknown CPU";
-}
-
 std::string machine() {
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
