@@ -48,6 +48,7 @@ if ((single)); then
 fi
 for mode in none inverse; do
   IFS='|' read -r a t o < <(run "$mode" launch examples/fashion_mnist_async.ini --local \
-    --cluster.workers="$workers" --async.lr_staleness="$mode")
+    --cluster.workers="$workers" --async.lr_staleness="$mode" \
+    --optimizer.momentum=0.9 --lr.warmup_epochs=0.2)  # the single-process recipe, not the example's
   echo "| $workers async workers, 2 servers, lr_staleness = $mode | $a% | $t | $o |"
 done
