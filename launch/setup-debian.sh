@@ -15,6 +15,7 @@ packages=(
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libgtest-dev                                    # tests
+  iproute2                                        # tests: network namespaces (a pulled link)
   dataset-fashion-mnist                           # the main job's data
 )
 if [[ "${1:-}" == "--bench" ]]; then

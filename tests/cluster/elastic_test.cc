@@ -4,6 +4,7 @@
 // supervisor, and a job preempted with SIGTERM.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -351,6 +352,133 @@ TEST(Elastic, SigtermToTheLauncherCheckpointsStopsWithinTenSecondsAndTheJobResum
   EXPECT_EQ(json_number(epochs.back(), "epoch"), 2) << epochs.back();
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 8000) << e;
   EXPECT_GT(json_number(epochs.back(), "test_accuracy"), 0.6) << epochs.back();
+}
+
+// Network namespaces for a "cut the cable" test: a hub namespace for the coordinator, the servers
+// and worker.0, its address on the hub's loopback (so it stays up whatever happens to a link),
+// and one namespace for worker.1 reaching the hub over a veth pair. Removed on destruction.
+// Needs root and iproute2; `error` says why when they cannot be made.
+class Namespaces {
+ public:
+  Namespaces() {
+    for (const char* path : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"})
+      if (access(path, X_OK) == 0) ip_ = path;
+    if (ip_.empty()) {
+      error_ = "no `ip` command (Debian package iproute2)";
+      return;
+    }
+    const std::string tag = std::to_string(getpid());
+    hub_ = "shoal-hub-" + tag;
+    leaf_ = "shoal-w1-" + tag;
+    const std::string veth_hub = "shh" + tag, veth_leaf = "shw" + tag;
+    const std::vector<std::vector<std::string>> steps = {
+        {ip_, "netns", "add", hub_},
+        {ip_, "netns", "add", leaf_},
+        {ip_, "-n", hub_, "link", "set", "lo", "up"},
+        {ip_, "-n", leaf_, "link", "set", "lo", "up"},
+        {ip_, "-n", hub_, "addr", "add", kHubAddress + "/32", "dev", "lo"},
+        {ip_, "-n", hub_, "link", "add", veth_hub, "type", "veth", "peer", "name", veth_leaf, "netns", leaf_},
+        {ip_, "-n", hub_, "addr", "add", "10.231.0.1/24", "dev", veth_hub},
+        {ip_, "-n", leaf_, "addr", "add", "10.231.0.2/24", "dev", veth_leaf},
+        {ip_, "-n", hub_, "link", "set", veth_hub, "up"},
+        {ip_, "-n", leaf_, "link", "set", veth_leaf, "up"},
+        {ip_, "-n", leaf_, "route", "add", kHubAddress + "/32", "via", "10.231.0.1"},
+    };
+    leaf_link_ = veth_leaf;
+    for (const auto& step : steps) {
+      auto r = testing::run(step, {}, 20s);
+      if (r.exit_code != 0) {
+        error_ = "`";
+        for (const auto& a : step) error_ += a + " ";
+        error_ += "` failed (" + std::to_string(r.exit_code) + "): " + r.output;
+        return;
+      }
+    }
+  }
+  ~Namespaces() {
+    if (ip_.empty()) return;
+    testing::run({ip_, "netns", "del", leaf_}, {}, 20s);  // takes the veth pair with it
+    testing::run({ip_, "netns", "del", hub_}, {}, 20s);
+  }
+  const std::string& error() const { return error_; }
+  // argv run inside the hub's or the worker's namespace.
+  std::vector<std::string> in_hub(std::vector<std::string> argv) const { return in(hub_, std::move(argv)); }
+  std::vector<std::string> in_leaf(std::vector<std::string> argv) const { return in(leaf_, std::move(argv)); }
+  // Takes worker.1's end of the cable down or up (inside its namespace).
+  // Down drops the namespace's route to the hub; up puts it back.
+  int set_link(bool up) const {
+    int rc = testing::run({ip_, "-n", leaf_, "link", "set", leaf_link_, up ? "up" : "down"}, {}, 20s).exit_code;
+    if (rc != 0 || !up) return rc;
+    return testing::run({ip_, "-n", leaf_, "route", "replace", kHubAddress + "/32", "via", "10.231.0.1"}, {}, 20s)
+        .exit_code;
+  }
+  static inline const std::string kHubAddress = "10.231.1.1";
+
+ private:
+  std::vector<std::string> in(const std::string& ns, std::vector<std::string> argv) const {
+    argv.insert(argv.begin(), {ip_, "netns", "exec", ns});
+    return argv;
+  }
+  std::string ip_, hub_, leaf_, leaf_link_, error_;
+};
+
+// A worker cut off for 10 s by taking its namespace's link down (the cable is pulled: no process
+// dies, no socket is closed) is evicted within the liveness period and its shard re-leased; it
+// stops on its side too (no coordinator for as long), its supervisor starts it again, and once the
+// link is back it is re-admitted; the job finishes with every sample of every epoch trained.
+TEST(Elastic, WorkerCutOffByItsNetworkLinkIsEvictedThenReadmitted) {
+  if (geteuid() != 0) GTEST_SKIP() << "network-namespace test skipped: it needs root (to make namespaces)";
+  Namespaces ns;
+  if (!ns.error().empty())
+    GTEST_SKIP() << "network-namespace test skipped: cannot make namespaces here: " << ns.error();
+  TempDir ckpt, dir;
+  std::vector<std::string> args{kJob, "--cluster.coordinator=tcp://" + Namespaces::kHubAddress + ":7001",
+                                "--node.address=tcp://" + Namespaces::kHubAddress + ":0"};
+  // Long enough (about 40 s here) that the job is still running when the worker comes back.
+  for (const auto& a : job(ckpt, dir)) args.push_back(a == "--train.epochs=3" ? "--train.epochs=80" : a);
+  auto command = [&](const std::string& role, int rank) {
+    std::vector<std::string> argv{kShoal, role};
+    argv.insert(argv.end(), args.begin(), args.end());
+    if (rank >= 0) argv.push_back("--node.rank=" + std::to_string(rank));
+    return argv;
+  };
+  Subprocess coordinator(ns.in_hub(command("coordinator", -1)));
+  Subprocess ps0(ns.in_hub(command("ps", 0))), ps1(ns.in_hub(command("ps", 1)));
+  Subprocess w0(ns.in_hub(command("worker", 0)));
+  auto w1 = std::make_unique<Subprocess>(ns.in_leaf(command("worker", 1)));
+  std::string cut_off;  // the output of worker.1's first process
+  auto everyone = [&] {
+    return "--- coordinator\n" + coordinator.output() + "--- worker.1 (cut off)\n" + cut_off + "--- worker.1\n" +
+           w1->output() + "--- worker.0\n" + w0.output() + "--- ps.0\n" + ps0.output() + "--- ps.1\n" + ps1.output();
+  };
+  ASSERT_TRUE(wait_for(*w1, "training epoch 1", 120s)) << everyone();
+  ASSERT_EQ(ns.set_link(false), 0);
+  const auto cut = std::chrono::steady_clock::now();
+  ASSERT_TRUE(wait_for(coordinator, "worker.1 declared dead", 30s)) << everyone();
+  const double evicted = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut).count();
+  std::printf("worker cut off by its link: evicted after %.2f s\n", evicted);
+  EXPECT_LT(evicted, 10.0 * kSlowdown) << "evicted while the link was still down";
+  // Its side sees the same silence: it stops, saying why, and its supervisor (this test, as
+  // Kubernetes would) starts it again at once; it waits for the coordinator while the link is down.
+  EXPECT_EQ(w1->wait(60s), 6) << everyone();
+  cut_off = w1->output();
+  EXPECT_NE(cut_off.find("lost the coordinator"), std::string::npos) << cut_off;
+  w1 = std::make_unique<Subprocess>(ns.in_leaf(command("worker", 1)));
+  ASSERT_TRUE(wait_for(*w1, "waiting for the coordinator", 60s)) << everyone();
+  std::this_thread::sleep_until(cut + 10s);  // the fault lasts 10 s (what the test injects)
+  EXPECT_EQ(count_of(coordinator.output(), "registered worker.1"), 1u) << "nothing crosses a link that is down";
+  ASSERT_EQ(ns.set_link(true), 0);
+  ASSERT_TRUE(wait_for(coordinator, "registered worker.1", 60s, 2)) << everyone();
+  ASSERT_EQ(coordinator.wait(300s), 0) << everyone();
+  EXPECT_EQ(w1->wait(60s), 0) << everyone();
+  EXPECT_EQ(w0.wait(60s), 0) << everyone();
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 80u) << everyone();
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+  // The rest of the job went on without it while it was cut off.
+  auto recovery = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"recovery\"");
+  ASSERT_FALSE(recovery.empty()) << everyone();
+  EXPECT_LT(json_number(recovery[0], "seconds"), 10.0 * kSlowdown) << recovery[0];
 }
 
 }  // namespace
