@@ -438,6 +438,17 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       if (member->role == wire::Role::WORKER) {
         members_.mark_dead(sender);
         worker_gone(sender, "left the job");
+      } else if (member->role == wire::Role::SERVER && member->alive) {
+        // A preempted server going (its state is in a checkpoint, or none could be taken).
+        members_.mark_dead(sender);
+        if (table_ && !over && !missing_servers_.count(sender)) {
+          if (sync_ || config_.staleness == 0)
+            end_job(ExitCode::peer_lost, "parameter server " + sender +
+                                             " left (SIGTERM); a synchronous parameter-server job "
+                                             "(async.staleness = 0) cannot continue without it");
+          else
+            server_lost(sender, now);
+        }
       }
       told_[sender] = true;
       Outgoing out("coordinator", in.request_id());
@@ -473,6 +484,9 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     }
     case K::CHECKPOINT_FILES:
       handle_checkpoint_files(in);
+      return;
+    case K::PREEMPT:
+      handle_preempt(in, now);
       return;
     case K::EVAL_DONE: {
       members_.progressed(sender, now);
@@ -589,6 +603,13 @@ void Coordinator::snapshot_servers(Clock::time_point now) {
   if (has_buffers_) c.waiting.insert("buffers");
   c.draining = false;
   c.snapshotted = Clock::now();
+  // Servers preempted (SIGTERM): nothing more may reach them after this cut. The job pauses
+  // here; each goes once its files are in, and its replacement restores from this checkpoint.
+  for (const auto& id : preempting_) {
+    preempted_servers_.insert(id);
+    server_lost(id, now, /*keep_checkpoint=*/true);
+  }
+  preempting_.clear();
   SHOAL_LOG(log_, info,
             "checkpoint " << c.name << ": cut at step " << c.step << "; training stalled "
                           << static_cast<long long>(1000 * seconds_between(c.started, c.snapshotted)) << " ms (drain "
@@ -688,7 +709,9 @@ void Coordinator::drive_checkpoint(Clock::time_point now) {
   }
   if (!checkpoint_) {
     // Sync jobs decide at an epoch's start (sync_checkpoint_holds), not here.
-    if (!sync_ && checkpoint_due(now)) begin_checkpoint(now);
+    const bool for_preemption =
+        !preempting_.empty() && missing_servers_.empty() && !end_ && now >= retry_checkpoint_at_;
+    if (!sync_ && (checkpoint_due(now) || for_preemption)) begin_checkpoint(now);
     if (!checkpoint_) return;
   }
   CheckpointInProgress& c = *checkpoint_;
@@ -748,15 +771,24 @@ bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_p
   return checkpoint_ && checkpoint_->sync_epoch == next - 1;
 }
 
-void Coordinator::server_lost(const std::string& id, Clock::time_point now) {
+void Coordinator::server_lost(const std::string& id, Clock::time_point now, bool keep_checkpoint) {
   if (missing_servers_.empty()) paused_since_ = now;
   missing_servers_.insert(id);
   if (const Member* m = members_.find(id)) recovering_ = Recovery{id, m->last_seen};
   ++table_->version;  // workers drop their connections and wait for the new table
   for (const auto& range : table_->servers)
     if (range.id == id) server_clients_.erase(range.address);  // its successor gets a fresh connection
-  if (checkpoint_) abandon_checkpoint(id + " was lost");
+  // A checkpoint survives the loss of a server whose files are already in.
+  if (checkpoint_ && !keep_checkpoint && (checkpoint_->draining || checkpoint_->waiting.count(id)))
+    abandon_checkpoint(id + " was lost");
   int released = leases_ != nullptr ? leases_->release_all() : 0;
+  if (keep_checkpoint) {
+    SHOAL_LOG(log_, warn,
+              "parameter server " << id << " is preempted (SIGTERM): the job pauses at the cut of checkpoint "
+                                  << checkpoint_->name << " until it is back, and it restores from there; " << released
+                                  << " leased shard(s) back in the queue");
+    return;
+  }
   SHOAL_LOG(log_, error,
             "parameter server " << id << " stopped answering heartbeats; the job pauses until it is back (shoal launch "
                                 << "restarts it; under Kubernetes its pod is restarted) and it restores its shard from "
@@ -765,6 +797,54 @@ void Coordinator::server_lost(const std::string& id, Clock::time_point now) {
                                                       "shard so far is lost)")
                                         : newest_checkpoint_)
                                 << "; " << released << " leased shard(s) back in the queue");
+}
+
+void Coordinator::handle_preempt(const Incoming& in, Clock::time_point now) {
+  const std::string& id = in.sender();
+  const Member* m = members_.find(id);
+  if (m == nullptr || m->role != wire::Role::SERVER) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, "only a parameter server is preempted this way (a worker leaves)");
+    return;
+  }
+  auto answer = [&](bool wait, const std::string& reason) {
+    Outgoing out("coordinator", in.request_id());
+    auto r = out.body().initPreemptReply();
+    r.setWait(wait);
+    r.setReason(reason);
+    socket_.send(in.peer, out);
+  };
+  if (preempted_servers_.count(id)) {
+    if (checkpoint_ && checkpoint_->waiting.count(id))
+      return answer(true, "its files of checkpoint " + checkpoint_->name + " are not in yet");
+    return answer(false, checkpoint_ ? "its state is in checkpoint " + checkpoint_->name + " (being completed)"
+                         : newest_checkpoint_.empty() ? std::string("the checkpoint of its state was abandoned")
+                                                      : "its state is in " + newest_checkpoint_);
+  }
+  if (preempting_.count(id)) return answer(true, "waiting for the checkpoint's cut");
+  const bool old = checkpoint_step_ < 0 || now - checkpoint_time_ > ms(config_.checkpoint_on_term_older_than);
+  std::string go;
+  if (config_.checkpoint_dir.empty())
+    go = "no checkpoint.dir: its replacement starts from the initial parameters (the work on its shard is lost)";
+  else if (end_)
+    go = "the job is over";
+  else if (sync_ || config_.staleness == 0 || !leases_)
+    go = "a synchronous parameter-server job ends without it";
+  else if (!missing_servers_.empty())
+    go = "the job is already paused (" + *missing_servers_.begin() + " is missing); its replacement restores from " +
+         (newest_checkpoint_.empty() ? std::string("the initial parameters") : newest_checkpoint_);
+  else if (!checkpoint_ && (!old || steps_ == checkpoint_step_))
+    go = "the newest checkpoint (" + newest_checkpoint_ + ") is recent enough (checkpoint.on_term_older_than)";
+  if (!go.empty()) {
+    SHOAL_LOG(log_, warn, id << " got SIGTERM and goes without a checkpoint: " << go);
+    return answer(false, go);
+  }
+  preempting_.insert(id);
+  // A checkpoint already past its cut does not hold what the server applied since: the next one.
+  if (!checkpoint_) begin_checkpoint(now);
+  SHOAL_LOG(log_, warn,
+            id << " got SIGTERM: it stays until a checkpoint holds its state, and the job pauses at that cut until "
+                  "it is back");
+  return answer(true, "a checkpoint is being cut");
 }
 
 void Coordinator::server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now) {
@@ -779,7 +859,14 @@ void Coordinator::server_returns(const Incoming& in, wire::Register::Reader reg,
                     (reg.getRank() >= 0 ? " (ps." + std::to_string(reg.getRank()) + " is alive)" : ""));
     return;
   }
+  if (checkpoint_ && !checkpoint_->draining) {
+    // It restores from the newest complete checkpoint: let the one being written complete first
+    // (the state of a preempted server is in it).
+    reply_error(in, wire::ErrorCode::NOT_READY, "checkpoint " + checkpoint_->name + " is being written");
+    return;
+  }
   ServerRange& range = table_->servers[index];
+  preempted_servers_.erase(range.id);
   const int rank = std::stoi(range.id.substr(3));
   const Member& m = members_.add(wire::Role::SERVER, rank, reg.getAddress().cStr(), now);
   registrations_[reg.getNonce()] = m.id;

@@ -87,7 +87,12 @@ class Coordinator {
   bool sync_checkpoint_holds(const std::string& worker, Clock::time_point now);
   // A parameter server lost: the job pauses (no leases, no table) until it registers again and
   // restores its shard from the newest checkpoint.
-  void server_lost(const std::string& id, Clock::time_point now);
+  // A server gone (or, keep_checkpoint, preempted at the cut of the checkpoint in progress: its
+  // files are still to come) pauses the job until it is back.
+  void server_lost(const std::string& id, Clock::time_point now, bool keep_checkpoint = false);
+  // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
+  // and once the server has written its files it is told to go (docs/checkpoint-format.md).
+  void handle_preempt(const Incoming& in, Clock::time_point now);
   void server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
 
   Network& network_;
@@ -138,8 +143,10 @@ class Coordinator {
   Clock::time_point retry_checkpoint_at_{};  // after an abandoned one
   std::string restored_from_;
   std::string restored_position_;
-  std::string newest_checkpoint_;          // directory of the newest complete checkpoint
-  std::set<std::string> missing_servers_;  // lost and not back yet: the job is paused
+  std::string newest_checkpoint_;            // directory of the newest complete checkpoint
+  std::set<std::string> missing_servers_;    // lost and not back yet: the job is paused
+  std::set<std::string> preempting_;         // servers that got SIGTERM, waiting for a checkpoint's cut
+  std::set<std::string> preempted_servers_;  // paused at a cut: go once their files are in
   Clock::time_point paused_since_;
   struct Recovery {
     std::string who;

@@ -351,6 +351,21 @@ std::optional<std::vector<char>> CoordinatorStore::try_get(const std::string& ke
   }
 }
 
+ControlClient::PreemptAnswer ControlClient::preempt() {
+  Outgoing msg = make();
+  msg.body().setPreempt();
+  // Short, as leave(): a preempted process has seconds, and a coordinator that is gone cannot help.
+  Incoming reply = request(msg, std::min<Seconds>(timeout_, Seconds(2.0)));
+  throw_if_dropped(reply, sender_);
+  if (reply.kind() == wire::Envelope::Body::ERROR)
+    SHOAL_THROW(ProtocolError, "the coordinator refused the preemption: "
+                                   << reply.envelope().getBody().getError().getMessage().cStr());
+  SHOAL_REQUIRE(reply.kind() == wire::Envelope::Body::PREEMPT_REPLY, ProtocolError,
+                "the coordinator answered a preemption with " << kind_name(reply.kind()));
+  auto r = reply.envelope().getBody().getPreemptReply();
+  return PreemptAnswer{r.getWait(), r.getReason().cStr()};
+}
+
 bool ControlClient::leave() {
   Outgoing msg = make();
   msg.body().setLeave();

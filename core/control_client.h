@@ -86,6 +86,14 @@ class ControlClient {
   // Coordinator -> parameter server: snapshot the shard now into checkpoint `dir` (the
   // server acknowledges once its copy is taken, and writes in the background).
   void order_snapshot(std::int64_t step, const std::string& dir);
+  // A parameter server got SIGTERM: may it go now? `wait`: no, a checkpoint that holds its
+  // state is under way (ask again after reporting its files); otherwise `reason` says why it
+  // may go (its state is in a checkpoint, or none can be taken). TimeoutError after 2 s at most.
+  struct PreemptAnswer {
+    bool wait = false;
+    std::string reason;
+  };
+  PreemptAnswer preempt();
   // This worker leaves the job before it is over (SIGTERM): its leases go back at once.
   // Best effort (2 s at most): false if the coordinator did not acknowledge it.
   bool leave();

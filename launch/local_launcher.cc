@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/process.h"
+#include "ps/parameter_server.h"
 
 namespace shoal {
 namespace {
@@ -44,6 +45,7 @@ struct Child {
   std::string partial;  // an unfinished line
   bool exited = false;
   int code = 0;
+  bool preempted = false;  // a parameter server that said it left on SIGTERM
 };
 
 std::string self_executable() {
@@ -93,6 +95,8 @@ void print_lines(Child& c, const char* data, std::size_t n, std::size_t width) {
   while ((nl = c.partial.find('\n', start)) != std::string::npos) {
     std::string line = c.partial.substr(start, nl - start);
     if (c.name == "coordinator" && line.rfind("final test accuracy", 0) == 0) g_final_line = line;
+    if (c.name.rfind("ps.", 0) == 0 && line.find(ParameterServer::kPreemptedLine) != std::string::npos)
+      c.preempted = true;
     std::printf("%-*s | %s\n", static_cast<int>(width), c.name.c_str(), line.c_str());
     start = nl + 1;
   }
@@ -284,7 +288,10 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         const bool retryable = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
                                c.code == static_cast<int>(ExitCode::io) ||
                                c.code == static_cast<int>(ExitCode::timeout);
-        if (retryable && restartable && !interrupted && result < 0) {
+        // A parameter server preempted (SIGTERM) exits 0 while the job goes on: its state is in a
+        // checkpoint and the job waits for it, as a StatefulSet restarts its pod.
+        const bool preempted_server = c.code == 0 && c.preempted;
+        if ((retryable || preempted_server) && restartable && !interrupted && result < 0) {
           if (c.restarts < config.launch_max_restarts) {
             SHOAL_LOG(log, warn,
                       c.name << " exited with code " << c.code << "; restarting it (" << c.restarts + 1 << " of "

@@ -225,9 +225,9 @@ int run(int argc, char** argv) {
     // First thing, before any thread exists (they inherit the blocked signals), so a SIGTERM
     // during start-up (loading data, registering) is a stop request too, not the default action.
     std::optional<StopSignals> signals;
-    // The coordinator too: SIGTERM is a preemption (a last checkpoint, then every process
-    // exits 0); a parameter server dies on it and is restarted by its supervisor.
-    if (command == "worker" || command == "coordinator") signals.emplace();
+    // SIGTERM is a preemption: the coordinator takes a last checkpoint and every process exits
+    // 0; a parameter server has its shard checkpointed, leaves, and its replacement restores it.
+    if (command == "worker" || command == "coordinator" || command == "ps") signals.emplace();
     const std::atomic<bool>* stop = signals ? &signals->requested() : nullptr;
     bool local = false;
     if (command == "launch") {
@@ -259,7 +259,7 @@ int run(int argc, char** argv) {
       coordinator.set_term_flag(stop);
       coordinator.run();
     } else if (command == "ps") {
-      ParameterServer::run_role(network, loaded.config, log);
+      ParameterServer::run_role(network, loaded.config, log, stop);
     } else {
       run_worker_role(network, loaded.config, log, stop);
     }

@@ -514,20 +514,31 @@ std::string advertised(const std::string& endpoint) {
 }
 }  // namespace
 
-void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log) {
+void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
   // One thread per backend loop: the server spreads its updates by chunk (UpdatePool) instead.
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   ParameterServer server(network, config.node_address, *backend, log);
   Seconds timeout(config.request_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
-  std::string id = *control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
-                                          advertised(server.endpoint()), Seconds(config.startup_timeout_seconds));
+  auto registered = control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
+                                          advertised(server.endpoint()), Seconds(config.startup_timeout_seconds), stop);
+  if (!registered) {
+    SHOAL_LOG(log, info, "stopped on request before it registered (it had no part in the job yet)");
+    return;
+  }
+  std::string id = *registered;
   log = log.with_role(id);
   server.log_ = log;
   SHOAL_LOG(log, info, "listening on " << server.endpoint() << ", registered as " << id);
   // The coordinator ends the job (and says so) if the cluster does not assemble in time; this
   // deadline is a backstop for a coordinator that went silent.
-  PartitionTable table = *control.fetch_table(2 * Seconds(config.startup_timeout_seconds));
+  auto fetched = control.fetch_table(2 * Seconds(config.startup_timeout_seconds), stop);
+  if (!fetched) {
+    control.leave();
+    SHOAL_LOG(log, info, "stopped on request before the job started; left the job");
+    return;
+  }
+  PartitionTable table = std::move(*fetched);
   std::size_t index = table.servers.size();
   for (std::size_t i = 0; i < table.servers.size(); ++i)
     if (table.servers[i].id == id) index = i;
@@ -566,14 +577,40 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
                       Seconds(config.dead_after_seconds));
   std::uint64_t generation = 0;
   std::optional<JobEnd> end;
+  // SIGTERM: asked the coordinator whether it may go; stays (serving) until told so, or until
+  // this deadline.
+  std::optional<std::chrono::steady_clock::time_point> leave_by;
+  std::string why_go;
+  auto may_go = [&] {
+    try {
+      auto answer = control.preempt();
+      if (!answer.wait) why_go = answer.reason;
+      return !answer.wait;
+    } catch (const TimeoutError&) {
+      why_go = "the coordinator did not answer";
+      return true;
+    }
+  };
   while (!(end = heartbeat.job_end())) {
     heartbeat.check();
+    if (stop != nullptr && stop->load() && !leave_by) {
+      SHOAL_LOG(log, warn, "SIGTERM: asking the coordinator for a checkpoint of this shard before leaving");
+      leave_by = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout);
+      if (may_go()) break;
+    }
     server.serve(std::chrono::milliseconds(20));
     try {
-      if (auto written = server.take_written_checkpoint()) control.report_checkpoint(*written);
+      if (auto written = server.take_written_checkpoint()) {
+        control.report_checkpoint(*written);
+        if (leave_by && may_go()) break;
+      }
     } catch (const Error& e) {
       // The coordinator abandons a checkpoint it gets no files for; training goes on.
       SHOAL_LOG(log, error, "checkpoint not written: " << e.what());
+    }
+    if (leave_by && std::chrono::steady_clock::now() > *leave_by) {
+      why_go = "no checkpoint held this shard within cluster.request_timeout_seconds";
+      break;
     }
     if (heartbeat.generation() != generation) {
       generation = heartbeat.generation();
@@ -584,6 +621,13 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
     heartbeat.set_clock(applied);
   }
   const ServerStats& s = server.stats();
+  if (!end) {  // stopped on SIGTERM
+    control.leave();
+    SHOAL_LOG(log, warn,
+              kPreemptedLine << why_go << "; " << s.pushes << " pushes, " << s.pulls << " pulls, " << s.updates
+                             << " chunk updates");
+    return;
+  }
   SHOAL_LOG(log, info,
             "shutting down (" << (end->code == ExitCode::ok ? "the job is over" : "the job failed: " + end->reason)
                               << "): " << s.pushes << " pushes, " << s.pulls << " pulls, " << s.updates

@@ -89,8 +89,14 @@ class ParameterServer {
   bool writing_checkpoint() const { return writer_ != nullptr; }
 
   // The whole role: register with the coordinator, take the table, serve until the job ends.
-  // A job that failed ends it with the job's error (and exit code).
-  static void run_role(Network& network, const JobConfig& config, Logger log);
+  // A job that failed ends it with the job's error (and exit code). When `stop` turns true
+  // (SIGTERM: a preempted VM or pod) the server asks the coordinator to cut a checkpoint, serves
+  // until its part of it is written (at most cluster.request_timeout_seconds), leaves, and
+  // returns normally (exit 0): its replacement restores from that checkpoint.
+  static void run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr);
+  // Begins the log line of a server that left on SIGTERM while the job goes on: `shoal launch`
+  // restarts a server that printed it and exited 0 (a server that exits 0 at the job's end is not).
+  static constexpr const char* kPreemptedLine = "preempted (SIGTERM), left the job: ";
 
  private:
   struct ChunkState {

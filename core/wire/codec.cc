@@ -71,6 +71,10 @@ const char* kind_name(wire::Envelope::Body::Which kind) {
       return "snapshot";
     case K::CHECKPOINT_FILES:
       return "checkpointFiles";
+    case K::PREEMPT:
+      return "preempt";
+    case K::PREEMPT_REPLY:
+      return "preemptReply";
   }
   return "unknown";
 }
@@ -105,7 +109,7 @@ Incoming Incoming::decode(std::string peer, std::vector<zmq::message_t> frames) 
                   ProtocolError, "malformed sender id");
     auto body = in.root_.getBody();
     auto kind = body.which();
-    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::CHECKPOINT_FILES),
+    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::PREEMPT_REPLY),
                   ProtocolError, "unknown message kind " << static_cast<unsigned>(kind));
     // The rendezvous store (sync jobs): bounded, printable keys and small values.
     auto check_key = [](capnp::Text::Reader key) {

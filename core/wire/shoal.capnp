@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 5;
+const protocolVersion :UInt16 = 6;
 
 enum Role {
   coordinator @0;
@@ -50,6 +50,9 @@ struct Envelope {
     storeValue @23 :Data;
     snapshot @24 :SnapshotOrder;          # coordinator -> server: snapshot now (answered by ack)
     checkpointFiles @25 :CheckpointFiles; # server or worker -> coordinator: its files are written
+    preempt @26 :Void;                    # server -> coordinator: SIGTERM; may I go now? (asked again
+                                          # after each checkpointFiles until the answer is go)
+    preemptReply @27 :PreemptReply;
   }
 }
 
@@ -190,6 +193,11 @@ struct Shutdown {
 }
 
 # A checkpoint in progress: its step and the directory every file of it goes to.
+struct PreemptReply {
+  wait @0 :Bool;      # true: stay and serve; a checkpoint holding this server's state is under way
+  reason @1 :Text;    # for the log: why it may go (its state is in ckpt-N, or no checkpoint is possible)
+}
+
 struct SnapshotOrder {
   step @0 :UInt64;
   dir @1 :Text;

@@ -318,6 +318,41 @@ TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
 }
 
+// SIGTERM to one parameter server (its VM or pod is preempted): the coordinator cuts a checkpoint,
+// the job pauses at that cut, the server writes its part, leaves and exits 0; its supervisor starts
+// it again and it restores from exactly that checkpoint, so no update is lost. The job finishes with
+// every sample of every epoch.
+TEST(Elastic, SigtermToAParameterServerCheckpointsItsShardAndItsReplacementRestoresIt) {
+  TempDir ckpt, dir;
+  std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
+  for (const auto& a : job(ckpt, dir))
+    argv.push_back(a == "--checkpoint.every_steps=20" ? "--checkpoint.every_steps=100000" : a);  // only the one
+  Subprocess launch(argv);
+  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
+  pid_t ps1 = pid_of(launch.output(), "ps.1");
+  ASSERT_GT(ps1, 0) << launch.output();
+  ASSERT_EQ(kill(ps1, SIGTERM), 0);
+  ASSERT_EQ(launch.wait(240s), 0) << launch.output();
+  const std::string out = launch.output();
+  std::smatch cut;
+  ASSERT_TRUE(std::regex_search(out, cut,
+                                std::regex("ps\\.1 is preempted \\(SIGTERM\\): the job pauses at the cut of "
+                                           "checkpoint (ckpt-[0-9]+)")))
+      << out;
+  EXPECT_NE(out.find("preempted (SIGTERM), left the job: its state is in"), std::string::npos) << out;
+  EXPECT_NE(out.find("ps.1 exited with code 0; restarting it"), std::string::npos) << out;
+  // Restored from the checkpoint cut for it: nothing applied after the cut, nothing lost.
+  EXPECT_NE(out.find("it restores from " + ckpt.file(cut[1].str())), std::string::npos) << out;
+  std::smatch back;
+  if (std::regex_search(out, back, std::regex("ps\\.1 is back at \\S+ after ([0-9]+) ms")))
+    std::printf("preempted parameter server: the job paused %s ms (cut to its replacement's registration)\n",
+                back[1].str().c_str());
+  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 3u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+  EXPECT_GT(json_number(epochs.back(), "test_accuracy"), 0.70) << epochs.back();
+}
+
 TEST(Elastic, SigtermToTheLauncherCheckpointsStopsWithinTenSecondsAndTheJobResumes) {
   TempDir ckpt, dir;
   std::vector<std::string> argv{kShoal,

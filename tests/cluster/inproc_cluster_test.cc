@@ -188,6 +188,36 @@ TEST(InprocCluster, LostServerPausesTheJobAndComesBackRestoredFromTheCheckpoint)
   EXPECT_TRUE(c.log().wait_for({"reconnected to 2 servers"}, 0ms)) << c.log().text();
 }
 
+// SIGTERM to a parameter server (a preempted pod): it has a checkpoint cut for it, the job pauses at
+// the cut, it writes its part and leaves with code 0; started again, it restores from that very
+// checkpoint. Its `preempt` is duplicated (the coordinator answers both the same way) and its
+// checkpoint files arrive 300 ms late, so its replacement may knock while they are being written.
+TEST(InprocCluster, PreemptedServerLeavesOnceItsShardIsCheckpointedAndItsReplacementRestoresIt) {
+  testing::TempDir checkpoints;
+  FaultPlan faults;
+  faults.add({K::PREEMPT, FaultAction::duplicate, "ps.1", -1});
+  faults.add({K::CHECKPOINT_FILES, FaultAction::delay, "ps.1", -1, 300ms});
+  JobConfig job = small_job();
+  job.epochs = 40;  // outlives the preemption
+  job.checkpoint_dir = checkpoints.path();
+  job.checkpoint_every_steps = 1000000;  // only the preemption's
+  InprocCluster c(job, &faults);
+  c.start_all();
+  ASSERT_TRUE(c.log().wait_for({"training epoch 2"}, kJobTime)) << c.log().text();
+  c.stop_server(1);
+  ASSERT_TRUE(c.log().wait_for({"ps.1 is preempted (SIGTERM): the job pauses at the cut of checkpoint"}, 30s))
+      << c.log().text();
+  EXPECT_EQ(c.wait("ps.1", 30s), kOk) << c.failure("ps.1") << "\n" << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"preempted (SIGTERM), left the job: its state is in"}, 0ms)) << c.log().text();
+  const std::string cut = c.log().first_line_with("is preempted (SIGTERM)");
+  const std::string name = cut.substr(cut.find("ckpt-"), cut.find(' ', cut.find("ckpt-")) - cut.find("ckpt-"));
+  c.start_server(1);  // its supervisor
+  ASSERT_TRUE(c.log().wait_for({"ps.1 is back at", "it restores from " + checkpoints.path() + "/" + name}, 30s))
+      << c.log().text();
+  expect_everyone(c, kOk);
+  EXPECT_TRUE(c.log().wait_for({"restored", "chunks from " + checkpoints.path() + "/" + name}, 0ms)) << c.log().text();
+}
+
 // cluster.stall_seconds: worker.1's heartbeats go on but every push it sends arrives 3 s late, so
 // it finishes a step every 3 s and holds worker.0 back (staleness). It is treated as dead (it
 // exits 6 when it hears so), and worker.0 finishes the job.

@@ -165,8 +165,21 @@ void InprocCluster::start_server(int rank) {
   JobConfig c = config_;
   c.node_rank = rank;
   c.node_address = config_.node_address + std::to_string(rank);
+  std::atomic<bool>* stop;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& flag = server_stops_[rank];
+    if (flag) retired_stops_.push_back(std::move(flag));  // its old thread may still read it
+    flag = std::make_unique<std::atomic<bool>>(false);    // a new process: not stopped
+    stop = flag.get();
+  }
   launch("ps." + std::to_string(rank),
-         [this, c] { ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_)); });
+         [this, c, stop] { ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_), stop); });
+}
+
+void InprocCluster::stop_server(int rank) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  *server_stops_.at(rank) = true;
 }
 
 void InprocCluster::start_worker(int rank) {
@@ -176,6 +189,7 @@ void InprocCluster::start_worker(int rank) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto& flag = stops_[rank];
+    if (flag) retired_stops_.push_back(std::move(flag));  // its old thread may still read it
     flag = std::make_unique<std::atomic<bool>>(false);
     stop = flag.get();
   }

@@ -68,6 +68,8 @@ class InprocCluster {
   void start_all();  // coordinator, then every server and worker of the config
   // What SIGTERM does to a `shoal worker` process.
   void stop_worker(int rank);
+  // What SIGTERM does to a `shoal ps` process (a preemption).
+  void stop_server(int rank);
 
   // The exit code of "coordinator", "ps.N" or "worker.N" (-1: still running after `timeout`).
   int wait(const std::string& role, std::chrono::milliseconds timeout);
@@ -91,7 +93,8 @@ class InprocCluster {
   std::mutex mutex_;
   std::condition_variable finished_;
   std::map<std::string, Role> roles_;
-  std::map<int, std::unique_ptr<std::atomic<bool>>> stops_;
+  std::map<int, std::unique_ptr<std::atomic<bool>>> stops_, server_stops_;
+  std::vector<std::unique_ptr<std::atomic<bool>>> retired_stops_;  // of processes started again
   // Guarded by mutex_: the running coordinator (to stop it), and whether it should stop at once.
   Coordinator* coordinator_ = nullptr;
   bool coordinator_stop_ = false;
