@@ -418,6 +418,8 @@ class Namespaces {
         {ip_, "-n", hub_, "link", "set", veth_hub, "up"},
         {ip_, "-n", leaf_, "link", "set", veth_leaf, "up"},
         {ip_, "-n", leaf_, "route", "add", kHubAddress + "/32", "via", "10.231.0.1"},
+        // A process can run in them (a chroot without /sys mounted fails here).
+        {ip_, "netns", "exec", leaf_, ip_, "link", "show", veth_leaf},
     };
     leaf_link_ = veth_leaf;
     for (const auto& step : steps) {
