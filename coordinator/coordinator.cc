@@ -1,5 +1,6 @@
 #include "coordinator/coordinator.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -179,6 +180,7 @@ void Coordinator::publish_table() {
         result_.final_test_accuracy = r.test_accuracy;
       SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
     }
+    for (const auto* m : members_.members(wire::Role::WORKER, true)) world_rank_[m->id] = m->rank;
     SHOAL_LOG(log_, info, "every rank registered; the sync job starts with " << config_.workers << " ranks");
     return;
   }
@@ -334,6 +336,19 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
           table_->start_clock = std::min(table_->start_clock, wm->clock);
       if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
+      if (sync_ && world_size_ > 0) {
+        // This rank's place in the re-formed world.
+        auto it = world_rank_.find(sender);
+        if (it == world_rank_.end()) {
+          reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not part of the re-formed world");
+          return;
+        }
+        table_->world_rank = it->second;
+        table_->world_size = world_size_;
+        table_->previous_ranks.assign(static_cast<std::size_t>(world_size_), 0);
+        for (const auto& [id, rank] : world_rank_)
+          table_->previous_ranks[static_cast<std::size_t>(rank)] = previous_rank_.at(id);
+      }
       Outgoing out("coordinator", in.request_id());
       table_->to_wire(out.body().initPartitionTable());
       socket_.send(in.peer, out);
@@ -509,10 +524,15 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
     const Member* m = members_.find(id);
     std::string who = id + " (rank " + std::to_string(m != nullptr ? m->rank : -1) + ")";
     SHOAL_LOG(log_, error, who << " " << how);
-    if (table_ && !(book_ && book_->finished()))
-      end_job(ExitCode::peer_lost, "lost " + who + ", " + how +
-                                       "; a sync job cannot go on without every rank (elastic recovery is not "
-                                       "supported yet)");
+    if (!table_ || (book_ && book_->finished())) return;
+    // Rank 0 hosts this coordinator: the others re-form without a lost rank, but not without it.
+    if (config_.sync_elastic && m != nullptr && m->rank != 0 && sync_book_ != nullptr && world_rank_.count(id)) {
+      reform_world(id);
+      return;
+    }
+    end_job(ExitCode::peer_lost, "lost " + who + ", " + how +
+                                     "; a sync job cannot go on without every rank (sync.elastic is off" +
+                                     (config_.sync_elastic ? ", or it was rank 0, which hosts the coordinator)" : ")"));
     return;
   }
   if (checkpoint_ && checkpoint_->buffers_holder == id) checkpoint_->buffers_holder.clear();  // ask another
@@ -522,6 +542,38 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
                << members_.live_workers().size() << " workers remain");
   if (book_ && members_.live_workers().empty() && !book_->finished())
     end_job(ExitCode::peer_lost, "every worker is gone before the job finished");
+}
+
+void Coordinator::reform_world(const std::string& lost) {
+  const auto now = Clock::now();
+  if (checkpoint_) abandon_checkpoint(lost + " was lost");
+  sync_book_->remove(lost, now);
+  world_rank_.erase(lost);
+  // The survivors keep their order: the new ranks are their places in the old world, counted.
+  std::vector<std::pair<int, std::string>> order;
+  for (const auto& [id, rank] : world_rank_)
+    if (const Member* m = members_.find(id); m != nullptr && m->alive) order.emplace_back(rank, id);
+  std::sort(order.begin(), order.end());
+  world_rank_.clear();
+  previous_rank_.clear();
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    previous_rank_[order[i].second] = order[i].first;
+    world_rank_[order[i].second] = static_cast<int>(i);
+  }
+  world_size_ = static_cast<int>(order.size());
+  // A new generation: every survivor sees it in its heartbeat replies, ends the collective it is
+  // in, fetches its place in the new world (tableRequest) and forms it under this key prefix.
+  table_->version = std::max<std::uint64_t>(table_->version, members_.generation()) + 1;
+  SHOAL_LOG(log_, warn,
+            "the sync world re-forms in place without " << lost << ": " << world_size_ << " ranks, generation "
+                                                        << table_->version
+                                                        << "; the survivors take the state from the most advanced "
+                                                           "rank and re-plan the rest of the epoch");
+  metrics_.write({{"event", std::string("world")},
+                  {"ranks", static_cast<std::int64_t>(world_size_)},
+                  {"generation", static_cast<std::int64_t>(table_->version)},
+                  {"lost", lost},
+                  {"elapsed", seconds_between(started_, now)}});
 }
 
 bool Coordinator::checkpoint_due(Clock::time_point now) const {

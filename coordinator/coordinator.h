@@ -93,6 +93,8 @@ class Coordinator {
   // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
   // and once the server has written its files it is told to go (docs/checkpoint-format.md).
   void handle_preempt(const Incoming& in, Clock::time_point now);
+  // Elastic sync: `lost` leaves the world; the survivors form a new one (a new table version).
+  void reform_world(const std::string& lost);
   void server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
 
   Network& network_;
@@ -143,8 +145,12 @@ class Coordinator {
   Clock::time_point retry_checkpoint_at_{};  // after an abandoned one
   std::string restored_from_;
   std::string restored_position_;
-  std::string newest_checkpoint_;            // directory of the newest complete checkpoint
-  std::set<std::string> missing_servers_;    // lost and not back yet: the job is paused
+  std::string newest_checkpoint_;          // directory of the newest complete checkpoint
+  std::set<std::string> missing_servers_;  // lost and not back yet: the job is paused
+  // Elastic sync jobs: each live rank's place in the current world (by worker id), and in the
+  // previous one; world_size_ is 0 until the world is re-formed the first time.
+  std::map<std::string, int> world_rank_, previous_rank_;
+  int world_size_ = 0;
   std::set<std::string> preempting_;         // servers that got SIGTERM, waiting for a checkpoint's cut
   std::set<std::string> preempted_servers_;  // paused at a cut: go once their files are in
   Clock::time_point paused_since_;

@@ -56,11 +56,29 @@ bool SyncBook::complete(const std::string& worker, std::int64_t e, std::int64_t 
   p.report.correct += stats.correct;
   p.report.shards_done += 1;
   p.report.train_seconds = std::max(p.report.train_seconds, seconds);
-  if (p.trained == world_) {
+  settle(e, now);
+  return true;
+}
+
+void SyncBook::settle(std::int64_t e, TimePoint now) {
+  if (static_cast<int>(stage_.size()) < world_) return;  // a rank has not asked yet
+  Progress& p = epoch(e);
+  const bool trained =
+      std::all_of(stage_.begin(), stage_.end(), [&](const auto& kv) { return kv.second > 2 * (e - 1); });
+  const bool evaluated =
+      std::all_of(stage_.begin(), stage_.end(), [&](const auto& kv) { return kv.second > 2 * e - 1; });
+  if (trained && !p.report.complete) {
     p.report.complete = true;
     p.report.completed = now;
   }
-  return true;
+  if (evaluated) p.report.evaluated = true;
+}
+
+void SyncBook::remove(const std::string& worker, TimePoint now) {
+  stage_.erase(worker);
+  if (world_ > 1) --world_;
+  for (auto& [e, p] : epochs_progress_)
+    if (!p.report.complete || !p.report.evaluated) settle(e, now);
 }
 
 bool SyncBook::evaluated(const std::string& worker, std::int64_t e, double loss, double accuracy) {
@@ -71,7 +89,8 @@ bool SyncBook::evaluated(const std::string& worker, std::int64_t e, double loss,
   // Every rank reports the same all-reduced result.
   p.report.test_loss = loss;
   p.report.test_accuracy = accuracy;
-  if (++p.evaluated == world_) p.report.evaluated = true;
+  ++p.evaluated;
+  settle(e, std::chrono::steady_clock::now());
   return true;
 }
 

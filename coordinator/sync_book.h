@@ -2,8 +2,8 @@
 // in lock-step (the per-rank plan of models/shard.h: the coordinator hands out the epoch's
 // positions, every rank cuts the same plan), then evaluates its part of the test set; the
 // ranks' all-reduced results come back from every rank. An epoch is reported once every rank
-// trained and evaluated it. Nothing is ever re-leased: a lost rank ends the job (elastic
-// recovery re-plans from the coordinator's position instead).
+// trained and evaluated it. Nothing is ever re-leased: a lost rank ends the job, or with
+// sync.elastic it is removed and the survivors re-plan the rest of the epoch among themselves.
 #pragma once
 
 #include <map>
@@ -35,6 +35,9 @@ class SyncBook final : public WorkBook {
   std::int64_t next_train_epoch(const std::string& worker) const;
   // The data position as text (a checkpoint's `position`): the epochs done and their reports.
   std::string save() const;
+  // A rank lost in an elastic job (sync.elastic): the world is one smaller; an epoch that waited
+  // only for it is complete (the survivors report the samples of its completed steps).
+  void remove(const std::string& worker, TimePoint now);
   // Takes a checkpoint's position before any rank asked for work: every rank starts after its
   // last epoch. Throws CheckpointError when malformed or not a sync job's. Returns the epochs
   // done, for the job's report.
@@ -48,6 +51,8 @@ class SyncBook final : public WorkBook {
   // Stage 2(e-1): train epoch e; 2(e-1)+1: evaluate it; 2 * epochs: done.
   std::int64_t& stage(const std::string& worker) { return stage_.try_emplace(worker, first_stage_).first->second; }
   Progress& epoch(std::int64_t e);
+  // Marks epoch e trained (evaluated) once every rank of the world is past that stage.
+  void settle(std::int64_t e, TimePoint now);
 
   std::int64_t samples_, epochs_;
   int world_;

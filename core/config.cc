@@ -298,6 +298,10 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(float_setting(
       "sync.timeout_seconds", [](JobConfig & c) -> auto& { return c.sync_timeout_seconds; }, 0.1, 86400, false,
       "sync jobs: longest wait for one collective operation (or for forming the world) before the job fails"));
+  s.push_back(bool_setting(
+      "sync.elastic", [](JobConfig & c) -> auto& { return c.sync_elastic; },
+      "sync jobs with gloo: when a rank other than 0 dies, the others form a smaller world in place and go on "
+      "(docs/sync-training.md, \"Elasticity\"); false: the job fails with the lost rank's name"));
   s.push_back(string_setting(
       "sync.interface", [](JobConfig & c) -> auto& { return c.sync_interface; },
       "sync jobs with gloo: the network interface to bind (empty: the address this host reaches the "

@@ -43,6 +43,7 @@ struct JobConfig {
   double bucket_mib = 25.0;
   std::string sync_batch_norm = "local";
   double sync_timeout_seconds = 300.0;
+  bool sync_elastic = false;
   std::string sync_interface;
   std::string coordinator_address = "tcp://127.0.0.1:7600";
   std::int64_t servers = 2;

@@ -37,6 +37,10 @@ void PartitionTable::to_wire(wire::PartitionTable::Builder out) const {
   }
   auto w = out.initLiveWorkers(static_cast<unsigned>(live_workers.size()));
   for (std::size_t i = 0; i < live_workers.size(); ++i) w.set(static_cast<unsigned>(i), live_workers[i]);
+  out.setWorldRank(world_rank);
+  out.setWorldSize(world_size);
+  auto p = out.initPreviousRanks(static_cast<unsigned>(previous_ranks.size()));
+  for (std::size_t i = 0; i < previous_ranks.size(); ++i) p.set(static_cast<unsigned>(i), previous_ranks[i]);
 }
 
 PartitionTable PartitionTable::from_wire(wire::PartitionTable::Reader in) {
@@ -68,6 +72,18 @@ PartitionTable PartitionTable::from_wire(wire::PartitionTable::Reader in) {
   SHOAL_REQUIRE(key == t.chunks.size() || t.servers.empty(), ProtocolError,
                 "partition table servers own " << key << " of " << t.chunks.size() << " chunks");
   for (auto w : in.getLiveWorkers()) t.live_workers.emplace_back(w.cStr());
+  t.world_rank = in.getWorldRank();
+  t.world_size = in.getWorldSize();
+  for (auto r : in.getPreviousRanks()) t.previous_ranks.push_back(r);
+  if (t.world_rank >= 0) {
+    SHOAL_REQUIRE(t.world_size > t.world_rank && static_cast<std::size_t>(t.world_size) == t.previous_ranks.size(),
+                  ProtocolError,
+                  "partition table names rank " << t.world_rank << " of a world of " << t.world_size << " with "
+                                                << t.previous_ranks.size() << " previous ranks");
+    for (std::size_t i = 0; i < t.previous_ranks.size(); ++i)
+      SHOAL_REQUIRE(t.previous_ranks[i] >= 0 && (i == 0 || t.previous_ranks[i] > t.previous_ranks[i - 1]),
+                    ProtocolError, "partition table previous ranks are not increasing");
+  }
   return t;
 }
 

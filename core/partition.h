@@ -35,6 +35,11 @@ struct PartitionTable {
   std::int64_t train_samples = 0;
   std::string restore;            // the checkpoint directory the job resumes from ("": none)
   std::uint64_t start_clock = 0;  // where a worker that joins a running job starts
+  // Elastic sync jobs, after a rank was lost: the requester's rank in the world of generation
+  // `version` (-1: never re-formed), its size, and each member's rank in the previous world.
+  int world_rank = -1;
+  int world_size = 0;
+  std::vector<int> previous_ranks;
 
   // Index into servers of the owner of `key`; throws InternalError if none.
   std::size_t server_of(std::uint32_t key) const;

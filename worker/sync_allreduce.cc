@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
+#include <thread>
 
 namespace shoal {
 namespace {
@@ -17,7 +19,7 @@ SyncAllReduceStrategy::SyncAllReduceStrategy(Backend& backend, Model& model, Opt
                                              Collective& collective, Logger log, SyncOptions options)
     : backend_(backend),
       model_(model),
-      collective_(collective),
+      collective_(&collective),
       log_(std::move(log)),
       options_(std::move(options)),
       local_(std::make_unique<LocalStrategy>(backend, model, std::move(optimizer))) {
@@ -32,35 +34,61 @@ SyncAllReduceStrategy::~SyncAllReduceStrategy() = default;
 
 std::string SyncAllReduceStrategy::describe() const {
   std::ostringstream out;
-  out << "all-reduce over " << collective_.describe() << ", " << buckets_.size() << " bucket(s) of up to "
+  out << "all-reduce over " << collective_->describe() << ", " << buckets_.size() << " bucket(s) of up to "
       << static_cast<double>(options_.bucket_bytes) / (1 << 20) << " MiB, batch norm "
       << (options_.sync_batch_norm ? "sync" : "local");
   return out.str();
 }
 
-void SyncAllReduceStrategy::wait(Work& work) { work.wait(options_.timeout, options_.watch); }
+void SyncAllReduceStrategy::await_verdict() {
+  std::exception_ptr error = std::current_exception();
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(options_.verdict_wait);
+  while (options_.watch && std::chrono::steady_clock::now() < deadline) {
+    options_.watch();  // throws the verdict: a new world, the job's end
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::rethrow_exception(error);
+}
+
+template <typename Op>
+auto SyncAllReduceStrategy::guarded(Op op) -> decltype(op()) {
+  try {
+    return op();
+  } catch (const CollectiveError&) {
+    if (options_.verdict_wait.count() <= 0) throw;
+    await_verdict();
+  }
+}
+
+void SyncAllReduceStrategy::wait(Work& work) {
+  guarded([&] { work.wait(options_.timeout, options_.watch); });
+}
 
 void SyncAllReduceStrategy::broadcast_initial_state() {
   auto& params = model_.params();
-  auto values = collective_.broadcast(span_of(params.values(), 0, params.values().numel()), 0, "broadcast of parameters");
+  auto values =
+      collective_->broadcast(span_of(params.values(), 0, params.values().numel()), 0, "broadcast of parameters");
   WorkHandle buffers;
   if (params.buffer_values().numel() > 0)
-    buffers = collective_.broadcast(span_of(params.buffer_values(), 0, params.buffer_values().numel()), 0,
-                                    "broadcast of buffers");
+    buffers = collective_->broadcast(span_of(params.buffer_values(), 0, params.buffer_values().numel()), 0,
+                                     "broadcast of buffers");
   wait(*values);
   if (buffers) wait(*buffers);
 }
 
 float SyncAllReduceStrategy::loss_scale(std::int64_t samples) const {
-  const std::int64_t global = global_samples_ > 0 ? global_samples_ : samples * collective_.size();
+  const std::int64_t global = global_samples_ > 0 ? global_samples_ : samples * collective_->size();
   return 1.f / static_cast<float>(global);
 }
 
 SumAcrossRanks SyncAllReduceStrategy::batch_norm_sum() {
   if (!options_.sync_batch_norm) return {};
   return [this](std::span<float> values) {
-    collective_.all_reduce_now(values, ReduceOp::sum, options_.timeout, "all-reduce of batch-norm statistics",
-                               options_.watch);
+    guarded([&] {
+      collective_->all_reduce_now(values, ReduceOp::sum, options_.timeout, "all-reduce of batch-norm statistics",
+                                  options_.watch);
+    });
   };
 }
 
@@ -68,9 +96,9 @@ void SyncAllReduceStrategy::launch_ready() {
   Tensor& grads = model_.params().grads();
   while (launched_ < buckets_.size() && buckets_[launched_].begin >= ready_from_) {
     Bucket& b = buckets_[launched_];
-    b.work = collective_.all_reduce(span_of(grads, b.begin, b.end), ReduceOp::sum,
-                                    "all-reduce of gradient bucket " + std::to_string(launched_) + " (step " +
-                                        std::to_string(clock_) + ")");
+    b.work = collective_->all_reduce(
+        span_of(grads, b.begin, b.end), ReduceOp::sum,
+        "all-reduce of gradient bucket " + std::to_string(launched_) + " (step " + std::to_string(clock_) + ")");
     ++launched_;
   }
 }
@@ -88,7 +116,7 @@ void SyncAllReduceStrategy::wait_all() {
     } catch (...) {
       // The rest cannot succeed either: the ranks no longer agree. Give up on them at once.
       if (!first) first = std::current_exception();
-      collective_.abort(failure_of(first).message);
+      collective_->abort(failure_of(first).message);
     }
     buckets_[i].work.reset();
   }
@@ -105,21 +133,115 @@ void SyncAllReduceStrategy::end_step(Model& model, std::int64_t step, float lr) 
   ++clock_;
 }
 
+namespace {
+void add(LossStats& to, const LossStats& s) {
+  to.loss_sum += s.loss_sum;
+  to.correct += s.correct;
+  to.count += s.count;
+}
+}  // namespace
+
 LossStats SyncAllReduceStrategy::train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
                                        const DataShard& shard) {
-  LossStats total;
+  if (!(resume_ && shard.epoch == epoch_)) {  // a new epoch (not the rest of one after a new world)
+    epoch_ = shard.epoch;
+    position_ = shard.begin;
+    earlier_ = LossStats{};
+  }
+  resume_ = false;
+  shard_end_ = shard.end;
+  segment_from_ = position_;
+  segment_ = LossStats{};
   for (const RankStep& s :
-       plan_rank_steps(shard.begin, shard.end, options_.batch_size, collective_.size(), collective_.rank())) {
+       plan_rank_steps(position_, shard.end, options_.batch_size, collective_->size(), collective_->rank())) {
     if (trainer.stopped()) break;
     set_global_step(s.global, s.offset);
     LossStats b = trainer.train_batch(
         data, std::span<const std::int64_t>(order.data() + s.begin, static_cast<std::size_t>(s.end - s.begin)));
-    total.loss_sum += b.loss_sum;
-    total.correct += b.correct;
-    total.count += b.count;
+    add(segment_, b);
+    position_ += s.global;
   }
   set_global_step(0, 0);
-  return total;
+  LossStats total = earlier_;
+  add(total, segment_);
+  return total;  // epoch_ and position_ stay: a new world may find this member at the epoch's end
+}
+
+void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, const std::vector<int>& previous_ranks,
+                                  int previous_size, int previous_rank) {
+  for (auto& b : buckets_) b.work.reset();  // issued on the old world: never completed
+  launched_ = 0;
+  ready_from_ = model_.params().parameter_count();
+  collective_ = &collective;
+  // The most advanced member (the most steps: ranks differ by at most the step the loss cut
+  // short) is the source; the lowest rank among equals.
+  // (Every member's step, gathered by a sum: exact below 2^24 steps.)
+  std::vector<float> steps(static_cast<std::size_t>(collective_->size()), 0.f);
+  steps[static_cast<std::size_t>(collective_->rank())] = static_cast<float>(trainer.step());
+  collective_->all_reduce_now(steps, ReduceOp::sum, options_.timeout, "all-reduce of the members' steps");
+  const int from = static_cast<int>(std::max_element(steps.begin(), steps.end()) - steps.begin());
+  // Its state: parameters, buffers, optimizer slots, then step, epoch, position (bit patterns).
+  auto& params = model_.params();
+  std::vector<WorkHandle> work;
+  work.push_back(collective_->broadcast(span_of(params.values(), 0, params.values().numel()), from,
+                                        "broadcast of parameters (new world)"));
+  if (params.buffer_values().numel() > 0)
+    work.push_back(collective_->broadcast(span_of(params.buffer_values(), 0, params.buffer_values().numel()), from,
+                                          "broadcast of buffers (new world)"));
+  OptimizerState& state = local_->state();
+  for (auto& slot : state.slots)
+    work.push_back(collective_->broadcast(span_of(slot, 0, slot.numel()), from, "broadcast of optimizer state"));
+  std::int64_t meta_values[4] = {trainer.step(), epoch_, position_, static_cast<std::int64_t>(state.updates)};
+  std::vector<float> meta(sizeof(meta_values) / sizeof(float));
+  std::memcpy(meta.data(), meta_values, sizeof(meta_values));
+  work.push_back(collective_->broadcast(meta, from, "broadcast of the step and the data position"));
+  for (auto& w : work) w->wait(options_.timeout);
+  std::memcpy(meta_values, meta.data(), sizeof(meta_values));
+  const std::int64_t agreed_epoch = meta_values[1], agreed_position = meta_values[2];
+  trainer.set_step(meta_values[0]);
+  state.updates = static_cast<std::uint64_t>(meta_values[3]);
+  clock_ = static_cast<std::uint64_t>(meta_values[0]);
+
+  // Samples of the steps completed before the loss, counted once: each member its own share of
+  // them (its last step may have failed here but completed at the source), and the new rank 0
+  // also the shares of the ranks that are gone (their gradients are in those steps).
+  if (agreed_epoch >= 0 && agreed_epoch == epoch_) {
+    auto completed_share = [&](int rank) {
+      std::int64_t n = 0, at = segment_from_;
+      for (const RankStep& s : plan_rank_steps(segment_from_, shard_end_, options_.batch_size, previous_size, rank)) {
+        if (at + s.global > agreed_position) break;
+        n += s.end - s.begin;
+        at += s.global;
+      }
+      return n;
+    };
+    const LossStats measured = segment_;
+    segment_.count = completed_share(previous_rank);
+    if (collective_->rank() == 0) {
+      std::int64_t lost = 0;
+      for (int r = 0; r < previous_size; ++r)
+        if (std::find(previous_ranks.begin(), previous_ranks.end(), r) == previous_ranks.end())
+          lost += completed_share(r);
+      // Their loss and accuracy went with them: estimated by this member's over the same steps.
+      if (measured.count > 0) {
+        const double per_sample = static_cast<double>(lost) / static_cast<double>(measured.count);
+        segment_.loss_sum += measured.loss_sum * per_sample;
+        segment_.correct += static_cast<std::int64_t>(std::llround(static_cast<double>(measured.correct) * per_sample));
+      }
+      segment_.count += lost;
+    }
+    add(earlier_, segment_);
+    segment_ = LossStats{};
+    position_ = agreed_position;
+    resume_ = true;
+  } else if (agreed_epoch >= 0) {
+    // The source was mid-epoch while this member was between epochs (it had not started it).
+    epoch_ = agreed_epoch;
+    position_ = agreed_position;
+    earlier_ = LossStats{};
+    resume_ = true;
+  }
+  trainer.rescale_schedule(static_cast<double>(collective_->size()) / static_cast<double>(previous_size));
 }
 
 EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test) {
@@ -128,16 +250,20 @@ EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test
   // their average (identical on every rank, as the parameters are).
   if (!options_.sync_batch_norm && params.buffer_values().numel() > 0) {
     Tensor& buffers = params.buffer_values();
-    collective_.all_reduce_now(span_of(buffers, 0, buffers.numel()), ReduceOp::average, options_.timeout,
-                               "all-reduce of batch-norm running statistics", options_.watch);
+    guarded([&] {
+      collective_->all_reduce_now(span_of(buffers, 0, buffers.numel()), ReduceOp::average, options_.timeout,
+                                  "all-reduce of batch-norm running statistics", options_.watch);
+    });
   }
-  const std::int64_t w = collective_.size(), r = collective_.rank();
+  const std::int64_t w = collective_->size(), r = collective_->rank();
   EvalResult mine = trainer.evaluate(test, test.count * r / w, test.count * (r + 1) / w);
   std::vector<float> sums{static_cast<float>(mine.loss * static_cast<double>(mine.samples)),
                           static_cast<float>(mine.accuracy * static_cast<double>(mine.samples) + 0.5),
                           static_cast<float>(mine.samples)};
-  collective_.all_reduce_now(sums, ReduceOp::sum, options_.timeout, "all-reduce of evaluation results",
-                             options_.watch);
+  guarded([&] {
+    collective_->all_reduce_now(sums, ReduceOp::sum, options_.timeout, "all-reduce of evaluation results",
+                                options_.watch);
+  });
   EvalResult all;
   all.samples = static_cast<std::int64_t>(sums[2] + 0.5f);
   all.loss = all.samples > 0 ? sums[0] / static_cast<double>(all.samples) : 0;
@@ -148,7 +274,7 @@ EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test
 void SyncAllReduceStrategy::leave() {
   // Nothing to tell peers: a rank that leaves ends a sync job (the coordinator says so to
   // the others). Whatever is still in flight cannot complete.
-  if (launched_ > 0) collective_.abort("this rank left the job");
+  if (launched_ > 0) collective_->abort("this rank left the job");
 }
 
 }  // namespace shoal

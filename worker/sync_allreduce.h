@@ -25,8 +25,12 @@ struct SyncOptions {
   std::chrono::duration<double> timeout{300.0};  // one collective operation
   bool sync_batch_norm = false;
   std::int64_t batch_size = 64;  // per rank
-  // Called at least every 10 ms of every wait; throws to end it (the job failed, a stop).
+  // Called at least every 10 ms of every wait; throws to end it (the job failed, a stop, a new
+  // world in an elastic job).
   std::function<void()> watch;
+  // Elastic (sync.elastic): a collective that fails at once (a peer's connection closed) is not
+  // the end yet: the watch is polled this long for the coordinator's verdict (a new world).
+  std::chrono::duration<double> verdict_wait{0.0};
 };
 
 class SyncAllReduceStrategy final : public DistributedStrategy {
@@ -37,6 +41,14 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
 
   // Rank 0's parameters and buffers reach every rank.
   void broadcast_initial_state();
+  // Elastic: the world was formed again without a lost rank; `collective` is the new one (it must
+  // outlive its use here). Every member takes the state of the most advanced one (parameters,
+  // optimizer state, buffers, step, and where the epoch stood), the samples of the steps completed
+  // before the loss are counted once, the rest of the epoch is planned over the new world, and
+  // the learning rate is rescaled (Trainer::rescale_schedule). previous_ranks[r]: new rank r's
+  // rank in the world before; previous_size and previous_rank: that world's size, this one's rank.
+  void adopt(Collective& collective, Trainer& trainer, const std::vector<int>& previous_ranks, int previous_size,
+             int previous_rank);
   void start() override { broadcast_initial_state(); }
 
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
@@ -69,10 +81,15 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   void launch_ready();
   void wait(Work& work);
   void wait_all();
+  // A collective failed at once: waits (polling the watch) for the verdict, else rethrows.
+  [[noreturn]] void await_verdict();
+  // Runs an operation that blocks in the collective, with await_verdict on its failure.
+  template <typename Op>
+  auto guarded(Op op) -> decltype(op());
 
   Backend& backend_;
   Model& model_;
-  Collective& collective_;
+  Collective* collective_;
   Logger log_;
   SyncOptions options_;
   std::unique_ptr<LocalStrategy> local_;
@@ -81,6 +98,12 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   std::int64_t ready_from_ = 0;
   std::int64_t global_samples_ = 0, sample_offset_ = 0;
   std::uint64_t clock_ = 0;
+  // Where the epoch being trained stands: its epoch (-1: none), its end, the position the current
+  // plan started from, and the position after the last completed global step. Statistics of
+  // earlier plans (before a re-formed world) and of the current one.
+  std::int64_t epoch_ = -1, shard_end_ = 0, segment_from_ = 0, position_ = 0;
+  LossStats earlier_, segment_;
+  bool resume_ = false;  // adopt(): the next train() of epoch_ goes on from position_
 };
 
 }  // namespace shoal

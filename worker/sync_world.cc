@@ -48,6 +48,12 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
                 "sync.backend = " << s.backend
                                   << " all-reduces host memory, but this worker computes on a GPU: use sync.backend = "
                                      "nccl (or auto), or device = cpu");
+  SHOAL_REQUIRE(!config.sync_elastic || s.backend == "gloo", ConfigError,
+                "sync.elastic needs sync.backend = gloo, not "
+                    << s.backend
+                    << (s.backend == "mpi" ? " (Open MPI 4 cannot shrink a world: the launcher restarts it from the "
+                                             "last checkpoint instead)"
+                                           : " (in-place re-forming over NCCL is not built yet)"));
   if (auto env = mpi::world_from_environment()) {
     s.world = *env;
   } else {

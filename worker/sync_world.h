@@ -8,8 +8,8 @@
 #include <string>
 #include <thread>
 
-#include "core/collective.h"
 #include "core/backend.h"
+#include "core/collective.h"
 #include "core/config.h"
 #include "core/control_client.h"
 #include "core/log.h"

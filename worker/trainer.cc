@@ -76,14 +76,27 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
   const Tensor& logits = model_.forward(ctx, x_);
   if (!dlogits_.defined() || !(dlogits_.shape() == logits.shape())) dlogits_ = backend_.allocate(logits.shape());
   LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_,
-                                                    strategy_.loss_scale(static_cast<std::int64_t>(samples.size())));
+                                                   strategy_.loss_scale(static_cast<std::int64_t>(samples.size())));
   SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DivergedError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
   model_.backward(ctx, dlogits_,
                   [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
-  strategy_.end_step(model_, step_, options_.schedule.at(step_));
+  strategy_.end_step(model_, step_, lr_at(step_));
   ++step_;
   return stats;
+}
+
+float Trainer::lr_at(std::int64_t step) const {
+  if (lr_scale_ == 1 && schedule_rate_ == 1) return options_.schedule.at(step);
+  const double position = schedule_from_ + static_cast<double>(step - rescaled_at_) * schedule_rate_;
+  return static_cast<float>(lr_scale_) * options_.schedule.at(std::llround(std::max(0.0, position)));
+}
+
+void Trainer::rescale_schedule(double f) {
+  schedule_from_ += static_cast<double>(step_ - rescaled_at_) * schedule_rate_;
+  rescaled_at_ = step_;
+  schedule_rate_ *= f;
+  lr_scale_ *= f;
 }
 
 LossStats Trainer::train_shard(const Dataset& data, const std::vector<std::int64_t>& order, const DataShard& shard) {

@@ -5,8 +5,8 @@
 #pragma once
 
 #include <atomic>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,6 +63,12 @@ class Trainer {
   std::int64_t step() const { return step_; }
   // Resuming from a checkpoint: the learning-rate schedule and dropout go on from this step.
   void set_step(std::int64_t step) { step_ = step; }
+  // An elastic sync world went from n to n' ranks (the global batch shrank by f = n'/n): from the
+  // current step on, the rate is scaled by f (the linear scaling rule) and the schedule advances f
+  // of a step per step, so it still ends with the last epoch (docs/sync-training.md).
+  void rescale_schedule(double f);
+  // The learning rate of step `step` (the schedule, with any rescaling).
+  float lr_at(std::int64_t step) const;
   // When the flag turns true, train_shard stops after the current step and evaluate after the
   // current batch (its partial result is then meaningless).
   void set_stop_flag(const std::atomic<bool>* flag) { stop_ = flag; }
@@ -80,6 +86,9 @@ class Trainer {
   Progress& progress_;
   MetricsWriter& metrics_;
   std::int64_t step_ = 0;
+  // rescale_schedule: schedule position = schedule_from_ + (step - rescaled_at_) * schedule_rate_.
+  double lr_scale_ = 1, schedule_rate_ = 1, schedule_from_ = 0;
+  std::int64_t rescaled_at_ = 0;
   const std::atomic<bool>* stop_ = nullptr;
   Tensor x_, y_, dlogits_;
   // Device backends: two pinned host buffers and their device batches, used in turn.

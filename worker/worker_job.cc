@@ -216,8 +216,8 @@ void run_job_loop(JobContext& job) {
         ++shards;
         samples += s.count;
       } catch (const TableChanged&) {
-        SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
-        if (!take_new_table()) return leave("while waiting for a parameter server to come back");
+        // Async: a parameter server was lost; elastic sync: a rank was. The hook says which.
+        if (!take_new_table()) return leave("while waiting for the job's new table");
       }
     }
   } catch (const JobOver&) {
@@ -364,6 +364,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
                   trainer_options(config, hash_combine(config.seed, hash_string(id))), log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   auto take_new_table = [&]() -> bool {
+    SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
     auto table = control.fetch_table(2 * startup, stop);
     if (!table) return false;
     table_version = table->version;
@@ -421,9 +422,14 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   const std::string& id = joined->id;
   Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
-  auto watch = [job = job_watch(heartbeat), stop] {
+  // Elastic: a new table version is a new world (a rank was lost): every wait ends, and the job
+  // loop forms it (take_new_table below).
+  std::uint64_t world_version = joined->table.version;
+  const bool elastic = config.sync_elastic;
+  auto watch = [job = job_watch(heartbeat), stop, elastic, &heartbeat, &world_version] {
     job();
     if (stop != nullptr && stop->load()) throw StopRequested{};
+    if (elastic && heartbeat.table_version() > world_version) throw TableChanged{};
   };
   std::unique_ptr<Collective> collective;
   try {
@@ -437,6 +443,8 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   options.sync_batch_norm = config.sync_batch_norm == "sync";
   options.batch_size = config.batch_size;
   options.watch = watch;
+  if (elastic)  // the coordinator's verdict on a lost rank comes within a liveness period
+    options.verdict_wait = Seconds(config.dead_after_seconds + 2 * config.heartbeat_seconds + 1);
   SyncAllReduceStrategy strategy(*l.backend, *l.model, Optimizer(config.optimizer), *collective, log, options);
   SHOAL_LOG(log, info,
             "registered as " << id << "; " << strategy.describe() << " (" << setup.why << "); backend "
@@ -452,7 +460,44 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   trainer.set_stop_flag(stop);
   if (!joined->table.restore.empty())
     restore_sync_state(joined->table.restore, *l.backend, *l.model, strategy, trainer, log);
-  JobContext job{config, log, stop, control, heartbeat, strategy, trainer, l.data, l.backend.get(), l.model.get(), {}};
+  // Elastic: the world lost a rank. Fetch this rank's place in the new one, form it, and take the
+  // state from its most advanced member.
+  auto reform = [&]() -> bool {
+    const auto started = std::chrono::steady_clock::now();
+    SHOAL_LOG(log, warn, "a rank was lost: re-forming the world in place");
+    auto table = control.fetch_table(2 * startup, stop);
+    if (!table) return false;
+    SHOAL_REQUIRE(table->world_rank >= 0, ProtocolError,
+                  "the coordinator published table version " << table->version << " without this rank's new place");
+    const int previous_size = collective->size(), previous_rank = collective->rank();
+    collective->abort("the world is re-formed without a lost rank");
+    SyncSetup next = setup;
+    next.world.rank = table->world_rank;
+    next.world.size = table->world_size;
+    next.world.local_rank = table->world_rank;
+    std::unique_ptr<Collective> fresh = make_collective(next, config, control, table->version, *l.backend);
+    strategy.adopt(*fresh, trainer, table->previous_ranks, previous_size, previous_rank);
+    collective = std::move(fresh);
+    world_version = table->version;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    SHOAL_LOG(log, info,
+              "the world is re-formed: rank "
+                  << table->world_rank << " of " << table->world_size << " (was " << previous_rank << " of "
+                  << previous_size << "), generation " << table->version << ", in " << seconds << " s; at step "
+                  << trainer.step() << ", learning rate x" << table->world_size << "/" << previous_size);
+    return true;
+  };
+  JobContext job{config,
+                 log,
+                 stop,
+                 control,
+                 heartbeat,
+                 strategy,
+                 trainer,
+                 l.data,
+                 l.backend.get(),
+                 l.model.get(),
+                 elastic ? std::function<bool()>(reform) : std::function<bool()>()};
   try {
     run_job_loop(job);
   } catch (const CollectiveError&) {

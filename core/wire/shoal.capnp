@@ -113,6 +113,11 @@ struct PartitionTable {
   restore @7 :Text;              # the checkpoint directory the job resumes from ("": none)
   startClock @8 :UInt64;         # a worker joining a running job starts at this clock (the
                                  # slowest live worker's), so it holds nobody back
+  # Elastic sync jobs (sync.elastic), once a rank was lost: the requester's rank and the size of
+  # the world of generation `version`, and the rank each of its members had in the previous one.
+  worldRank @9 :Int32 = -1;      # -1: the world mpirun or node.rank gave (never re-formed)
+  worldSize @10 :Int32;
+  previousRanks @11 :List(Int32);
 }
 
 struct Shard {

@@ -70,6 +70,22 @@ TEST(PartitionTableWire, RoundTripAndRejectsInconsistentTables) {
   t.to_wire(root);
   root.getServers()[1].setFirstKey(0);  // overlapping ranges
   EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+  // An elastic sync world: the requester's place, and the previous ranks of the members.
+  t.world_rank = 1;
+  t.world_size = 2;
+  t.previous_ranks = {0, 2};
+  t.to_wire(root);
+  back = PartitionTable::from_wire(root.asReader());
+  EXPECT_EQ(back.world_rank, 1);
+  EXPECT_EQ(back.previous_ranks, (std::vector<int>{0, 2}));
+  root.setWorldRank(2);  // outside the world
+  EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+  t.previous_ranks = {2, 0};  // not in order
+  t.to_wire(root);
+  EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+  t.previous_ranks = {0};  // not one per member
+  t.to_wire(root);
+  EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
 }
 
 TEST(Membership, RegistrationHeartbeatsAndDeath) {
@@ -173,7 +189,8 @@ TEST(SyncPlan, EveryRankTakesTheSameStepsAndEveryPositionOnce) {
   };
   for (const Case& c : {Case{0, 60000, 32, 2}, Case{0, 1000, 32, 3}, Case{100, 1101, 16, 4}, Case{0, 65, 32, 2},
                         Case{0, 66, 32, 3}, Case{0, 2, 32, 3}, Case{0, 10, 1, 1}, Case{5, 5, 8, 2}}) {
-    SCOPED_TRACE(testing::Message() << "[" << c.begin << ", " << c.end << ") batch " << c.batch << " world " << c.world);
+    SCOPED_TRACE(testing::Message() << "[" << c.begin << ", " << c.end << ") batch " << c.batch << " world "
+                                    << c.world);
     std::vector<std::vector<RankStep>> plans;
     for (int r = 0; r < c.world; ++r) plans.push_back(plan_rank_steps(c.begin, c.end, c.batch, c.world, r));
     std::multiset<std::int64_t> seen;
@@ -253,6 +270,34 @@ TEST(SyncBook, RanksTrainThenEvaluateEachEpochInLockStep) {
   EXPECT_TRUE(book.finished());
   EXPECT_EQ(book.next("worker.0", now).kind, WorkBook::Task::finished);
   EXPECT_EQ(book.take_completed().size(), 1u);
+}
+
+// sync.elastic: a rank lost mid-epoch leaves the world; the epoch completes once every survivor
+// trained and evaluated it, whether or not the lost one had reported.
+TEST(SyncBook, ALostRankLeavesTheWorldAndTheSurvivorsCompleteTheEpoch) {
+  SyncBook book(900, 2, 3);
+  auto now = std::chrono::steady_clock::now();
+  for (const char* w : {"worker.0", "worker.1", "worker.2"}) ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::train);
+  book.complete("worker.2", 1, 0, ShardStats{300, 1, 1}, 1, now);  // it reported, then died
+  book.complete("worker.0", 1, 0, ShardStats{300, 1, 1}, 1, now);
+  book.remove("worker.2", now);
+  EXPECT_TRUE(book.take_completed().empty()) << "worker.1 has not trained epoch 1";
+  book.complete("worker.1", 1, 0, ShardStats{300, 1, 1}, 1, now);
+  book.evaluated("worker.0", 1, 0.5, 0.8);
+  EXPECT_TRUE(book.take_completed().empty()) << "worker.1 has not evaluated";
+  book.evaluated("worker.1", 1, 0.5, 0.8);
+  auto done = book.take_completed();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].samples_done, 900);
+  // Epoch 2: the survivors alone; the lost rank is no longer waited for.
+  for (const char* w : {"worker.0", "worker.1"}) {
+    ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::train);
+    book.complete(w, 2, 0, ShardStats{450, 1, 1}, 1, now);
+    book.evaluated(w, 2, 0.4, 0.9);
+  }
+  EXPECT_TRUE(book.finished());
+  EXPECT_EQ(book.take_completed().size(), 1u);
+  EXPECT_EQ(book.boundary(), 2);
 }
 
 }  // namespace

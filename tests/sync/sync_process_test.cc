@@ -130,9 +130,9 @@ TEST(SyncFailure, GlooRankKilledMidEpochEndsTheJobNamingIt) {
     std::vector<std::string> argv{kShoal, "worker"};
     auto job = small_job("gloo", 60000);
     argv.insert(argv.end(), job.begin(), job.end());
-    argv.insert(argv.end(), {"--node.rank=" + std::to_string(r),
-                             "--cluster.coordinator=" + coordinator, "--cluster.heartbeat_seconds=0.2",
-                             "--cluster.dead_after_seconds=2", "--sync.timeout_seconds=30"});
+    argv.insert(argv.end(),
+                {"--node.rank=" + std::to_string(r), "--cluster.coordinator=" + coordinator,
+                 "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=2", "--sync.timeout_seconds=30"});
     ranks.push_back(std::make_unique<Subprocess>(argv));
   }
   ASSERT_TRUE(wait_for_output(*ranks[1], std::regex("training epoch 1"), 2min)) << ranks[1]->output();
@@ -146,6 +146,63 @@ TEST(SyncFailure, GlooRankKilledMidEpochEndsTheJobNamingIt) {
   EXPECT_EQ(code, 10) << out;
   EXPECT_LT(seconds, 15) << "rank 0 took " << seconds << " s to notice";
   EXPECT_NE(out.find("shoal: error: the job failed (peer lost): lost worker.1 (rank 1)"), std::string::npos) << out;
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double kSlowdown = 3;  // every process runs a few times slower under a sanitizer
+#else
+constexpr double kSlowdown = 1;
+#endif
+
+// sync.elastic: rank 2 of 3 killed with SIGKILL mid-epoch. The coordinator (in rank 0) declares it
+// dead and publishes a new world; ranks 0 and 1 end the collective they were in, form a world of 2
+// over Gloo, take the state of the most advanced of them, re-plan the rest of the epoch and finish
+// the job: no process restarts. Every epoch counts every sample once (the dead rank's completed
+// steps included), and the time from the kill to the re-formed world is printed (default liveness
+// settings).
+TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceAndFinish) {
+  TempDir dir;
+  std::string coordinator = "tcp://127.0.0.1:" + std::to_string(free_port());
+  std::vector<std::unique_ptr<Subprocess>> ranks;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<std::string> argv{kShoal,
+                                  "worker",
+                                  kJob,
+                                  "--sync.backend=gloo",
+                                  "--model=mlp",
+                                  "--train.epochs=3",
+                                  "--data.train_limit=6000",
+                                  "--data.test_limit=1000",
+                                  "--threads=1",
+                                  "--progress=off",
+                                  "--cluster.workers=3",
+                                  "--sync.elastic=true",
+                                  "--node.rank=" + std::to_string(r),
+                                  "--cluster.coordinator=" + coordinator};
+    if (r == 0) argv.push_back("--metrics.file=" + dir.file("metrics.jsonl"));
+    ranks.push_back(std::make_unique<Subprocess>(argv));
+  }
+  ASSERT_TRUE(wait_for_output(*ranks[2], std::regex("training epoch 2"), 3min)) << ranks[2]->output();
+  std::this_thread::sleep_for(200ms);  // some steps into the epoch (the test holds at any point)
+  auto killed = std::chrono::steady_clock::now();
+  ranks[2]->signal(SIGKILL);
+  ASSERT_TRUE(wait_for_output(*ranks[1], std::regex("the world is re-formed: rank 1 of 2 \\(was 1 of 3\\)"), 2min))
+      << ranks[1]->output() << "\n---\n"
+      << ranks[0]->output();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  std::printf("sync elastic: kill -9 of a rank to the world re-formed in place: %.2f s (default settings)\n", seconds);
+  EXPECT_LT(seconds, 10 * kSlowdown);
+  ASSERT_EQ(ranks[0]->wait(3min), 0) << ranks[0]->output();
+  ASSERT_EQ(ranks[1]->wait(1min), 0) << ranks[1]->output();
+  const std::string out = ranks[0]->output();
+  EXPECT_NE(out.find("the sync world re-forms in place without worker.2: 2 ranks"), std::string::npos) << out;
+  EXPECT_NE(out.find("the world is re-formed: rank 0 of 2 (was 0 of 3)"), std::string::npos) << out;
+  const std::string metrics = read_file(dir.file("metrics.jsonl"));
+  auto epochs = testing::lines_with(metrics, "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 3u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(testing::json_number(e, "samples_done"), 6000) << e;
+  EXPECT_GT(testing::json_number(epochs.back(), "test_accuracy"), 0.7) << epochs.back();
+  EXPECT_EQ(testing::lines_with(metrics, "\"event\": \"world\"").size(), 1u) << metrics;
 }
 
 // The same with the MPI backend, launched by `shoal launch --local` (through mpirun): Open MPI
@@ -169,7 +226,8 @@ TEST(SyncFailure, MpiRankKilledMidEpochEndsTheLaunchNonZero) {
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(code, -1) << "the launch hung\n" << out;
   EXPECT_LT(seconds, 30) << out;
-  EXPECT_TRUE(out.find("process rank 1") != std::string::npos || out.find("lost worker.1 (rank 1)") != std::string::npos)
+  EXPECT_TRUE(out.find("process rank 1") != std::string::npos ||
+              out.find("lost worker.1 (rank 1)") != std::string::npos)
       << out;
 }
 
