@@ -80,6 +80,22 @@ std::vector<std::string> job(const TempDir& ckpt, const TempDir& dir) {
           "--metrics.file=" + dir.file("metrics.jsonl")};
 }
 
+// `shoal launch --local` of job(ckpt, dir), one argument replaced (`swap`: from, to) and `extra` added.
+std::vector<std::string> launch_argv(const TempDir& ckpt, const TempDir& dir,
+                                     const std::pair<std::string, std::string>& swap,
+                                     const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  for (const auto& a : job(ckpt, dir)) argv.push_back(a == swap.first ? swap.second : a);
+  return argv;
+}
+
+// Once both workers train: the pid of `name` as the launcher reported it (-1 if it did not).
+pid_t pid_once_training(Subprocess& launch, const std::string& name) {
+  if (!wait_for(launch, "training epoch 1", 120s, 2)) return -1;
+  return pid_of(launch.output(), name);
+}
+
 struct Job {
   std::string coordinator = "tcp://127.0.0.1:" + std::to_string(free_port());
   std::vector<std::unique_ptr<Subprocess>> processes;  // coordinator first
@@ -252,9 +268,7 @@ TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenG
 
 TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
   TempDir ckpt, dir;
-  std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
-  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
-  Subprocess launch(argv);
+  Subprocess launch(launch_argv(ckpt, dir, {}));
   ASSERT_TRUE(wait_for(launch, " written: ", 120s)) << launch.output();
   pid_t ps1 = pid_of(launch.output(), "ps.1");
   ASSERT_GT(ps1, 0) << launch.output();
@@ -272,11 +286,8 @@ TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
 
 TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
   TempDir ckpt, dir;
-  std::vector<std::string> argv{kShoal, "launch", kJob, "--local", "--launch.restart_workers=true"};
-  for (const auto& a : job(ckpt, dir)) argv.push_back(a);
-  Subprocess launch(argv);
-  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
-  pid_t w1 = pid_of(launch.output(), "worker.1");
+  Subprocess launch(launch_argv(ckpt, dir, {}, {"--launch.restart_workers=true"}));
+  const pid_t w1 = pid_once_training(launch, "worker.1");
   ASSERT_GT(w1, 0) << launch.output();
   ASSERT_EQ(kill(w1, SIGKILL), 0);
   ASSERT_EQ(launch.wait(240s), 0) << launch.output();
@@ -298,12 +309,9 @@ TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
 
 TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins) {
   TempDir ckpt, dir;
-  std::vector<std::string> argv{kShoal, "launch", kJob, "--local", "--launch.restart_workers=true"};
-  for (const auto& a : job(ckpt, dir))
-    argv.push_back(a == "--train.epochs=3" ? "--train.epochs=8" : a);  // time to rejoin
-  Subprocess launch(argv);
-  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
-  pid_t w1 = pid_of(launch.output(), "worker.1");
+  Subprocess launch(launch_argv(ckpt, dir, {"--train.epochs=3", "--train.epochs=8"},  // time to rejoin
+                                {"--launch.restart_workers=true"}));
+  const pid_t w1 = pid_once_training(launch, "worker.1");
   ASSERT_GT(w1, 0) << launch.output();
   ASSERT_EQ(kill(w1, SIGSTOP), 0);
   ASSERT_TRUE(wait_for(launch, "worker.1 declared dead", 30s)) << launch.output();
@@ -324,12 +332,9 @@ TEST(Elastic, StoppedWorkerIsDeclaredDeadItsWorkReissuedAndAfterSigcontItRejoins
 // every sample of every epoch.
 TEST(Elastic, SigtermToAParameterServerCheckpointsItsShardAndItsReplacementRestoresIt) {
   TempDir ckpt, dir;
-  std::vector<std::string> argv{kShoal, "launch", kJob, "--local"};
-  for (const auto& a : job(ckpt, dir))
-    argv.push_back(a == "--checkpoint.every_steps=20" ? "--checkpoint.every_steps=100000" : a);  // only the one
-  Subprocess launch(argv);
-  ASSERT_TRUE(wait_for(launch, "training epoch 1", 120s, 2)) << launch.output();
-  pid_t ps1 = pid_of(launch.output(), "ps.1");
+  Subprocess launch(
+      launch_argv(ckpt, dir, {"--checkpoint.every_steps=20", "--checkpoint.every_steps=100000"}));  // only the one
+  const pid_t ps1 = pid_once_training(launch, "ps.1");
   ASSERT_GT(ps1, 0) << launch.output();
   ASSERT_EQ(kill(ps1, SIGTERM), 0);
   ASSERT_EQ(launch.wait(240s), 0) << launch.output();
