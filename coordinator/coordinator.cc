@@ -394,6 +394,9 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       // cut (which then records the epoch as not evaluated yet). A shard is not.
       if (task.kind == LeaseBook::Task::train || (sync_ && task.kind == LeaseBook::Task::evaluate))
         at_boundary_[sender] = false;
+      // cluster.stall_seconds counts from here (or its last step): a worker that waited for the
+      // job to assemble, or for work, was not stalled meanwhile.
+      if (task.kind == LeaseBook::Task::train) members_.progressed(sender, now);
       switch (task.kind) {
         case LeaseBook::Task::train: {
           auto s = grant.initShard();

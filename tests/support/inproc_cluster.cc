@@ -168,6 +168,9 @@ void InprocCluster::start_server(int rank) {
   std::atomic<bool>* stop;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    // Started again: another address. ZeroMQ releases an inproc name asynchronously after its
+    // socket closes, so the old one may still be taken (a new process's tcp port is not).
+    if (const int starts = server_starts_[rank]++; starts > 0) c.node_address += "." + std::to_string(starts);
     auto& flag = server_stops_[rank];
     if (flag) retired_stops_.push_back(std::move(flag));  // its old thread may still read it
     flag = std::make_unique<std::atomic<bool>>(false);    // a new process: not stopped

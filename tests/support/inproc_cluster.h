@@ -95,6 +95,7 @@ class InprocCluster {
   std::map<std::string, Role> roles_;
   std::map<int, std::unique_ptr<std::atomic<bool>>> stops_, server_stops_;
   std::vector<std::unique_ptr<std::atomic<bool>>> retired_stops_;  // of processes started again
+  std::map<int, int> server_starts_;                               // per rank
   // Guarded by mutex_: the running coordinator (to stop it), and whether it should stop at once.
   Coordinator* coordinator_ = nullptr;
   bool coordinator_stop_ = false;
