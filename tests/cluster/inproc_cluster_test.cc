@@ -169,8 +169,6 @@ TEST(InprocCluster, LostServerFailsASynchronousJobAndEveryoneSaysWhy) {
 TEST(InprocCluster, LostServerPausesTheJobAndComesBackRestoredFromTheCheckpoint) {
   testing::TempDir checkpoints;
   FaultPlan faults;
-  // 1.3 s of its heartbeats: it gives up on the coordinator after 1 s, as the coordinator on it.
-  faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", 13});
   JobConfig job = small_job();
   job.dead_after_seconds = 1;
   job.epochs = 40;  // outlives the loss
@@ -178,6 +176,10 @@ TEST(InprocCluster, LostServerPausesTheJobAndComesBackRestoredFromTheCheckpoint)
   job.checkpoint_every_steps = 5;
   InprocCluster c(job, &faults);
   c.start_all();
+  // Once a checkpoint holds its shard: 1.3 s of its heartbeats are lost. It gives up on the
+  // coordinator after 1 s, as the coordinator on it.
+  ASSERT_TRUE(c.log().wait_for({"checkpoint ckpt-", "written"}, kJobTime)) << c.log().text();
+  faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", 13});
   ASSERT_TRUE(c.log().wait_for({"ps.1 stopped answering heartbeats; the job pauses"}, kJobTime)) << c.log().text();
   EXPECT_EQ(c.wait("ps.1", 30s), kTimeout) << c.log().text();
   ASSERT_TRUE(c.log().wait_for({"a parameter server was lost"}, 30s)) << c.log().text();
