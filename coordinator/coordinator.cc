@@ -459,14 +459,7 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       } else if (member->role == wire::Role::SERVER && member->alive) {
         // A preempted server going (its state is in a checkpoint, or none could be taken).
         members_.mark_dead(sender);
-        if (table_ && !over && !missing_servers_.count(sender)) {
-          if (sync_ || config_.staleness == 0)
-            end_job(ExitCode::peer_lost, "parameter server " + sender +
-                                             " left (SIGTERM); a synchronous parameter-server job "
-                                             "(async.staleness = 0) cannot continue without it");
-          else
-            server_lost(sender, now);
-        }
+        if (table_ && !over && !missing_servers_.count(sender)) server_gone(sender, "left (SIGTERM)", now);
       }
       told_[sender] = true;
       Outgoing out("coordinator", in.request_id());
@@ -826,6 +819,14 @@ bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_p
   return checkpoint_ && checkpoint_->sync_epoch == next - 1;
 }
 
+void Coordinator::server_gone(const std::string& id, const std::string& how, Clock::time_point now) {
+  if (sync_ || config_.staleness == 0)
+    return end_job(ExitCode::peer_lost, "parameter server " + id + " " + how +
+                                            "; a synchronous parameter-server job (async.staleness = 0) cannot "
+                                            "continue without it");
+  server_lost(id, now);
+}
+
 void Coordinator::server_lost(const std::string& id, Clock::time_point now, bool keep_checkpoint) {
   if (missing_servers_.empty()) paused_since_ = now;
   missing_servers_.insert(id);
@@ -976,12 +977,8 @@ void Coordinator::check_liveness(Clock::time_point now) {
       std::ostringstream how;
       how << "declared dead (no heartbeat for " << config_.dead_after_seconds << " s)";
       worker_gone(id, how.str());
-    } else if (m->role == wire::Role::SERVER && table_ && (sync_ || config_.staleness == 0)) {
-      end_job(ExitCode::peer_lost, "parameter server " + id +
-                                       " stopped answering heartbeats; a synchronous parameter-server job "
-                                       "(async.staleness = 0) cannot continue without it");
     } else if (m->role == wire::Role::SERVER && table_) {
-      server_lost(id, now);
+      server_gone(id, "stopped answering heartbeats", now);
     }
   }
   check_stalls(now);

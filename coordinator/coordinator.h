@@ -90,6 +90,8 @@ class Coordinator {
   // A server gone (or, keep_checkpoint, preempted at the cut of the checkpoint in progress: its
   // files are still to come) pauses the job until it is back.
   void server_lost(const std::string& id, Clock::time_point now, bool keep_checkpoint = false);
+  // A server stopped answering, or left: a job with staleness 0 ends, another pauses (server_lost).
+  void server_gone(const std::string& id, const std::string& how, Clock::time_point now);
   // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
   // and once the server has written its files it is told to go (docs/checkpoint-format.md).
   void handle_preempt(const Incoming& in, Clock::time_point now);

@@ -49,7 +49,6 @@ bool SyncBook::complete(const std::string& worker, std::int64_t e, std::int64_t 
   if (s != 2 * (e - 1)) return false;  // a repeated report
   ++s;
   Progress& p = epoch(e);
-  ++p.trained;
   p.report.samples_done += stats.samples;
   p.report.samples_processed += stats.samples;
   p.report.loss_sum += stats.loss_sum;
@@ -89,7 +88,6 @@ bool SyncBook::evaluated(const std::string& worker, std::int64_t e, double loss,
   // Every rank reports the same all-reduced result.
   p.report.test_loss = loss;
   p.report.test_accuracy = accuracy;
-  ++p.evaluated;
   settle(e, std::chrono::steady_clock::now());
   return true;
 }
@@ -186,7 +184,6 @@ std::vector<EpochReport> SyncBook::restore(const std::string& text, TimePoint no
     Progress& p = epoch(done[i].epoch);
     p.report = done[i];
     p.report.shards_total = p.report.shards_done = world_;
-    p.trained = p.evaluated = world_;
   }
   first_stage_ = 2 * epochs_done;
   next_report_ = epochs_done + 1;

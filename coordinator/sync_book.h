@@ -45,7 +45,6 @@ class SyncBook final : public WorkBook {
 
  private:
   struct Progress {
-    int trained = 0, evaluated = 0;
     EpochReport report;
   };
   // Stage 2(e-1): train epoch e; 2(e-1)+1: evaluate it; 2 * epochs: done.
