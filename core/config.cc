@@ -270,7 +270,8 @@ SettingsRegistry::SettingsRegistry() {
       "shoal launch --local: restart a worker that died (a dead parameter server is always restarted)"));
   s.push_back(int_setting(
       "launch.max_restarts", [](JobConfig & c) -> auto& { return c.launch_max_restarts; }, 0, 1 << 20,
-      "shoal launch --local: restarts per process before the job is given up"));
+      "shoal launch --local: restarts per process (and of a sync world, from its last checkpoint) before the job is "
+      "given up"));
   s.push_back(int_setting(
       "node.rank", [](JobConfig & c) -> auto& { return c.node_rank; }, -1, 1 << 20,
       "this process's rank within its role (-1: the coordinator assigns one)"));

@@ -16,6 +16,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/process.h"
 #include "ps/parameter_server.h"
@@ -151,7 +152,7 @@ int pick_free_port() {
 int run_local_launch(const std::string& job_file, const std::vector<std::string>& overrides, const JobConfig& config,
                      Logger log) {
   const std::string exe = self_executable();
-  const std::string coordinator = "tcp://127.0.0.1:" + std::to_string(pick_free_port());
+  std::string coordinator = "tcp://127.0.0.1:" + std::to_string(pick_free_port());
   // Settings the launcher decides are taken out of what is passed along.
   std::vector<std::string> passed;
   for (const auto& a : overrides) {
@@ -194,32 +195,44 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   std::string decider = "coordinator";
   const bool sync = config.strategy == "sync";
   const bool use_mpirun = sync && (config.sync_backend == "mpi" || config.sync_backend == "auto");
-  if (sync && use_mpirun) {
-    SHOAL_LOG(log, info,
-              "starting a local sync job through mpirun: " << config.workers << " ranks (" << worker_threads
-                                                           << " threads each), coordinator in rank 0 at "
-                                                           << coordinator);
-    std::vector<std::string> argv{"mpirun",          "-np",       std::to_string(config.workers),
-                                  "--oversubscribe", "--bind-to", "none"};
-    if (geteuid() == 0) argv.push_back("--allow-run-as-root");
-    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-      std::string kv = *e;
-      if (kv.rfind("SHOAL_", 0) == 0) {
-        argv.push_back("-x");
-        argv.push_back(kv.substr(0, kv.find('=')));
+  // A sync world is started as a whole and, when a rank dies, restarted as a whole from the last
+  // checkpoint (mpi, nccl, a sync job that is not elastic, or the loss of rank 0, which runs the
+  // coordinator). With sync.elastic the survivors of any other rank re-form the world in place.
+  auto start_world = [&](const std::vector<std::string>& extra) {
+    auto with_extra = [&](std::vector<std::string> argv) {
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      return argv;
+    };
+    if (use_mpirun) {
+      SHOAL_LOG(log, info,
+                "starting a local sync job through mpirun: " << config.workers << " ranks (" << worker_threads
+                                                             << " threads each), coordinator in rank 0 at "
+                                                             << coordinator);
+      std::vector<std::string> argv{"mpirun",          "-np",       std::to_string(config.workers),
+                                    "--oversubscribe", "--bind-to", "none"};
+      if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+      for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        std::string kv = *e;
+        if (kv.rfind("SHOAL_", 0) == 0) {
+          argv.push_back("-x");
+          argv.push_back(kv.substr(0, kv.find('=')));
+        }
       }
+      auto worker = with_extra(command("worker", -1, worker_threads));
+      argv.insert(argv.end(), worker.begin(), worker.end());
+      children.push_back(spawn("mpirun", argv));
+      decider = "mpirun";
+    } else {
+      SHOAL_LOG(log, info,
+                "starting a local sync job: " << config.workers << " ranks (" << worker_threads
+                                              << " threads each), coordinator in rank 0 at " << coordinator);
+      for (int i = 0; i < config.workers; ++i)
+        children.push_back(spawn("worker." + std::to_string(i), with_extra(command("worker", i, worker_threads))));
+      decider = "worker.0";
     }
-    auto worker = command("worker", -1, worker_threads);
-    argv.insert(argv.end(), worker.begin(), worker.end());
-    children.push_back(spawn("mpirun", argv));
-    decider = "mpirun";
-  } else if (sync) {
-    SHOAL_LOG(log, info,
-              "starting a local sync job: " << config.workers << " ranks (" << worker_threads
-                                            << " threads each), coordinator in rank 0 at " << coordinator);
-    for (int i = 0; i < config.workers; ++i)
-      children.push_back(spawn("worker." + std::to_string(i), command("worker", i, worker_threads)));
-    decider = "worker.0";
+  };
+  if (sync) {
+    start_world({});
   } else {
     SHOAL_LOG(log, info,
               "starting a local job: coordinator at " << coordinator << ", " << config.servers << " servers, "
@@ -242,6 +255,19 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     for (auto& c : children)
       if (!c.exited) kill(c.pid, sig);
   };
+  // A restarted sync world resumes from the newest checkpoint when this launch wrote one (with
+  // checkpoint.resume as given otherwise: `never` must not pick up an older job's checkpoints).
+  auto latest = [&]() -> std::optional<std::string> {
+    if (config.checkpoint_dir.empty()) return std::nullopt;
+    try {
+      return read_latest(config.checkpoint_dir);
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  };
+  const std::optional<std::string> latest_at_start = latest();
+  int world_restarts = 0;
+  bool world_restart_pending = false;
   while (true) {
     std::vector<pollfd> fds{{wake[0], POLLIN, 0}};
     for (auto& c : children)
@@ -278,6 +304,34 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         c.exited = true;
         c.code = status_code(status);
         drain(c, width);
+        // A sync world whose rank died (or whose rank 0 gave up after losing one) is stopped and
+        // started again from the last checkpoint; with sync.elastic the loss of a rank other than
+        // 0 is healed in place by the survivors.
+        const bool world_failed = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
+                                  c.code == static_cast<int>(ExitCode::io) ||
+                                  c.code == static_cast<int>(ExitCode::timeout) ||
+                                  c.code == static_cast<int>(ExitCode::peer_lost);
+        const bool healed_in_place = config.sync_elastic && !use_mpirun && c.name != decider;
+        if (sync && world_failed && !healed_in_place && !interrupted && result < 0 && !world_restart_pending) {
+          if (config.checkpoint_dir.empty()) {
+            SHOAL_LOG(log, warn,
+                      c.name << " exited with code " << c.code
+                             << ": the sync world is not restarted (no checkpoint.dir to resume from)");
+          } else if (world_restarts >= config.launch_max_restarts) {
+            SHOAL_LOG(log, error,
+                      c.name << " exited with code " << c.code << " and the sync world was restarted " << world_restarts
+                             << " times already (launch.max_restarts): not again");
+          } else {
+            SHOAL_LOG(log, warn,
+                      c.name << " exited with code " << c.code
+                             << ": stopping the sync world to restart it from the last checkpoint ("
+                             << world_restarts + 1 << " of " << config.launch_max_restarts << ", launch.max_restarts)");
+            world_restart_pending = true;
+            terminate_all(SIGTERM);
+            kill_at = Clock::now() + std::chrono::seconds(3);
+          }
+        }
+        if (world_restart_pending) continue;  // the rest of the world is being stopped
         // The supervisor: a dead parameter server is restarted (it restores its shard from the
         // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job).
         const bool restartable =
@@ -339,6 +393,30 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     }
     auto now = Clock::now();
     bool all_exited = std::all_of(children.begin(), children.end(), [](const Child& c) { return c.exited; });
+    if (all_exited && world_restart_pending && !interrupted) {
+      world_restart_pending = false;
+      ++world_restarts;
+      kill_at.reset();
+      stop_at.reset();
+      for (auto& c : children)
+        if (c.out >= 0) close(c.out);
+      children.clear();
+      std::vector<std::string> extra;
+      if (latest() != latest_at_start) {
+        passed.erase(std::remove_if(passed.begin(), passed.end(),
+                                    [](const std::string& a) { return a.rfind("--checkpoint.resume", 0) == 0; }),
+                     passed.end());
+        extra.push_back("--checkpoint.resume=auto");
+      }
+      coordinator = "tcp://127.0.0.1:" + std::to_string(pick_free_port());  // the old one may linger
+      SHOAL_LOG(log, warn,
+                "restarting the sync world (" << world_restarts << " of " << config.launch_max_restarts << "), "
+                                              << (extra.empty() ? "as it first started (no checkpoint written yet)"
+                                                                : "resuming from " + *latest()));
+      start_world(extra);
+      for (const auto& c : children) SHOAL_LOG(log, info, "started " << c.name << " (pid " << c.pid << ")");
+      continue;
+    }
     if (all_exited) break;
     if (stop_at && now >= *stop_at && !kill_at) {
       terminate_all(SIGTERM);

@@ -266,6 +266,80 @@ TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenG
   EXPECT_EQ(json_number(epochs[0], "samples_done"), 3000) << epochs[0];
 }
 
+// `shoal launch --local` restarts a sync world whose rank died, as a whole, from the last
+// checkpoint (launch.max_restarts times at most): with mpi (Open MPI cannot shrink a world),
+// with gloo when the job is not elastic, and with sync.elastic when the lost rank is rank 0 (it
+// runs the coordinator). The restarted world resumes from the last epoch-boundary checkpoint, so
+// the job ends with parameters bit for bit those of an uninterrupted run (2 ranks: an all-reduce
+// of two terms is the same sum in any order and with any backend).
+TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankDies) {
+  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
+  auto job = [&](const TempDir& dir, const std::string& backend, bool elastic) {
+    return std::vector<std::string>{kShoal,
+                                    "launch",
+                                    sync_job,
+                                    "--local",
+                                    "--sync.backend=" + backend,
+                                    "--sync.elastic=" + std::string(elastic ? "true" : "false"),
+                                    "--model=mlp",
+                                    "--train.epochs=3",
+                                    "--data.train_limit=30000",
+                                    "--data.test_limit=500",
+                                    "--threads=1",
+                                    "--checkpoint.dir=" + dir.path(),
+                                    "--checkpoint.every_steps=1",
+                                    "--metrics.file=" + dir.file("metrics.jsonl")};
+  };
+  TempDir whole;
+  auto uninterrupted = testing::run(job(whole, "gloo", false), {}, 300s);
+  ASSERT_EQ(uninterrupted.exit_code, 0) << uninterrupted.output;
+  std::string expected_name;
+  const std::vector<float> expected = newest_values(whole.path(), &expected_name);
+
+  struct Case {
+    std::string backend;
+    bool elastic;
+    std::string victim;
+  };
+  const std::vector<Case> cases{{"gloo", false, "worker.1"}, {"gloo", true, "worker.0"}, {"mpi", false, "worker.1"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.backend + (c.elastic ? ", elastic" : "") + ", kill -9 of " + c.victim);
+    TempDir dir;
+    Subprocess launch(job(dir, c.backend, c.elastic));
+    // After the first checkpoint (epoch 1's end), some steps into epoch 2: the rank's pid is in
+    // its log lines' prefix ("[worker.1 host:pid]"; mpirun starts the ranks, not the launcher).
+    ASSERT_TRUE(wait_for(launch, " written: ", 120s)) << launch.output();
+    ASSERT_TRUE(wait_for(launch, "training epoch 2", 60s, 2)) << launch.output();
+    std::this_thread::sleep_for(200ms);
+    std::smatch m;
+    const std::string out = launch.output();
+    ASSERT_TRUE(std::regex_search(
+        out, m, std::regex("\\[" + std::regex_replace(c.victim, std::regex("\\."), "\\.") + " [^:\\]]+:([0-9]+)\\]")))
+        << out;
+    ASSERT_EQ(kill(static_cast<pid_t>(std::stol(m[1])), SIGKILL), 0);
+    ASSERT_EQ(launch.wait(300s), 0) << launch.output();
+    const std::string all = launch.output();
+    EXPECT_NE(all.find("stopping the sync world to restart it from the last checkpoint (1 of 3"), std::string::npos)
+        << all;
+    EXPECT_NE(all.find("restarting the sync world (1 of 3), resuming from ckpt-"), std::string::npos) << all;
+    EXPECT_NE(all.find("resuming from " + dir.path() + "/ckpt-"), std::string::npos) << all;
+    std::string name;
+    const std::vector<float> resumed = newest_values(dir.path(), &name);
+    EXPECT_EQ(name, expected_name);
+    ASSERT_EQ(resumed.size(), expected.size());
+    EXPECT_EQ(std::memcmp(expected.data(), resumed.data(), expected.size() * sizeof(float)), 0)
+        << "the restarted job's parameters differ from the uninterrupted job's";
+    // Every epoch was completed once with every sample (the interrupted epoch 2 only in the
+    // restarted world).
+    auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+    ASSERT_EQ(epochs.size(), 3u) << all;
+    for (std::size_t e = 0; e < epochs.size(); ++e) {
+      EXPECT_EQ(json_number(epochs[e], "epoch"), static_cast<double>(e + 1)) << epochs[e];
+      EXPECT_EQ(json_number(epochs[e], "samples_done"), 30000) << epochs[e];
+    }
+  }
+}
+
 TEST(Elastic, ParameterServerKilledIsRestartedRestoredAndTheJobFinishes) {
   TempDir ckpt, dir;
   Subprocess launch(launch_argv(ckpt, dir, {}));

@@ -206,7 +206,8 @@ TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceAndFinish) {
 }
 
 // The same with the MPI backend, launched by `shoal launch --local` (through mpirun): Open MPI
-// ends every rank once one dies and names it; the launcher exits non-zero.
+// ends every rank once one dies and names it; the launcher, with no checkpoint to restart the
+// world from, exits non-zero.
 TEST(SyncFailure, MpiRankKilledMidEpochEndsTheLaunchNonZero) {
   std::vector<std::string> argv{kShoal, "launch"};
   auto job = small_job("mpi", 60000);
@@ -229,6 +230,9 @@ TEST(SyncFailure, MpiRankKilledMidEpochEndsTheLaunchNonZero) {
   EXPECT_TRUE(out.find("process rank 1") != std::string::npos ||
               out.find("lost worker.1 (rank 1)") != std::string::npos)
       << out;
+  // Without checkpoint.dir the launcher has nothing to restart the world from, and says so
+  // (SyncCheckpoint.LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankDies: with one).
+  EXPECT_NE(out.find("the sync world is not restarted (no checkpoint.dir to resume from)"), std::string::npos) << out;
 }
 
 // The promise of examples/fashion_mnist_sync.ini: 2 ranks x 32, `cnn`, at least 91.0 % test
