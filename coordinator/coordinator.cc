@@ -239,10 +239,10 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     if (table_) {
       // A running job: a restarted server takes its old place; an async worker may join at any
       // time (it starts at the slowest live clock).
-      if (sync_ || (!server && config_.staleness == 0)) {
+      if (sync_) return sync_rank_joins(in, reg, now);
+      if (!server && config_.staleness == 0) {
         reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                    sync_ ? "the sync job has started; a rank cannot join it yet (sync elasticity)"
-                          : "a synchronous parameter-server job (async.staleness = 0) takes no worker once started");
+                    "a synchronous parameter-server job (async.staleness = 0) takes no worker once started");
         return;
       }
       if (reg.getRank() >= 0) {
@@ -336,6 +336,11 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
         if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
           table_->start_clock = std::min(table_->start_clock, wm->clock);
       if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
+      if (sync_ && pending_joiners_.count(sender)) {
+        reply_error(in, wire::ErrorCode::NOT_READY,
+                    "the world admits " + sender + " once every rank trains the same epoch");
+        return;
+      }
       if (sync_ && world_size_ > 0) {
         // This rank's place in the re-formed world.
         auto it = world_rank_.find(sender);
@@ -502,7 +507,13 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     case K::EVAL_DONE: {
       members_.progressed(sender, now);
       auto d = body.getEvalDone();
-      if (book_) book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
+      // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
+      // its own evaluation was cut short by the change) passes it with no samples: its stage
+      // moves on, the epoch's result stays the one the world computed.
+      if (sync_book_ != nullptr && d.getSamples() == 0)
+        sync_book_->pass_evaluation(sender, d.getEpoch());
+      else if (book_)
+        book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
       Outgoing out("coordinator", in.request_id());
       out.body().setAck();
       socket_.send(in.peer, out);
@@ -520,6 +531,7 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
     const Member* m = members_.find(id);
     std::string who = id + " (rank " + std::to_string(m != nullptr ? m->rank : -1) + ")";
     SHOAL_LOG(log_, error, who << " " << how);
+    if (pending_joiners_.erase(id)) return;  // it was not admitted yet: the world is unchanged
     if (!table_ || (book_ && book_->finished())) return;
     // Rank 0 hosts this coordinator: the others re-form without a lost rank, but not without it.
     if (config_.sync_elastic && m != nullptr && m->rank != 0 && sync_book_ != nullptr && world_rank_.count(id)) {
@@ -540,12 +552,78 @@ void Coordinator::worker_gone(const std::string& id, const std::string& how) {
     end_job(ExitCode::peer_lost, "every worker is gone before the job finished");
 }
 
-void Coordinator::reform_world(const std::string& lost) {
+void Coordinator::sync_rank_joins(const Incoming& in, wire::Register::Reader reg, Clock::time_point now) {
+  // A rank may join a running sync job only when it is elastic, and only in the place of a
+  // missing rank (the world never grows past cluster.workers): a supervisor restarted a lost
+  // rank, or a new process takes its place (rank -1: the lowest missing one).
+  std::string refused;
+  const int rank = reg.getRank();
+  const std::string id = "worker." + std::to_string(rank);
+  const Member* old = rank >= 0 ? members_.find(id) : nullptr;
+  if (!config_.sync_elastic)
+    refused = "the sync job has started and sync.elastic is off: a rank cannot join it";
+  else if (reg.getRole() != wire::Role::WORKER)
+    refused = "a sync job has no parameter servers";
+  else if (rank == 0)
+    refused = "rank 0 hosts the coordinator of this sync job: it cannot join it again";
+  else if (rank >= config_.workers)
+    refused = "rank " + std::to_string(rank) + " is outside the job's " + std::to_string(config_.workers) +
+              " ranks (cluster.workers)";
+  else if (book_ && book_->finished())
+    refused = "the job has finished";
+  else if (old == nullptr || !old->alive) {
+    if (static_cast<std::int64_t>(world_rank_.size()) >= config_.workers)
+      refused = "the sync world has all its " + std::to_string(config_.workers) + " ranks (cluster.workers)";
+  }
+  if (!refused.empty()) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, refused);
+    return;
+  }
+  if (old != nullptr && old->alive) {
+    // Its supervisor restarted it: the old process is gone, whether or not its heartbeats have
+    // stopped long enough to say so. The world shrinks, then grows again with the new process.
+    SHOAL_LOG(log_, warn, id << " registered again from a new process: its old process is taken as dead");
+    members_.mark_dead(id);
+    worker_gone(id, "was replaced by a new process");
+    if (end_) return reply_job_over(in);
+  }
+  try {
+    const Member& m = members_.add(wire::Role::WORKER, rank, "", now);
+    registrations_[reg.getNonce()] = m.id;
+    reply_register(in, m);
+    pending_joiners_.insert(m.id);
+    SHOAL_LOG(log_, info,
+              "registered " << m.id << " as rank " << m.rank
+                            << ": it joins the running world once every rank trains the same epoch");
+    admit_joiners();
+  } catch (const ProtocolError& e) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
+  }
+}
+
+void Coordinator::admit_joiners() {
+  // Admitted while every rank trains the same epoch (none has reported it yet): the members then
+  // agree on the state at a step of that epoch, and every one of them, the joiner included, goes
+  // on to train its rest and evaluate it. Between epochs (an evaluation in progress) the joiner
+  // waits: a rank past an evaluation the others would still run would wait in another collective.
+  if (pending_joiners_.empty() || !sync_book_ || end_ || checkpoint_ || sync_book_->finished()) return;
+  if (sync_book_->training_epoch() < 0) return;
+  for (const std::string& id : pending_joiners_) {
+    sync_book_->add(id);
+    reform_world("", id);
+  }
+  pending_joiners_.clear();
+}
+
+void Coordinator::reform_world(const std::string& lost, const std::string& joined) {
   const auto now = Clock::now();
-  if (checkpoint_) abandon_checkpoint(lost + " was lost");
-  sync_book_->remove(lost, now);
-  world_rank_.erase(lost);
-  // The survivors keep their order: the new ranks are their places in the old world, counted.
+  if (!lost.empty()) {
+    if (checkpoint_) abandon_checkpoint(lost + " was lost");
+    sync_book_->remove(lost, now);
+    world_rank_.erase(lost);
+  }
+  // The survivors keep their order: the new ranks are their places in the old world, counted;
+  // a joiner comes after them.
   std::vector<std::pair<int, std::string>> order;
   for (const auto& [id, rank] : world_rank_)
     if (const Member* m = members_.find(id); m != nullptr && m->alive) order.emplace_back(rank, id);
@@ -556,19 +634,30 @@ void Coordinator::reform_world(const std::string& lost) {
     previous_rank_[order[i].second] = order[i].first;
     world_rank_[order[i].second] = static_cast<int>(i);
   }
-  world_size_ = static_cast<int>(order.size());
-  // A new generation: every survivor sees it in its heartbeat replies, ends the collective it is
+  if (!joined.empty()) {
+    previous_rank_[joined] = -1;
+    world_rank_[joined] = static_cast<int>(order.size());
+  }
+  world_size_ = static_cast<int>(world_rank_.size());
+  // A new generation: every member sees it in its heartbeat replies, ends the collective it is
   // in, fetches its place in the new world (tableRequest) and forms it under this key prefix.
   table_->version = std::max<std::uint64_t>(table_->version, members_.generation()) + 1;
-  SHOAL_LOG(log_, warn,
-            "the sync world re-forms in place without " << lost << ": " << world_size_ << " ranks, generation "
-                                                        << table_->version
-                                                        << "; the survivors take the state from the most advanced "
-                                                           "rank and re-plan the rest of the epoch");
+  if (joined.empty())
+    SHOAL_LOG(log_, warn,
+              "the sync world re-forms in place without " << lost << ": " << world_size_ << " ranks, generation "
+                                                          << table_->version
+                                                          << "; the survivors take the state from the most advanced "
+                                                             "rank and re-plan the rest of the epoch");
+  else
+    SHOAL_LOG(log_, info,
+              "the sync world re-forms in place with " << joined << ": " << world_size_ << " ranks, generation "
+                                                       << table_->version
+                                                       << "; it takes the state from the most advanced rank at the "
+                                                          "next step boundary");
   metrics_.write({{"event", std::string("world")},
                   {"ranks", static_cast<std::int64_t>(world_size_)},
                   {"generation", static_cast<std::int64_t>(table_->version)},
-                  {"lost", lost},
+                  {joined.empty() ? "lost" : "joined", joined.empty() ? lost : joined},
                   {"elapsed", seconds_between(started_, now)}});
 }
 
@@ -1067,6 +1156,7 @@ CoordinatorResult Coordinator::run() {
       }
     }
     report_epochs(now);
+    if (sync_) admit_joiners();
     if (!end_) drive_checkpoint(now);
     if (book_ && book_->finished() && !end_) {
       // The trained model is the last checkpoint: taken before the job ends (sync jobs decide

@@ -95,9 +95,14 @@ class Coordinator {
   // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
   // and once the server has written its files it is told to go (docs/checkpoint-format.md).
   void handle_preempt(const Incoming& in, Clock::time_point now);
-  // Elastic sync: `lost` leaves the world; the survivors form a new one (a new table version).
-  void reform_world(const std::string& lost);
+  // Elastic sync: `lost` leaves the world, or `joined` enters it; the members form a new one (a
+  // new table version). The survivors keep their order, joiners come after them.
+  void reform_world(const std::string& lost, const std::string& joined = "");
   void server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
+  // Elastic sync: a rank registers with a running job (in the place of a missing one).
+  void sync_rank_joins(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
+  // Elastic sync: ranks that registered with the running job join the world at a safe point.
+  void admit_joiners();
 
   Network& network_;
   const JobConfig& config_;
@@ -153,6 +158,7 @@ class Coordinator {
   // previous one; world_size_ is 0 until the world is re-formed the first time.
   std::map<std::string, int> world_rank_, previous_rank_;
   int world_size_ = 0;
+  std::set<std::string> pending_joiners_;    // registered, not yet in the world
   std::set<std::string> preempting_;         // servers that got SIGTERM, waiting for a checkpoint's cut
   std::set<std::string> preempted_servers_;  // paused at a cut: go once their files are in
   Clock::time_point paused_since_;

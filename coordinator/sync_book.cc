@@ -80,6 +80,24 @@ void SyncBook::remove(const std::string& worker, TimePoint now) {
     if (!p.report.complete || !p.report.evaluated) settle(e, now);
 }
 
+std::int64_t SyncBook::training_epoch() const {
+  if (static_cast<int>(stage_.size()) < world_ || stage_.empty()) return -1;
+  const std::int64_t s = stage_.begin()->second;
+  for (const auto& [worker, stage] : stage_)
+    if (stage != s) return -1;
+  return s % 2 == 0 && s < 2 * epochs_ ? s / 2 + 1 : -1;
+}
+
+void SyncBook::add(const std::string& worker) {
+  std::int64_t at = first_stage_;
+  if (!stage_.empty()) {
+    at = stage_.begin()->second;
+    for (const auto& [w, s] : stage_) at = std::min(at, s);
+  }
+  stage_[worker] = at;
+  ++world_;
+}
+
 bool SyncBook::evaluated(const std::string& worker, std::int64_t e, double loss, double accuracy) {
   std::int64_t& s = stage(worker);
   if (s != 2 * (e - 1) + 1) return false;
@@ -88,6 +106,14 @@ bool SyncBook::evaluated(const std::string& worker, std::int64_t e, double loss,
   // Every rank reports the same all-reduced result.
   p.report.test_loss = loss;
   p.report.test_accuracy = accuracy;
+  settle(e, std::chrono::steady_clock::now());
+  return true;
+}
+
+bool SyncBook::pass_evaluation(const std::string& worker, std::int64_t e) {
+  std::int64_t& s = stage(worker);
+  if (s != 2 * (e - 1) + 1) return false;
+  ++s;
   settle(e, std::chrono::steady_clock::now());
   return true;
 }

@@ -21,6 +21,9 @@ class SyncBook final : public WorkBook {
   bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
                 double seconds, TimePoint now) override;
   bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) override;
+  // The rank's stage moves past evaluating `epoch` without a result of its own (elastic: its
+  // world evaluated it before it joined, or before the world changed).
+  bool pass_evaluation(const std::string& worker, std::int64_t epoch);
   int release(const std::string& /*worker*/) override { return 0; }
   int expire(TimePoint /*now*/) override { return 0; }
   bool finished() const override;
@@ -38,6 +41,13 @@ class SyncBook final : public WorkBook {
   // A rank lost in an elastic job (sync.elastic): the world is one smaller; an epoch that waited
   // only for it is complete (the survivors report the samples of its completed steps).
   void remove(const std::string& worker, TimePoint now);
+  // The epoch every rank of the world is training (none reported it yet), or -1 (a rank has not
+  // asked for work yet, or they are between epochs or done).
+  std::int64_t training_epoch() const;
+  // A rank that joins a running elastic job: the world is one larger, and the rank starts where
+  // the least advanced live rank stands (it takes the state of the most advanced by broadcast,
+  // so it trains the rest of that epoch with the others).
+  void add(const std::string& worker);
   // Takes a checkpoint's position before any rank asked for work: every rank starts after its
   // last epoch. Throws CheckpointError when malformed or not a sync job's. Returns the epochs
   // done, for the job's report.

@@ -301,8 +301,9 @@ SettingsRegistry::SettingsRegistry() {
       "sync jobs: longest wait for one collective operation (or for forming the world) before the job fails"));
   s.push_back(bool_setting(
       "sync.elastic", [](JobConfig & c) -> auto& { return c.sync_elastic; },
-      "sync jobs with gloo: when a rank other than 0 dies, the others form a smaller world in place and go on "
-      "(docs/sync-training.md, \"Elasticity\"); false: the job fails with the lost rank's name"));
+      "sync jobs with gloo: when a rank other than 0 dies, the others form a smaller world in place and go on, and "
+      "a rank that registers in the place of a missing one joins at a step boundary (docs/sync-training.md, "
+      "\"Elasticity\"); false: the job fails with the lost rank's name"));
   s.push_back(string_setting(
       "sync.interface", [](JobConfig & c) -> auto& { return c.sync_interface; },
       "sync jobs with gloo: the network interface to bind (empty: the address this host reaches the "

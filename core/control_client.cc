@@ -342,6 +342,7 @@ void CoordinatorStore::set(const std::string& key, const std::vector<char>& valu
 }
 
 std::optional<std::vector<char>> CoordinatorStore::try_get(const std::string& key) {
+  if (watch_) watch_();
   try {
     return client_.store_get(key);
   } catch (const DetachedError&) {

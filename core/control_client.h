@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -128,7 +129,10 @@ class ControlClient {
 // the way (or its reply) is sent again, until `deadline` after the first attempt.
 class CoordinatorStore final : public RendezvousStore {
  public:
-  CoordinatorStore(ControlClient& client, Seconds deadline) : client_(client), deadline_(deadline) {}
+  // `watch` (optional) is called before every read: it throws to end a rendezvous that can no
+  // longer complete (the job ended, or an elastic world changed again while forming).
+  CoordinatorStore(ControlClient& client, Seconds deadline, std::function<void()> watch = {})
+      : client_(client), deadline_(deadline), watch_(std::move(watch)) {}
   void set(const std::string& key, const std::vector<char>& value) override;
   // A request that timed out reads as "absent": get() asks again.
   std::optional<std::vector<char>> try_get(const std::string& key) override;
@@ -136,6 +140,7 @@ class CoordinatorStore final : public RendezvousStore {
  private:
   ControlClient& client_;
   Seconds deadline_;
+  std::function<void()> watch_;
 };
 
 // Heartbeats from a background thread with its own socket. The thread never lets an

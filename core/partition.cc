@@ -1,5 +1,7 @@
 #include "core/partition.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace shoal {
@@ -80,9 +82,18 @@ PartitionTable PartitionTable::from_wire(wire::PartitionTable::Reader in) {
                   ProtocolError,
                   "partition table names rank " << t.world_rank << " of a world of " << t.world_size << " with "
                                                 << t.previous_ranks.size() << " previous ranks");
-    for (std::size_t i = 0; i < t.previous_ranks.size(); ++i)
-      SHOAL_REQUIRE(t.previous_ranks[i] >= 0 && (i == 0 || t.previous_ranks[i] > t.previous_ranks[i - 1]),
-                    ProtocolError, "partition table previous ranks are not increasing");
+    // Members of the previous world keep their order; ranks that joined (-1) come after them.
+    // Rank 0 hosts the coordinator: it is always a member of the previous world.
+    int last = -1;
+    bool joiners = false;
+    for (int r : t.previous_ranks) {
+      SHOAL_REQUIRE(r >= -1 && !(r >= 0 && (joiners || r <= last)), ProtocolError,
+                    "partition table previous ranks are not increasing, then -1 for the ranks that joined");
+      if (r < 0) joiners = true;
+      last = std::max(last, r);
+    }
+    SHOAL_REQUIRE(t.previous_ranks[0] >= 0, ProtocolError,
+                  "partition table: the first rank of a re-formed world is not from the previous one");
   }
   return t;
 }

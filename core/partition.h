@@ -36,7 +36,8 @@ struct PartitionTable {
   std::string restore;            // the checkpoint directory the job resumes from ("": none)
   std::uint64_t start_clock = 0;  // where a worker that joins a running job starts
   // Elastic sync jobs, after a rank was lost: the requester's rank in the world of generation
-  // `version` (-1: never re-formed), its size, and each member's rank in the previous world.
+  // `version` (-1: never re-formed), its size, and each member's rank in the previous world
+  // (-1: it joined; joiners come last).
   int world_rank = -1;
   int world_size = 0;
   std::vector<int> previous_ranks;

@@ -333,9 +333,11 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         }
         if (world_restart_pending) continue;  // the rest of the world is being stopped
         // The supervisor: a dead parameter server is restarted (it restores its shard from the
-        // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job).
+        // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job; in
+        // an elastic sync job it joins the re-formed world and takes the state of its members).
         const bool restartable =
-            c.name.rfind("ps.", 0) == 0 || (config.launch_restart_workers && !sync && c.name.rfind("worker.", 0) == 0);
+            c.name.rfind("ps.", 0) == 0 ||
+            (config.launch_restart_workers && c.name.rfind("worker.", 0) == 0 && (!sync || healed_in_place));
         // Retried: a death by a signal, an internal or I/O error, a timeout (a worker dropped
         // from the job after a stall or a network cut). Not: a failed job (its code), bad
         // configuration, data, checkpoint or device, a protocol error (docs/checkpoint-format.md).

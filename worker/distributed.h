@@ -23,6 +23,11 @@ class DistributedStrategy : public Strategy {
   virtual void before_task() {}
   // The coordinator has no task for this worker right now.
   virtual void idle() {}
+  // Elastic sync: this task was done by the world whose state this rank adopted (an epoch it
+  // trained or evaluated before this rank joined, or before the world changed). The job loop
+  // reports it with no samples instead of running it: running it would wait for peers that are
+  // already past it. `evaluate`: the task is an evaluation of `epoch`, else training of it.
+  virtual bool done_by_the_world(bool /*evaluate*/, std::int64_t /*epoch*/) const { return false; }
   // Trains this worker's part of `shard` (async: all of it; sync: this rank's part of every
   // global step); returns this worker's loss statistics.
   virtual LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,

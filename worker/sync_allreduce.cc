@@ -149,6 +149,7 @@ LossStats SyncAllReduceStrategy::train(Trainer& trainer, const Dataset& data, co
     earlier_ = LossStats{};
   }
   resume_ = false;
+  stage_ = std::max(stage_, 2 * (epoch_ - 1));
   shard_end_ = shard.end;
   segment_from_ = position_;
   segment_ = LossStats{};
@@ -162,66 +163,113 @@ LossStats SyncAllReduceStrategy::train(Trainer& trainer, const Dataset& data, co
     position_ += s.global;
   }
   set_global_step(0, 0);
+  if (position_ >= shard_end_) stage_ = std::max(stage_, 2 * epoch_ - 1);  // the whole epoch is trained
   LossStats total = earlier_;
   add(total, segment_);
   return total;  // epoch_ and position_ stay: a new world may find this member at the epoch's end
 }
 
-void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, const std::vector<int>& previous_ranks,
-                                  int previous_size, int previous_rank) {
+void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, int previous_size, int previous_rank) {
   for (auto& b : buckets_) b.work.reset();  // issued on the old world: never completed
   launched_ = 0;
   ready_from_ = model_.params().parameter_count();
   collective_ = &collective;
-  // The most advanced member (the most steps: ranks differ by at most the step the loss cut
-  // short) is the source; the lowest rank among equals.
-  // (Every member's step, gathered by a sum: exact below 2^24 steps.)
-  std::vector<float> steps(static_cast<std::size_t>(collective_->size()), 0.f);
-  steps[static_cast<std::size_t>(collective_->rank())] = static_cast<float>(trainer.step());
-  collective_->all_reduce_now(steps, ReduceOp::sum, options_.timeout, "all-reduce of the members' steps");
-  const int from = static_cast<int>(std::max_element(steps.begin(), steps.end()) - steps.begin());
-  // Its state: parameters, buffers, optimizer slots, then step, epoch, position (bit patterns).
+  adopted_ = true;
+  const bool joiner = previous_size <= 0;
+  // Of the steps this member completed in its previous world (this epoch, since the plan it
+  // trained from): its own samples. Counted up to `upto`, the position the source reached.
+  auto own_share = [&](std::int64_t upto) {
+    std::int64_t n = 0, at = segment_from_;
+    if (joiner || epoch_ < 0) return n;
+    for (const RankStep& s :
+         plan_rank_steps(segment_from_, shard_end_, options_.batch_size, previous_size, previous_rank)) {
+      if (at + s.global > upto) break;
+      n += s.end - s.begin;
+      at += s.global;
+    }
+    return n;
+  };
+  // Every member's step, gathered by a sum (exact below 2^24 steps). The most advanced member
+  // (the most steps: ranks differ by at most the step the loss cut short) is the source; the
+  // lowest rank among equals. A joiner has not trained: it is never ahead of a survivor.
+  // With equal steps, the furthest stage: a member that evaluated the last epoch is ahead of one
+  // whose evaluation the change cut short.
+  const auto size = static_cast<std::size_t>(collective_->size()), me = static_cast<std::size_t>(collective_->rank());
+  std::vector<float> progress(2 * size, 0.f);
+  progress[2 * me] = static_cast<float>(joiner ? 0 : trainer.step());
+  progress[2 * me + 1] = static_cast<float>(joiner ? -1 : stage_);
+  // Every wait watches for another change of the world meanwhile (the caller forms that one).
+  guarded([&] {
+    collective_->all_reduce_now(progress, ReduceOp::sum, options_.timeout, "all-reduce of the members' steps",
+                                options_.watch);
+  });
+  std::size_t from = 0;
+  for (std::size_t r = 1; r < size; ++r)
+    if (std::make_pair(progress[2 * r], progress[2 * r + 1]) >
+        std::make_pair(progress[2 * from], progress[2 * from + 1]))
+      from = r;
+  // Its state: parameters, buffers, optimizer slots, then its step, data position, the size of
+  // its previous world and its schedule's scaling (bit patterns).
   auto& params = model_.params();
   std::vector<WorkHandle> work;
-  work.push_back(collective_->broadcast(span_of(params.values(), 0, params.values().numel()), from,
+  work.push_back(collective_->broadcast(span_of(params.values(), 0, params.values().numel()), static_cast<int>(from),
                                         "broadcast of parameters (new world)"));
   if (params.buffer_values().numel() > 0)
-    work.push_back(collective_->broadcast(span_of(params.buffer_values(), 0, params.buffer_values().numel()), from,
-                                          "broadcast of buffers (new world)"));
+    work.push_back(collective_->broadcast(span_of(params.buffer_values(), 0, params.buffer_values().numel()),
+                                          static_cast<int>(from), "broadcast of buffers (new world)"));
   OptimizerState& state = local_->state();
   for (auto& slot : state.slots)
-    work.push_back(collective_->broadcast(span_of(slot, 0, slot.numel()), from, "broadcast of optimizer state"));
-  std::int64_t meta_values[4] = {trainer.step(), epoch_, position_, static_cast<std::int64_t>(state.updates)};
-  std::vector<float> meta(sizeof(meta_values) / sizeof(float));
-  std::memcpy(meta.data(), meta_values, sizeof(meta_values));
-  work.push_back(collective_->broadcast(meta, from, "broadcast of the step and the data position"));
-  for (auto& w : work) w->wait(options_.timeout);
-  std::memcpy(meta_values, meta.data(), sizeof(meta_values));
-  const std::int64_t agreed_epoch = meta_values[1], agreed_position = meta_values[2];
-  trainer.set_step(meta_values[0]);
-  state.updates = static_cast<std::uint64_t>(meta_values[3]);
-  clock_ = static_cast<std::uint64_t>(meta_values[0]);
+    work.push_back(
+        collective_->broadcast(span_of(slot, 0, slot.numel()), static_cast<int>(from), "broadcast of optimizer state"));
+  const Trainer::ScheduleScaling scaling = trainer.schedule_scaling();
+  struct Meta {
+    std::int64_t step, epoch, position, updates, previous_size, rescaled_at, segment_from, stage;
+    double lr_scale, rate, schedule_from;
+  } meta_values{trainer.step(),   epoch_,       position_,     static_cast<std::int64_t>(state.updates),
+                previous_size,    scaling.at,   segment_from_, stage_,
+                scaling.lr_scale, scaling.rate, scaling.from};
+  static_assert(sizeof(Meta) % sizeof(float) == 0);
+  std::vector<float> meta(sizeof(Meta) / sizeof(float));
+  std::memcpy(meta.data(), &meta_values, sizeof(Meta));
+  work.push_back(collective_->broadcast(meta, static_cast<int>(from), "broadcast of the step and the data position"));
+  guarded([&] {
+    for (auto& w : work) w->wait(options_.timeout, options_.watch);
+  });
+  const Meta source = [&] {
+    Meta m;
+    std::memcpy(&m, meta.data(), sizeof(Meta));
+    return m;
+  }();
+  SHOAL_REQUIRE(source.previous_size > 0, ProtocolError,
+                "the most advanced member of the new world has no previous world: every member joined");
 
-  // Samples of the steps completed before the loss, counted once: each member its own share of
+  // Samples of the steps completed before the change, counted once: each member its own share of
   // them (its last step may have failed here but completed at the source), and the new rank 0
-  // also the shares of the ranks that are gone (their gradients are in those steps).
-  if (agreed_epoch >= 0 && agreed_epoch == epoch_) {
-    auto completed_share = [&](int rank) {
-      std::int64_t n = 0, at = segment_from_;
-      for (const RankStep& s : plan_rank_steps(segment_from_, shard_end_, options_.batch_size, previous_size, rank)) {
-        if (at + s.global > agreed_position) break;
-        n += s.end - s.begin;
-        at += s.global;
-      }
-      return n;
-    };
+  // the rest, which were the shares of the ranks that are gone (their gradients are in those
+  // steps). The shares are summed in 16-bit pieces, exact in float.
+  const bool same_epoch = source.epoch >= 0 && source.epoch == epoch_ && !joiner;
+  const std::int64_t mine = same_epoch ? own_share(source.position) : 0;
+  std::vector<float> shares(3, 0.f);
+  for (int piece = 0; piece < 3; ++piece)
+    shares[static_cast<std::size_t>(piece)] = static_cast<float>((mine >> (16 * piece)) & 0xFFFF);
+  guarded([&] {
+    collective_->all_reduce_now(shares, ReduceOp::sum, options_.timeout, "all-reduce of the members' samples",
+                                options_.watch);
+  });
+  std::int64_t counted = 0;
+  for (int piece = 2; piece >= 0; --piece)
+    counted = (counted << 16) + static_cast<std::int64_t>(shares[static_cast<std::size_t>(piece)]);
+
+  trainer.set_step(source.step);
+  trainer.set_schedule_scaling({source.lr_scale, source.rate, source.schedule_from, source.rescaled_at});
+  state.updates = static_cast<std::uint64_t>(source.updates);
+  clock_ = static_cast<std::uint64_t>(source.step);
+  stage_ = source.stage;
+  if (same_epoch) {
     const LossStats measured = segment_;
-    segment_.count = completed_share(previous_rank);
+    segment_.count = mine;
     if (collective_->rank() == 0) {
-      std::int64_t lost = 0;
-      for (int r = 0; r < previous_size; ++r)
-        if (std::find(previous_ranks.begin(), previous_ranks.end(), r) == previous_ranks.end())
-          lost += completed_share(r);
+      const std::int64_t lost = std::max<std::int64_t>(0, (source.position - source.segment_from) - counted);
       // Their loss and accuracy went with them: estimated by this member's over the same steps.
       if (measured.count > 0) {
         const double per_sample = static_cast<double>(lost) / static_cast<double>(measured.count);
@@ -232,16 +280,18 @@ void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, cons
     }
     add(earlier_, segment_);
     segment_ = LossStats{};
-    position_ = agreed_position;
+    position_ = source.position;
     resume_ = true;
-  } else if (agreed_epoch >= 0) {
-    // The source was mid-epoch while this member was between epochs (it had not started it).
-    epoch_ = agreed_epoch;
-    position_ = agreed_position;
+  } else if (source.epoch >= 0) {
+    // The source was mid-epoch while this member was between epochs (it had not started it), or
+    // this member has just joined.
+    epoch_ = source.epoch;
+    position_ = source.position;
     earlier_ = LossStats{};
+    segment_ = LossStats{};
     resume_ = true;
   }
-  trainer.rescale_schedule(static_cast<double>(collective_->size()) / static_cast<double>(previous_size));
+  trainer.rescale_schedule(static_cast<double>(collective_->size()) / static_cast<double>(source.previous_size));
 }
 
 EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test) {
@@ -264,6 +314,7 @@ EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test
     collective_->all_reduce_now(sums, ReduceOp::sum, options_.timeout, "all-reduce of evaluation results",
                                 options_.watch);
   });
+  stage_ = std::max(stage_, 2 * epoch_);  // the evaluation follows the training of epoch_
   EvalResult all;
   all.samples = static_cast<std::int64_t>(sums[2] + 0.5f);
   all.loss = all.samples > 0 ? sums[0] / static_cast<double>(all.samples) : 0;

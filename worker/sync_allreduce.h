@@ -41,16 +41,27 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
 
   // Rank 0's parameters and buffers reach every rank.
   void broadcast_initial_state();
-  // Elastic: the world was formed again without a lost rank; `collective` is the new one (it must
-  // outlive its use here). Every member takes the state of the most advanced one (parameters,
-  // optimizer state, buffers, step, and where the epoch stood), the samples of the steps completed
-  // before the loss are counted once, the rest of the epoch is planned over the new world, and
-  // the learning rate is rescaled (Trainer::rescale_schedule). previous_ranks[r]: new rank r's
-  // rank in the world before; previous_size and previous_rank: that world's size, this one's rank.
-  void adopt(Collective& collective, Trainer& trainer, const std::vector<int>& previous_ranks, int previous_size,
-             int previous_rank);
-  void start() override { broadcast_initial_state(); }
+  // Elastic: the world was formed again without a lost rank, or with a rank that joined;
+  // `collective` is the new one (it must outlive its use here). Every member takes the state of
+  // the most advanced one (parameters, optimizer state, buffers, step, the schedule's scaling, and
+  // where the epoch stood), the samples of the steps completed before the change are counted
+  // once, the rest of the epoch is planned over the new world, and the learning rate is rescaled
+  // (Trainer::rescale_schedule) by the new size over the source's previous one. previous_size and
+  // previous_rank: this member's previous world and rank in it (0 and -1 for a rank that joins).
+  void adopt(Collective& collective, Trainer& trainer, int previous_size, int previous_rank);
+  // Rank 0's initial state, unless this rank joined a running job (adopt() came first).
+  void start() override {
+    if (!adopted_) broadcast_initial_state();
+  }
 
+  // Between tasks (no collective in flight): the watch, so that an elastic world that changed
+  // while this rank was not in a collective (waiting for the next epoch, say) is re-formed now.
+  void before_task() override {
+    if (options_.watch) options_.watch();
+  }
+  bool done_by_the_world(bool evaluate, std::int64_t epoch) const override {
+    return evaluate ? 2 * epoch <= stage_ : epoch < epoch_;
+  }
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
   void end_step(Model& model, std::int64_t step, float lr) override;
   float loss_scale(std::int64_t samples) const override;
@@ -104,6 +115,10 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   std::int64_t epoch_ = -1, shard_end_ = 0, segment_from_ = 0, position_ = 0;
   LossStats earlier_, segment_;
   bool resume_ = false;  // adopt(): the next train() of epoch_ goes on from position_
+  bool adopted_ = false;
+  // How far this rank's state is, in the coordinator's stages: 2(e-1) training epoch e, 2e-1
+  // trained it (the whole plan), 2e evaluated it; -1 nothing yet. adopt() takes the source's.
+  std::int64_t stage_ = -1;
 };
 
 }  // namespace shoal

@@ -144,12 +144,12 @@ EmbeddedCoordinator::~EmbeddedCoordinator() {
 std::string EmbeddedCoordinator::endpoint() const { return coordinator_->endpoint(); }
 
 std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobConfig& config, ControlClient& control,
-                                            std::uint64_t generation, Backend& backend) {
+                                            std::uint64_t generation, Backend& backend, std::function<void()> watch) {
   if (setup.backend == "mpi") {
     mpi::init();
     return make_mpi_collective();
   }
-  CoordinatorStore store(control, Seconds(config.sync_timeout_seconds));
+  CoordinatorStore store(control, Seconds(config.sync_timeout_seconds), std::move(watch));
   std::string prefix = "gen" + std::to_string(generation) + "/" + setup.backend + "/";
 #ifdef SHOAL_WITH_CUDA
   if (setup.backend == "nccl")

@@ -57,8 +57,10 @@ class EmbeddedCoordinator {
 
 // The collective of this rank's world. Gloo is formed through the coordinator's store under a
 // key prefix of the membership generation; mpi uses the world mpirun started.
-// NCCL runs on the backend's GPU, ordered after the work issued on its compute stream.
+// NCCL runs on the backend's GPU, ordered after the work issued on its compute stream. `watch`
+// (optional) is polled while the rendezvous waits for the other ranks; it throws to end it.
 std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobConfig& config, ControlClient& control,
-                                            std::uint64_t generation, Backend& backend);
+                                            std::uint64_t generation, Backend& backend,
+                                            std::function<void()> watch = {});
 
 }  // namespace shoal

@@ -67,6 +67,19 @@ class Trainer {
   // current step on, the rate is scaled by f (the linear scaling rule) and the schedule advances f
   // of a step per step, so it still ends with the last epoch (docs/sync-training.md).
   void rescale_schedule(double f);
+  // The rescaling so far, to hand to a rank that joins an elastic world (it must run the same
+  // schedule as the members it joins).
+  struct ScheduleScaling {
+    double lr_scale = 1, rate = 1, from = 0;
+    std::int64_t at = 0;
+  };
+  ScheduleScaling schedule_scaling() const { return {lr_scale_, schedule_rate_, schedule_from_, rescaled_at_}; }
+  void set_schedule_scaling(const ScheduleScaling& s) {
+    lr_scale_ = s.lr_scale;
+    schedule_rate_ = s.rate;
+    schedule_from_ = s.from;
+    rescaled_at_ = s.at;
+  }
   // The learning rate of step `step` (the schedule, with any rescaling).
   float lr_at(std::int64_t step) const;
   // When the flag turns true, train_shard stops after the current step and evaluate after the

@@ -157,9 +157,16 @@ void run_job_loop(JobContext& job) {
     SHOAL_LOG(log, info, "stopped on request " << when << " after " << strategy.clock() << " steps; left the job");
   };
   try {
-    strategy.start();
+    bool started = false;
     while (true) {
       try {
+        // Inside the loop: a world that changes during the first broadcast (elastic sync) is
+        // re-formed like one that changes later (the re-formed world's state is adopted, so the
+        // broadcast is not repeated).
+        if (!started) {
+          strategy.start();
+          started = true;
+        }
         if (stopped()) return leave("between steps");
         if (auto end = heartbeat.job_end()) {
           if (end->code != ExitCode::ok) throw_job_failure(*end);
@@ -187,6 +194,16 @@ void run_job_loop(JobContext& job) {
         if (task.kind == LeaseTask::wait) {
           strategy.idle();
           std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::uint32_t>(task.wait_ms, 5)));
+          continue;
+        }
+        if (strategy.done_by_the_world(task.kind == LeaseTask::evaluate, task.epoch)) {
+          SHOAL_LOG(log, info,
+                    (task.kind == LeaseTask::evaluate ? "evaluation" : "training")
+                        << " of epoch " << task.epoch << " was done by the world before it changed: passed");
+          if (task.kind == LeaseTask::evaluate)
+            control.report_evaluation(task.epoch, 0, 0, 0);
+          else
+            control.report_shard(task.epoch, task.index, 0, 0, 0, 0);
           continue;
         }
         if (task.kind == LeaseTask::evaluate) {
@@ -431,12 +448,31 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
     if (stop != nullptr && stop->load()) throw StopRequested{};
     if (elastic && heartbeat.table_version() > world_version) throw TableChanged{};
   };
+  // A table that gives this rank a place in a re-formed world: the job is running (this rank
+  // joins it, or it registered before a rank was lost and the world re-formed meanwhile). If the
+  // world changes while this rank forms it, it forms the newer one.
+  PartitionTable first = joined->table;
   std::unique_ptr<Collective> collective;
-  try {
-    collective = make_collective(setup, config, control, joined->table.version, *l.backend);
-  } catch (const CollectiveError&) {
-    rethrow_with_verdict(heartbeat, config);
+  while (true) {
+    SyncSetup formed = setup;
+    if (first.world_rank >= 0) {
+      formed.world.rank = formed.world.local_rank = first.world_rank;
+      formed.world.size = first.world_size;
+    }
+    world_version = first.version;
+    try {
+      collective = make_collective(formed, config, control, first.version, *l.backend, watch);
+      break;
+    } catch (const CollectiveError&) {
+      rethrow_with_verdict(heartbeat, config);
+    } catch (const TableChanged&) {
+      auto newer = control.fetch_table(2 * startup, stop);
+      if (!newer) return;
+      first = *newer;
+    }
   }
+  const bool joins_running_world = first.world_rank >= 0;
+  std::uint64_t world_formed = first.version;  // the generation `collective` was formed in (0: aborted)
   SyncOptions options;
   options.bucket_bytes = static_cast<std::size_t>(config.bucket_mib * (1 << 20));
   options.timeout = Seconds(config.sync_timeout_seconds);
@@ -458,35 +494,72 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
                                     config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
   trainer.set_stop_flag(stop);
-  if (!joined->table.restore.empty())
-    restore_sync_state(joined->table.restore, *l.backend, *l.model, strategy, trainer, log);
-  // Elastic: the world lost a rank. Fetch this rank's place in the new one, form it, and take the
-  // state from its most advanced member.
+  // Elastic: the world changed (a rank was lost, or one joined). Form the world `table` describes
+  // (fetched when absent) and take the state from its most advanced member; if the world changes
+  // again meanwhile (the watch throws TableChanged in the rendezvous or in a collective), form the
+  // newer one. previous_size and previous_rank: the world this rank last trained in (0, -1: none,
+  // it joined and holds no state yet).
+  const bool new_rank = joins_running_world && first.previous_ranks[static_cast<std::size_t>(first.world_rank)] < 0;
+  bool has_state = !new_rank;
+  auto form_world = [&](std::optional<PartitionTable> table, int previous_size, int previous_rank) -> bool {
+    while (true) {
+      if (!table) {
+        table = control.fetch_table(2 * startup, stop);
+        if (!table) return false;
+      }
+      SHOAL_REQUIRE(table->world_rank >= 0, ProtocolError,
+                    "the coordinator published table version " << table->version << " without this rank's place");
+      world_version = table->version;
+      SyncSetup next = setup;
+      next.world.rank = next.world.local_rank = table->world_rank;
+      next.world.size = table->world_size;
+      try {
+        if (collective->size() != next.world.size || collective->rank() != next.world.rank ||
+            world_formed != world_version) {
+          collective->abort("the world is re-formed");
+          collective = make_collective(next, config, control, table->version, *l.backend, watch);
+          world_formed = world_version;
+        }
+        strategy.adopt(*collective, trainer, has_state ? previous_size : 0, has_state ? previous_rank : -1);
+        has_state = true;
+        return true;
+      } catch (const TableChanged&) {
+        SHOAL_LOG(log, warn, "the world changed again while it was forming: forming the newer one");
+        table.reset();
+      }
+    }
+  };
   auto reform = [&]() -> bool {
     const auto started = std::chrono::steady_clock::now();
-    SHOAL_LOG(log, warn, "a rank was lost: re-forming the world in place");
-    auto table = control.fetch_table(2 * startup, stop);
-    if (!table) return false;
-    SHOAL_REQUIRE(table->world_rank >= 0, ProtocolError,
-                  "the coordinator published table version " << table->version << " without this rank's new place");
+    SHOAL_LOG(log, warn, "the world changed: re-forming it in place");
     const int previous_size = collective->size(), previous_rank = collective->rank();
-    collective->abort("the world is re-formed without a lost rank");
-    SyncSetup next = setup;
-    next.world.rank = table->world_rank;
-    next.world.size = table->world_size;
-    next.world.local_rank = table->world_rank;
-    std::unique_ptr<Collective> fresh = make_collective(next, config, control, table->version, *l.backend);
-    strategy.adopt(*fresh, trainer, table->previous_ranks, previous_size, previous_rank);
-    collective = std::move(fresh);
-    world_version = table->version;
+    collective->abort("the world is re-formed");
+    world_formed = 0;
+    if (!form_world(std::nullopt, previous_size, previous_rank)) return false;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     SHOAL_LOG(log, info,
-              "the world is re-formed: rank "
-                  << table->world_rank << " of " << table->world_size << " (was " << previous_rank << " of "
-                  << previous_size << "), generation " << table->version << ", in " << seconds << " s; at step "
-                  << trainer.step() << ", learning rate x" << table->world_size << "/" << previous_size);
+              "the world is re-formed: rank " << collective->rank() << " of " << collective->size() << " (was "
+                                              << previous_rank << " of " << previous_size << "), generation "
+                                              << world_version << ", in " << seconds << " s; at step " << trainer.step()
+                                              << ", learning rate x" << collective->size() << "/" << previous_size);
     return true;
   };
+  if (joins_running_world) {
+    // Its state comes from the most advanced member, not from disk or rank 0's initial broadcast.
+    const auto started = std::chrono::steady_clock::now();
+    try {
+      if (!form_world(first, setup.world.size, setup.world.rank)) return;
+    } catch (const CollectiveError&) {
+      rethrow_with_verdict(heartbeat, config);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    SHOAL_LOG(log, info,
+              (new_rank ? "joined the running job: rank " : "the world re-formed before the job started: rank ")
+                  << collective->rank() << " of " << collective->size() << ", generation " << world_version
+                  << "; took the state of the most advanced member in " << seconds << " s; at step " << trainer.step());
+  } else if (!first.restore.empty()) {
+    restore_sync_state(first.restore, *l.backend, *l.model, strategy, trainer, log);
+  }
   JobContext job{config,
                  log,
                  stop,

@@ -86,6 +86,16 @@ TEST(PartitionTableWire, RoundTripAndRejectsInconsistentTables) {
   t.previous_ranks = {0};  // not one per member
   t.to_wire(root);
   EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError);
+  // Ranks that joined (-1) come after the members of the previous world, never first.
+  t.world_size = 3;
+  t.previous_ranks = {0, 2, -1};
+  t.to_wire(root);
+  EXPECT_EQ(PartitionTable::from_wire(root.asReader()).previous_ranks, (std::vector<int>{0, 2, -1}));
+  for (std::vector<int> bad : {std::vector<int>{0, -1, 2}, {-1, 0, 1}, {0, 1, -2}}) {
+    t.previous_ranks = bad;
+    t.to_wire(root);
+    EXPECT_THROW(PartitionTable::from_wire(root.asReader()), ProtocolError) << bad[0] << bad[1] << bad[2];
+  }
 }
 
 TEST(Membership, RegistrationHeartbeatsAndDeath) {
@@ -298,6 +308,41 @@ TEST(SyncBook, ALostRankLeavesTheWorldAndTheSurvivorsCompleteTheEpoch) {
   EXPECT_TRUE(book.finished());
   EXPECT_EQ(book.take_completed().size(), 1u);
   EXPECT_EQ(book.boundary(), 2);
+}
+
+// A rank that joins an elastic world starts at the least advanced member's stage and is counted
+// in every epoch from then on; training_epoch() says when every rank trains the same epoch (the
+// coordinator admits joiners then); pass_evaluation() moves a rank past an evaluation its world
+// had done, leaving the epoch's result as the world computed it.
+TEST(SyncBook, ARankJoinsTheWorldAndPassesWhatTheWorldDidBeforeIt) {
+  SyncBook book(900, 3, 2);
+  auto now = std::chrono::steady_clock::now();
+  EXPECT_EQ(book.training_epoch(), -1) << "no rank asked yet";
+  for (const char* w : {"worker.0", "worker.1"}) ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::train);
+  EXPECT_EQ(book.training_epoch(), 1);
+  book.complete("worker.0", 1, 0, ShardStats{450, 1, 1}, 1, now);
+  EXPECT_EQ(book.training_epoch(), -1) << "worker.0 is past training epoch 1";
+  book.complete("worker.1", 1, 0, ShardStats{450, 1, 1}, 1, now);
+  book.evaluated("worker.0", 1, 0.5, 0.8);
+  book.evaluated("worker.1", 1, 0.5, 0.8);
+  ASSERT_EQ(book.take_completed().size(), 1u);
+  for (const char* w : {"worker.0", "worker.1"}) ASSERT_EQ(book.next(w, now).kind, WorkBook::Task::train);
+  EXPECT_EQ(book.training_epoch(), 2);
+  book.add("worker.2");
+  auto task = book.next("worker.2", now);
+  ASSERT_EQ(task.kind, WorkBook::Task::train);
+  EXPECT_EQ(task.shard.epoch, 2) << "the joiner starts where the world stands";
+  for (const char* w : {"worker.0", "worker.1", "worker.2"}) book.complete(w, 2, 0, ShardStats{300, 1, 1}, 1, now);
+  book.evaluated("worker.0", 2, 0.4, 0.9);
+  book.evaluated("worker.1", 2, 0.4, 0.9);
+  EXPECT_TRUE(book.take_completed().empty()) << "the joiner is part of the world: its evaluation is waited for";
+  EXPECT_FALSE(book.pass_evaluation("worker.2", 1)) << "not its stage";
+  EXPECT_TRUE(book.pass_evaluation("worker.2", 2));
+  auto done = book.take_completed();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].samples_done, 900);
+  EXPECT_DOUBLE_EQ(done[0].test_accuracy, 0.9) << "a pass leaves the world's result";
+  EXPECT_EQ(book.next("worker.2", now).shard.epoch, 3);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "tests/support/inproc_cluster.h"
+#include "tests/support/subprocess.h"
 
 namespace shoal {
 namespace {
@@ -83,6 +84,35 @@ TEST(InprocSync, RankStoppedMidEpochEndsTheJobForTheOthers) {
   EXPECT_EQ(c.wait("worker.0", 30s), kPeerLost) << c.log().text();
   EXPECT_NE(c.failure("worker.0").find("lost worker.1 (rank 1), left the job"), std::string::npos)
       << c.failure("worker.0");
+}
+
+// sync.elastic in-process (so also under ThreadSanitizer): rank 2 of 3 stops mid-epoch (SIGTERM:
+// it leaves the job), ranks 0 and 1 form a world of 2 in place and go on; a new rank 2 then
+// registers, is admitted while every rank trains the same epoch, takes the members' state by
+// broadcast, and the three finish the job together.
+TEST(InprocSync, ElasticRankLeavesTheOthersGoOnThenItsReplacementJoins) {
+  JobConfig job = sync_job();
+  job.workers = 3;
+  job.sync_elastic = true;
+  job.train_limit = 12000;
+  job.epochs = 4;
+  testing::TempDir dir;
+  job.metrics_file = dir.file("metrics.jsonl");
+  InprocCluster c(job);
+  for (int r = 0; r < 3; ++r) c.start_worker(r);
+  ASSERT_TRUE(c.log().wait_for({"worker.2", "training epoch 1"}, 120s)) << c.log().text();
+  c.stop_worker(2);
+  EXPECT_EQ(c.wait("worker.2", 60s), 0) << c.log().text();
+  ASSERT_TRUE(c.log().wait_for({"the world is re-formed: rank 1 of 2 (was 1 of 3)"}, 60s)) << c.log().text();
+  c.start_worker(2);
+  ASSERT_TRUE(c.log().wait_for({"joined the running job: rank 2 of 3"}, 120s)) << c.log().text();
+  for (const char* r : {"worker.0", "worker.1", "worker.2"})
+    EXPECT_EQ(c.wait(r, 240s), 0) << r << "\n" << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"the world is re-formed: rank 0 of 3 (was 0 of 2)"}, 0ms)) << c.log().text();
+  // Every epoch counts every sample once: the leaver's completed steps, the survivors', the joiner's.
+  auto epochs = testing::lines_with(testing::read_file(job.metrics_file), "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 4u) << c.log().text();
+  for (const auto& e : epochs) EXPECT_EQ(testing::json_number(e, "samples_done"), 12000) << e;
 }
 
 }  // namespace

@@ -156,22 +156,22 @@ constexpr double kSlowdown = 1;
 
 // sync.elastic: rank 2 of 3 killed with SIGKILL mid-epoch. The coordinator (in rank 0) declares it
 // dead and publishes a new world; ranks 0 and 1 end the collective they were in, form a world of 2
-// over Gloo, take the state of the most advanced of them, re-plan the rest of the epoch and finish
-// the job: no process restarts. Every epoch counts every sample once (the dead rank's completed
-// steps included), and the time from the kill to the re-formed world is printed (default liveness
-// settings).
-TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceAndFinish) {
+// over Gloo, take the state of the most advanced of them, re-plan the rest of the epoch and go on:
+// no process restarts. Then a new process registers as rank 2: it joins the running world (3
+// ranks again), takes the members' state by broadcast and trains the rest of the job with them.
+// Every epoch counts every sample once (the dead rank's completed steps included), and the time
+// from the kill to the re-formed world is printed (default liveness settings).
+TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceThenANewRankJoins) {
   TempDir dir;
   std::string coordinator = "tcp://127.0.0.1:" + std::to_string(free_port());
-  std::vector<std::unique_ptr<Subprocess>> ranks;
-  for (int r = 0; r < 3; ++r) {
+  auto rank_argv = [&](int r) {
     std::vector<std::string> argv{kShoal,
                                   "worker",
                                   kJob,
                                   "--sync.backend=gloo",
                                   "--model=mlp",
-                                  "--train.epochs=3",
-                                  "--data.train_limit=6000",
+                                  "--train.epochs=5",
+                                  "--data.train_limit=12000",
                                   "--data.test_limit=1000",
                                   "--threads=1",
                                   "--progress=off",
@@ -180,8 +180,10 @@ TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceAndFinish) {
                                   "--node.rank=" + std::to_string(r),
                                   "--cluster.coordinator=" + coordinator};
     if (r == 0) argv.push_back("--metrics.file=" + dir.file("metrics.jsonl"));
-    ranks.push_back(std::make_unique<Subprocess>(argv));
-  }
+    return argv;
+  };
+  std::vector<std::unique_ptr<Subprocess>> ranks;
+  for (int r = 0; r < 3; ++r) ranks.push_back(std::make_unique<Subprocess>(rank_argv(r)));
   ASSERT_TRUE(wait_for_output(*ranks[2], std::regex("training epoch 2"), 3min)) << ranks[2]->output();
   std::this_thread::sleep_for(200ms);  // some steps into the epoch (the test holds at any point)
   auto killed = std::chrono::steady_clock::now();
@@ -192,17 +194,57 @@ TEST(SyncElastic, RankKilledMidEpochTheOthersReformTheWorldInPlaceAndFinish) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   std::printf("sync elastic: kill -9 of a rank to the world re-formed in place: %.2f s (default settings)\n", seconds);
   EXPECT_LT(seconds, 10 * kSlowdown);
+  // A replacement for rank 2 joins the world of 2 while it trains.
+  Subprocess joiner(rank_argv(2));
+  ASSERT_TRUE(wait_for_output(joiner, std::regex("joined the running job: rank 2 of 3"), 2min))
+      << joiner.output() << "\n---\n"
+      << ranks[0]->output();
   ASSERT_EQ(ranks[0]->wait(3min), 0) << ranks[0]->output();
   ASSERT_EQ(ranks[1]->wait(1min), 0) << ranks[1]->output();
+  ASSERT_EQ(joiner.wait(1min), 0) << joiner.output();
   const std::string out = ranks[0]->output();
   EXPECT_NE(out.find("the sync world re-forms in place without worker.2: 2 ranks"), std::string::npos) << out;
   EXPECT_NE(out.find("the world is re-formed: rank 0 of 2 (was 0 of 3)"), std::string::npos) << out;
+  EXPECT_NE(out.find("the sync world re-forms in place with worker.2: 3 ranks"), std::string::npos) << out;
+  EXPECT_NE(out.find("the world is re-formed: rank 0 of 3 (was 0 of 2)"), std::string::npos) << out;
+  const std::string metrics = read_file(dir.file("metrics.jsonl"));
+  auto epochs = testing::lines_with(metrics, "\"event\": \"epoch\"");
+  ASSERT_EQ(epochs.size(), 5u) << out;
+  for (const auto& e : epochs) EXPECT_EQ(testing::json_number(e, "samples_done"), 12000) << e;
+  EXPECT_GT(testing::json_number(epochs.back(), "test_accuracy"), 0.7) << epochs.back();
+  EXPECT_EQ(testing::lines_with(metrics, "\"event\": \"world\"").size(), 2u) << metrics;
+  EXPECT_EQ(testing::lines_with(metrics, "\"joined\": \"worker.2\"").size(), 1u) << metrics;
+}
+
+// sync.elastic under `shoal launch --local` with launch.restart_workers: rank 2 killed mid-epoch
+// is restarted by the launcher; the new process registers with its rank, the coordinator takes
+// the old one as dead at once, and the new one joins the world (3 ranks again) without the job
+// stopping. A rank that tries to join a job that is not elastic is refused, naming the setting.
+TEST(SyncElastic, RankRestartedByTheLauncherJoinsTheRunningWorld) {
+  TempDir dir;
+  Subprocess launch({kShoal, "launch", kJob, "--local", "--sync.backend=gloo", "--model=mlp", "--train.epochs=3",
+                     "--data.train_limit=30000", "--data.test_limit=1000", "--threads=1", "--cluster.workers=3",
+                     "--sync.elastic=true", "--launch.restart_workers=true",
+                     "--metrics.file=" + dir.file("metrics.jsonl")});
+  std::smatch m;
+  ASSERT_TRUE(wait_for_output(launch, std::regex(R"(\[worker\.2 [^:\]]+:(\d+)\] training epoch 1)"), 2min, &m))
+      << launch.output();
+  const pid_t pid = static_cast<pid_t>(std::stol(m[1].str()));
+  std::this_thread::sleep_for(300ms);
+  const auto killed = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(wait_for_output(launch, std::regex("joined the running job: rank 2 of 3"), 2min)) << launch.output();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  std::printf("sync elastic: kill -9 of a rank to its restarted process in the world again: %.2f s\n", seconds);
+  EXPECT_LT(seconds, 10 * kSlowdown);
+  ASSERT_EQ(launch.wait(3min), 0) << launch.output();
+  const std::string out = launch.output();
+  EXPECT_NE(out.find("worker.2 registered again from a new process"), std::string::npos) << out;
   const std::string metrics = read_file(dir.file("metrics.jsonl"));
   auto epochs = testing::lines_with(metrics, "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 3u) << out;
-  for (const auto& e : epochs) EXPECT_EQ(testing::json_number(e, "samples_done"), 6000) << e;
-  EXPECT_GT(testing::json_number(epochs.back(), "test_accuracy"), 0.7) << epochs.back();
-  EXPECT_EQ(testing::lines_with(metrics, "\"event\": \"world\"").size(), 1u) << metrics;
+  for (const auto& e : epochs) EXPECT_EQ(testing::json_number(e, "samples_done"), 30000) << e;
+  EXPECT_EQ(testing::lines_with(metrics, "\"joined\": \"worker.2\"").size(), 1u) << metrics;
 }
 
 // The same with the MPI backend, launched by `shoal launch --local` (through mpirun): Open MPI
