@@ -51,9 +51,10 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
   SHOAL_REQUIRE(!config.sync_elastic || s.backend == "gloo", ConfigError,
                 "sync.elastic needs sync.backend = gloo, not "
                     << s.backend
-                    << (s.backend == "mpi" ? " (Open MPI 4 cannot shrink a world: a lost rank ends the job, and the "
-                                             "same command resumes it from the last checkpoint)"
-                                           : " (in-place re-forming over NCCL is not built yet)"));
+                    << (s.backend == "mpi" ? " (Open MPI 4 cannot shrink a world: a lost rank ends the world, and "
+                                             "shoal launch restarts it from the last checkpoint)"
+                                           : " (in-place re-forming over NCCL is not built yet: shoal launch restarts "
+                                             "the world from the last checkpoint)"));
   if (auto env = mpi::world_from_environment()) {
     s.world = *env;
   } else {

@@ -86,10 +86,14 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
   return stats;
 }
 
+double Trainer::schedule_position(std::int64_t step) const {
+  return schedule_from_ + static_cast<double>(step - rescaled_at_) * schedule_rate_;
+}
+
 float Trainer::lr_at(std::int64_t step) const {
-  if (lr_scale_ == 1 && schedule_rate_ == 1) return options_.schedule.at(step);
-  const double position = schedule_from_ + static_cast<double>(step - rescaled_at_) * schedule_rate_;
-  return static_cast<float>(lr_scale_) * options_.schedule.at(std::llround(std::max(0.0, position)));
+  if (lr_scale_ == 1 && schedule_rate_ == 1 && schedule_from_ == static_cast<double>(rescaled_at_))
+    return options_.schedule.at(step);  // never rescaled: the schedule's own step
+  return static_cast<float>(lr_scale_) * options_.schedule.at(std::llround(std::max(0.0, schedule_position(step))));
 }
 
 void Trainer::rescale_schedule(double f) {

@@ -80,6 +80,8 @@ class Trainer {
     schedule_from_ = s.from;
     rescaled_at_ = s.at;
   }
+  // Where step `step` is in the schedule (the step itself unless the world was rescaled).
+  double schedule_position(std::int64_t step) const;
   // The learning rate of step `step` (the schedule, with any rescaling).
   float lr_at(std::int64_t step) const;
   // When the flag turns true, train_shard stops after the current step and evaluate after the

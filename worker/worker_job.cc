@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -80,7 +81,12 @@ void save_state(JobContext& job, const LeaseTask& task) {
     }
     range.updates.emplace_back(0, state->updates);
     report.files.push_back(write_range_file(task.dir, range));
-    report.files.push_back(write_file_atomic(task.dir, "trainer", "step " + std::to_string(job.trainer.step()) + "\n"));
+    // The step, and where it is in the learning-rate schedule: not the step itself once an
+    // elastic world was rescaled (the schedule then advanced n'/n per step).
+    char schedule[64];
+    std::snprintf(schedule, sizeof(schedule), "schedule %a\n", job.trainer.schedule_position(job.trainer.step()));
+    report.files.push_back(write_file_atomic(
+        task.dir, "trainer", "step " + std::to_string(job.trainer.step()) + "\n" + std::string(schedule)));
   }
   report.write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   job.control.report_checkpoint(report);
@@ -124,6 +130,15 @@ void restore_sync_state(const std::string& dir, Backend& backend, Model& model, 
   SHOAL_REQUIRE(std::sscanf(text.c_str(), "step %lld", &step) == 1 && step >= 0, CheckpointError,
                 dir << "/trainer: expected 'step N', found '" << text.substr(0, 40) << "'");
   trainer.set_step(step);
+  // Where the schedule stood (absent in checkpoints of older versions: the step itself). The
+  // rate is the configured one again: the job resumes with its configured world.
+  if (auto at = text.find("\nschedule "); at != std::string::npos) {
+    char* end = nullptr;
+    const double position = std::strtod(text.c_str() + at + 10, &end);
+    SHOAL_REQUIRE(end != text.c_str() + at + 10 && std::isfinite(position) && position >= 0, CheckpointError,
+                  dir << "/trainer: the schedule position is not a finite number ≥ 0");
+    trainer.set_schedule_scaling({1, 1, position, step});
+  }
   restore_buffers(dir, backend, model, log);
   SHOAL_LOG(log, info, "restored the parameters, optimizer state and step " << step << " from " << dir);
 }

@@ -80,5 +80,33 @@ TEST(Trainer, StrategyHooksFireInOrder) {
   EXPECT_EQ(rec.events, expected);
 }
 
+// Elastic sync: a world shrunk from 3 to 2 ranks at step 100 scales the rate by 2/3 and advances
+// the schedule 2/3 of a step per step; schedule_position() is what a checkpoint records, and a
+// trainer resumed at that position with the configured rate (the full world again) goes on from
+// the same point of the schedule, not from its step.
+TEST(Trainer, RescaledScheduleAndItsPositionAfterAResume) {
+  Fixture f;
+  auto model = build_model("mlp", Shape{1, 28, 28}, 10);
+  model->build(*f.backend, 1);
+  LocalStrategy local(*f.backend, *model, Optimizer(OptimizerConfig{}));
+  TrainerOptions options;
+  options.schedule = make_lr_schedule("cosine", 0.1f, 0, 1, 0.1, 0, 300, 2);  // 600 steps
+  Progress progress(ProgressMode::off, stdout);
+  MetricsWriter metrics;
+  Trainer trainer(*f.backend, *model, local, f.norm, options, Logger(), progress, metrics);
+  EXPECT_EQ(trainer.lr_at(250), options.schedule.at(250)) << "never rescaled: the schedule's own step";
+  EXPECT_DOUBLE_EQ(trainer.schedule_position(250), 250);
+  trainer.set_step(100);
+  trainer.rescale_schedule(2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(trainer.schedule_position(400), 100 + 300 * 2.0 / 3.0);
+  EXPECT_FLOAT_EQ(trainer.lr_at(400), static_cast<float>(2.0 / 3.0) * options.schedule.at(300));
+  // Resumed at step 400 from a checkpoint that recorded position 300, with the full world.
+  Trainer resumed(*f.backend, *model, local, f.norm, options, Logger(), progress, metrics);
+  resumed.set_step(400);
+  resumed.set_schedule_scaling({1, 1, trainer.schedule_position(400), 400});
+  EXPECT_EQ(resumed.lr_at(400), options.schedule.at(300));
+  EXPECT_EQ(resumed.lr_at(450), options.schedule.at(350));
+}
+
 }  // namespace
 }  // namespace shoal
