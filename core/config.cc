@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iomanip>
+#include <regex>
 #include <sstream>
 
 #include "core/error.h"
@@ -393,6 +394,28 @@ std::string LoadedConfig::describe(const SettingsRegistry& registry) const {
   return out.str();
 }
 
+bool is_kubernetes_service_link(const std::string& name, const std::string& value) {
+  // Kubernetes gives every container variables for each Service of its namespace (unless the
+  // pod sets enableServiceLinks: false). A Service named `shoal-coordinator` yields
+  // SHOAL_COORDINATOR_SERVICE_HOST, _SERVICE_PORT, _SERVICE_PORT_<NAME>, _PORT,
+  // _PORT_<N>_<PROTO> and _PORT_<N>_<PROTO>_{PROTO,PORT,ADDR}. Both the name and the value must
+  // have the generated form, so a typo of a setting (SHOAL_TRAIN_EPOCHZ=3) is still refused.
+  static const std::regex host(R"(SHOAL(_[A-Z0-9_]+)?_SERVICE_HOST)"),
+      service_port(R"(SHOAL(_[A-Z0-9_]+)?_SERVICE_PORT(_[A-Z0-9_]+)?)"),
+      url(R"(SHOAL(_[A-Z0-9_]+)?_PORT(_[0-9]+_(TCP|UDP|SCTP))?)"),
+      proto(R"(SHOAL(_[A-Z0-9_]+)?_PORT_[0-9]+_(TCP|UDP|SCTP)_PROTO)"),
+      port(R"(SHOAL(_[A-Z0-9_]+)?_PORT_[0-9]+_(TCP|UDP|SCTP)_PORT)"),
+      addr(R"(SHOAL(_[A-Z0-9_]+)?_PORT_[0-9]+_(TCP|UDP|SCTP)_ADDR)");
+  static const std::regex ip(R"([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)"), number(R"([0-9]{1,5})"),
+      endpoint(R"((tcp|udp|sctp)://([0-9]{1,3}(\.[0-9]{1,3}){3}|\[?[0-9a-fA-F:]*:[0-9a-fA-F:.]*\]?):[0-9]{1,5})"),
+      protocol(R"(tcp|udp|sctp)");
+  if (std::regex_match(name, host) || std::regex_match(name, addr)) return std::regex_match(value, ip);
+  if (std::regex_match(name, service_port) || std::regex_match(name, port)) return std::regex_match(value, number);
+  if (std::regex_match(name, proto)) return std::regex_match(value, protocol);
+  if (std::regex_match(name, url)) return std::regex_match(value, endpoint);
+  return false;
+}
+
 std::vector<std::string> process_environment() {
   std::vector<std::string> env;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) env.emplace_back(*e);
@@ -446,6 +469,8 @@ LoadedConfig load_config(const std::vector<std::string>& args, const std::vector
     const Setting* match = nullptr;
     for (const auto& s : registry.settings())
       if (SettingsRegistry::env_name(s.key) == name) match = &s;
+    // Kubernetes' own (a Service named shoal-metrics makes SHOAL_METRICS_PORT=tcp://...): ignored.
+    if (is_kubernetes_service_link(name, value)) continue;
     SHOAL_REQUIRE(match != nullptr, ConfigError,
                   "environment variable " << name << " does not name a setting (see shoal --help)");
     if (values.count(match->key)) continue;  // the command line wins

@@ -120,6 +120,11 @@ struct LoadedConfig {
 LoadedConfig load_config(const std::vector<std::string>& args, const std::vector<std::string>& environment,
                          const SettingsRegistry& registry);
 
+// A variable Kubernetes generated for a Service whose name starts with `shoal`
+// (SHOAL_COORDINATOR_SERVICE_HOST=10.0.0.7, SHOAL_PS_PORT=tcp://10.0.0.8:5555, ...): by name and
+// by value. load_config ignores these; any other SHOAL_* variable must name a setting.
+bool is_kubernetes_service_link(const std::string& name, const std::string& value);
+
 std::vector<std::string> process_environment();
 
 }  // namespace shoal

@@ -112,6 +112,49 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
+// Kubernetes' service-link variables for Services named shoal-* are ignored, by name and value;
+// a variable that has the shape of one but not its value, or names no setting, is still refused.
+TEST(Config, KubernetesServiceLinkVariablesAreIgnoredAndTyposStillRefused) {
+  struct Case {
+    std::string name, value;
+    bool service_link;
+  };
+  const std::vector<Case> cases{
+      {"SHOAL_COORDINATOR_SERVICE_HOST", "10.96.0.12", true},
+      {"SHOAL_COORDINATOR_SERVICE_PORT", "5555", true},
+      {"SHOAL_COORDINATOR_SERVICE_PORT_CONTROL", "5555", true},
+      {"SHOAL_COORDINATOR_PORT", "tcp://10.96.0.12:5555", true},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP", "tcp://10.96.0.12:5555", true},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_PROTO", "tcp", true},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_PORT", "5555", true},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_ADDR", "10.96.0.12", true},
+      {"SHOAL_SERVICE_HOST", "10.96.0.3", true},  // a Service named `shoal`
+      {"SHOAL_PS_PORT", "tcp://[fd00::7]:6000", true},
+      {"SHOAL_PS_SERVICE_HOST", "fd00::7", true},
+      {"SHOAL_TRAIN_EPOCHZ", "3", false},         // a typo
+      {"SHOAL_COORDINATOR_PORT", "5555", false},  // the shape, not the value
+      {"SHOAL_COORDINATOR_SERVICE_HOST", "coordinator", false},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_PROTO", "http", false},
+      {"SHOAL_COORDINATOR_PORTS", "tcp://10.96.0.12:5555", false},
+  };
+  SettingsRegistry registry;
+  for (const auto& c : cases) {
+    EXPECT_EQ(is_kubernetes_service_link(c.name, c.value), c.service_link) << c.name << "=" << c.value;
+    const std::vector<std::string> env{c.name + "=" + c.value, "SHOAL_TRAIN_EPOCHS=5"};
+    if (c.service_link) {
+      LoadedConfig loaded = load_config({}, env, registry);
+      EXPECT_EQ(loaded.config.epochs, 5) << c.name;
+    } else {
+      try {
+        load_config({}, env, registry);
+        ADD_FAILURE() << c.name << "=" << c.value << " was accepted";
+      } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find(c.name), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
 TEST(Config, EveryKeyHasHelpAndEnvironmentName) {
   SettingsRegistry registry;
   for (const auto& s : registry.settings()) {
