@@ -283,6 +283,11 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(string_setting(
       "node.address", [](JobConfig & c) -> auto& { return c.node_address; },
       "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
+  s.push_back(string_setting(
+      "node.advertise", [](JobConfig & c) -> auto& { return c.node_advertise; },
+      "parameter servers bound to every interface (node.address tcp://0.0.0.0:P or tcp://*:P): the host name or "
+      "address workers connect to, with the bound port (empty: this host's fully qualified name, e.g. a "
+      "StatefulSet pod's shoal-ps-0.shoal-ps.NAMESPACE.svc.cluster.local)"));
   s.push_back(choice_setting(
       "strategy", [](JobConfig & c) -> auto& { return c.strategy; }, {"async", "sync"},
       "async: parameter servers, bounded staleness (docs/async-training.md); sync: every worker holds "

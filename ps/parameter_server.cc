@@ -1,5 +1,6 @@
 #include "ps/parameter_server.h"
 
+#include <netdb.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -501,16 +502,36 @@ void ParameterServer::serve(std::chrono::milliseconds timeout) {
   finish_batch();
 }
 
-namespace {
-std::string advertised(const std::string& endpoint) {
+std::string ParameterServer::advertised(const std::string& endpoint, const std::string& advertise,
+                                        const std::string& fqdn) {
   for (const char* any : {"tcp://0.0.0.0:", "tcp://*:"}) {
     if (endpoint.rfind(any, 0) == 0) {
-      char host[256] = {0};
-      gethostname(host, sizeof(host) - 1);
-      return std::string("tcp://") + host + ":" + endpoint.substr(std::strlen(any));
+      const std::string host = advertise.empty() ? fqdn : advertise;
+      const bool bracketed = host.size() > 2 && host.front() == '[' && host.back() == ']';
+      const bool plain = !host.empty() && host.find_first_of(" /:[]\t\n") == std::string::npos;
+      SHOAL_REQUIRE(plain || bracketed, ConfigError,
+                    "node.advertise = '" << host << "' is not a host name or address (an IPv6 address in [brackets])");
+      return "tcp://" + host + ":" + endpoint.substr(std::strlen(any));
     }
   }
   return endpoint;
+}
+
+namespace {
+std::string this_host_fqdn() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) return "";
+  // A StatefulSet pod's /etc/hosts names it by its FQDN (pod.service.namespace.svc...): the name
+  // other pods resolve through the headless Service. Else the short name.
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_flags = AI_CANONNAME;
+  hints.ai_socktype = SOCK_STREAM;
+  std::string name = host;
+  if (getaddrinfo(host, nullptr, &hints, &res) == 0 && res != nullptr) {
+    if (res->ai_canonname != nullptr && *res->ai_canonname != 0) name = res->ai_canonname;
+    freeaddrinfo(res);
+  }
+  return name;
 }
 }  // namespace
 
@@ -521,7 +542,8 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   Seconds timeout(config.request_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
   auto registered = control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
-                                          advertised(server.endpoint()), Seconds(config.startup_timeout_seconds), stop);
+                                          advertised(server.endpoint(), config.node_advertise, this_host_fqdn()),
+                                          Seconds(config.startup_timeout_seconds), stop);
   if (!registered) {
     SHOAL_LOG(log, info, "stopped on request before it registered (it had no part in the job yet)");
     return;

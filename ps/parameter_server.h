@@ -94,6 +94,11 @@ class ParameterServer {
   // until its part of it is written (at most cluster.request_timeout_seconds), leaves, and
   // returns normally (exit 0): its replacement restores from that checkpoint.
   static void run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr);
+  // The address workers connect to: `endpoint` as bound, unless it binds every interface
+  // (tcp://0.0.0.0:P, tcp://*:P): then `advertise` (node.advertise) or, when that is empty,
+  // `fqdn` (this host's fully qualified name), with the bound port. ConfigError for a host that
+  // is not a name or an address.
+  static std::string advertised(const std::string& endpoint, const std::string& advertise, const std::string& fqdn);
   // Begins the log line of a server that left on SIGTERM while the job goes on: `shoal launch`
   // restarts a server that printed it and exited 0 (a server that exits 0 at the job's end is not).
   static constexpr const char* kPreemptedLine = "preempted (SIGTERM), left the job: ";

@@ -144,6 +144,21 @@ class Client {
 
 float first_value(Incoming& reply) { return static_cast<const float*>(reply.payloads()[0].data())[0]; }
 
+// What a server tells the coordinator workers should connect to: the bound endpoint, unless it
+// binds every interface; then node.advertise, else the host's FQDN (a StatefulSet pod's name
+// through its headless Service), with the bound port. Not a host name: a configuration error.
+TEST(ParameterServer, AdvertisedAddressOfAServerBoundToEveryInterface) {
+  const std::string fqdn = "shoal-ps-1.shoal-ps.default.svc.cluster.local";
+  EXPECT_EQ(ParameterServer::advertised("tcp://127.0.0.1:6000", "", fqdn), "tcp://127.0.0.1:6000");
+  EXPECT_EQ(ParameterServer::advertised("tcp://0.0.0.0:6000", "", fqdn), "tcp://" + fqdn + ":6000");
+  EXPECT_EQ(ParameterServer::advertised("tcp://*:6000", "", fqdn), "tcp://" + fqdn + ":6000");
+  EXPECT_EQ(ParameterServer::advertised("tcp://0.0.0.0:6000", "10.4.0.7", fqdn), "tcp://10.4.0.7:6000");
+  EXPECT_EQ(ParameterServer::advertised("tcp://0.0.0.0:6000", "[fd00::7]", fqdn), "tcp://[fd00::7]:6000");
+  for (const char* bad : {"tcp://x", "host:6000", "a b", "fd00::7", "[]"})
+    EXPECT_THROW(ParameterServer::advertised("tcp://0.0.0.0:6000", bad, fqdn), ConfigError) << bad;
+  EXPECT_THROW(ParameterServer::advertised("tcp://0.0.0.0:6000", "", ""), ConfigError) << "no host name at all";
+}
+
 TEST(ParameterServer, BoundedStalenessParksPullsOfWorkersTooFarAhead) {
   ServerFixture f(/*staleness=*/1);
   Client a(f, "worker.0"), b(f, "worker.1");
