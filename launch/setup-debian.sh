@@ -16,6 +16,7 @@ packages=(
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libgtest-dev                                    # tests
   iproute2                                        # tests: network namespaces (a pulled link)
+  python3-yaml                                    # tests: the Kubernetes manifests
   dataset-fashion-mnist                           # the main job's data
 )
 if [[ "${1:-}" == "--bench" ]]; then
@@ -30,6 +31,9 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# tests: `kubectl kustomize` renders the manifests (k8s/). Debian's is kubernetes-client; a
+# kubectl from elsewhere (Google's repository) serves as well and must not be replaced.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 sudo=""
