@@ -17,4 +17,24 @@ std::optional<long> env_integer(const char* name, long low, long high) {
   return value;
 }
 
+std::optional<std::string> mig_device(const char* nvidia, const char* cuda) {
+  for (const char* list : {nvidia, cuda}) {
+    if (list == nullptr) continue;
+    std::string text = list;
+    for (std::size_t at = 0; at <= text.size();) {
+      std::size_t comma = text.find(',', at);
+      if (comma == std::string::npos) comma = text.size();
+      std::string entry = text.substr(at, comma - at);
+      while (!entry.empty() && entry.front() == ' ') entry.erase(0, 1);
+      if (entry.rfind("MIG-", 0) == 0) return entry;
+      at = comma + 1;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> mig_device_from_environment() {
+  return mig_device(std::getenv("NVIDIA_VISIBLE_DEVICES"), std::getenv("CUDA_VISIBLE_DEVICES"));
+}
+
 }  // namespace shoal

@@ -3,10 +3,19 @@
 #pragma once
 
 #include <optional>
+#include <string>
 
 namespace shoal {
 
 // The integer value of environment variable `name` in [low, high]; nullopt when it is unset.
 std::optional<long> env_integer(const char* name, long low, long high);
+
+// The MIG instance this process was given, if any: the first `MIG-...` entry of
+// NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES (how the NVIDIA device plugin, and GKE's MIG
+// partitions, hand a container a slice of a GPU). `nvidia` and `cuda` are those variables' values
+// (null: unset).
+std::optional<std::string> mig_device(const char* nvidia, const char* cuda);
+// The same, read from this process's environment.
+std::optional<std::string> mig_device_from_environment();
 
 }  // namespace shoal

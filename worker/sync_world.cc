@@ -11,6 +11,7 @@
 #include "coordinator/coordinator.h"
 #include "core/collective_gloo.h"
 #include "core/collective_mpi.h"
+#include "core/environment.h"
 #include "core/error.h"
 #ifdef SHOAL_WITH_CUDA
 #include "core/cuda/collective_nccl.h"
@@ -35,6 +36,16 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
     }
   } else {
     s.why = "sync.backend";
+  }
+  if (cuda_device) {
+    // NCCL cannot all-reduce between MIG instances (of one GPU or of several): a sync job's
+    // ranks on MIG slices would fail in their first collective, or hang.
+    auto mig = mig_device_from_environment();
+    SHOAL_REQUIRE(!mig, ConfigError,
+                  "strategy = sync on a MIG slice (" << *mig
+                                                     << "): NCCL cannot all-reduce between MIG instances; run "
+                                                        "an async job (strategy = async, parameter servers) on "
+                                                        "MIG slices, or give each sync rank a whole GPU");
   }
   SHOAL_REQUIRE(s.backend != "mpi" || s.under_mpirun, ConfigError,
                 "sync.backend = mpi needs the job started by mpirun (mpirun -np N shoal worker JOB.ini, or shoal "

@@ -9,7 +9,10 @@
 #include <optional>
 #include <string>
 
+#include "core/config.h"
+#include "core/environment.h"
 #include "core/error.h"
+#include "worker/sync_world.h"
 
 namespace shoal {
 namespace {
@@ -90,6 +93,34 @@ TEST_F(LocalRankEnvironment, AMalformedValueIsAConfigErrorNamingTheVariable) {
       EXPECT_NE(std::string(e.what()).find("LOCAL_RANK"), std::string::npos) << e.what();
     }
   }
+}
+
+// A MIG slice is how the NVIDIA device plugin (and GKE's gpu-partition-size) hands a container
+// part of a GPU: NVIDIA_VISIBLE_DEVICES=MIG-<uuid>. A sync job on one is refused, saying why
+// (NCCL cannot all-reduce between MIG instances); an async job, or whole GPUs, are not.
+TEST(Mig, SliceFromTheEnvironmentAndASyncJobOnOneIsRefused) {
+  EXPECT_FALSE(mig_device(nullptr, nullptr));
+  EXPECT_FALSE(mig_device("GPU-5f2c1d4e-aaaa-bbbb-cccc-0123456789ab", "0"));
+  EXPECT_FALSE(mig_device("all", nullptr));
+  EXPECT_EQ(*mig_device("MIG-0c3a7e1f-1111-2222-3333-444455556666", nullptr),
+            "MIG-0c3a7e1f-1111-2222-3333-444455556666");
+  EXPECT_EQ(*mig_device("GPU-1, MIG-abc", nullptr), "MIG-abc");
+  EXPECT_EQ(*mig_device(nullptr, "MIG-def"), "MIG-def");
+
+  JobConfig sync;
+  sync.strategy = "sync";
+  sync.node_rank = 0;
+  setenv("NVIDIA_VISIBLE_DEVICES", "MIG-0c3a7e1f-1111-2222-3333-444455556666", 1);
+  try {
+    resolve_sync_setup(sync, /*cuda_device=*/true);
+    ADD_FAILURE() << "a sync job on a MIG slice was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("MIG-0c3a7e1f"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("strategy = async"), std::string::npos) << e.what();
+  }
+  // On the CPU the slice is irrelevant (a sync job over Gloo on the host).
+  EXPECT_NO_THROW(resolve_sync_setup(sync, /*cuda_device=*/false));
+  unsetenv("NVIDIA_VISIBLE_DEVICES");
 }
 
 }  // namespace

@@ -108,6 +108,32 @@ class Manifests(unittest.TestCase):
                         if name == "shoal-ps":
                             self.assertRegex(described, r"node\.rank +?= 1 ")
 
+    def test_the_mpijob_example_launches_a_sync_job_shoal_accepts(self):
+        path = os.path.join(SOURCE, "k8s", "mpijob", "sync-mpijob.yaml")
+        with open(path) as f:
+            objects = [d for d in yaml.safe_load_all(f) if d is not None]
+        job = by_kind(objects, "ConfigMap")["shoal-sync-job"]["data"]["job.ini"]
+        mpijob = by_kind(objects, "MPIJob")["shoal-sync"]
+        self.assertEqual(mpijob["apiVersion"], "kubeflow.org/v2beta1")
+        specs = mpijob["spec"]["mpiReplicaSpecs"]
+        command = specs["Launcher"]["template"]["spec"]["containers"][0]["command"]
+        ranks = int(command[command.index("-np") + 1])
+        self.assertEqual(ranks, specs["Worker"]["replicas"] * mpijob["spec"]["slotsPerWorker"])
+        worker = specs["Worker"]["template"]["spec"]["containers"][0]
+        self.assertEqual(worker["resources"]["limits"]["nvidia.com/gpu"], 1)
+        shoal_args = command[command.index("shoal") + 1:]
+        self.assertEqual(shoal_args[0], "worker")
+        with tempfile.TemporaryDirectory() as tmp:
+            job_file = os.path.join(tmp, "job.ini")
+            with open(job_file, "w") as f:
+                f.write(job)
+            args = [job_file if a == "/etc/shoal/job.ini" else a for a in shoal_args[1:]]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+            out = subprocess.run([SHOAL, "config"] + args, env=env, capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertRegex(out.stdout, r"strategy +?= sync ")
+            self.assertRegex(out.stdout, rf"cluster\.workers +?= {ranks} ", "the job's ranks are mpirun's")
+
 
 def env_of(container, pod_index="0"):
     """The container's environment as the kubelet gives it (the pod-index label as `pod_index`)."""
