@@ -283,6 +283,10 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(string_setting(
       "node.address", [](JobConfig & c) -> auto& { return c.node_address; },
       "parameter servers: ZeroMQ address to listen on (port 0: any free port)"));
+  s.push_back(bool_setting(
+      "node.rank_from_hostname", [](JobConfig & c) -> auto& { return c.node_rank_from_hostname; },
+      "ps and workers: take node.rank from this host name's ordinal suffix (a StatefulSet's pod shoal-ps-3 is "
+      "rank 3), for clusters without the apps.kubernetes.io/pod-index label (docs/deploy-gke.md)"));
   s.push_back(string_setting(
       "node.advertise", [](JobConfig & c) -> auto& { return c.node_advertise; },
       "parameter servers bound to every interface (node.address tcp://0.0.0.0:P or tcp://*:P): the host name or "

@@ -51,7 +51,8 @@ struct JobConfig {
   std::int64_t node_rank = -1;
   std::int64_t node_local_rank = -1;
   std::string node_address = "tcp://127.0.0.1:0";
-  std::string node_advertise;  // "": this host's fully qualified name when node.address binds every interface
+  bool node_rank_from_hostname = false;  // node.rank from the host name's ordinal (shoal-ps-3 -> 3)
+  std::string node_advertise;            // "": this host's fully qualified name when node.address binds every interface
   std::int64_t staleness = 2;
   std::string lr_staleness = "none";
   std::int64_t chunk_kib = 4096;

@@ -11,10 +11,20 @@ std::optional<long> env_integer(const char* name, long low, long high) {
   if (text == nullptr) return std::nullopt;
   char* end = nullptr;
   long value = std::strtol(text, &end, 10);
-  SHOAL_REQUIRE(end != text && *end == '\0' && value >= low && value <= high, ConfigError,
-                "environment variable " << name << "='" << text << "' is not an integer in [" << low << ", " << high
-                                        << "]");
+  SHOAL_REQUIRE(
+      end != text && *end == '\0' && value >= low && value <= high, ConfigError,
+      "environment variable " << name << "='" << text << "' is not an integer in [" << low << ", " << high << "]");
   return value;
+}
+
+std::optional<int> hostname_ordinal(const std::string& host) {
+  const std::string name = host.substr(0, host.find('.'));  // the pod's own name, not its domain
+  const std::size_t dash = name.rfind('-');
+  if (dash == std::string::npos) return std::nullopt;
+  const std::string digits = name.substr(dash + 1);
+  if (digits.empty() || digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  return std::stoi(digits);
 }
 
 std::optional<std::string> mig_device(const char* nvidia, const char* cuda) {

@@ -1,5 +1,7 @@
 // The one `shoal` binary: dispatches to a role (train, and later coordinator, ps, worker,
 // launch) and turns library errors into a one-line message and a documented exit code.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/environment.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process.h"
@@ -66,6 +69,21 @@ int print_help(const SettingsRegistry& registry, const char* command) {
   if (command != nullptr) std::printf("options of '%s':\n", command);
   std::printf("%s", registry.help_text().c_str());
   return 0;
+}
+
+// node.rank_from_hostname: a StatefulSet pod's rank is its name's ordinal.
+void rank_from_hostname(JobConfig& config) {
+  if (!config.node_rank_from_hostname) return;
+  char host[256] = {0};
+  SHOAL_REQUIRE(gethostname(host, sizeof(host) - 1) == 0, ConfigError, "node.rank_from_hostname: gethostname failed");
+  auto ordinal = hostname_ordinal(host);
+  SHOAL_REQUIRE(
+      ordinal.has_value(), ConfigError,
+      "node.rank_from_hostname: the host name '" << host << "' does not end in -N (a StatefulSet pod's ordinal)");
+  SHOAL_REQUIRE(config.node_rank < 0 || config.node_rank == *ordinal, ConfigError,
+                "node.rank = " << config.node_rank << " but node.rank_from_hostname gives " << *ordinal << " (host '"
+                               << host << "'): set one of them");
+  config.node_rank = *ordinal;
 }
 
 LoadedConfig load_and_report(const std::vector<std::string>& args, const SettingsRegistry& registry, Logger& log) {
@@ -242,7 +260,7 @@ int run(int argc, char** argv) {
     if (command == "launch") {
       SHOAL_REQUIRE(local, ConfigError,
                     "launch needs --local (across hosts: mpirun -np N shoal worker JOB.ini, docs/deploy-mpirun.md; "
-                    "Kubernetes is not supported yet)");
+                    "on Kubernetes: the StatefulSets of k8s/, docs/deploy-gke.md)");
       // The coordinator prints the effective configuration.
       std::vector<std::string> overrides;
       for (const auto& a : args)
@@ -259,8 +277,10 @@ int run(int argc, char** argv) {
       coordinator.set_term_flag(stop);
       coordinator.run();
     } else if (command == "ps") {
+      rank_from_hostname(loaded.config);
       ParameterServer::run_role(network, loaded.config, log, stop);
     } else {
+      rank_from_hostname(loaded.config);
       run_worker_role(network, loaded.config, log, stop);
     }
     return 0;

@@ -123,5 +123,15 @@ TEST(Mig, SliceFromTheEnvironmentAndASyncJobOnOneIsRefused) {
   unsetenv("NVIDIA_VISIBLE_DEVICES");
 }
 
+// A StatefulSet names its pods NAME-0, NAME-1, ...: node.rank_from_hostname takes the ordinal.
+TEST(HostnameOrdinal, TheDigitsAfterTheLastDashOfThePodsOwnName) {
+  EXPECT_EQ(hostname_ordinal("shoal-ps-3"), 3);
+  EXPECT_EQ(hostname_ordinal("shoal-worker-12"), 12);
+  EXPECT_EQ(hostname_ordinal("shoal-worker-0.shoal-worker.default.svc.cluster.local"), 0);
+  EXPECT_EQ(hostname_ordinal("my-job-7-ps-2"), 2);
+  for (const char* none : {"vm", "shoal-ps", "shoal-ps-", "shoal-ps-x1", "shoal-ps-12345678", "host.example-3.com", ""})
+    EXPECT_FALSE(hostname_ordinal(none).has_value()) << none;
+}
+
 }  // namespace
 }  // namespace shoal
