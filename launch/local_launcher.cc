@@ -304,13 +304,16 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         c.exited = true;
         c.code = status_code(status);
         drain(c, width);
-        // A sync world whose rank died (or whose rank 0 gave up after losing one) is stopped and
-        // started again from the last checkpoint; with sync.elastic the loss of a rank other than
-        // 0 is healed in place by the survivors.
-        const bool world_failed = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
-                                  c.code == static_cast<int>(ExitCode::io) ||
-                                  c.code == static_cast<int>(ExitCode::timeout) ||
-                                  c.code == static_cast<int>(ExitCode::peer_lost);
+        // Retried: a death by a signal, an internal or I/O error, a timeout (a worker dropped
+        // from the job after a stall or a network cut). Not: a failed job (its code), bad
+        // configuration, data, checkpoint or device, a protocol error (docs/checkpoint-format.md).
+        const bool retryable = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
+                               c.code == static_cast<int>(ExitCode::io) ||
+                               c.code == static_cast<int>(ExitCode::timeout);
+        // A sync world whose rank died (or whose rank 0 gave up after losing one: peer lost) is
+        // stopped and started again from the last checkpoint; with sync.elastic the loss of a
+        // rank other than 0 is healed in place by the survivors.
+        const bool world_failed = retryable || c.code == static_cast<int>(ExitCode::peer_lost);
         const bool healed_in_place = config.sync_elastic && !use_mpirun && c.name != decider;
         if (sync && world_failed && !healed_in_place && !interrupted && result < 0 && !world_restart_pending) {
           if (config.checkpoint_dir.empty()) {
@@ -338,12 +341,6 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         const bool restartable =
             c.name.rfind("ps.", 0) == 0 ||
             (config.launch_restart_workers && c.name.rfind("worker.", 0) == 0 && (!sync || healed_in_place));
-        // Retried: a death by a signal, an internal or I/O error, a timeout (a worker dropped
-        // from the job after a stall or a network cut). Not: a failed job (its code), bad
-        // configuration, data, checkpoint or device, a protocol error (docs/checkpoint-format.md).
-        const bool retryable = c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
-                               c.code == static_cast<int>(ExitCode::io) ||
-                               c.code == static_cast<int>(ExitCode::timeout);
         // A parameter server preempted (SIGTERM) exits 0 while the job goes on: its state is in a
         // checkpoint and the job waits for it, as a StatefulSet restarts its pod.
         const bool preempted_server = c.code == 0 && c.preempted;

@@ -529,8 +529,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
       next.world.rank = next.world.local_rank = table->world_rank;
       next.world.size = table->world_size;
       try {
-        if (collective->size() != next.world.size || collective->rank() != next.world.rank ||
-            world_formed != world_version) {
+        if (world_formed != world_version) {  // not formed yet for this generation
           collective->abort("the world is re-formed");
           collective = make_collective(next, config, control, table->version, *l.backend, watch);
           world_formed = world_version;
