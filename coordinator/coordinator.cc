@@ -235,6 +235,15 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       return;
     }
     if (over) return reply_job_over(in);
+    if (!in.user.empty()) {
+      // auth.keys: a member registers as the rank its key is, and as nothing else.
+      const std::string claimed = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
+      if (reg.getRank() < 0 || claimed != in.user) {
+        SHOAL_LOG(log_, warn, "refused a registration as " << claimed << " over a connection with the key of " << in.user);
+        reply_error(in, wire::ErrorCode::BAD_REQUEST, "the key of " + in.user + " cannot register as " + claimed);
+        return;
+      }
+    }
     bool server = reg.getRole() == wire::Role::SERVER;
     if (table_) {
       // A running job: a restarted server takes its old place; an async worker may join at any
@@ -1080,6 +1089,29 @@ void Coordinator::check_liveness(Clock::time_point now) {
   }
 }
 
+void Coordinator::update_telemetry(Clock::time_point now) {
+  if (telemetry_ == nullptr) return;
+  MetricsRegistry& m = telemetry_->metrics;
+  if (table_) telemetry_->ready = true;  // the job assembled
+  const char* live = "live members of the job, by role";
+  m.gauge("shoal_coordinator_members", live, {{"role", "ps"}})
+      .set(static_cast<double>(members_.count(wire::Role::SERVER, true)));
+  m.gauge("shoal_coordinator_members", live, {{"role", "worker"}})
+      .set(static_cast<double>(members_.count(wire::Role::WORKER, true)));
+  m.gauge("shoal_coordinator_generation",
+          "version of the partition table (sync: of the world): grows with every membership change")
+      .set(table_ ? static_cast<double>(table_->version) : 0.0);
+  m.gauge("shoal_coordinator_steps", "global steps: batches the workers reported").set(static_cast<double>(steps_));
+  m.gauge("shoal_coordinator_paused", "1 while the job waits for a lost parameter server to return")
+      .set(missing_servers_.empty() ? 0.0 : 1.0);
+  if (checkpoint_step_ >= 0) {  // absent until there is a checkpoint
+    m.gauge("shoal_checkpoint_age_seconds", "seconds since the newest complete checkpoint was cut")
+        .set(seconds_between(checkpoint_time_, now));
+    m.gauge("shoal_checkpoint_step", "global step of the newest complete checkpoint")
+        .set(static_cast<double>(checkpoint_step_));
+  }
+}
+
 void Coordinator::report_epochs(Clock::time_point now) {
   if (!book_) return;
   for (const EpochReport& r : book_->take_completed()) {
@@ -1113,6 +1145,15 @@ void Coordinator::report_epochs(Clock::time_point now) {
                     {"samples_processed", r.samples_processed},
                     {"shards_released", r.shards_released},
                     {"elapsed", seconds_between(started_, now)}});
+    if (telemetry_ != nullptr) {
+      MetricsRegistry& m = telemetry_->metrics;
+      m.gauge("shoal_coordinator_epoch", "the last completed epoch").set(static_cast<double>(r.epoch));
+      m.gauge("shoal_coordinator_train_loss", "mean training loss of the last completed epoch").set(train_loss);
+      m.gauge("shoal_coordinator_test_loss", "test loss after the last completed epoch").set(r.test_loss);
+      m.gauge("shoal_coordinator_test_accuracy", "test accuracy (0 to 1) after the last completed epoch")
+          .set(r.test_accuracy);
+      m.gauge("shoal_coordinator_samples_per_second", "training throughput of the last completed epoch").set(rate);
+    }
     result_.epochs.push_back(r);
     result_.final_test_accuracy = r.test_accuracy;
   }
@@ -1156,6 +1197,7 @@ CoordinatorResult Coordinator::run() {
       }
     }
     report_epochs(now);
+    update_telemetry(now);
     if (sync_) admit_joiners();
     if (!end_) drive_checkpoint(now);
     if (book_ && book_->finished() && !end_) {

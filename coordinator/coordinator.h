@@ -21,6 +21,7 @@
 #include "core/control_client.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/telemetry.h"
 #include "core/partition.h"
 #include "core/transport.h"
 
@@ -48,6 +49,9 @@ class Coordinator {
   // The checkpoint the job resumed from ("" if none).
   const std::string& restored_from() const { return restored_from_; }
   const ProtocolCounters& counters() const { return socket_.counters(); }
+  // Gauges of the job for the status endpoint (members, generation, steps, epochs, checkpoint
+  // age), updated by run()'s loop; ready once the job has assembled. Set before run().
+  void set_telemetry(Telemetry* telemetry) { telemetry_ = telemetry; }
 
  private:
   void handle(Incoming& in, Clock::time_point now);
@@ -59,6 +63,7 @@ class Coordinator {
   // A worker died or left: its leases go back to the queue.
   void worker_gone(const std::string& id, const std::string& how);
   void report_epochs(Clock::time_point now);
+  void update_telemetry(Clock::time_point now);
   bool everyone_told() const;
   // Ends the job (the first end wins) and says so once.
   void end_job(ExitCode code, const std::string& reason);
@@ -148,6 +153,7 @@ class Coordinator {
   std::map<std::string, bool> at_boundary_;  // worker -> asked for work since its last task
   std::int64_t steps_ = 0;                   // global steps: batches reported by workers
   std::int64_t checkpoint_step_ = -1;        // of the newest complete checkpoint
+  Telemetry* telemetry_ = nullptr;
   Clock::time_point checkpoint_time_;        // when it was cut (the job's start if none)
   Clock::time_point retry_checkpoint_at_{};  // after an abandoned one
   std::string restored_from_;

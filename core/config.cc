@@ -343,12 +343,22 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(bool_setting(
       "cuda.tf32", [](JobConfig & c) -> auto& { return c.cuda_tf32; },
       "TF32 tensor cores for convolutions and matrix products on the GPU (false: full FP32)"));
+  s.push_back(string_setting(
+      "auth.keys", [](JobConfig & c) -> auto& { return c.auth_keys; },
+      "directory of the job's CURVE keys (shoal keys generate): only members holding them may connect, each as the "
+      "member its key is (empty: no authentication; docs/authentication.md)"));
   s.push_back(choice_setting(
       "log.level", [](JobConfig & c) -> auto& { return c.log_level; }, {"debug", "info", "warn", "error", "off"},
       "least severe log level printed"));
   s.push_back(string_setting(
       "metrics.file", [](JobConfig & c) -> auto& { return c.metrics_file; },
       "append metrics as JSON lines to this file (empty: none)"));
+  s.push_back(int_setting(
+      "metrics.port", [](JobConfig & c) -> auto& { return c.metrics_port; }, -1, 65535,
+      "serve /healthz, /readyz and Prometheus /metrics over HTTP on this port (-1: none; 0: any free port, logged)"));
+  s.push_back(string_setting(
+      "metrics.host", [](JobConfig & c) -> auto& { return c.metrics_host; },
+      "address the HTTP status endpoint listens on (0.0.0.0: every interface; 127.0.0.1: this host only)"));
   s.push_back(choice_setting(
       "progress", [](JobConfig & c) -> auto& { return c.progress; }, {"auto", "bar", "lines", "off"},
       "progress display: a live line on a terminal, plain lines otherwise (auto)"));

@@ -78,8 +78,11 @@ struct JobConfig {
   std::int64_t threads = 0;  // 0: all cores
   std::string device = "auto";
   bool cuda_tf32 = true;
+  std::string auth_keys;  // "": no authentication; else the job's key directory (shoal keys generate)
   std::string log_level = "info";
   std::string metrics_file;
+  std::int64_t metrics_port = -1;  // -1: no status endpoint; 0: any free port
+  std::string metrics_host = "0.0.0.0";
   std::string progress = "auto";
 };
 

@@ -8,14 +8,18 @@
 // FaultPlan (core/fault_injection.h) that every socket applies to what it receives.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <zmq.hpp>
+
+#include "core/auth.h"
 
 #include "core/fault_injection.h"
 #include "core/log.h"
@@ -23,21 +27,45 @@
 
 namespace shoal {
 
+class Counter;
+class ZapHandler;
+struct Telemetry;
+
 // The sockets of one process (or of one test that runs several roles as threads over
 // inproc://, which needs them all on one context).
 class Network {
  public:
   // `faults`: tests only; the plan must outlive every socket made from this network.
-  explicit Network(FaultPlan* faults = nullptr) : context_(1), faults_(faults) {}
+  explicit Network(FaultPlan* faults = nullptr);
+  ~Network();  // stops the ZAP handler; every socket made from it must be gone
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
   zmq::context_t& context() { return context_; }
   FaultPlan* faults() const { return faults_; }
 
+  // auth.keys: every socket made from now on speaks CURVE with these keys. Listening sockets
+  // accept only the job's members (a ZAP handler thread checks each connection's key), and a
+  // message whose sender is not the member its key proves is dropped. `refused` (optional)
+  // counts the connections refused; so does refused_connections().
+  void use_curve(JobKeys keys, Logger log, Counter* refused = nullptr);
+  const JobKeys* curve() const { return keys_.get(); }
+  // Handshakes listening sockets refused (no CURVE, or a key that is not a member's).
+  std::uint64_t refused_connections() const { return refused_.load(); }
+  void count_refused();
+
  private:
+  std::atomic<std::uint64_t> refused_{0};
+  Counter* refused_metric_ = nullptr;
   zmq::context_t context_;
   FaultPlan* faults_;
+  std::unique_ptr<const JobKeys> keys_;
+  std::unique_ptr<ZapHandler> zap_;  // after context_: stopped before the context closes
 };
+
+// auth.keys: loads `member`'s keys from `dir` and turns CURVE on for `network`; the refused
+// connections are counted in `telemetry` (optional) as shoal_auth_refused_connections_total.
+void use_job_keys(Network& network, const std::string& dir, const std::string& member, const Logger& log,
+                  Telemetry* telemetry);
 
 struct ProtocolCounters {
   std::uint64_t received = 0;                    // valid messages
@@ -50,7 +78,7 @@ class Socket {
  public:
   Socket(const Socket&) = delete;
   Socket& operator=(const Socket&) = delete;
-  virtual ~Socket() = default;
+  virtual ~Socket();
 
   // The next valid message, or nothing once `timeout` has passed.
   std::optional<Incoming> receive(std::chrono::milliseconds timeout);
@@ -84,12 +112,20 @@ class Socket {
     Incoming message;
   };
   // The frames of the next message, or false when none is waiting.
-  bool read_frames(std::string& peer, std::vector<zmq::message_t>& frames, bool& too_many);
-  std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames);
-  std::optional<Incoming> apply_faults(std::string peer, std::vector<zmq::message_t> frames);
+  // `user`: the member the connection's key proves (CURVE on a listening socket), else "".
+  bool read_frames(std::string& peer, std::string& user, std::vector<zmq::message_t>& frames, bool& too_many);
+  std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames,
+                                         const std::string& user);
+  std::optional<Incoming> apply_faults(std::string peer, std::vector<zmq::message_t> frames, const std::string& user);
   std::optional<Incoming> take_due_held();
 
+  // CURVE on a listening socket: counts and logs the handshakes it refused (from a monitor).
+  void drain_handshake_events();
+
   FaultPlan* faults_;
+  Network* network_;
+  bool authenticated_ = false;  // CURVE: every message carries its connection's user id
+  std::unique_ptr<zmq::socket_t> monitor_;
   std::deque<Held> held_;
 };
 

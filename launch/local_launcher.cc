@@ -158,7 +158,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   for (const auto& a : overrides) {
     bool ours = false;
     for (const char* key :
-         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress"})
+         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress", "--metrics.port"})
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }
@@ -176,6 +176,16 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     if (rank >= 0 && role == "worker") argv.push_back("--node.local_rank=" + std::to_string(rank));
     if (role == "ps") argv.push_back("--node.address=tcp://127.0.0.1:0");
     if (config.threads == 0 && threads > 0) argv.push_back("--threads=" + std::to_string(threads));
+    if (config.metrics_port > 0) {
+      // One host, one port each: the coordinator P, server r P+1+r, worker r P+1+servers+r (a
+      // sync rank r: P+r). Ranks started by mpirun share one command line: any free port each.
+      long port = config.metrics_port;
+      if (role == "ps") port += 1 + rank;
+      if (role == "worker") port = rank < 0 ? 0 : port + rank + (config.strategy == "sync" ? 0 : 1 + config.servers);
+      argv.push_back("--metrics.port=" + std::to_string(port));
+    } else if (config.metrics_port == 0) {
+      argv.push_back("--metrics.port=0");
+    }
     return argv;
   };
 

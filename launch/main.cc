@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
+#include "core/auth.h"
 #include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
@@ -19,6 +20,8 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/status_server.h"
+#include "core/telemetry.h"
 #include "launch/local_launcher.h"
 #include "ps/parameter_server.h"
 #include "worker/train_job.h"
@@ -52,6 +55,9 @@ const char* kUsage =
     "                    check every file of a checkpoint against its MANIFEST (exit 5 if one\n"
     "                    does not match). DIR is a ckpt-<step> directory, or a checkpoint.dir:\n"
     "                    then the checkpoint a job would resume from (docs/checkpoint-format.md)\n"
+    "  keys generate DIR [--servers N] [--workers N]\n"
+    "                    make a job's CURVE keys for auth.keys: one per member (coordinator,\n"
+    "                    ps.0.., worker.0..) and the servers' (docs/authentication.md)\n"
     "  version           print the version and what this build can use (CUDA, cuDNN, NCCL)\n"
     "  help              this text\n"
     "\n"
@@ -152,6 +158,44 @@ std::string describe_updates(const std::vector<std::pair<std::int64_t, std::int6
   return out + ", " + std::to_string(lo->second) + "-" + std::to_string(hi->second) + " updates each";
 }
 
+const char* kKeysUsage =
+    "usage: shoal keys generate DIR [--servers N] [--workers N]\n"
+    "  writes DIR/server.key, DIR/<member>.key for the coordinator, ps.0 .. ps.N-1 and\n"
+    "  worker.0 .. worker.N-1 (default: cluster.servers and cluster.workers' defaults, 2 each;\n"
+    "  make keys for more workers than the job starts with if workers may join later), and\n"
+    "  DIR/members. A job with auth.keys = DIR admits only these members (docs/authentication.md).";
+
+int keys_command(const std::vector<std::string>& args) {
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::printf("%s\n", kKeysUsage);
+    return 0;
+  }
+  SHOAL_REQUIRE(args.size() >= 2 && args[0] == "generate", ConfigError, kKeysUsage);
+  const JobConfig defaults;
+  long long servers = defaults.servers, workers = defaults.workers;
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    std::string name = args[i], value;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else {
+      SHOAL_REQUIRE(i + 1 < args.size(), ConfigError, "keys generate: " << name << " needs a value\n" << kKeysUsage);
+      value = args[++i];
+    }
+    SHOAL_REQUIRE(name == "--servers" || name == "--workers", ConfigError,
+                  "keys generate: unknown option '" << name << "'\n" << kKeysUsage);
+    char* end = nullptr;
+    const long long n = std::strtoll(value.c_str(), &end, 10);
+    SHOAL_REQUIRE(!value.empty() && *end == 0, ConfigError, "keys generate: " << name << " '" << value << "' is not a number");
+    (name == "--servers" ? servers : workers) = n;
+  }
+  generate_job_keys(args[1], static_cast<int>(std::clamp(servers, -1LL, 1000000LL)),
+                    static_cast<int>(std::clamp(workers, -1LL, 1000000LL)));
+  std::printf("wrote the CURVE keys of the coordinator, %lld servers and %lld workers to %s\n", servers, workers,
+              args[1].c_str());
+  return 0;
+}
+
 int checkpoint_command(const std::vector<std::string>& args) {
   if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
     std::printf("%s\n", kCheckpointUsage);
@@ -217,6 +261,7 @@ int run(int argc, char** argv) {
   }
 
   if (command == "checkpoint") return checkpoint_command(args);
+  if (command == "keys") return keys_command(args);
 
   Logger log(command, LogLevel::info);
   if (command == "config") {
@@ -267,7 +312,18 @@ int run(int argc, char** argv) {
         if (a != loaded.config_path) overrides.push_back(a);
       return run_local_launch(loaded.config_path, overrides, loaded.config, log);
     }
+    // The status endpoint (metrics.port) lives as long as the role; the network's ZAP handler
+    // counts into the telemetry, so the network goes first.
+    Telemetry telemetry;
     Network network;
+    telemetry.metrics.gauge("shoal_build_info", "1, labelled with this build", {{"version", SHOAL_VERSION}}).set(1);
+    std::optional<StatusServer> status;
+    if (loaded.config.metrics_port >= 0)
+      status.emplace(telemetry, loaded.config.metrics_host, static_cast<int>(loaded.config.metrics_port), log);
+    if (command == "ps" || command == "worker") rank_from_hostname(loaded.config);
+    if (!loaded.config.auth_keys.empty() && command != "worker") {  // a worker knows its rank later (sync)
+      use_job_keys(network, loaded.config.auth_keys, key_member(command, loaded.config.node_rank), log, &telemetry);
+    }
     if (command == "coordinator") {
       std::printf("effective configuration:\n%s", loaded.describe(registry).c_str());
       std::fflush(stdout);
@@ -275,13 +331,12 @@ int run(int argc, char** argv) {
           loaded.config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(loaded.config.metrics_file);
       Coordinator coordinator(network, loaded.config, log, metrics);
       coordinator.set_term_flag(stop);
+      coordinator.set_telemetry(&telemetry);
       coordinator.run();
     } else if (command == "ps") {
-      rank_from_hostname(loaded.config);
-      ParameterServer::run_role(network, loaded.config, log, stop);
+      ParameterServer::run_role(network, loaded.config, log, stop, &telemetry);
     } else {
-      rank_from_hostname(loaded.config);
-      run_worker_role(network, loaded.config, log, stop);
+      run_worker_role(network, loaded.config, log, stop, &telemetry);
     }
     return 0;
   }

@@ -14,9 +14,11 @@ packages=(
   capnproto libcapnp-dev                          # wire protocol (Cap'n Proto)
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
+  libcpp-httplib-dev                              # /healthz /readyz /metrics (metrics.port)
   libgtest-dev                                    # tests
   iproute2                                        # tests: network namespaces (a pulled link)
   python3-yaml                                    # tests: the Kubernetes manifests
+  python3-prometheus-client                       # tests: /metrics read by Prometheus' parser
   dataset-fashion-mnist                           # the main job's data
 )
 if [[ "${1:-}" == "--bench" ]]; then

@@ -172,6 +172,7 @@ void ParameterServer::answer_pull(const ParkedPull& pull) {
       list[static_cast<unsigned>(j - first)].setKey(chunks_[i].key);
       list[static_cast<unsigned>(j - first)].setNumel(static_cast<std::uint32_t>(chunks_[i].span.numel));
       out.add_payload(store_.frame(i));
+      stats_.pull_bytes += static_cast<std::uint64_t>(chunks_[i].span.numel) * sizeof(float);
     }
     socket_.send(pull.peer, out);
     first = end;
@@ -397,6 +398,7 @@ void ParameterServer::handle_push(Incoming& in) {
     // still queued in this batch count too: they land first).
     std::uint64_t stale = 0;
     if (pulled != pulled_.end() && index < pulled->second.size()) stale = c.applied - pulled->second[index];
+    if (staleness_histogram_ != nullptr) staleness_histogram_->observe(static_cast<double>(stale));
     float scale = options_.lr_staleness == LrStaleness::inverse ? 1.f / static_cast<float>(1 + stale) : 1.f;
     updates_.push_back(Update{index, grad, scale});
     ++c.applied;
@@ -406,6 +408,7 @@ void ParameterServer::handle_push(Incoming& in) {
   auto& worker_clock = clocks_[worker];
   worker_clock = std::max(worker_clock, clock + 1);
   ++stats_.pushes;
+  for (unsigned i = 0; i < chunks.size(); ++i) stats_.push_bytes += std::uint64_t{chunks[i].getNumel()} * sizeof(float);
   if (push.getPullAfter()) {
     // The push asks for its chunks back, as a pull for the next step would; the reply is its
     // acknowledgement. An idle push (no chunks) asks for every chunk.
@@ -535,7 +538,41 @@ std::string this_host_fqdn() {
 }
 }  // namespace
 
-void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
+namespace {
+// The server's counters and gauges for the status endpoint, moved on from its stats.
+class ServerTelemetry {
+ public:
+  explicit ServerTelemetry(MetricsRegistry& m)
+      : pushes_(m.counter("shoal_ps_pushes_total", "push messages applied")),
+        pulls_(m.counter("shoal_ps_pulls_total", "pulls answered (a push that asks for its chunks back counts)")),
+        updates_(m.counter("shoal_ps_chunk_updates_total", "chunk updates applied")),
+        parked_(m.counter("shoal_ps_parked_pulls_total", "pulls that waited for stragglers (the staleness bound)")),
+        push_bytes_(m.counter("shoal_ps_push_bytes_total", "gradient bytes received")),
+        pull_bytes_(m.counter("shoal_ps_pull_bytes_total", "parameter bytes sent")),
+        clock_(m.gauge("shoal_ps_clock", "updates applied to the most updated chunk")),
+        live_(m.gauge("shoal_ps_live_workers", "workers taking part in the clocks")) {}
+
+  void update(const ServerStats& s, std::uint64_t clock, std::size_t live) {
+    pushes_.add(static_cast<double>(s.pushes - last_.pushes));
+    pulls_.add(static_cast<double>(s.pulls - last_.pulls));
+    updates_.add(static_cast<double>(s.updates - last_.updates));
+    parked_.add(static_cast<double>(s.parked - last_.parked));
+    push_bytes_.add(static_cast<double>(s.push_bytes - last_.push_bytes));
+    pull_bytes_.add(static_cast<double>(s.pull_bytes - last_.pull_bytes));
+    last_ = s;
+    clock_.set(static_cast<double>(clock));
+    live_.set(static_cast<double>(live));
+  }
+
+ private:
+  Counter &pushes_, &pulls_, &updates_, &parked_, &push_bytes_, &pull_bytes_;
+  Gauge &clock_, &live_;
+  ServerStats last_;
+};
+}  // namespace
+
+void ParameterServer::run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop,
+                               Telemetry* telemetry) {
   // One thread per backend loop: the server spreads its updates by chunk (UpdatePool) instead.
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   ParameterServer server(network, config.node_address, *backend, log);
@@ -552,6 +589,14 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   log = log.with_role(id);
   server.log_ = log;
   SHOAL_LOG(log, info, "listening on " << server.endpoint() << ", registered as " << id);
+  std::optional<ServerTelemetry> gauges;
+  if (telemetry != nullptr) {
+    telemetry->ready = true;
+    gauges.emplace(telemetry->metrics);
+    server.set_staleness_histogram(&telemetry->metrics.histogram(
+        "shoal_ps_staleness", "per pushed chunk: updates other workers made to it since the pusher pulled it",
+        {0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64}));
+  }
   // The coordinator ends the job (and says so) if the cluster does not assemble in time; this
   // deadline is a backstop for a coordinator that went silent.
   auto fetched = control.fetch_table(2 * Seconds(config.startup_timeout_seconds), stop);
@@ -641,6 +686,7 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
     std::uint64_t applied = 0;
     for (const auto& c : server.chunks_) applied = std::max(applied, c.applied);
     heartbeat.set_clock(applied);
+    if (gauges) gauges->update(server.stats(), applied, server.live_.size());
   }
   const ServerStats& s = server.stats();
   if (!end) {  // stopped on SIGTERM

@@ -37,6 +37,7 @@
 #include "core/log.h"
 #include "core/optimizer.h"
 #include "core/partition.h"
+#include "core/telemetry.h"
 #include "core/transport.h"
 #include "ps/chunk_store.h"
 #include "ps/update_pool.h"
@@ -57,6 +58,7 @@ struct ServerOptions {
 
 struct ServerStats {
   std::uint64_t pushes = 0, pulls = 0, updates = 0, parked = 0, pull_timeouts = 0;
+  std::uint64_t push_bytes = 0, pull_bytes = 0;
 };
 
 class ParameterServer {
@@ -93,7 +95,11 @@ class ParameterServer {
   // (SIGTERM: a preempted VM or pod) the server asks the coordinator to cut a checkpoint, serves
   // until its part of it is written (at most cluster.request_timeout_seconds), leaves, and
   // returns normally (exit 0): its replacement restores from that checkpoint.
-  static void run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr);
+  // `telemetry` (optional): ready once registered; the server's counters, clock and staleness.
+  static void run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr,
+                       Telemetry* telemetry = nullptr);
+  // Observes, per pushed chunk, how many updates landed on it since the pusher pulled it.
+  void set_staleness_histogram(Histogram* histogram) { staleness_histogram_ = histogram; }
   // The address workers connect to: `endpoint` as bound, unless it binds every interface
   // (tcp://0.0.0.0:P, tcp://*:P): then `advertise` (node.advertise) or, when that is empty,
   // `fqdn` (this host's fully qualified name), with the bound port. ConfigError for a host that
@@ -172,6 +178,7 @@ class ParameterServer {
   // lr_staleness: per worker, the version of each chunk it last pulled.
   std::map<std::string, std::vector<std::uint64_t>> pulled_;
   ServerStats stats_;
+  Histogram* staleness_histogram_ = nullptr;
   bool started_ = false;
 
   // Checkpoints: the order of the current batch, and the write in progress (one at a time).

@@ -35,6 +35,19 @@ void AsyncPsStrategy::connect(Network& network) {
     link.id = table_.servers[s].id;
     link.address = table_.servers[s].address;
     link.socket = std::make_unique<ClientSocket>(network, link.address, log_);
+    if (MetricsRegistry* m = options_.metrics) {
+      const Labels server{{"server", link.id}};
+      link.push_bytes = &m->counter("shoal_worker_push_bytes_total", "gradient bytes pushed, per server", server);
+      link.pull_bytes = &m->counter("shoal_worker_pull_bytes_total", "parameter bytes pulled, per server", server);
+      link.push_seconds = &m->histogram("shoal_worker_push_seconds",
+                                        "push round trips, per server: sent until acknowledged (a push that asks "
+                                        "for its chunks back: until they arrived)",
+                                        latency_buckets(), server);
+      link.pull_seconds = &m->histogram("shoal_worker_pull_seconds",
+                                        "pull round trips, per server: sent until every chunk arrived "
+                                        "(includes waiting for the staleness bound)",
+                                        latency_buckets(), server);
+    }
     for (std::uint32_t k = table_.servers[s].first_key; k < table_.servers[s].end_key; ++k) {
       link.keys.push_back(k);
       owner_[k] = s;
@@ -80,8 +93,17 @@ void AsyncPsStrategy::send_pull(Link& link, bool bounded) {
   pull.setBounded(bounded);
   link.socket->send(msg, send_timeout(), options_.watch);
   link.pull_id = id;
+  link.pull_sent = std::chrono::steady_clock::now();
   link.pull_bounded = bounded;
   link.pulled.clear();
+}
+
+void AsyncPsStrategy::Link::push_answered(std::uint64_t request_id) {
+  auto sent = push_sent.find(request_id);
+  if (sent == push_sent.end()) return;
+  if (push_seconds != nullptr)
+    push_seconds->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - sent->second).count());
+  push_sent.erase(sent);
 }
 
 void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
@@ -89,6 +111,7 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
   switch (in.kind()) {
     case K::PUSH_ACK:
       if (link.in_flight > 0) --link.in_flight;
+      link.push_answered(in.request_id());
       return;
     case K::PULL_REPLY: {
       auto owed = link.push_pulls.find(in.request_id());
@@ -104,12 +127,21 @@ void AsyncPsStrategy::handle_reply(Link& link, Incoming& in) {
                       link.id << " sent chunk key " << key << " that does not match the partition table");
         SHOAL_REQUIRE(link.pulled.insert(key).second, ProtocolError, link.id << " sent chunk key " << key << " twice");
         std::memcpy(values + table_.chunks[key].offset, in.payloads()[i].data(), in.payloads()[i].size());
+        if (link.pull_bytes != nullptr) link.pull_bytes->add(static_cast<double>(in.payloads()[i].size()));
       }
-      if (pull && link.pulled.size() == link.keys.size()) link.pull_id.reset();  // replies come in parts
+      if (pull && link.pulled.size() == link.keys.size()) {  // replies come in parts
+        link.pull_id.reset();
+        if (link.pull_seconds != nullptr)
+          link.pull_seconds->observe(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - link.pull_sent).count());
+      }
       if (!pull) {
         SHOAL_REQUIRE(chunks.size() <= owed->second, ProtocolError,
                       link.id << " answered a push with more chunks than it carried");
-        if ((owed->second -= chunks.size()) == 0) link.push_pulls.erase(owed);
+        if ((owed->second -= chunks.size()) == 0) {
+          link.push_pulls.erase(owed);
+          link.push_answered(in.request_id());
+        }
       }
       return;
     }
@@ -225,6 +257,12 @@ void AsyncPsStrategy::push(std::size_t server, const std::vector<std::uint32_t>&
     msg.add_borrowed_payload(grads + c.offset, static_cast<std::size_t>(c.numel) * sizeof(float), arena.storage());
   }
   link.socket->send(msg, send_timeout(), options_.watch);
+  if (link.push_bytes != nullptr) {
+    std::size_t bytes = 0;
+    for (std::uint32_t k : keys) bytes += static_cast<std::size_t>(table_.chunks[k].numel) * sizeof(float);
+    link.push_bytes->add(static_cast<double>(bytes));
+    link.push_sent[id] = std::chrono::steady_clock::now();
+  }
   if (pull_after) {  // answered with these chunks' values for the next step, once applied
     link.push_pulls[id] = keys.size();
   } else {

@@ -29,6 +29,7 @@
 
 #include "core/control_client.h"
 #include "core/partition.h"
+#include "core/telemetry.h"
 #include "core/transport.h"
 #include "worker/distributed.h"
 
@@ -49,6 +50,8 @@ struct AsyncPsOptions {
   std::function<void(std::uint64_t)> on_clock;
   // Stage through host mirrors even on the CPU (tests of the device path; a GPU always does).
   bool stage_through_host = false;
+  // Per server: bytes pushed and pulled, and the round trips of pushes and pulls.
+  MetricsRegistry* metrics = nullptr;
 };
 
 class AsyncPsStrategy final : public DistributedStrategy {
@@ -94,6 +97,14 @@ class AsyncPsStrategy final : public DistributedStrategy {
     bool pull_bounded = true;
     bool asked = false;  // this step's pushes asked for every chunk back: no pull needed
     std::chrono::steady_clock::time_point retry_at{};
+    // Round trips: when each push (by request id) and the outstanding pull were sent.
+    std::map<std::uint64_t, std::chrono::steady_clock::time_point> push_sent;
+    std::chrono::steady_clock::time_point pull_sent{};
+    Counter* push_bytes = nullptr;  // null without options.metrics
+    Counter* pull_bytes = nullptr;
+    Histogram* push_seconds = nullptr;
+    Histogram* pull_seconds = nullptr;
+    void push_answered(std::uint64_t request_id);
   };
 
   void connect(Network& network);

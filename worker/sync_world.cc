@@ -133,10 +133,11 @@ std::string address_towards(const std::string& zmq_address) {
   return out.empty() ? host_address("") : out;
 }
 
-EmbeddedCoordinator::EmbeddedCoordinator(Network& network, const JobConfig& config, Logger log)
+EmbeddedCoordinator::EmbeddedCoordinator(Network& network, const JobConfig& config, Logger log, Telemetry* telemetry)
     : config_(config),
       metrics_(config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(config.metrics_file)),
       coordinator_(std::make_unique<Coordinator>(network, config_, log.with_role("coordinator"), metrics_)) {
+  coordinator_->set_telemetry(telemetry);
   thread_ = std::thread([this] {
     try {
       coordinator_->run();

@@ -14,6 +14,7 @@
 #include "core/control_client.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/telemetry.h"
 #include "core/transport.h"
 
 namespace shoal {
@@ -42,7 +43,7 @@ std::string address_towards(const std::string& zmq_address);
 // in use is an IoError then) and runs until every process heard how the job ended.
 class EmbeddedCoordinator {
  public:
-  EmbeddedCoordinator(Network& network, const JobConfig& config, Logger log);
+  EmbeddedCoordinator(Network& network, const JobConfig& config, Logger log, Telemetry* telemetry = nullptr);
   ~EmbeddedCoordinator();  // ends the job if it is not over, then waits (bounded) for the thread
   EmbeddedCoordinator(const EmbeddedCoordinator&) = delete;
   EmbeddedCoordinator& operator=(const EmbeddedCoordinator&) = delete;

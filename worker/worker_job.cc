@@ -40,6 +40,33 @@ struct JobContext {
   // Async: the coordinator published a new partition table (a server was restarted): take it.
   // Returns false when stopped while waiting for it.
   std::function<bool()> take_new_table;
+  Telemetry* telemetry = nullptr;
+};
+
+// What the job loop tells the status endpoint.
+class WorkerTelemetry {
+ public:
+  explicit WorkerTelemetry(MetricsRegistry& m)
+      : step_(m.gauge("shoal_worker_step", "steps this worker took part in (its clock)")),
+        epoch_(m.gauge("shoal_worker_epoch", "epoch of the shard trained last")),
+        samples_(m.counter("shoal_worker_samples_total", "training samples this worker trained")),
+        shards_(m.counter("shoal_worker_shards_total", "data shards this worker trained and reported")),
+        rate_(m.gauge("shoal_worker_samples_per_second", "training throughput of the shard trained last")),
+        loss_(m.gauge("shoal_worker_loss", "mean training loss of the shard trained last")) {}
+
+  void shard_done(std::int64_t epoch, std::uint64_t step, const LossStats& s, double seconds) {
+    step_.set(static_cast<double>(step));
+    epoch_.set(static_cast<double>(epoch));
+    samples_.add(static_cast<double>(s.count));
+    shards_.add();
+    if (seconds > 0) rate_.set(static_cast<double>(s.count) / seconds);
+    if (s.count > 0) loss_.set(s.loss_sum / static_cast<double>(s.count));
+  }
+
+ private:
+  Gauge &step_, &epoch_;
+  Counter &samples_, &shards_;
+  Gauge &rate_, &loss_;
 };
 
 // Thrown by a wait when the job is over (it ended while this worker waited for a peer that
@@ -147,7 +174,10 @@ void restore_sync_state(const std::string& dir, Backend& backend, Model& model, 
 // over; train what it hands out with the strategy, evaluate when asked, report each result.
 // Honours a stop request at every phase; says goodbye when it fails on its own.
 void run_job_loop(JobContext& job) {
-  auto& [config, log, stop, control, heartbeat, strategy, trainer, data, backend, model, take_new_table] = job;
+  auto& [config, log, stop, control, heartbeat, strategy, trainer, data, backend, model, take_new_table, telemetry] =
+      job;
+  std::optional<WorkerTelemetry> gauges;
+  if (telemetry != nullptr) gauges.emplace(telemetry->metrics);
   auto stopped = [stop = stop] { return stop != nullptr && stop->load(); };
   std::int64_t permutation_epoch = -1, logged_epoch = 0;
   std::vector<std::int64_t> order;
@@ -245,6 +275,7 @@ void run_job_loop(JobContext& job) {
         if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
+        if (gauges) gauges->shard_done(task.epoch, strategy.clock(), s, seconds);
         ++shards;
         samples += s.count;
       } catch (const TableChanged&) {
@@ -362,7 +393,10 @@ std::function<void()> job_watch(Heartbeat& heartbeat) {
   };
 }
 
-void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
+void run_async_worker(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop,
+                      Telemetry* telemetry) {
+  if (!config.auth_keys.empty())
+    use_job_keys(network, config.auth_keys, key_member("worker", config.node_rank), log, telemetry);
   Loaded l = load(config, choose_device(config.device, config.node_local_rank), log);
   Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
@@ -370,6 +404,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   control.set_device(l.backend->device().str());
   auto joined = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
   if (!joined) return;
+  if (telemetry != nullptr) telemetry->ready = true;
   const std::string& id = joined->id;
   Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
@@ -380,6 +415,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   options.startup_timeout = startup;
   options.stop = stop;
   options.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
+  if (telemetry != nullptr) options.metrics = &telemetry->metrics;
   std::uint64_t table_version = joined->table.version;
   options.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
     job();
@@ -404,12 +440,13 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
     return true;
   };
   JobContext job{config,          log,           stop,          control, heartbeat, strategy, trainer, l.data,
-                 l.backend.get(), l.model.get(), take_new_table};
+                 l.backend.get(), l.model.get(), take_new_table,  telemetry};
   run_job_loop(job);
   report_memory(*l.backend, log);
 }
 
-void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop) {
+void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop,
+                     Telemetry* telemetry) {
   // The device kind decides the collective (auto: nccl on GPUs); the GPU index needs the rank.
   const bool cuda =
       choose_device(config.device, std::nullopt, cuda_device_count(), cuda_built()).device.kind == DeviceKind::cuda;
@@ -423,6 +460,8 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
     config.workers = setup.world.size;
   }
   log = log.with_role("rank." + std::to_string(setup.world.rank));
+  if (!config.auth_keys.empty())
+    use_job_keys(network, config.auth_keys, key_member("worker", setup.world.rank), log, telemetry);
   std::optional<EmbeddedCoordinator> coordinator;
   if (setup.world.rank == 0) {
     JobConfig cc = config;
@@ -432,7 +471,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
       auto colon = config.coordinator_address.rfind(':');
       cc.coordinator_address = "tcp://*:" + config.coordinator_address.substr(colon + 1);
     }
-    coordinator.emplace(network, cc, log);
+    coordinator.emplace(network, cc, log, telemetry);
     std::string endpoint = coordinator->endpoint();
     if (!one_host) {
       auto colon = endpoint.rfind(':');
@@ -451,6 +490,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   control.set_device(l.backend->device().str());
   auto joined = join_job(control, config, setup.world.rank, log, stop);
   if (!joined) return;
+  if (telemetry != nullptr) telemetry->ready = true;
   const std::string& id = joined->id;
   Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
@@ -584,7 +624,8 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
                  l.data,
                  l.backend.get(),
                  l.model.get(),
-                 elastic ? std::function<bool()>(reform) : std::function<bool()>()};
+                 elastic ? std::function<bool()>(reform) : std::function<bool()>(),
+                 telemetry};
   try {
     run_job_loop(job);
   } catch (const CollectiveError&) {
@@ -599,11 +640,12 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
 
 }  // namespace
 
-void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop) {
+void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop,
+                     Telemetry* telemetry) {
   if (config.strategy == "sync")
-    run_sync_worker(network, config, std::move(log), stop);
+    run_sync_worker(network, config, std::move(log), stop, telemetry);
   else
-    run_async_worker(network, config, std::move(log), stop);
+    run_async_worker(network, config, std::move(log), stop, telemetry);
 }
 
 }  // namespace shoal

@@ -8,6 +8,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/telemetry.h"
 #include "core/transport.h"
 
 namespace shoal {
@@ -16,6 +17,9 @@ namespace shoal {
 // life: before it registered, while it waits for the table or for parameters, mid-step (the
 // step is finished first) or while it evaluates. A job that failed ends the worker with the
 // job's error (and exit code).
-void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr);
+// `telemetry` (optional): ready once registered; the worker's step, samples, loss and its
+// traffic to each server (async). Rank 0 of a sync job adds the coordinator it hosts.
+void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr,
+                     Telemetry* telemetry = nullptr);
 
 }  // namespace shoal

@@ -29,6 +29,7 @@ constexpr std::size_t kMaxStoreValueBytes = 64 * 1024;
 class Incoming {
  public:
   std::string peer;  // ROUTER routing id of the connection it came from (server sockets)
+  std::string user;  // with auth.keys: the member the connection's key proves (server sockets)
   wire::Envelope::Reader envelope() const { return root_; }
   wire::Envelope::Body::Which kind() const { return root_.getBody().which(); }
   std::string sender() const { return sender_; }

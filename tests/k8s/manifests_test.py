@@ -10,6 +10,7 @@ fails here, not in a pod).
     tests/k8s/manifests_test.py SHOAL_BINARY SOURCE_DIR
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,22 @@ class Manifests(unittest.TestCase):
                             self.assertIn(f"(env {key})", described, f"{key} is not used")
                         if name == "shoal-ps":
                             self.assertRegex(described, r"node\.rank +?= 1 ")
+                        # The probes reach the port the process serves its status on.
+                        port = re.search(r"^ *metrics\.port += (-?\d+) ", described, re.M)
+                        self.assertIsNotNone(port, described)
+                        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                        self.assertEqual(ports.get("metrics"), int(port.group(1)), f"{name}: metrics port")
+                        # The keys auth.keys names are the Secret's, mounted read-only.
+                        keys = re.search(r"^ *auth\.keys += (\S+) ", described, re.M)
+                        self.assertIsNotNone(keys, f"{name}: auth.keys is not set")
+                        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+                        self.assertIn(keys.group(1), mounts, f"{name}: auth.keys is not mounted")
+                        volumes = {v["name"]: v for v in s["spec"]["template"]["spec"]["volumes"]}
+                        volume = volumes[mounts[keys.group(1)]["name"]]
+                        self.assertEqual(volume["secret"]["secretName"], "shoal-keys", name)
+                        self.assertTrue(mounts[keys.group(1)]["readOnly"], name)
+                        self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
+                        self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"})
 
     def test_the_mpijob_example_launches_a_sync_job_shoal_accepts(self):
         path = os.path.join(SOURCE, "k8s", "mpijob", "sync-mpijob.yaml")
