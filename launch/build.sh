@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures (once) and builds Shoal into ./build with Ninja. Extra arguments go to CMake on the
-# first configure, e.g. launch/build.sh -DSHOAL_CUDA=OFF.
+# first configure, e.g. launch/build.sh -DSHOAL_CUDA=OFF. SHOAL_TARGETS (e.g. "shoal") builds
+# only those targets (the container images build the binary alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -f build/build.ninja ]]; then
@@ -8,4 +9,5 @@ if [[ ! -f build/build.ninja ]]; then
     { cat build-configure.log; exit 1; }
   grep "shoal:" build-configure.log || true
 fi
-cmake --build build
+# shellcheck disable=SC2086  # a list of targets
+cmake --build build ${SHOAL_TARGETS:+--target $SHOAL_TARGETS}

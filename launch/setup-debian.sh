@@ -36,6 +36,10 @@ done
 # tests: `kubectl kustomize` renders the manifests (k8s/). Debian's is kubernetes-client; a
 # kubectl from elsewhere (Google's repository) serves as well and must not be replaced.
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+# tests: the Kubernetes API types check (tests/k8s/api_types_test.py) runs the TypeScript
+# compiler on node; an existing node and npm serve as well.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 sudo=""

@@ -79,9 +79,12 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
 
 void ParameterServer::set_live_workers(const std::vector<std::string>& workers) {
   const std::set<std::string> listed(workers.begin(), workers.end());
+  listed_ = listed;
   // A worker that left stays out while the coordinator still lists it (a list made before it
   // heard the leave); once a list omits it, a later list that has it again means it rejoined.
-  std::erase_if(left_, [&](const std::string& w) { return !listed.count(w); });
+  // (A new process that rejoined before any list omitted it is recognised by its connection:
+  // rejoined_from_new_connection.)
+  std::erase_if(left_, [&](const auto& entry) { return !listed.count(entry.first); });
   std::set<std::string> live;
   for (const auto& w : listed)
     if (!left_.count(w)) live.insert(w);
@@ -99,6 +102,17 @@ void ParameterServer::set_live_workers(const std::vector<std::string>& workers) 
   known_.insert(live_.begin(), live_.end());
   try_finish_steps();
   retry_parked();
+}
+
+bool ParameterServer::rejoined_from_new_connection(const std::string& worker, const std::string& peer) {
+  // The worker left, and its id (the same rank, restarted by its supervisor or a StatefulSet)
+  // speaks again over another connection, i.e. from a new process, while the coordinator lists
+  // it live: the leave and the rejoin both fell between two of our heartbeats.
+  auto it = left_.find(worker);
+  if (it == left_.end() || it->second == peer || !listed_.count(worker)) return false;
+  SHOAL_LOG(log_, info, worker << " rejoined from a new process");
+  left_.erase(it);
+  return true;
 }
 
 void ParameterServer::read_values(float* arena) const {
@@ -457,6 +471,8 @@ void ParameterServer::handle(Incoming& in) {
         SnapshotOrder{in.peer, in.request_id(), static_cast<std::int64_t>(order.getStep()), order.getDir().cStr()};
     return;
   }
+  if (!live_.count(sender) && rejoined_from_new_connection(sender, in.peer))
+    set_live_workers(std::vector<std::string>(listed_.begin(), listed_.end()));
   if (!live_.count(sender)) {
     // Not (or no longer) a worker of this job: an unknown id, a worker that left or died.
     bool ever = known_.count(sender) > 0;
@@ -474,7 +490,7 @@ void ParameterServer::handle(Incoming& in) {
       handle_pull(in);
       break;
     case K::LEAVE: {
-      left_.insert(sender);
+      left_[sender] = in.peer;
       live_.erase(sender);
       SHOAL_LOG(log_, debug, sender << " left");
       Outgoing out(id_, in.request_id());

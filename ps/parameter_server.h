@@ -83,6 +83,9 @@ class ParameterServer {
   void serve(std::chrono::milliseconds timeout);
   // The workers taking part in clocks (from the coordinator's heartbeats).
   void set_live_workers(const std::vector<std::string>& workers);
+  // A worker that left speaking again over another connection while the coordinator lists it:
+  // a new process of that rank. Takes it out of the left set (true).
+  bool rejoined_from_new_connection(const std::string& worker, const std::string& peer);
   // Copies this server's current values into `arena` (the whole flat arena).
   void read_values(float* arena) const;
   // A checkpoint this server finished writing since the last call (its files for the
@@ -168,7 +171,9 @@ class ParameterServer {
   ChunkStore store_;                  // chunk i of chunks_ is chunk i here
   std::unique_ptr<UpdatePool> pool_;  // with threads > 1
   std::uint32_t first_key_ = 0;
-  std::set<std::string> live_, left_, known_;
+  std::set<std::string> live_, known_;
+  std::set<std::string> listed_;             // the coordinator's last list of live workers
+  std::map<std::string, std::string> left_;  // a worker that left -> the connection it left from
   std::map<std::string, std::uint64_t> clocks_;  // steps pushed per worker
   std::vector<ParkedPull> parked_;
   // The batch in progress: its messages (their frames back the updates), updates, acks.

@@ -223,6 +223,32 @@ TEST(ParameterServer, IdleAndDepartedWorkersDoNotHoldOthersBack) {
   EXPECT_TRUE(a.expect(wire::Envelope::Body::PULL_REPLY)) << "worker.0 alone now completes steps";
 }
 
+// A worker that leaves and comes back as a new process (its supervisor, or a StatefulSet,
+// restarted that rank) between two of the server's heartbeats: no list ever omitted it, yet the
+// new process is served, while the old connection stays out.
+TEST(ParameterServer, AWorkerThatLeftAndRejoinedBetweenTwoListsIsServedFromItsNewProcess) {
+  ServerFixture f(/*staleness=*/2, 10, {"worker.0", "worker.1"});
+  auto old_process = std::make_unique<Client>(f, "worker.1");
+  old_process->pull(0);
+  ASSERT_TRUE(old_process->expect(wire::Envelope::Body::PULL_REPLY));
+  Outgoing leave("worker.1", 100);
+  leave.body().setLeave();
+  old_process->send(leave);
+  ASSERT_TRUE(old_process->expect(wire::Envelope::Body::ACK));
+  // The old connection is out, even though the coordinator's list still names worker.1.
+  f.set_live({"worker.0", "worker.1"});
+  old_process->pull(0);
+  auto refused = old_process->expect(wire::Envelope::Body::ERROR);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->envelope().getBody().getError().getCode(), wire::ErrorCode::UNKNOWN_SENDER);
+  // A new process of worker.1, on its own connection: served.
+  Client new_process(f, "worker.1");
+  new_process.pull(0);
+  EXPECT_TRUE(new_process.expect(wire::Envelope::Body::PULL_REPLY)) << "the restarted worker.1 is refused for good";
+  new_process.push(0, 1.f);
+  EXPECT_TRUE(new_process.expect(wire::Envelope::Body::PUSH_ACK));
+}
+
 // lr_staleness = inverse: an update is scaled by 1 / (1 + t), t = the updates other workers
 // made to the chunk since this worker pulled it.
 TEST(ParameterServer, InverseStalenessScalesEachUpdateByTheUpdatesItMissed) {

@@ -6,7 +6,8 @@
 #   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected)
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
-#         endpoint scraped while its metrics are updated.
+#         endpoint scraped while its metrics are updated, and CURVE sockets with their ZAP
+#         handler thread (auth.keys).
 # A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
 # reports go to files under build-<stage>/reports, and any file there is a failure.
 #   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
@@ -42,7 +43,7 @@ for stage in "${stages[@]}"; do
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests
+        shoal_telemetry_tests shoal_auth_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -61,10 +62,10 @@ for stage in "${stages[@]}"; do
     tsan)
       configure "$dir" "-fsanitize=thread"
       cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests
+        shoal_telemetry_tests shoal_auth_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.'
       check_reports "$dir"
       ;;
     *)

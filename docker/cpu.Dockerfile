@@ -1,0 +1,18 @@
+# Shoal's CPU image: Debian 12, built with the project's own setup and build scripts, run as
+# the unprivileged user shoal (10001). docker/prove-cpu-image.sh runs these very steps on a fresh
+# Debian 12 root (no Docker engine needed) and trains a job with the result.
+#   docker build -f docker/cpu.Dockerfile -t shoal-cpu .
+FROM debian:12 AS build
+COPY . /src
+WORKDIR /src
+RUN docker/image-steps.sh build -DSHOAL_CUDA=OFF
+
+FROM debian:12-slim
+COPY docker/image-steps.sh /opt/shoal/image-steps.sh
+RUN /opt/shoal/image-steps.sh runtime-debian
+COPY --from=build /src/build/shoal /usr/local/bin/shoal
+COPY examples /opt/shoal/examples
+USER 10001:10001
+WORKDIR /home/shoal
+ENTRYPOINT ["shoal"]
+CMD ["version"]

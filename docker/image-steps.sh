@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The steps of Shoal's container images, one per stage, so that the Dockerfiles
+# (docker/cpu.Dockerfile, docker/gpu.Dockerfile) and the check that runs them on a fresh
+# Debian 12 root without a Docker engine (docker/prove-cpu-image.sh) run exactly the same ones.
+#
+#   docker/image-steps.sh build [CMAKE ARGS]  in the source tree: the project's own
+#                                             launch/setup-debian.sh and launch/build.sh,
+#                                             building the `shoal` binary alone
+#   docker/image-steps.sh bundle DEST         the binary and every shared library it needs
+#                                             that neither glibc, the CUDA base image nor
+#                                             Open MPI provides, into DEST/bin and DEST/lib
+#   docker/image-steps.sh runtime-debian      on Debian 12: the runtime packages, the data
+#                                             set, and the unprivileged user `shoal` (10001)
+#   docker/image-steps.sh user                the unprivileged user alone (the GPU image)
+set -euo pipefail
+
+# What the binary needs at run time on Debian 12 (docs/dependencies.md): the libraries behind
+# its -dev packages, mpirun for jobs launched by mpirun, and the quickstart's data set.
+runtime_packages=(
+  libzmq5 libcapnp-0.9.2 libdnnl2 libboost-program-options1.74.0 libgomp1 libstdc++6 zlib1g
+  libopenmpi3 openmpi-bin libgloo0 libcpp-httplib0.11
+  dataset-fashion-mnist
+)
+
+add_user() {
+  # The manifests run every container as 10001:10001 (runAsNonRoot).
+  getent group shoal >/dev/null || groupadd --gid 10001 shoal
+  getent passwd shoal >/dev/null || useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin shoal
+}
+
+case "${1:-}" in
+  build)
+    shift
+    launch/setup-debian.sh
+    SHOAL_TARGETS=shoal launch/build.sh "$@"
+    build/shoal version
+    ;;
+  bundle)
+    dest=${2:?usage: image-steps.sh bundle DEST}
+    mkdir -p "$dest/bin" "$dest/lib"
+    install -m 0755 build/shoal "$dest/bin/shoal"
+    # Every library ldd resolves, except glibc's own (the base image's), CUDA's (NVIDIA's base
+    # image has them) and Open MPI's (the image installs its mpirun with the matching library).
+    ldd build/shoal | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
+      case "$(basename "$lib")" in
+        libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|ld-linux*|libresolv.so.*) continue ;;
+        libcuda*|libcudnn*|libcublas*|libnccl*|libcudart*) continue ;;
+        libmpi.so.*|libmpi_cxx.so.*|libopen-pal.so.*|libopen-rte.so.*|libhwloc.so.*|libevent*) continue ;;
+      esac
+      cp -L "$lib" "$dest/lib/"
+    done
+    ;;
+  runtime-debian)
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${runtime_packages[@]}" >/dev/null
+    rm -rf /var/lib/apt/lists/*
+    add_user
+    ;;
+  user)
+    add_user
+    ;;
+  *)
+    sed -n '2,16p' "$0" >&2
+    exit 2
+    ;;
+esac

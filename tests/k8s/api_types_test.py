@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Every object of every rendered overlay of k8s/ (and the MPIJob's pod templates) checked
+against the Kubernetes API types, without a cluster: each object becomes a TypeScript object
+literal typed with its kind's interface from the npm package kubernetes-models, and the
+TypeScript compiler checks it. Object literals get TypeScript's excess-property check at every
+depth, so an unknown or misspelt field anywhere fails, as do a wrong type, a missing required
+field and a value outside an enum. A planted misspelling checks that the check can fail.
+
+  api_types_test.py SOURCE_DIR WORK_DIR
+
+The packages are installed (npm ci, from tests/k8s/api-types/package-lock.json) into WORK_DIR
+once. Exit 77 (skipped, with the reason) without kubectl, node and npm, Python's yaml, or when
+the npm registry cannot be reached.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+SOURCE, WORK = sys.argv[1], sys.argv[2]
+OVERLAYS = ["cpu", "gke-gpu", "gke-mig"]
+# kind -> (module of kubernetes-models, interface)
+TYPES = {
+    ("v1", "Service"): ("kubernetes-models/v1/Service", "IService"),
+    ("v1", "ConfigMap"): ("kubernetes-models/v1/ConfigMap", "IConfigMap"),
+    ("v1", "Secret"): ("kubernetes-models/v1/Secret", "ISecret"),
+    ("v1", "PersistentVolumeClaim"): ("kubernetes-models/v1/PersistentVolumeClaim", "IPersistentVolumeClaim"),
+    ("apps/v1", "StatefulSet"): ("kubernetes-models/apps/v1/StatefulSet", "IStatefulSet"),
+    ("policy/v1", "PodDisruptionBudget"): ("kubernetes-models/policy/v1/PodDisruptionBudget", "IPodDisruptionBudget"),
+}
+POD_TEMPLATE = ("kubernetes-models/v1/PodTemplateSpec", "IPodTemplateSpec")
+
+
+def skip(reason):
+    print("SKIP: Kubernetes API type check skipped: " + reason)
+    sys.exit(77)
+
+
+def fail(message):
+    print("FAIL: " + message)
+    sys.exit(1)
+
+
+try:
+    import yaml
+except ImportError:
+    skip("Python's yaml module is missing (python3-yaml)")
+for tool in ("kubectl", "node", "npm"):
+    if shutil.which(tool) is None:
+        skip(f"no `{tool}` on the PATH (launch/setup-debian.sh installs kubernetes-client, nodejs and npm)")
+
+
+def install():
+    """kubernetes-models and typescript, as locked, in WORK (reused while the lock is unchanged)."""
+    lock_src = os.path.join(SOURCE, "tests", "k8s", "api-types", "package-lock.json")
+    os.makedirs(WORK, exist_ok=True)
+    lock = open(lock_src).read()
+    stamp = os.path.join(WORK, "installed-lock.json")
+    if os.path.exists(stamp) and open(stamp).read() == lock and os.path.isdir(os.path.join(WORK, "node_modules")):
+        return
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(os.path.join(SOURCE, "tests", "k8s", "api-types", name), WORK)
+    r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=WORK,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        skip("npm ci could not install the locked packages (is the npm registry reachable?): " +
+             (r.stderr.strip().splitlines() or ["?"])[-1])
+    with open(stamp, "w") as f:
+        f.write(lock)
+
+
+def documents():
+    """(where, object) of every overlay and of the MPIJob example."""
+    for overlay in OVERLAYS:
+        out = subprocess.run(["kubectl", "kustomize", os.path.join(SOURCE, "k8s", "overlays", overlay)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            fail(f"kubectl kustomize k8s/overlays/{overlay}: {out.stderr}")
+        for o in yaml.safe_load_all(out.stdout):
+            if o:
+                yield f"overlays/{overlay}", o
+    with open(os.path.join(SOURCE, "k8s", "mpijob", "sync-mpijob.yaml")) as f:
+        for o in yaml.safe_load_all(f):
+            if o:
+                yield "mpijob/sync-mpijob.yaml", o
+
+
+def typed(where, o):
+    """(module, interface, value, label) for each part of `o` that has a type here."""
+    label = f"{where}: {o.get('kind')} {o.get('metadata', {}).get('name')}"
+    if o.get("kind") == "MPIJob":  # a custom resource: its pod templates are Kubernetes' own type
+        for role, spec in o["spec"]["mpiReplicaSpecs"].items():
+            yield POD_TEMPLATE + (spec["template"], f"{label} {role} template")
+        return
+    key = (o.get("apiVersion"), o.get("kind"))
+    if key not in TYPES:
+        fail(f"{label}: no API type known for {key}: add it to TYPES in {__file__}")
+    yield TYPES[key] + (o, label)
+
+
+def check(items, directory):
+    """tsc's errors for the items, as (label, message)."""
+    os.makedirs(directory, exist_ok=True)
+    imports, lines, labels = {}, [], []
+    for module, interface, value, label in items:
+        alias = imports.setdefault((module, interface), f"T{len(imports)}")
+        labels.append(label)
+        lines.append(f"export const o{len(labels) - 1}: {alias} = {json.dumps(value)};")
+    header = [f'import type {{ {i} as {a} }} from "{m}";' for (m, i), a in imports.items()]
+    with open(os.path.join(directory, "manifests.ts"), "w") as f:
+        f.write("\n".join(header + lines) + "\n")
+    with open(os.path.join(directory, "tsconfig.json"), "w") as f:
+        json.dump({"compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext",
+                                       "moduleResolution": "nodenext", "target": "es2020", "skipLibCheck": True,
+                                       "typeRoots": [], "baseUrl": WORK, "paths": {"*": [WORK + "/node_modules/*"]}},
+                   "files": ["manifests.ts"]}, f)
+    r = subprocess.run(["node", os.path.join(WORK, "node_modules", "typescript", "bin", "tsc"), "-p", directory],
+                       capture_output=True, text=True, timeout=300)
+    errors = []
+    for line in (r.stdout + r.stderr).splitlines():
+        # manifests.ts(LINE,COL): error TS...: message
+        if "): error TS" in line:
+            number = int(line.split("(", 1)[1].split(",", 1)[0])
+            index = number - 1 - len(header)
+            errors.append((labels[index] if 0 <= index < len(labels) else "?", line.split(": ", 1)[1]))
+        elif line.strip() and r.returncode != 0 and not line.startswith(" "):
+            errors.append(("tsc", line))
+    if r.returncode != 0 and not errors:
+        errors.append(("tsc", f"exit {r.returncode}: {r.stdout}{r.stderr}"))
+    return errors
+
+
+install()
+# The check can fail: a misspelt field deep in a pod template, and a wrong enum value.
+planted = [POD_TEMPLATE + ({"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "Always"}]}},
+                           "planted misspelling"),
+           TYPES[("apps/v1", "StatefulSet")] + ({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                                 "spec": {"selector": {}, "podManagementPolicy": "AllAtOnce",
+                                                          "template": {}}}, "planted enum")]
+caught = check(planted, os.path.join(WORK, "planted"))
+if not any("imagePullPolicyy" in m for _, m in caught) or not any("AllAtOnce" in m for _, m in caught):
+    fail(f"the planted mistakes were not reported: {caught}")
+
+items = [t for where, o in documents() for t in typed(where, o)]
+errors = check(items, os.path.join(WORK, "manifests"))
+if errors:
+    fail("objects that are not valid Kubernetes API objects:\n" + "\n".join(f"  {l}: {m}" for l, m in errors))
+print(f"{len(items)} objects of {len(OVERLAYS)} overlays and the MPIJob match the Kubernetes API types "
+      f"(kubernetes-models, strict: no unknown fields); the planted mistakes were reported")
+print("PASS")
