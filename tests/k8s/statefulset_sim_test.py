@@ -187,6 +187,8 @@ def run_job(pods, job_ini, sets, work):
 
     def command(pod):
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": work}
+        # A sanitizer build's settings (tests/sanitizers/run.sh) reach the pods too.
+        env.update({k: v for k, v in os.environ.items() if k.endswith("SAN_OPTIONS")})
         for e in pod.container.get("env", []):
             if "value" in e:
                 env[e["name"]] = mounted(str(e["value"]))
