@@ -348,6 +348,10 @@ SettingsRegistry::SettingsRegistry() {
       "directory of the job's CURVE keys (shoal keys generate): only members holding them may connect, each as the "
       "member its key is (empty: no authentication; docs/authentication.md)"));
   s.push_back(choice_setting(
+      "cluster.on_job_end", [](JobConfig & c) -> auto& { return c.on_job_end; }, {"exit", "wait"},
+      "what a coordinator, server or worker does once the job is over: exit 0, or wait (serving its status "
+      "endpoint) until SIGTERM, then exit 0, so a StatefulSet does not restart a finished job's pods"));
+  s.push_back(choice_setting(
       "log.level", [](JobConfig & c) -> auto& { return c.log_level; }, {"debug", "info", "warn", "error", "off"},
       "least severe log level printed"));
   s.push_back(string_setting(

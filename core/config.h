@@ -64,6 +64,7 @@ struct JobConfig {
   double request_timeout_seconds = 60.0;
   double startup_timeout_seconds = 120.0;
   double stall_seconds = 300.0;
+  std::string on_job_end = "exit";  // exit | wait (a StatefulSet's pods: stay until deleted)
 
   // Checkpoints (docs/checkpoint-format.md) and restarts.
   std::string checkpoint_dir;  // "": no checkpoints

@@ -4,8 +4,8 @@
 # Debian 12 root without a Docker engine (docker/prove-cpu-image.sh) run exactly the same ones.
 #
 #   docker/image-steps.sh build [CMAKE ARGS]  in the source tree: the project's own
-#                                             launch/setup-debian.sh and launch/build.sh,
-#                                             building the `shoal` binary alone
+#                                             launch/setup-debian.sh (--build: no test tools)
+#                                             and launch/build.sh, building `shoal` alone
 #   docker/image-steps.sh bundle DEST         the binary and every shared library it needs
 #                                             that neither glibc, the CUDA base image nor
 #                                             Open MPI provides, into DEST/bin and DEST/lib
@@ -31,7 +31,7 @@ add_user() {
 case "${1:-}" in
   build)
     shift
-    launch/setup-debian.sh
+    launch/setup-debian.sh --build
     SHOAL_TARGETS=shoal launch/build.sh "$@"
     build/shoal version
     ;;

@@ -32,6 +32,7 @@ fresh_root() {  # a copy of the base with the mounts a build needs
     cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/"
   fi
   mount --bind /dev "$root/dev" && mounted+=("$root/dev")
+  mount -t devpts devpts "$root/dev/pts" && mounted+=("$root/dev/pts")
   mount -t proc proc "$root/proc" && mounted+=("$root/proc")
   mount -t tmpfs tmpfs "$root/dev/shm" && mounted+=("$root/dev/shm")
 }

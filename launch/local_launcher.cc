@@ -158,7 +158,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   for (const auto& a : overrides) {
     bool ours = false;
     for (const char* key :
-         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress", "--metrics.port"})
+         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress", "--metrics.port",
+          "--cluster.on_job_end"})
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }
@@ -171,6 +172,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
     argv.insert(argv.end(), passed.begin(), passed.end());
     argv.push_back("--cluster.coordinator=" + coordinator);
     argv.push_back("--progress=off");
+    argv.push_back("--cluster.on_job_end=exit");  // this launcher is their supervisor: the job ends when they do
     if (rank >= 0) argv.push_back("--node.rank=" + std::to_string(rank));
     // Every process of a local job is on this host: a worker's GPU is its rank.
     if (rank >= 0 && role == "worker") argv.push_back("--node.local_rank=" + std::to_string(rank));

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -337,6 +339,14 @@ int run(int argc, char** argv) {
       ParameterServer::run_role(network, loaded.config, log, stop, &telemetry);
     } else {
       run_worker_role(network, loaded.config, log, stop, &telemetry);
+    }
+    if (loaded.config.on_job_end == "wait" && stop != nullptr && !stop->load()) {
+      // The job is over (a role that failed threw instead): stay, serving the status endpoint,
+      // until the pod is deleted. A StatefulSet restarts any container that exits, 0 or not.
+      telemetry.metrics.gauge("shoal_job_over", "1 once the job is over (cluster.on_job_end = wait)").set(1);
+      SHOAL_LOG(log, info, "the job is over; waiting for SIGTERM (cluster.on_job_end = wait)");
+      while (!stop->load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      SHOAL_LOG(log, info, "SIGTERM after the job's end: exiting");
     }
     return 0;
   }

@@ -3,6 +3,7 @@
 # quiet when everything is present. Why each package is needed: docs/dependencies.md.
 #   launch/setup-debian.sh          build + run + test dependencies
 #   launch/setup-debian.sh --bench  also the benchmark peers (PyTorch, iperf3)
+#   launch/setup-debian.sh --build  only what building and running needs (container images)
 set -euo pipefail
 
 packages=(
@@ -15,12 +16,17 @@ packages=(
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libcpp-httplib-dev                              # /healthz /readyz /metrics (metrics.port)
-  libgtest-dev                                    # tests
+  libgtest-dev                                    # tests (the build configures them)
+  dataset-fashion-mnist                           # the main job's data
+)
+test_packages=(
   iproute2                                        # tests: network namespaces (a pulled link)
   python3-yaml                                    # tests: the Kubernetes manifests
   python3-prometheus-client                       # tests: /metrics read by Prometheus' parser
-  dataset-fashion-mnist                           # the main job's data
 )
+tests=true
+[[ "${1:-}" == "--build" ]] && tests=false
+$tests && packages+=("${test_packages[@]}")
 if [[ "${1:-}" == "--bench" ]]; then
   # Benchmark peers. Without an optimised BLAS, Debian's PyTorch falls back to the reference
   # BLAS and runs 10x slower: the comparison would flatter Shoal.
@@ -33,13 +39,15 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-# tests: `kubectl kustomize` renders the manifests (k8s/). Debian's is kubernetes-client; a
-# kubectl from elsewhere (Google's repository) serves as well and must not be replaced.
-command -v kubectl >/dev/null || missing+=(kubernetes-client)
-# tests: the Kubernetes API types check (tests/k8s/api_types_test.py) runs the TypeScript
-# compiler on node; an existing node and npm serve as well.
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
+if $tests; then
+  # tests: `kubectl kustomize` renders the manifests (k8s/). Debian's is kubernetes-client; a
+  # kubectl from elsewhere (Google's repository) serves as well and must not be replaced.
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
+  # tests: the Kubernetes API types check (tests/k8s/api_types_test.py) runs the TypeScript
+  # compiler on node; an existing node and npm serve as well.
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 sudo=""

@@ -552,9 +552,7 @@ std::string this_host_fqdn() {
   }
   return name;
 }
-}  // namespace
 
-namespace {
 // The server's counters and gauges for the status endpoint, moved on from its stats.
 class ServerTelemetry {
  public:

@@ -2,6 +2,8 @@
 // bulk-synchronous equivalence with a single process, a worker killed with SIGKILL, the
 // launcher's clean stop, and the promised accuracy.
 #include <gtest/gtest.h>
+
+#include <csignal>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -96,6 +98,23 @@ TEST(Cluster, AsyncTwoServersTwoWorkersConverges) {
   // Both servers applied updates and both workers trained.
   for (auto& s : c.servers) EXPECT_NE(s->output().find("chunk updates"), std::string::npos);
   for (auto& w : c.workers) EXPECT_EQ(w->output().find("trained 0 shards"), std::string::npos) << w->output();
+}
+
+// cluster.on_job_end = wait (the StatefulSets' setting): once the job is over every process
+// stays, saying so, until SIGTERM; then it exits 0 at once.
+TEST(Cluster, OnJobEndWaitKeepsEveryProcessUntilSigterm) {
+  Cluster c({"--model=mlp", "--train.epochs=1", "--data.train_limit=2000", "--data.test_limit=500",
+             "--cluster.on_job_end=wait"},
+            1, 1);
+  const std::string waiting = "the job is over; waiting for SIGTERM";
+  for (Subprocess* p : {c.coord.get(), c.servers[0].get(), c.workers[0].get()})
+    ASSERT_TRUE(wait_for_output(*p, waiting, 120s)) << c.all_output();
+  EXPECT_NE(c.coord->output().find("final test accuracy"), std::string::npos) << c.coord->output();
+  for (Subprocess* p : {c.coord.get(), c.servers[0].get(), c.workers[0].get()}) {
+    EXPECT_TRUE(p->running()) << p->output();
+    p->signal(SIGTERM);
+  }
+  for (Subprocess* p : {c.coord.get(), c.servers[0].get(), c.workers[0].get()}) EXPECT_EQ(p->wait(10s), 0) << p->output();
 }
 
 TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -189,6 +190,53 @@ TEST(Auth, CurveAdmitsMembersAsThemselvesAndRefusesEveryoneElse) {
   EXPECT_GE(server.counters().dropped.at("connection refused (auth.keys)"), 3u);
   // Nothing more gets through (the strangers' queued messages stay undelivered).
   EXPECT_TRUE(receive_all(server, std::chrono::milliseconds(300)).empty());
+}
+
+}  // namespace
+}  // namespace shoal
+
+namespace shoal {
+namespace {
+
+// Faults on an authenticated socket: a duplicated message keeps its user id, a delayed one
+// arrives with it later, a dropped one is gone; an impostor's message stays refused whatever
+// the faults do to it.
+TEST(Auth, InjectedFaultsKeepEachMessagesProvenMember) {
+  TempDir dir;
+  generate_job_keys(dir.path.string(), 1, 2);
+  const Logger log("test", LogLevel::warn);
+  FaultPlan faults;
+  faults.add(FaultRule{wire::Envelope::Body::HEARTBEAT, FaultAction::duplicate, "worker.1", 1, {}});
+  faults.add(FaultRule{wire::Envelope::Body::HEARTBEAT, FaultAction::delay, "worker.starting-", 1,
+                       std::chrono::milliseconds(200)});
+  faults.add(FaultRule{wire::Envelope::Body::HEARTBEAT, FaultAction::drop, "worker.1", 1, {}});
+  Network server_net(&faults);
+  use_job_keys(server_net, dir.path.string(), "ps.0", log, nullptr);
+  ServerSocket server(server_net, "tcp://127.0.0.1:0", log);
+  Network member_net;
+  use_job_keys(member_net, dir.path.string(), "worker.1", log, nullptr);
+  ClientSocket member(member_net, server.endpoint(), log);
+  send_heartbeat(member, "worker.1");           // duplicated
+  send_heartbeat(member, "worker.0");           // an impostor's: refused before any fault rule
+  send_heartbeat(member, "worker.starting-9");  // delayed
+  send_heartbeat(member, "worker.1");           // dropped
+  send_heartbeat(member, "worker.1");           // delivered
+
+  std::vector<Incoming> got;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (got.size() < 4 && std::chrono::steady_clock::now() < deadline)
+    for (auto& in : receive_all(server, std::chrono::milliseconds(50))) got.push_back(std::move(in));
+  for (auto& in : receive_all(server, std::chrono::milliseconds(300))) got.push_back(std::move(in));
+  std::vector<std::string> senders;
+  for (const auto& in : got) {
+    EXPECT_EQ(in.user, "worker.1") << in.sender();
+    senders.push_back(in.sender());
+  }
+  // The first twice (duplicated), the delayed one, the last one; not the dropped one.
+  std::sort(senders.begin(), senders.end());
+  EXPECT_EQ(senders, (std::vector<std::string>{"worker.1", "worker.1", "worker.1", "worker.starting-9"}));
+  EXPECT_EQ(server.counters().dropped.at("sender is not its key's member"), 1u);
+  EXPECT_EQ(server.counters().injected_faults, 3u);
 }
 
 }  // namespace

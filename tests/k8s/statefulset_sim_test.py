@@ -9,7 +9,8 @@ job.ini, the Secret's keys from `shoal keys generate`, the shared checkpoint cla
 job is made small with SHOAL_* variables, as an overlay's patch would. The pods start at once
 (podManagementPolicy: Parallel); the test waits for every /readyz as the readiness probes do,
 deletes worker-1 mid-run (SIGTERM, as the kubelet does), starts it again as the StatefulSet
-would, and checks that it rejoins and that the job trains every sample of every epoch to the end.
+would, and checks that it rejoins, that the job trains every sample of every epoch to the end,
+and that every pod then stays (cluster.on_job_end = wait) until it is deleted.
 
   statefulset_sim_test.py SHOAL_BINARY SOURCE_DIR
 
@@ -259,25 +260,30 @@ def run_job(pods, job_ini, sets, work):
         print("worker-1 rejoined and trains")
 
         coordinator = next(p for p in pods if p.name == "shoal-coordinator-0")
-        try:
-            code = coordinator.proc.wait(300)
-        except subprocess.TimeoutExpired:
-            fail("the job did not end within 300 s:\n" + coordinator.output()[-3000:])
+        waiting = "the job is over; waiting for SIGTERM"
+        wait_for("the job's end", lambda: waiting in coordinator.output(), timeout=300)
         out = coordinator.output()
-        if code != 0:
-            fail(f"the coordinator exited {code}:\n{out[-3000:]}")
         epochs = re.findall(r"epoch (\d+)/(\d+) .*?\| +(\d+)/(\d+) samples done", out)
         if len(epochs) != int(SMALL["SHOAL_TRAIN_EPOCHS"]) or any(done != total for _, _, done, total in epochs):
             fail("not every sample of every epoch was trained:\n" + out[-3000:])
+        # cluster.on_job_end = wait: the pods stay (a StatefulSet would restart any that exits)
+        # until the job is deleted.
+        wait_for("every pod to wait after the job's end", lambda: all(waiting in p.output() for p in pods))
+        for pod in pods:
+            if pod.proc.poll() is not None:
+                fail(f"{pod.name} exited after the job's end:\n{pod.output()[-2000:]}")
+        for pod in pods:  # kubectl delete -k: SIGTERM to every pod
+            pod.proc.send_signal(signal.SIGTERM)
         for pod in pods:
             try:
-                code = pod.proc.wait(60)
+                code = pod.proc.wait(30)
             except subprocess.TimeoutExpired:
-                fail(f"{pod.name} did not exit after the job ended:\n{pod.output()[-2000:]}")
+                fail(f"{pod.name} did not exit on SIGTERM after the job ended:\n{pod.output()[-2000:]}")
             if code != 0:
                 fail(f"{pod.name} exited {code}:\n{pod.output()[-2000:]}")
         final = re.search(r"final test accuracy: ([\d.]+)%", out)
-        print(f"the job ended: {len(epochs)} epochs, every sample trained, final accuracy {final.group(1)}%")
+        print(f"the job ended: {len(epochs)} epochs, every sample trained, final accuracy {final.group(1)}%; "
+              "every pod waited until deleted, then exited 0")
     print("PASS")
 
 
