@@ -64,8 +64,10 @@ def install():
     r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=WORK,
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        skip("npm ci could not install the locked packages (is the npm registry reachable?): " +
-             (r.stderr.strip().splitlines() or ["?"])[-1])
+        # npm's own words: "npm ERR! code SELF_SIGNED_CERT_IN_CHAIN", "... request to ... failed".
+        said = [l for l in r.stderr.splitlines() if " code " in l or "failed" in l or "ERR!" in l]
+        skip("npm ci could not install the locked packages (is the npm registry reachable, and its "
+             "certificate trusted?): " + " | ".join(said[:3] or r.stderr.strip().splitlines()[-1:] or ["?"]))
     with open(stamp, "w") as f:
         f.write(lock)
 
