@@ -239,7 +239,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       // auth.keys: a member registers as the rank its key is, and as nothing else.
       const std::string claimed = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
       if (reg.getRank() < 0 || claimed != in.user) {
-        SHOAL_LOG(log_, warn, "refused a registration as " << claimed << " over a connection with the key of " << in.user);
+        SHOAL_LOG(log_, warn,
+                  "refused a registration as " << claimed << " over a connection with the key of " << in.user);
         reply_error(in, wire::ErrorCode::BAD_REQUEST, "the key of " + in.user + " cannot register as " + claimed);
         return;
       }

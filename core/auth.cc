@@ -78,7 +78,8 @@ CurveKeyPair read_keypair(const std::string& path) {
     ++number;
     if (line.empty() || line[0] == '#') continue;
     auto eq = line.find('=');
-    SHOAL_REQUIRE(eq != std::string::npos, ConfigError, path << ":" << number << ": expected 'public = KEY' or 'secret = KEY'");
+    SHOAL_REQUIRE(eq != std::string::npos, ConfigError,
+                  path << ":" << number << ": expected 'public = KEY' or 'secret = KEY'");
     auto trim = [](std::string s) {
       s.erase(0, s.find_first_not_of(" \t\r"));
       s.erase(s.find_last_not_of(" \t\r") + 1);

@@ -1,7 +1,6 @@
 #include "core/status_server.h"
 
 #include <httplib.h>
-
 #include <sys/socket.h>
 
 #include <chrono>

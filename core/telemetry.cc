@@ -166,8 +166,8 @@ std::string MetricsRegistry::render() const {
     for (const auto& [labels, h] : f.histograms) {
       Histogram::Snapshot s = h->snapshot();
       for (std::size_t i = 0; i < s.upper_bounds.size(); ++i)
-        out << name << "_bucket" << with_label(labels, "le", format_value(s.upper_bounds[i])) << " "
-            << s.cumulative[i] << "\n";
+        out << name << "_bucket" << with_label(labels, "le", format_value(s.upper_bounds[i])) << " " << s.cumulative[i]
+            << "\n";
       out << name << "_bucket" << with_label(labels, "le", "+Inf") << " " << s.cumulative.back() << "\n";
       out << name << "_sum" << labels << " " << format_value(s.sum) << "\n";
       out << name << "_count" << labels << " " << s.cumulative.back() << "\n";

@@ -238,8 +238,7 @@ void Socket::send_frames(std::vector<zmq::message_t>& frames, std::chrono::milli
   }
 }
 
-bool Socket::read_frames(std::string& peer, std::string& user, std::vector<zmq::message_t>& frames,
-                         bool& too_many) {
+bool Socket::read_frames(std::string& peer, std::string& user, std::vector<zmq::message_t>& frames, bool& too_many) {
   zmq::message_t frame;
   if (!receive_frame(socket_, frame, zmq::recv_flags::dontwait)) return false;
   taken_over(frame);
@@ -276,9 +275,9 @@ std::optional<Incoming> Socket::decode_checked(std::string peer, std::vector<zmq
     if (authenticated_) {
       // The envelope's sender is what the peer says; the key is what it proves.
       if (!sender_allowed(user, in.sender())) {
-        reject("sender is not its key's member",
-               kind_name(in.kind()) + std::string(" sent as '") + in.sender() + "' over a connection with the key of " +
-                   (user.empty() ? std::string("no member") : user));
+        reject("sender is not its key's member", kind_name(in.kind()) + std::string(" sent as '") + in.sender() +
+                                                     "' over a connection with the key of " +
+                                                     (user.empty() ? std::string("no member") : user));
         return std::nullopt;
       }
       in.user = user;
@@ -314,7 +313,7 @@ bool Socket::holds_due_message() const {
 }
 
 std::optional<Incoming> Socket::apply_faults(std::string peer, std::vector<zmq::message_t> frames,
-                                            const std::string& user) {
+                                             const std::string& user) {
   std::vector<zmq::message_t> copy;
   for (auto& f : frames) copy.emplace_back(f.data(), f.size());
   auto in = decode_checked(peer, std::move(frames), user);

@@ -20,7 +20,6 @@
 #include <zmq.hpp>
 
 #include "core/auth.h"
-
 #include "core/fault_injection.h"
 #include "core/log.h"
 #include "core/wire/codec.h"
@@ -114,8 +113,7 @@ class Socket {
   // The frames of the next message, or false when none is waiting.
   // `user`: the member the connection's key proves (CURVE on a listening socket), else "".
   bool read_frames(std::string& peer, std::string& user, std::vector<zmq::message_t>& frames, bool& too_many);
-  std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames,
-                                         const std::string& user);
+  std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames, const std::string& user);
   std::optional<Incoming> apply_faults(std::string peer, std::vector<zmq::message_t> frames, const std::string& user);
   std::optional<Incoming> take_due_held();
 

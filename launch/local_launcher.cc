@@ -157,9 +157,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   std::vector<std::string> passed;
   for (const auto& a : overrides) {
     bool ours = false;
-    for (const char* key :
-         {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress", "--metrics.port",
-          "--cluster.on_job_end"})
+    for (const char* key : {"--cluster.coordinator", "--node.rank", "--node.local_rank", "--node.address", "--progress",
+                            "--metrics.port", "--cluster.on_job_end"})
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }

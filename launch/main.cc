@@ -4,13 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "coordinator/coordinator.h"
@@ -185,10 +185,12 @@ int keys_command(const std::vector<std::string>& args) {
       value = args[++i];
     }
     SHOAL_REQUIRE(name == "--servers" || name == "--workers", ConfigError,
-                  "keys generate: unknown option '" << name << "'\n" << kKeysUsage);
+                  "keys generate: unknown option '" << name << "'\n"
+                                                    << kKeysUsage);
     char* end = nullptr;
     const long long n = std::strtoll(value.c_str(), &end, 10);
-    SHOAL_REQUIRE(!value.empty() && *end == 0, ConfigError, "keys generate: " << name << " '" << value << "' is not a number");
+    SHOAL_REQUIRE(!value.empty() && *end == 0, ConfigError,
+                  "keys generate: " << name << " '" << value << "' is not a number");
     (name == "--servers" ? servers : workers) = n;
   }
   generate_job_keys(args[1], static_cast<int>(std::clamp(servers, -1LL, 1000000LL)),

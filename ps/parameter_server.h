@@ -172,8 +172,8 @@ class ParameterServer {
   std::unique_ptr<UpdatePool> pool_;  // with threads > 1
   std::uint32_t first_key_ = 0;
   std::set<std::string> live_, known_;
-  std::set<std::string> listed_;             // the coordinator's last list of live workers
-  std::map<std::string, std::string> left_;  // a worker that left -> the connection it left from
+  std::set<std::string> listed_;                 // the coordinator's last list of live workers
+  std::map<std::string, std::string> left_;      // a worker that left -> the connection it left from
   std::map<std::string, std::uint64_t> clocks_;  // steps pushed per worker
   std::vector<ParkedPull> parked_;
   // The batch in progress: its messages (their frames back the updates), updates, acks.

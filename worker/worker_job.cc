@@ -439,8 +439,8 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
     strategy.retarget(network, *table);
     return true;
   };
-  JobContext job{config,          log,           stop,          control, heartbeat, strategy, trainer, l.data,
-                 l.backend.get(), l.model.get(), take_new_table,  telemetry};
+  JobContext job{config,          log,           stop,           control,  heartbeat, strategy, trainer, l.data,
+                 l.backend.get(), l.model.get(), take_new_table, telemetry};
   run_job_loop(job);
   report_memory(*l.backend, log);
 }

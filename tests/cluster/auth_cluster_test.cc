@@ -3,8 +3,8 @@
 // logged, while the job goes on training (then stops cleanly on SIGTERM).
 #include <gtest/gtest.h>
 
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <optional>
 #include <regex>
 #include <string>
@@ -66,8 +66,8 @@ TEST(AuthCluster, StrangersAndImpostorsAreRefusedWhileTheJobTrains) {
 
   // Long enough to outlast the checks whatever the machine: stopped (SIGTERM) once it has gone
   // on training after them.
-  Subprocess job({SHOAL_BINARY, "launch", "--local", kJob, "--model=mlp", "--train.epochs=1000", "--data.train_limit=6000",
-                  "--data.test_limit=500", "--auth.keys=" + keys.path()});
+  Subprocess job({SHOAL_BINARY, "launch", "--local", kJob, "--model=mlp", "--train.epochs=1000",
+                  "--data.train_limit=6000", "--data.test_limit=500", "--auth.keys=" + keys.path()});
   const std::string coordinator = wait_for_match(job, R"(coordinator at (tcp://127\.0\.0\.1:\d+))");
   const std::string server = wait_for_match(job, R"(listening on (tcp://127\.0\.0\.1:\d+), registered as ps\.0)");
   ASSERT_FALSE(coordinator.empty() || server.empty());
@@ -118,7 +118,8 @@ TEST(AuthCluster, StrangersAndImpostorsAreRefusedWhileTheJobTrains) {
   auto epoch_lines = [&job] {
     const std::string out = job.output();
     std::size_t n = 0;
-    for (std::size_t at = out.find("/1000  train loss"); at != std::string::npos; at = out.find("/1000  train loss", at + 1))
+    for (std::size_t at = out.find("/1000  train loss"); at != std::string::npos;
+         at = out.find("/1000  train loss", at + 1))
       ++n;
     return n;
   };
@@ -131,7 +132,8 @@ TEST(AuthCluster, StrangersAndImpostorsAreRefusedWhileTheJobTrains) {
   ASSERT_EQ(job.wait(std::chrono::minutes(1)), 0) << job.output();
   const std::string out = job.output();
   // Counted and logged where they were refused.
-  EXPECT_TRUE(std::regex_search(out, std::regex(R"(coordinator +\|.*dropped message \(connection refused \(auth\.keys\))")))
+  EXPECT_TRUE(
+      std::regex_search(out, std::regex(R"(coordinator +\|.*dropped message \(connection refused \(auth\.keys\))")))
       << out;
   EXPECT_TRUE(std::regex_search(out, std::regex(R"(ps\.0 +\|.*dropped message \(connection refused \(auth\.keys\))")))
       << out;

@@ -2,14 +2,13 @@
 // bulk-synchronous equivalence with a single process, a worker killed with SIGKILL, the
 // launcher's clean stop, and the promised accuracy.
 #include <gtest/gtest.h>
-
-#include <csignal>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <regex>
 #include <sstream>
@@ -114,7 +113,8 @@ TEST(Cluster, OnJobEndWaitKeepsEveryProcessUntilSigterm) {
     EXPECT_TRUE(p->running()) << p->output();
     p->signal(SIGTERM);
   }
-  for (Subprocess* p : {c.coord.get(), c.servers[0].get(), c.workers[0].get()}) EXPECT_EQ(p->wait(10s), 0) << p->output();
+  for (Subprocess* p : {c.coord.get(), c.servers[0].get(), c.workers[0].get()})
+    EXPECT_EQ(p->wait(10s), 0) << p->output();
 }
 
 TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {

@@ -79,7 +79,9 @@ TEST(Auth, BadKeyFilesAreConfigErrorsThatNameTheFile) {
        }},
       {"members line", "members", [](const std::string& t) { return t + "worker.9\n"; }},
       {"members twice", "members",
-       [](const std::string& t) { return t + t.substr(t.find("coordinator"), t.find('\n', t.find("coordinator")) - t.find("coordinator") + 1); }},
+       [](const std::string& t) {
+         return t + t.substr(t.find("coordinator"), t.find('\n', t.find("coordinator")) - t.find("coordinator") + 1);
+       }},
       {"members without us", "members",
        [](const std::string& t) {
          auto at = t.find("worker.0 ");
@@ -111,11 +113,16 @@ TEST(Auth, AMemberSpeaksAsItselfOrAsItsRoleBeforeRegistering) {
     bool allowed;
   };
   const std::vector<Case> cases{
-      {"worker.1", "worker.1", true},           {"worker.1", "worker.starting-42", true},
-      {"worker.1", "worker.0", false},          {"worker.1", "ps.1", false},
-      {"worker.1", "ps.starting-42", false},    {"worker.1", "worker.starting-", false},
-      {"coordinator", "coordinator", true},     {"coordinator", "coordinator.starting-1", false},
-      {"ps.0", "coordinator", false},           {"", "worker.0", false},
+      {"worker.1", "worker.1", true},
+      {"worker.1", "worker.starting-42", true},
+      {"worker.1", "worker.0", false},
+      {"worker.1", "ps.1", false},
+      {"worker.1", "ps.starting-42", false},
+      {"worker.1", "worker.starting-", false},
+      {"coordinator", "coordinator", true},
+      {"coordinator", "coordinator.starting-1", false},
+      {"ps.0", "coordinator", false},
+      {"", "worker.0", false},
       {"worker.1", "", false},
   };
   for (const auto& c : cases) EXPECT_EQ(sender_allowed(c.user, c.sender), c.allowed) << c.user << " as " << c.sender;

@@ -1,8 +1,9 @@
 // The metrics registry's text format and the HTTP status endpoint, over loopback with
 // cpp-httplib's client. Also built under ThreadSanitizer: scrapes race the role's updates.
-#include <httplib.h>
+#include "core/telemetry.h"
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <atomic>
 #include <string>
@@ -11,7 +12,6 @@
 
 #include "core/error.h"
 #include "core/status_server.h"
-#include "core/telemetry.h"
 
 namespace shoal {
 namespace {
@@ -62,12 +62,12 @@ TEST(Telemetry, TheSameNameAndLabelsAreTheSameMetricAndAClashIsRefused) {
   Counter& a = m.counter("c_total", "help", {{"x", "1"}});
   EXPECT_EQ(&a, &m.counter("c_total", "help", {{"x", "1"}}));
   EXPECT_NE(&a, &m.counter("c_total", "help", {{"x", "2"}}));
-  EXPECT_THROW(m.gauge("c_total", "help"), InternalError);           // another type
-  EXPECT_THROW(m.counter("c_total", "other help"), InternalError);   // another help
-  EXPECT_THROW(m.counter("bad-name", "help"), InternalError);        // not a metric name
+  EXPECT_THROW(m.gauge("c_total", "help"), InternalError);               // another type
+  EXPECT_THROW(m.counter("c_total", "other help"), InternalError);       // another help
+  EXPECT_THROW(m.counter("bad-name", "help"), InternalError);            // not a metric name
   EXPECT_THROW(m.counter("ok", "help", {{"__x", "1"}}), InternalError);  // reserved label
-  EXPECT_THROW(a.add(-1), InternalError);                             // counters only go up
-  EXPECT_THROW(Histogram({1, 1}), InternalError);                     // bounds must increase
+  EXPECT_THROW(a.add(-1), InternalError);                                // counters only go up
+  EXPECT_THROW(Histogram({1, 1}), InternalError);                        // bounds must increase
 }
 
 TEST(Telemetry, NonFiniteValuesAreSpelledAsPrometheusReadsThem) {
@@ -139,12 +139,12 @@ TEST(StatusServer, ScrapesWhileTheRoleUpdatesAndStopsPromptly) {
     }
   };
   Joiner role{done, std::thread([&] {
-    for (int i = 0; !done.load(); ++i) {
-      c.add();
-      h.observe(1e-4 * (i % 100));
-      if (i % 64 == 0) t.metrics.gauge("shoal_g", "g", {{"i", std::to_string(i % 512)}}).set(i);
-    }
-  })};
+                for (int i = 0; !done.load(); ++i) {
+                  c.add();
+                  h.observe(1e-4 * (i % 100));
+                  if (i % 64 == 0) t.metrics.gauge("shoal_g", "g", {{"i", std::to_string(i % 512)}}).set(i);
+                }
+              })};
   {
     StatusServer server(t, "127.0.0.1", 0, Logger("test", LogLevel::warn));
     httplib::Client client("127.0.0.1", server.port());
