@@ -17,6 +17,7 @@ COPY --from=cuda /usr/include/x86_64-linux-gnu/cudnn*.h /usr/include/nccl*.h /us
 COPY --from=cuda /usr/lib/x86_64-linux-gnu/libcudnn* /usr/lib/x86_64-linux-gnu/libnccl* /usr/local/cuda/lib64/
 COPY . /src
 WORKDIR /src
+RUN docker/image-steps.sh cuda-layout /usr/local/cuda
 RUN docker/image-steps.sh build && docker/image-steps.sh bundle /opt/shoal
 
 ARG CUDA_VERSION

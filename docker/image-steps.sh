@@ -12,6 +12,9 @@
 #   docker/image-steps.sh runtime-debian      on Debian 12: the runtime packages, the data
 #                                             set, and the unprivileged user `shoal` (10001)
 #   docker/image-steps.sh user                the unprivileged user alone (the GPU image)
+#   docker/image-steps.sh cuda-layout [DIR]   NVIDIA's cuDNN copied into DIR (/usr/local/cuda):
+#                                             the plain header and library names it reaches
+#                                             through /etc/alternatives in NVIDIA's image
 set -euo pipefail
 
 # What the binary needs at run time on Debian 12 (docs/dependencies.md): the libraries behind
@@ -59,6 +62,22 @@ case "${1:-}" in
     ;;
   user)
     add_user
+    ;;
+  cuda-layout)
+    # NVIDIA's packages name cuDNN's headers cudnn*_v9.h and point cudnn.h, libcudnn.so, ... at
+    # them through /etc/alternatives, which a COPY into another stage does not bring along (the
+    # links dangle there, or are missing): make the plain names beside the versioned files.
+    cuda=${2:-/usr/local/cuda}
+    for h in "$cuda"/include/cudnn*_v[0-9]*.h; do
+      [[ -e $h ]] || continue
+      plain=${h%_v[0-9]*.h}.h
+      [[ -e $plain ]] || ln -sfn "$(basename "$h")" "$plain"
+    done
+    for l in "$cuda"/lib64/libcudnn*.so.[0-9] "$cuda"/lib64/libnccl.so.[0-9]; do
+      [[ -e $l ]] || continue
+      plain=${l%.[0-9]}
+      [[ -e $plain ]] || ln -sfn "$(basename "$l")" "$plain"
+    done
     ;;
   *)
     sed -n '2,16p' "$0" >&2
