@@ -25,6 +25,8 @@ enum class FaultAction {
   duplicate,  // delivered twice
   reorder,    // held back until the next message on the same socket has been delivered (or
               // `delay`, 100 ms if zero, when no other message comes)
+  hold,       // held back until the test releases the rule (FaultPlan::release): a gate that a
+              // test opens on an event it observed, not after a guessed time
 };
 
 struct FaultRule {
@@ -39,15 +41,23 @@ struct FaultRule {
 class FaultPlan {
  public:
   void add(FaultRule rule);
+  struct Match {
+    std::size_t index;  // of the rule, in the order added
+    FaultRule rule;
+  };
   // The rule that applies to this message (and counts it), if any.
-  std::optional<FaultRule> match(wire::Envelope::Body::Which kind, const std::string& sender);
+  std::optional<Match> match(wire::Envelope::Body::Which kind, const std::string& sender);
   // How many messages a rule (by its index in the order added) was applied to.
   int applied(std::size_t rule) const;
+  // Ends a rule: it applies to no further message, and the messages it holds become due.
+  void release(std::size_t rule);
+  bool released(std::size_t rule) const;
 
  private:
   struct Entry {
     FaultRule rule;
     int applied = 0;
+    bool released = false;
   };
   mutable std::mutex mutex_;
   std::vector<Entry> rules_;

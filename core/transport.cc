@@ -294,10 +294,14 @@ std::optional<Incoming> Socket::decode_checked(std::string peer, std::vector<zmq
   }
 }
 
+bool Socket::held_is_due(const Held& h, std::chrono::steady_clock::time_point now) const {
+  return h.hold ? faults_->released(*h.hold) : h.due <= now;
+}
+
 std::optional<Incoming> Socket::take_due_held() {
   auto now = std::chrono::steady_clock::now();
   for (auto it = held_.begin(); it != held_.end(); ++it) {
-    if (it->due > now) continue;
+    if (!held_is_due(*it, now)) continue;
     Incoming in = std::move(it->message);
     held_.erase(it);
     return in;
@@ -308,7 +312,7 @@ std::optional<Incoming> Socket::take_due_held() {
 bool Socket::holds_due_message() const {
   auto now = std::chrono::steady_clock::now();
   for (const auto& h : held_)
-    if (h.due <= now) return true;
+    if (held_is_due(h, now)) return true;
   return false;
 }
 
@@ -318,8 +322,8 @@ std::optional<Incoming> Socket::apply_faults(std::string peer, std::vector<zmq::
   for (auto& f : frames) copy.emplace_back(f.data(), f.size());
   auto in = decode_checked(peer, std::move(frames), user);
   if (!in) return std::nullopt;
-  auto rule = faults_->match(in->kind(), in->sender());
-  if (!rule) {
+  auto matched = faults_->match(in->kind(), in->sender());
+  if (!matched) {
     for (auto& h : held_)
       if (h.until_next) {  // a reordered message goes right after this one
         h.until_next = false;
@@ -330,22 +334,26 @@ std::optional<Incoming> Socket::apply_faults(std::string peer, std::vector<zmq::
   ++counters_.injected_faults;
   SHOAL_LOG(log_, debug, "fault injected: " << kind_name(in->kind()) << " from " << in->sender());
   auto now = std::chrono::steady_clock::now();
+  const FaultRule* rule = &matched->rule;
   switch (rule->action) {
     case FaultAction::drop:
       return std::nullopt;
     case FaultAction::delay:
-      held_.push_back(Held{now + rule->delay, false, std::move(*in)});
+      held_.push_back(Held{now + rule->delay, false, std::move(*in), std::nullopt});
       return std::nullopt;
     case FaultAction::reorder:  // held until the next message, or `delay` (100 ms if none) at most
-      held_.push_back(
-          Held{now + (rule->delay.count() > 0 ? rule->delay : std::chrono::milliseconds(100)), true, std::move(*in)});
+      held_.push_back(Held{now + (rule->delay.count() > 0 ? rule->delay : std::chrono::milliseconds(100)), true,
+                           std::move(*in), std::nullopt});
       return std::nullopt;
     case FaultAction::duplicate: {
       auto twin = Incoming::decode(std::move(peer), std::move(copy));
       twin.user = in->user;
-      held_.push_back(Held{now, false, std::move(twin)});
+      held_.push_back(Held{now, false, std::move(twin), std::nullopt});
       return in;
     }
+    case FaultAction::hold:
+      held_.push_back(Held{now, false, std::move(*in), matched->index});
+      return std::nullopt;
   }
   return in;
 }

@@ -109,6 +109,7 @@ class Socket {
     std::chrono::steady_clock::time_point due;
     bool until_next = false;  // reorder: due once a later message has been delivered
     Incoming message;
+    std::optional<std::size_t> hold;  // due once the plan releases this rule (hold)
   };
   // The frames of the next message, or false when none is waiting.
   // `user`: the member the connection's key proves (CURVE on a listening socket), else "".
@@ -116,6 +117,7 @@ class Socket {
   std::optional<Incoming> decode_checked(std::string peer, std::vector<zmq::message_t> frames, const std::string& user);
   std::optional<Incoming> apply_faults(std::string peer, std::vector<zmq::message_t> frames, const std::string& user);
   std::optional<Incoming> take_due_held();
+  bool held_is_due(const Held& h, std::chrono::steady_clock::time_point now) const;
 
   // CURVE on a listening socket: counts and logs the handshakes it refused (from a monitor).
   void drain_handshake_events();

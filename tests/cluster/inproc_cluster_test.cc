@@ -147,7 +147,7 @@ TEST(InprocCluster, LostServerFailsASynchronousJobAndEveryoneSaysWhy) {
   JobConfig job = small_job();
   job.staleness = 0;  // bulk-synchronous: a lost server still ends the job
   job.dead_after_seconds = 1;
-  job.epochs = 50;  // long enough for ps.1 to be declared dead mid-job
+  job.epochs = 100000;  // the job outlives ps.1 whatever the machine's speed: only its loss ends it
   InprocCluster c(job, &faults);
   c.start_all();
   EXPECT_EQ(c.wait("coordinator", kJobTime), kPeerLost) << c.log().text();
@@ -171,16 +171,23 @@ TEST(InprocCluster, LostServerPausesTheJobAndComesBackRestoredFromTheCheckpoint)
   FaultPlan faults;
   JobConfig job = small_job();
   job.dead_after_seconds = 1;
-  job.epochs = 40;  // outlives the loss
+  job.epochs = 6;
   job.checkpoint_dir = checkpoints.path();
   job.checkpoint_every_steps = 5;
   InprocCluster c(job, &faults);
   c.start_all();
   // Once a checkpoint holds its shard: 1.3 s of its heartbeats are lost. It gives up on the
-  // coordinator after 1 s, as the coordinator on it.
+  // coordinator after 1 s, as the coordinator on it. Every push is held meanwhile (training
+  // stops), so the job cannot end before the loss is noticed however fast this machine trains;
+  // the gate opens once the job has paused, and the held pushes reach servers of a table that is
+  // gone.
   ASSERT_TRUE(c.log().wait_for({"checkpoint ckpt-", "written"}, kJobTime)) << c.log().text();
+  const std::size_t gate = 0;
+  faults.add({K::PUSH, FaultAction::hold, "worker", -1});
   faults.add({K::HEARTBEAT, FaultAction::drop, "ps.1", 13});
   ASSERT_TRUE(c.log().wait_for({"ps.1 stopped answering heartbeats; the job pauses"}, kJobTime)) << c.log().text();
+  EXPECT_GT(faults.applied(gate), 0);
+  faults.release(gate);
   EXPECT_EQ(c.wait("ps.1", 30s), kTimeout) << c.log().text();
   ASSERT_TRUE(c.log().wait_for({"a parameter server was lost"}, 30s)) << c.log().text();
   c.start_server(1);
