@@ -7,7 +7,7 @@
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
 #         endpoint scraped while its metrics are updated, and CURVE sockets with their ZAP
-#         handler thread (auth.keys).
+#         handler thread (auth.keys), and the fault injection's held messages.
 # A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
 # reports go to files under build-<stage>/reports, and any file there is a failure.
 #   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
@@ -65,7 +65,7 @@ for stage in "${stages[@]}"; do
         shoal_telemetry_tests shoal_auth_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.'
       check_reports "$dir"
       ;;
     *)
