@@ -21,8 +21,8 @@
 #include "core/control_client.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "core/telemetry.h"
 #include "core/partition.h"
+#include "core/telemetry.h"
 #include "core/transport.h"
 
 namespace shoal {

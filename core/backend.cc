@@ -85,9 +85,9 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
         SHOAL_THROW(DeviceError,
                     "device = cuda, but this shoal was built without CUDA (SHOAL_CUDA=OFF or no toolkit found)");
       if (cuda_device_count() == 0) SHOAL_THROW(DeviceError, "device = cuda, but no CUDA GPU is visible");
-      SHOAL_REQUIRE(options.device.index >= 0 && options.device.index < cuda_device_count(), DeviceError,
-                    "device = cuda:" << options.device.index << ", but only " << cuda_device_count()
-                                     << " GPU(s) are visible");
+      SHOAL_REQUIRE(
+          options.device.index >= 0 && options.device.index < cuda_device_count(), DeviceError,
+          "device = cuda:" << options.device.index << ", but only " << cuda_device_count() << " GPU(s) are visible");
 #ifdef SHOAL_WITH_CUDA
       return cuda::make_cuda_backend(options.device.index, options.tf32);
 #endif

@@ -70,9 +70,9 @@ class DeviceEvent {
 
 // Device memory in use by a backend: a caching pool on a GPU, plain allocations on the CPU.
 struct MemoryStats {
-  std::size_t in_use = 0;          // bytes handed out now
-  std::size_t high_water = 0;      // most bytes handed out at once
-  std::size_t reserved = 0;        // bytes held from the device (in use + cached)
+  std::size_t in_use = 0;              // bytes handed out now
+  std::size_t high_water = 0;          // most bytes handed out at once
+  std::size_t reserved = 0;            // bytes held from the device (in use + cached)
   std::size_t device_allocations = 0;  // calls into the device allocator (cudaMalloc) so far
 };
 
@@ -169,7 +169,7 @@ class Backend {
 
 struct BackendOptions {
   Device device = Device::cpu();
-  int threads = 0;  // 0: all cores
+  int threads = 0;   // 0: all cores
   bool tf32 = true;  // cuda: TF32 tensor cores for convolutions and matrix products
 };
 

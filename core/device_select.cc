@@ -32,8 +32,7 @@ DeviceChoice choose_device(const std::string& setting, const std::optional<Local
     why += " (local rank " + std::to_string(rank) + " from " + local_rank->source + ")";
   else
     why += " (no local rank set)";
-  if (rank >= visible_gpus && visible_gpus > 1)
-    why += "; more local ranks than GPUs, so GPUs are shared";
+  if (rank >= visible_gpus && visible_gpus > 1) why += "; more local ranks than GPUs, so GPUs are shared";
   return {Device::cuda(index), why};
 }
 

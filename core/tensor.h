@@ -52,8 +52,7 @@ class Shape {
 class Storage {
  public:
   using Deleter = std::function<void(void*)>;
-  Storage(void* data, std::size_t bytes, Deleter deleter)
-      : data_(data), bytes_(bytes), deleter_(std::move(deleter)) {}
+  Storage(void* data, std::size_t bytes, Deleter deleter) : data_(data), bytes_(bytes), deleter_(std::move(deleter)) {}
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;

@@ -210,7 +210,8 @@ class BatchNorm final : public Layer {
     std::int64_t n, c, hw;
   };
   Dims dims(const Tensor& x) const {
-    SHOAL_REQUIRE(x.is_cpu(), DeviceError, "sync.batch_norm = sync needs host tensors (the CPU backend) in this release");
+    SHOAL_REQUIRE(x.is_cpu(), DeviceError,
+                  "sync.batch_norm = sync needs host tensors (the CPU backend) in this release");
     const Shape& s = x.shape();
     return Dims{s[0], s[1], s.rank() == 4 ? s[2] * s[3] : 1};
   }

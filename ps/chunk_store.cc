@@ -62,9 +62,8 @@ Tensor& ChunkStore::writable(std::size_t chunk) {
   if (c.buffers.size() > 2) {
     // A burst of slow readers must not pin its buffers for good: keep one free spare at most.
     std::size_t spares = 0;
-    std::erase_if(c.buffers, [&](const std::shared_ptr<Buffer>& b) {
-      return b != c.current && b->free() && ++spares > 1;
-    });
+    std::erase_if(c.buffers,
+                  [&](const std::shared_ptr<Buffer>& b) { return b != c.current && b->free() && ++spares > 1; });
   }
   return c.current->values;
 }

@@ -771,8 +771,7 @@ class CpuBackend final : public Backend {
     float* pm = m.data<float>();
     float* pv = v.data<float>();
     std::int64_t n = param.numel();
-    const math::AdamCoeffs c =
-        math::adam_coeffs(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled, h.step);
+    const math::AdamCoeffs c = math::adam_coeffs(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled, h.step);
     elementwise(n, [&](std::int64_t i) { math::adam_step(w[i], g[i], pm[i], pv[i], c); });
   }
 

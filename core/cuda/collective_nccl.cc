@@ -1,7 +1,5 @@
 #include "core/cuda/collective_nccl.h"
 
-#include "core/cuda/check.h"
-
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -10,6 +8,8 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+
+#include "core/cuda/check.h"
 
 namespace shoal {
 namespace {
@@ -43,8 +43,8 @@ class NcclCollective final : public Collective {
     // arrives ends the wait instead of holding every other rank forever.
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
     try {
       settle(ncclCommInitRankConfig(&comm_, world.size, id, world.rank, &config), "ncclCommInitRankConfig", deadline);
     } catch (const Error& e) {
@@ -198,8 +198,8 @@ class NcclCollective final : public Collective {
           ncclResult_t async = ncclSuccess;
           ncclCommGetAsyncError(comm_, &async);
           if (async != ncclSuccess && async != ncclInProgress) {
-            failure = std::make_exception_ptr(
-                CollectiveError(std::string("NCCL failed: ") + ncclGetErrorString(async)));
+            failure =
+                std::make_exception_ptr(CollectiveError(std::string("NCCL failed: ") + ncclGetErrorString(async)));
           } else if (state == cudaSuccess) {
             ready = pending_.front();
             pending_.pop_front();

@@ -1,11 +1,11 @@
+#include "core/cuda/cuda_device.h"
+
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <nccl.h>
 
 #include <cstdio>
 #include <string>
-
-#include "core/cuda/cuda_device.h"
 
 namespace shoal::cuda {
 

@@ -83,7 +83,10 @@ TEST(Cli, BadInputGivesOneLineErrorAndDocumentedExitCode) {
       {"missing data", {"train", "--data.dir=/nonexistent"}, {}, 3, "not found in '/nonexistent'"},
       {"corrupt data", {"train", "--data.dir=" + dir.path()}, {}, 3, "truncated IDX header"},
       // No GPU visible, also on a machine that has one.
-      {"cuda unavailable", {"train", "--device=cuda", "--train.epochs=1"}, {{"CUDA_VISIBLE_DEVICES", ""}}, 7,
+      {"cuda unavailable",
+       {"train", "--device=cuda", "--train.epochs=1"},
+       {{"CUDA_VISIBLE_DEVICES", ""}},
+       7,
        "device = cuda"},
       // A local job whose workers cannot run stops at once with their code (not the
       // coordinator's start-up timeout, 6).

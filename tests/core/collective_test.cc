@@ -2,6 +2,8 @@
 // store): results, ordering of operations in flight, handles (wait with a deadline, abort), and
 // what the survivors see when a rank goes away. The MPI backend runs under mpirun in
 // tests/sync/sync_process_test.cc.
+#include "core/collective.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,7 +12,6 @@
 #include <mutex>
 #include <thread>
 
-#include "core/collective.h"
 #include "core/collective_gloo.h"
 #include "tests/support/memory_store.h"
 
@@ -153,7 +154,9 @@ void expect_survivors_fail(std::size_t floats, double world_timeout, double with
   on_every_rank(2, [&](int r) {
     std::vector<float> data(floats, 1.f);
     try {
-      world[static_cast<std::size_t>(r)]->all_reduce(data, ReduceOp::sum, "all-reduce")->wait(std::chrono::duration<double>(25));
+      world[static_cast<std::size_t>(r)]
+          ->all_reduce(data, ReduceOp::sum, "all-reduce")
+          ->wait(std::chrono::duration<double>(25));
     } catch (...) {
       errors[static_cast<std::size_t>(r)] = std::current_exception();
     }

@@ -103,9 +103,9 @@ TEST(KernelMath, AdamAndAdamWMatchTheBiasCorrectedTextbookForm) {
     float w = 0.8f, m = 0.f, v = 0.f;
     double rw = 0.8, rm = 0, rv = 0;
     for (std::size_t t = 1; t <= grads.size(); ++t) {
-      auto c = math::adam_coeffs(static_cast<float>(lr), static_cast<float>(b1), static_cast<float>(b2),
-                                 static_cast<float>(eps), static_cast<float>(wd), decoupled,
-                                 static_cast<std::int64_t>(t));
+      auto c =
+          math::adam_coeffs(static_cast<float>(lr), static_cast<float>(b1), static_cast<float>(b2),
+                            static_cast<float>(eps), static_cast<float>(wd), decoupled, static_cast<std::int64_t>(t));
       math::adam_step(w, static_cast<float>(grads[t - 1]), m, v, c);
       double g = grads[t - 1];
       if (decoupled)
@@ -123,7 +123,8 @@ TEST(KernelMath, AdamAndAdamWMatchTheBiasCorrectedTextbookForm) {
 }
 
 TEST(KernelMath, SoftmaxCrossEntropyRowIsStableAndItsGradientIsSoftmaxMinusOneHot) {
-  const std::vector<std::vector<float>> rows{{1.f, 2.f, 3.f, 0.5f}, {1000.f, -1000.f, 999.f, 0.f}, {-5.f, -5.f, -5.f, -5.f}};
+  const std::vector<std::vector<float>> rows{
+      {1.f, 2.f, 3.f, 0.5f}, {1000.f, -1000.f, 999.f, 0.f}, {-5.f, -5.f, -5.f, -5.f}};
   for (const auto& z : rows) {
     for (std::int32_t label = 0; label < 4; ++label) {
       double mx = *std::max_element(z.begin(), z.end()), denom = 0;
@@ -184,8 +185,8 @@ TEST(KernelMath, CpuBackendRunsExactlyTheseFunctions) {
   Tensor y = Tensor::zeros({n}), mask;
   backend->dropout_forward(g, y, mask, 0.4f, 77, 5000);
   for (std::int64_t i = 0; i < n; ++i)
-    ASSERT_EQ(mask.data<float>()[i], math::dropout_mask(77, 5000 + static_cast<std::uint64_t>(i), 0.4f,
-                                                         math::dropout_keep_scale(0.4f)));
+    ASSERT_EQ(mask.data<float>()[i],
+              math::dropout_mask(77, 5000 + static_cast<std::uint64_t>(i), 0.4f, math::dropout_keep_scale(0.4f)));
 }
 
 // Opaque outputs the backend allocates on first use (dropout mask, batch-norm statistics,

@@ -38,8 +38,8 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   TrainTestData data = load_train_test("idx", "/usr/share/datasets/fashion-mnist", samples, 100);
   Normalization norm = compute_normalization(data.train);
-  auto model = build_model(run.model, Shape{data.train.channels, data.train.height, data.train.width},
-                           data.train.classes);
+  auto model =
+      build_model(run.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
   // Ranks other than 0 start from other weights: the broadcast must make them equal.
   model->build(*backend, run.seed + (collective != nullptr ? static_cast<std::uint64_t>(collective->rank()) : 0));
   OptimizerConfig opt;
@@ -77,11 +77,10 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
     SHOAL_REQUIRE(strategy.clock() == static_cast<std::uint64_t>(run.steps), InternalError,
                   "took " << strategy.clock() << " steps, expected " << run.steps);
   }
-  std::vector<float> out(static_cast<std::size_t>(model->params().values().numel() +
-                                                  model->params().buffer_values().numel()));
+  std::vector<float> out(
+      static_cast<std::size_t>(model->params().values().numel() + model->params().buffer_values().numel()));
   backend->copy_to_host(model->params().values(), out.data());
-  backend->copy_to_host(model->params().buffer_values(),
-                        out.data() + model->params().values().numel());
+  backend->copy_to_host(model->params().buffer_values(), out.data() + model->params().values().numel());
   return out;
 }
 

@@ -19,7 +19,7 @@ struct SyncRun {
   int batch = 32;  // per rank; alone: batch * world
   int world = 2;
   std::uint64_t seed = 1;
-  float lr = 0.01f;  // SGD, momentum 0.9
+  float lr = 0.01f;                      // SGD, momentum 0.9
   std::size_t bucket_bytes = 256 << 10;  // small, so several buckets are in flight at once
 };
 

@@ -86,8 +86,8 @@ class LateCopyBackend final : public Backend {
                      const PoolParams& p) override {
     cpu_->pool_backward(x, y, dy, ws, dx, p);
   }
-  void batch_norm_forward_training(const Tensor& x, const Tensor& g, const Tensor& b, Tensor& y, Tensor& rm,
-                                   Tensor& rv, Tensor& sm, Tensor& sv, float momentum, float eps) override {
+  void batch_norm_forward_training(const Tensor& x, const Tensor& g, const Tensor& b, Tensor& y, Tensor& rm, Tensor& rv,
+                                   Tensor& sm, Tensor& sv, float momentum, float eps) override {
     cpu_->batch_norm_forward_training(x, g, b, y, rm, rv, sm, sv, momentum, eps);
   }
   void batch_norm_forward_inference(const Tensor& x, const Tensor& g, const Tensor& b, const Tensor& rm,
