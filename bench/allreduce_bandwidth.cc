@@ -24,9 +24,9 @@
 #include <thread>
 #include <vector>
 
-#include "core/collective.h"
-#include "core/collective_gloo.h"
-#include "core/collective_mpi.h"
+#include "collective/collective.h"
+#include "collective/gloo/collective_gloo.h"
+#include "collective/mpi/collective_mpi.h"
 
 namespace shoal {
 namespace {

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
-#include "core/process.h"
+#include "base/error.h"
+#include "base/process.h"
 
 namespace shoal::bench {
 

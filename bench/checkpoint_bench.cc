@@ -37,9 +37,9 @@
 #include <vector>
 
 #include "bench/bench_table.h"
-#include "core/checkpoint.h"
-#include "core/error.h"
-#include "core/process.h"
+#include "checkpoint/checkpoint.h"
+#include "base/error.h"
+#include "base/process.h"
 
 namespace shoal {
 namespace {
@@ -132,7 +132,7 @@ class Scratch {
 
 constexpr std::int64_t kChunkElements = (4 << 20) / sizeof(float);  // chunk_kib = 4096
 
-// Floats 64-byte aligned, as tensors and the parameter arena are (core/tensor.cc).
+// Floats 64-byte aligned, as tensors and the parameter arena are (compute/tensor.cc).
 class Floats {
  public:
   explicit Floats(std::size_t n, float fill)

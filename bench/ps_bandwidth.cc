@@ -41,14 +41,15 @@
 #include <vector>
 
 #include "bench/bench_table.h"
-#include "core/backend.h"
-#include "core/error.h"
-#include "core/process.h"
-#include "core/rng.h"
+#include "compute/devices/devices.h"
+#include "compute/backend.h"
+#include "base/error.h"
+#include "base/process.h"
+#include "compute/rng.h"
 #include "launch/local_launcher.h"
 #include "models/model.h"
 #include "ps/parameter_server.h"
-#include "ps/server_farm.h"
+#include "ps/farm/server_farm.h"
 #include "worker/async_ps.h"
 
 namespace shoal {

@@ -1,4 +1,5 @@
 #include "coordinator/coordinator.h"
+#include "compute/devices/devices.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -7,8 +8,8 @@
 
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
-#include "core/backend.h"
-#include "core/error.h"
+#include "compute/backend.h"
+#include "base/error.h"
 #include "models/dataset.h"
 #include "models/model.h"
 
@@ -79,7 +80,7 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       metrics_(metrics),
       socket_(network, config.coordinator_address, log_),
       members_(ms(config.dead_after_seconds)),
-      sync_(config.strategy == "sync"),
+      sync_(config.sync()),
       servers_wanted_(sync_ ? 0 : config.servers) {
   DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
   train_samples_ = info.count;
@@ -1185,7 +1186,7 @@ CoordinatorResult Coordinator::run() {
                         {"model", config_.model},
                         {"parameters", model_elements_},
                         {"train_samples", train_samples_},
-                        {"strategy", config_.strategy},
+                        {"strategy", std::string(strategy_name(config_.strategy))},
                         {"servers", servers_wanted_},
                         {"workers", config_.workers},
                         {"staleness", config_.staleness}});

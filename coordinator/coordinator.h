@@ -16,14 +16,14 @@
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
 #include "coordinator/sync_book.h"
-#include "core/checkpoint.h"
-#include "core/config.h"
-#include "core/control_client.h"
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/partition.h"
-#include "core/telemetry.h"
-#include "core/transport.h"
+#include "checkpoint/checkpoint.h"
+#include "config/config.h"
+#include "coordinator/client/control_client.h"
+#include "base/log.h"
+#include "telemetry/metrics_file.h"
+#include "comm/partition.h"
+#include "telemetry/telemetry.h"
+#include "comm/transport.h"
 
 namespace shoal {
 

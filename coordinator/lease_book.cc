@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "core/wire/shoal.capnp.h"
+#include "comm/wire/shoal.capnp.h"
 
 namespace shoal {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/partition.h"
+#include "comm/partition.h"
 
 namespace shoal {
 

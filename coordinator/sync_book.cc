@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 

@@ -16,9 +16,9 @@
 #include <optional>
 #include <thread>
 
-#include "core/checkpoint.h"
-#include "core/error.h"
-#include "core/process.h"
+#include "checkpoint/checkpoint.h"
+#include "base/error.h"
+#include "base/process.h"
 #include "ps/parameter_server.h"
 
 namespace shoal {
@@ -182,7 +182,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
       // sync rank r: P+r). Ranks started by mpirun share one command line: any free port each.
       long port = config.metrics_port;
       if (role == "ps") port += 1 + rank;
-      if (role == "worker") port = rank < 0 ? 0 : port + rank + (config.strategy == "sync" ? 0 : 1 + config.servers);
+      if (role == "worker") port = rank < 0 ? 0 : port + rank + (config.sync() ? 0 : 1 + config.servers);
       argv.push_back("--metrics.port=" + std::to_string(port));
     } else if (config.metrics_port == 0) {
       argv.push_back("--metrics.port=0");
@@ -204,7 +204,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   // The process whose exit code is the job's: the coordinator, or in a sync job the process
   // that runs it (rank 0, or mpirun for the mpi backend).
   std::string decider = "coordinator";
-  const bool sync = config.strategy == "sync";
+  const bool sync = config.sync();
   const bool use_mpirun = sync && (config.sync_backend == "mpi" || config.sync_backend == "auto");
   // A sync world is started as a whole and, when a rank dies, restarted as a whole from the last
   // checkpoint (mpi, nccl, a sync job that is not elastic, or the loss of rank 0, which runs the

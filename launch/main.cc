@@ -14,16 +14,17 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
-#include "core/auth.h"
-#include "core/backend.h"
-#include "core/checkpoint.h"
-#include "core/config.h"
-#include "core/environment.h"
-#include "core/error.h"
-#include "core/log.h"
-#include "core/process.h"
-#include "core/status_server.h"
-#include "core/telemetry.h"
+#include "compute/devices/devices.h"
+#include "comm/auth.h"
+#include "compute/backend.h"
+#include "checkpoint/checkpoint.h"
+#include "config/config.h"
+#include "base/environment.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "base/process.h"
+#include "telemetry/status_server.h"
+#include "telemetry/telemetry.h"
 #include "launch/local_launcher.h"
 #include "ps/parameter_server.h"
 #include "worker/train_job.h"
@@ -342,7 +343,7 @@ int run(int argc, char** argv) {
     } else {
       run_worker_role(network, loaded.config, log, stop, &telemetry);
     }
-    if (loaded.config.on_job_end == "wait" && stop != nullptr && !stop->load()) {
+    if (loaded.config.on_job_end == JobEndAction::wait && stop != nullptr && !stop->load()) {
       // The job is over (a role that failed threw instead): stay, serving the status endpoint,
       // until the pod is deleted. A StatefulSet restarts any container that exits, 0 or not.
       telemetry.metrics.gauge("shoal_job_over", "1 once the job is over (cluster.on_job_end = wait)").set(1);

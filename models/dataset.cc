@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <memory>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 namespace {

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "compute/rng.h"
 
 namespace shoal {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
+#include "compute/backend.h"
 #include "models/parameters.h"
 
 namespace shoal {

@@ -3,7 +3,7 @@
 #include <iomanip>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 

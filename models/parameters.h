@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
+#include "compute/backend.h"
 
 namespace shoal {
 

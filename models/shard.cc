@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "compute/rng.h"
 
 namespace shoal {
 

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 

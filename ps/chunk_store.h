@@ -22,7 +22,7 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "core/tensor.h"
+#include "compute/tensor.h"
 
 namespace shoal {
 

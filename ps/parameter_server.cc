@@ -1,4 +1,5 @@
 #include "ps/parameter_server.h"
+#include "compute/devices/devices.h"
 
 #include <netdb.h>
 #include <unistd.h>
@@ -10,8 +11,8 @@
 #include <exception>
 #include <thread>
 
-#include "core/control_client.h"
-#include "core/error.h"
+#include "coordinator/client/control_client.h"
+#include "base/error.h"
 #include "models/dataset.h"
 #include "models/model.h"
 
@@ -639,15 +640,8 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   options.lr_staleness = parse_lr_staleness(config.lr_staleness);
   options.threads =
       config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
-  options.schedule.kind = parse_lr_schedule(config.lr_schedule);
-  options.schedule.base_lr = config.optimizer.lr;
-  options.schedule.warmup_steps =
-      static_cast<std::int64_t>(config.warmup_epochs * static_cast<double>(table.steps_per_epoch));
-  options.schedule.step_size = std::max<std::int64_t>(
-      1, static_cast<std::int64_t>(config.step_epochs * static_cast<double>(table.steps_per_epoch)));
-  options.schedule.gamma = static_cast<float>(config.lr_gamma);
-  options.schedule.total_steps = table.steps_per_epoch * config.epochs;
-  options.schedule.min_lr = static_cast<float>(config.lr_min);
+  // The trainer's schedule, to the step (compute/lr_schedule.h).
+  options.schedule = make_lr_schedule(config.lr_schedule_settings(), table.steps_per_epoch, config.epochs);
   server.start(id, table, index, model->params().values().data<float>(), options);
   model.reset();
   SHOAL_LOG(log, info,

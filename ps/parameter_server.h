@@ -31,14 +31,15 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "core/backend.h"
-#include "core/config.h"
-#include "core/control_client.h"
-#include "core/log.h"
-#include "core/optimizer.h"
-#include "core/partition.h"
-#include "core/telemetry.h"
-#include "core/transport.h"
+#include "compute/lr_schedule.h"
+#include "compute/backend.h"
+#include "config/config.h"
+#include "coordinator/client/control_client.h"
+#include "base/log.h"
+#include "compute/optimizer.h"
+#include "comm/partition.h"
+#include "telemetry/telemetry.h"
+#include "comm/transport.h"
 #include "ps/chunk_store.h"
 #include "ps/update_pool.h"
 

@@ -27,10 +27,10 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "core/control_client.h"
-#include "core/partition.h"
-#include "core/telemetry.h"
-#include "core/transport.h"
+#include "coordinator/client/control_client.h"
+#include "comm/partition.h"
+#include "telemetry/telemetry.h"
+#include "comm/transport.h"
 #include "worker/distributed.h"
 
 namespace shoal {

@@ -2,7 +2,7 @@
 
 #include <unistd.h>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/optimizer.h"
+#include "compute/optimizer.h"
 #include "models/model.h"
 
 namespace shoal {

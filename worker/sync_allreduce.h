@@ -13,9 +13,9 @@
 #include <memory>
 #include <vector>
 
-#include "core/collective.h"
-#include "core/log.h"
-#include "core/optimizer.h"
+#include "collective/collective.h"
+#include "base/log.h"
+#include "compute/optimizer.h"
 #include "worker/distributed.h"
 
 namespace shoal {

@@ -9,12 +9,12 @@
 #include <unistd.h>
 
 #include "coordinator/coordinator.h"
-#include "core/collective_gloo.h"
-#include "core/collective_mpi.h"
-#include "core/environment.h"
-#include "core/error.h"
+#include "collective/gloo/collective_gloo.h"
+#include "collective/mpi/collective_mpi.h"
+#include "base/environment.h"
+#include "base/error.h"
 #ifdef SHOAL_WITH_CUDA
-#include "core/cuda/collective_nccl.h"
+#include "collective/nccl/collective_nccl.h"
 #endif
 
 namespace shoal {

@@ -8,14 +8,14 @@
 #include <string>
 #include <thread>
 
-#include "core/backend.h"
-#include "core/collective.h"
-#include "core/config.h"
-#include "core/control_client.h"
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/telemetry.h"
-#include "core/transport.h"
+#include "compute/backend.h"
+#include "collective/collective.h"
+#include "config/config.h"
+#include "coordinator/client/control_client.h"
+#include "base/log.h"
+#include "telemetry/metrics_file.h"
+#include "telemetry/telemetry.h"
+#include "comm/transport.h"
 
 namespace shoal {
 

@@ -1,10 +1,11 @@
 #include "worker/train_job.h"
+#include "compute/devices/devices.h"
 
 #include <chrono>
 #include <cstdio>
 
-#include "core/device_select.h"
-#include "core/error.h"
+#include "compute/devices/device_select.h"
+#include "base/error.h"
 
 namespace shoal {
 
@@ -36,8 +37,7 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   options.eval_batch_size = config.eval_batch_size;
   options.seed = config.seed;
   std::int64_t steps_per_epoch = (data.train.count + config.batch_size - 1) / config.batch_size;
-  options.schedule = make_lr_schedule(config.lr_schedule, opt.lr, config.warmup_epochs, config.step_epochs,
-                                      config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
+  options.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
 
   Progress progress(resolve_progress_mode(config.progress, stdout), stdout);
   MetricsWriter metrics = config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(config.metrics_file);

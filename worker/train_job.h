@@ -4,8 +4,8 @@
 
 #include <vector>
 
-#include "core/config.h"
-#include "core/log.h"
+#include "config/config.h"
+#include "base/log.h"
 #include "worker/trainer.h"
 
 namespace shoal {

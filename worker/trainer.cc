@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "compute/rng.h"
 
 namespace shoal {
 
@@ -14,19 +14,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 }  // namespace
-
-LrSchedule make_lr_schedule(const std::string& kind, float base_lr, double warmup_epochs, double step_epochs,
-                            double gamma, double min_lr, std::int64_t steps_per_epoch, std::int64_t epochs) {
-  LrSchedule s;
-  s.kind = parse_lr_schedule(kind);
-  s.base_lr = base_lr;
-  s.warmup_steps = static_cast<std::int64_t>(std::llround(warmup_epochs * static_cast<double>(steps_per_epoch)));
-  s.step_size = std::max<std::int64_t>(1, std::llround(step_epochs * static_cast<double>(steps_per_epoch)));
-  s.gamma = static_cast<float>(gamma);
-  s.total_steps = std::max<std::int64_t>(1, steps_per_epoch * epochs);
-  s.min_lr = static_cast<float>(min_lr);
-  return s;
-}
 
 Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, const Normalization& norm, TrainerOptions options,
                  Logger log, Progress& progress, MetricsWriter& metrics)

@@ -11,9 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/optimizer.h"
+#include "compute/lr_schedule.h"
+#include "base/log.h"
+#include "telemetry/metrics_file.h"
+#include "compute/optimizer.h"
 #include "models/dataset.h"
 #include "models/model.h"
 #include "models/shard.h"
@@ -119,8 +120,5 @@ class Trainer {
   double epoch_seconds_ = 0;
 };
 
-// LR schedule in steps from the job's epoch-based settings.
-LrSchedule make_lr_schedule(const std::string& kind, float base_lr, double warmup_epochs, double step_epochs,
-                            double gamma, double min_lr, std::int64_t steps_per_epoch, std::int64_t epochs);
 
 }  // namespace shoal

@@ -1,4 +1,5 @@
 #include "worker/worker_job.h"
+#include "compute/devices/devices.h"
 
 #include <unistd.h>
 
@@ -9,12 +10,12 @@
 #include <optional>
 #include <thread>
 
-#include "core/checkpoint.h"
-#include "core/collective_mpi.h"
-#include "core/control_client.h"
-#include "core/device_select.h"
-#include "core/error.h"
-#include "core/rng.h"
+#include "checkpoint/checkpoint.h"
+#include "collective/mpi/collective_mpi.h"
+#include "coordinator/client/control_client.h"
+#include "compute/devices/device_select.h"
+#include "base/error.h"
+#include "compute/rng.h"
 #include "models/dataset.h"
 #include "worker/async_ps.h"
 #include "worker/sync_allreduce.h"
@@ -545,8 +546,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   // Every rank draws the randomness one process with the global batch would (dropout).
   TrainerOptions topts = trainer_options(config, config.seed);
   std::int64_t steps_per_epoch = std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
-  topts.schedule = make_lr_schedule(config.lr_schedule, config.optimizer.lr, config.warmup_epochs, config.step_epochs,
-                                    config.lr_gamma, config.lr_min, steps_per_epoch, config.epochs);
+  topts.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   // Elastic: the world changed (a rank was lost, or one joined). Form the world `table` describes
@@ -642,7 +642,7 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
 
 void run_worker_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop,
                      Telemetry* telemetry) {
-  if (config.strategy == "sync")
+  if (config.sync())
     run_sync_worker(network, config, std::move(log), stop, telemetry);
   else
     run_async_worker(network, config, std::move(log), stop, telemetry);

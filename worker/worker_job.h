@@ -6,10 +6,10 @@
 #include <atomic>
 #include <zmq.hpp>
 
-#include "core/config.h"
-#include "core/log.h"
-#include "core/telemetry.h"
-#include "core/transport.h"
+#include "config/config.h"
+#include "base/log.h"
+#include "telemetry/telemetry.h"
+#include "comm/transport.h"
 
 namespace shoal {
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <vector>
 
-#include "core/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {

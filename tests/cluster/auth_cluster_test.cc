@@ -10,8 +10,8 @@
 #include <string>
 #include <thread>
 
-#include "core/auth.h"
-#include "core/transport.h"
+#include "comm/auth.h"
+#include "comm/transport.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {

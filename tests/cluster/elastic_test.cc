@@ -12,7 +12,7 @@
 #include <regex>
 #include <thread>
 
-#include "core/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {

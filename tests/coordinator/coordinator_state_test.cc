@@ -10,7 +10,7 @@
 #include "coordinator/membership.h"
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
-#include "core/error.h"
+#include "base/error.h"
 
 namespace shoal {
 namespace {

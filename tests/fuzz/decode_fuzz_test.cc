@@ -3,9 +3,9 @@
 // throw anything but a rejection; unchanged valid messages must be accepted.
 #include <gtest/gtest.h>
 
-#include "core/partition.h"
-#include "core/rng.h"
-#include "core/wire/codec.h"
+#include "comm/partition.h"
+#include "compute/rng.h"
+#include "comm/wire/codec.h"
 #include "tests/fuzz/decode_one.h"
 
 namespace shoal {

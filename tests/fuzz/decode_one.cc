@@ -4,9 +4,9 @@
 
 #include <vector>
 
-#include "core/error.h"
-#include "core/partition.h"
-#include "core/wire/codec.h"
+#include "base/error.h"
+#include "comm/partition.h"
+#include "comm/wire/codec.h"
 
 namespace shoal {
 

@@ -25,10 +25,11 @@
 #include <tuple>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/error.h"
-#include "core/optimizer.h"
-#include "core/rng.h"
+#include "compute/backend.h"
+#include "compute/devices/devices.h"
+#include "base/error.h"
+#include "compute/optimizer.h"
+#include "compute/rng.h"
 #include "models/dataset.h"
 #include "models/layer.h"
 #include "models/model.h"
@@ -51,7 +52,7 @@ namespace {
 constexpr double kFp32MatrixRtol = 1e-4;
 // Element-wise ops (relu, dropout, add, axpy, scale, the optimizer updates, softmax
 // cross-entropy's gradient, batch-norm inference): the same formula per element (most from
-// core/kernel_math.h); only nvcc's FMA contraction (the host build has none) and the device's
+// compute/kernel_math.h); only nvcc's FMA contraction (the host build has none) and the device's
 // exp/log/sqrt can differ in the last bit or two, about 1e-7.
 constexpr double kElementwiseRtol = 1e-5;
 // TF32 (cuda.tf32 = true) for convolution and linear: tensor cores round both factors of every
@@ -59,7 +60,7 @@ constexpr double kElementwiseRtol = 1e-5;
 // ~1e-3 relative; sums of random-sign products stay well within 1e-2 of the largest output.
 constexpr double kTf32MatrixRtol = 1e-2;
 // Exact: max pooling (a comparison, no arithmetic), fill, and dropout's mask (a pure function
-// of seed and index, core/kernel_math.h). Compared for equality.
+// of seed and index, compute/kernel_math.h). Compared for equality.
 constexpr double kExact = 0;
 
 // Whole models (tf32 = false). The forward pass is continuous in its inputs, so logits, loss and
@@ -82,7 +83,7 @@ constexpr double kTrainingLossRtol = 0.05;
 constexpr double kTrainingAccuracyAbs = 0.05;
 
 // Written into every output before an op, so an op that accumulates into its output (instead of
-// overwriting it, core/backend.h) or leaves part of it untouched fails.
+// overwriting it, compute/backend.h) or leaves part of it untouched fails.
 constexpr float kSentinel = 1000.f;
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -645,7 +646,7 @@ TEST_F(CudaTest, BatchNormTrainingBackwardAndInference) {
   }
 }
 
-// The mask is a function of (seed, first_index + i) only (core/kernel_math.h): the GPU draws the
+// The mask is a function of (seed, first_index + i) only (compute/kernel_math.h): the GPU draws the
 // CPU's mask bit for bit. With x = 1 the output is the mask itself.
 TEST_F(CudaTest, DropoutMasksAreBitIdenticalToTheCpu) {
   Backend& g = gpu();
@@ -1015,7 +1016,7 @@ INSTANTIATE_TEST_SUITE_P(Zoo, CudaModel, ::testing::ValuesIn(kModelCases),
 
 // Finite differences on the GPU alone (tests/models/gradient_check_test.cc's WholeCnnBnModel):
 // checks the GPU's gradients against its own forward pass, so a bug shared with the CPU
-// reference (core/kernel_math.h) cannot hide.
+// reference (compute/kernel_math.h) cannot hide.
 constexpr int kFdPerTensor = 4;
 constexpr int kFdAllowed = 2;
 

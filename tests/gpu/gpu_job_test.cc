@@ -9,7 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
+#include "compute/backend.h"
+#include "compute/devices/devices.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {
@@ -65,7 +66,7 @@ TEST_F(GpuJob, AsyncParameterServerJobWithTwoGpuWorkers) {
                         {}, 5min);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("final test accuracy"), std::string::npos) << r.output;
-  // Both workers computed on a GPU (the device choice each logs, core/device_select.cc).
+  // Both workers computed on a GPU (the device choice each logs, compute/devices/device_select.cc).
   EXPECT_GE(count_of(r.output, "device = cuda: GPU"), 2u) << r.output;
   EXPECT_GT(final_accuracy(dir), 0.7) << r.output;
   auto epochs = lines_with(read_file(dir.file("m.jsonl")), "\"event\": \"epoch\"");

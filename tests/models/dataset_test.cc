@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <map>
 
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "compute/rng.h"
 #include "models/shard.h"
 #include "tests/support/subprocess.h"
 

@@ -7,9 +7,10 @@
 #include <limits>
 #include <numeric>
 
-#include "core/backend.h"
-#include "core/error.h"
-#include "core/rng.h"
+#include "compute/backend.h"
+#include "compute/devices/devices.h"
+#include "base/error.h"
+#include "compute/rng.h"
 #include "models/layer.h"
 #include "models/model.h"
 

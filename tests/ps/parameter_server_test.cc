@@ -2,6 +2,7 @@
 // averaging, membership changes, and a table of malformed messages that must each be dropped
 // or refused, counted, and leave the server serving.
 #include "ps/parameter_server.h"
+#include "compute/devices/devices.h"
 
 #include <gtest/gtest.h>
 
@@ -13,8 +14,8 @@
 #include <thread>
 
 #include "coordinator/partitioner.h"
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "compute/rng.h"
 
 namespace shoal {
 namespace {

@@ -17,8 +17,9 @@
 #include <vector>
 
 #include "coordinator/partitioner.h"
-#include "core/checkpoint.h"
-#include "core/rng.h"
+#include "compute/devices/devices.h"
+#include "checkpoint/checkpoint.h"
+#include "compute/rng.h"
 #include "ps/chunk_store.h"
 #include "ps/parameter_server.h"
 #include "ps/update_pool.h"

@@ -3,8 +3,8 @@
 #include <cstdlib>
 
 #include "coordinator/coordinator.h"
-#include "core/error.h"
-#include "core/metrics.h"
+#include "base/error.h"
+#include "telemetry/metrics_file.h"
 #include "ps/parameter_server.h"
 #include "worker/worker_job.h"
 

@@ -16,10 +16,10 @@
 #include <thread>
 #include <vector>
 
-#include "core/config.h"
-#include "core/fault_injection.h"
-#include "core/log.h"
-#include "core/transport.h"
+#include "config/config.h"
+#include "comm/fault_injection.h"
+#include "base/log.h"
+#include "comm/transport.h"
 
 namespace shoal {
 class Coordinator;

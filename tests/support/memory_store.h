@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "core/collective.h"
+#include "collective/collective.h"
 
 namespace shoal::testing {
 

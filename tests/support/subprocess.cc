@@ -16,7 +16,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "core/process.h"
+#include "base/process.h"
 
 extern char** environ;
 

@@ -1,11 +1,12 @@
 #include "tests/support/sync_steps.h"
+#include "compute/devices/devices.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "telemetry/metrics_file.h"
 #include "models/dataset.h"
 #include "models/model.h"
 #include "worker/progress.h"

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "core/collective.h"
+#include "collective/collective.h"
 
 namespace shoal {
 

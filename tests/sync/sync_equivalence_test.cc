@@ -10,7 +10,7 @@
 #include <mutex>
 #include <thread>
 
-#include "core/collective_gloo.h"
+#include "collective/gloo/collective_gloo.h"
 #include "tests/support/memory_store.h"
 #include "tests/support/sync_steps.h"
 

@@ -4,7 +4,7 @@
 // ThreadSanitizer with the other in-process tests.
 #include <gtest/gtest.h>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "tests/support/inproc_cluster.h"
 #include "tests/support/subprocess.h"
 
@@ -19,7 +19,7 @@ constexpr int kPeerLost = static_cast<int>(ExitCode::peer_lost);
 
 JobConfig sync_job() {
   JobConfig c = testing::small_job();
-  c.strategy = "sync";
+  c.strategy = StrategyKind::sync;
   c.sync_backend = "gloo";
   c.servers = 0;
   c.workers = 2;

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <fstream>
 
-#include "core/collective_mpi.h"
-#include "core/error.h"
+#include "collective/mpi/collective_mpi.h"
+#include "base/error.h"
 #include "tests/support/sync_steps.h"
 
 int main(int argc, char** argv) {

@@ -1,6 +1,6 @@
 // The metrics registry's text format and the HTTP status endpoint, over loopback with
 // cpp-httplib's client. Also built under ThreadSanitizer: scrapes race the role's updates.
-#include "core/telemetry.h"
+#include "telemetry/telemetry.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "core/error.h"
-#include "core/status_server.h"
+#include "base/error.h"
+#include "telemetry/status_server.h"
 
 namespace shoal {
 namespace {

@@ -15,9 +15,10 @@
 #include <mutex>
 #include <thread>
 
-#include "core/backend.h"
+#include "compute/backend.h"
+#include "compute/devices/devices.h"
 #include "models/model.h"
-#include "ps/server_farm.h"
+#include "ps/farm/server_farm.h"
 #include "worker/async_ps.h"
 
 namespace shoal {

@@ -1,6 +1,7 @@
 // The training loop in-process on a slice of the real Fashion-MNIST: loss must fall, a fixed
 // seed must reproduce the run exactly, and the strategy hooks must fire in order.
 #include "worker/trainer.h"
+#include "compute/devices/devices.h"
 
 #include <gtest/gtest.h>
 
@@ -90,7 +91,7 @@ TEST(Trainer, RescaledScheduleAndItsPositionAfterAResume) {
   model->build(*f.backend, 1);
   LocalStrategy local(*f.backend, *model, Optimizer(OptimizerConfig{}));
   TrainerOptions options;
-  options.schedule = make_lr_schedule("cosine", 0.1f, 0, 1, 0.1, 0, 300, 2);  // 600 steps
+  options.schedule = make_lr_schedule({LrScheduleKind::cosine, 0.1f, 0, 1, 0.1, 0}, 300, 2);  // 600 steps
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter metrics;
   Trainer trainer(*f.backend, *model, local, f.norm, options, Logger(), progress, metrics);

@@ -1,0 +1,149 @@
+// The job configuration: one typed struct, and one registry that knows every key (its type,
+// default, allowed range and help). Values come from an INI job file, `SHOAL_*` environment
+// variables and `--key=value` options; the command line wins over the environment, which wins
+// over the file. Unknown keys and out-of-range values are ConfigErrors that name the key and
+// where its value came from. The registry also prints --help and docs/configuration.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compute/lr_schedule.h"
+#include "compute/optimizer.h"
+
+namespace shoal {
+
+// Modes, parsed once when the configuration is loaded (compare these, never their names).
+enum class StrategyKind { async, sync };  // strategy
+enum class JobEndAction { exit, wait };   // cluster.on_job_end
+
+struct JobConfig {
+  std::string model = "cnn";
+
+  std::string data_format = "idx";
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::int64_t train_limit = 0;  // 0: the whole training set
+  std::int64_t test_limit = 0;
+  bool normalize = true;
+
+  std::int64_t epochs = 10;
+  std::int64_t batch_size = 64;
+  std::int64_t eval_batch_size = 1000;
+  std::uint64_t seed = 1;
+
+  std::string optimizer_name = "sgd";  // parsed into optimizer.kind
+  OptimizerConfig optimizer;
+  LrScheduleKind lr_schedule = LrScheduleKind::constant;
+  double warmup_epochs = 0;
+  double step_epochs = 1;
+  double lr_gamma = 0.1;
+  double lr_min = 0;
+
+  // Distributed jobs (shoal coordinator / ps / worker / launch).
+  StrategyKind strategy = StrategyKind::async;  // async (parameter servers) | sync (all-reduce)
+  std::string sync_backend = "auto";
+  double bucket_mib = 25.0;
+  std::string sync_batch_norm = "local";
+  double sync_timeout_seconds = 300.0;
+  bool sync_elastic = false;
+  std::string sync_interface;
+  std::string coordinator_address = "tcp://127.0.0.1:7600";
+  std::int64_t servers = 2;
+  std::int64_t workers = 2;
+  std::int64_t node_rank = -1;
+  std::int64_t node_local_rank = -1;
+  std::string node_address = "tcp://127.0.0.1:0";
+  bool node_rank_from_hostname = false;  // node.rank from the host name's ordinal (shoal-ps-3 -> 3)
+  std::string node_advertise;            // "": this host's fully qualified name when node.address binds every interface
+  std::int64_t staleness = 2;
+  std::string lr_staleness = "none";
+  std::int64_t chunk_kib = 4096;
+  std::int64_t max_in_flight = 8;
+  std::int64_t shard_size = 1024;
+  double heartbeat_seconds = 1.0;
+  double dead_after_seconds = 3.0;
+  double lease_timeout_seconds = 120.0;
+  double request_timeout_seconds = 60.0;
+  double startup_timeout_seconds = 120.0;
+  double stall_seconds = 300.0;
+  JobEndAction on_job_end = JobEndAction::exit;  // exit | wait (a StatefulSet's pods: stay until deleted)
+
+  // Checkpoints (docs/checkpoint-format.md) and restarts.
+  std::string checkpoint_dir;  // "": no checkpoints
+  std::int64_t checkpoint_every_steps = 0;
+  double checkpoint_every_seconds = 0;
+  std::int64_t checkpoint_keep = 3;
+  std::string checkpoint_resume = "auto";  // auto | never | a checkpoint directory
+  double checkpoint_on_term_older_than = 30;
+  bool launch_restart_workers = false;
+  std::int64_t launch_max_restarts = 3;
+
+  std::int64_t threads = 0;  // 0: all cores
+  std::string device = "auto";
+  bool cuda_tf32 = true;
+  std::string auth_keys;  // "": no authentication; else the job's key directory (shoal keys generate)
+  std::string log_level = "info";
+  std::string metrics_file;
+  std::int64_t metrics_port = -1;  // -1: no status endpoint; 0: any free port
+  std::string metrics_host = "0.0.0.0";
+  std::string progress = "auto";
+
+  bool sync() const { return strategy == StrategyKind::sync; }
+  // The learning-rate schedule's settings (lr.*, with optimizer.lr as its base rate).
+  LrScheduleSettings lr_schedule_settings() const {
+    return {lr_schedule, optimizer.lr, warmup_epochs, step_epochs, lr_gamma, lr_min};
+  }
+};
+
+const char* strategy_name(StrategyKind kind);
+
+// One configuration key.
+struct Setting {
+  std::string key;
+  std::string kind;   // "int", "float", "bool", "string" or "a | b | c"
+  std::string range;  // human-readable bounds, "" if none
+  std::string help;
+  std::function<void(JobConfig&, const std::string&)> set;  // parses and validates; throws ConfigError
+  std::function<std::string(const JobConfig&)> get;
+};
+
+class SettingsRegistry {
+ public:
+  SettingsRegistry();  // registers every key of JobConfig
+  const std::vector<Setting>& settings() const { return settings_; }
+  const Setting* find(const std::string& key) const;
+  static std::string env_name(const std::string& key);  // "train.batch_size" -> "SHOAL_TRAIN_BATCH_SIZE"
+  std::string help_text() const;                        // for --help
+  std::string markdown_table() const;                   // for docs/configuration.md
+
+ private:
+  std::vector<Setting> settings_;
+};
+
+struct LoadedConfig {
+  JobConfig config;
+  std::map<std::string, std::string> sources;  // key -> "default", "file <path>", "env SHOAL_X", "command line"
+  bool help = false;
+  std::string config_path;
+  std::vector<std::string> positional;  // command-specific operands after the config file
+
+  // "key = value   (source)" lines, one per key.
+  std::string describe(const SettingsRegistry& registry) const;
+};
+
+// Parses `args` (after the subcommand): [CONFIG] [--key=value | --key value]... [--help].
+// `environment` is a list of "NAME=value" strings (normally environ); only SHOAL_* are read.
+LoadedConfig load_config(const std::vector<std::string>& args, const std::vector<std::string>& environment,
+                         const SettingsRegistry& registry);
+
+// A variable Kubernetes generated for a Service whose name starts with `shoal`
+// (SHOAL_COORDINATOR_SERVICE_HOST=10.0.0.7, SHOAL_PS_PORT=tcp://10.0.0.8:5555, ...): by name and
+// by value. load_config ignores these; any other SHOAL_* variable must name a setting.
+bool is_kubernetes_service_link(const std::string& name, const std::string& value);
+
+std::vector<std::string> process_environment();
+
+}  // namespace shoal
