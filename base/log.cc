@@ -47,21 +47,6 @@ LogLevel parse_log_level(std::string_view name) {
   SHOAL_THROW(ConfigError, "unknown log level '" << name << "' (expected debug, info, warn, error or off)");
 }
 
-const char* log_level_name(LogLevel level) {
-  switch (level) {
-    case LogLevel::debug:
-      return "debug";
-    case LogLevel::info:
-      return "info";
-    case LogLevel::warn:
-      return "warn";
-    case LogLevel::error:
-      return "error";
-    default:
-      return "off";
-  }
-}
-
 void LogSink::write_line(std::string_view line) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::fwrite(line.data(), 1, line.size(), out_);

@@ -15,7 +15,6 @@ namespace shoal {
 enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3, off = 4 };
 
 LogLevel parse_log_level(std::string_view name);  // throws ConfigError
-const char* log_level_name(LogLevel level);
 
 // Where lines go. Thread-safe; one sink is typically shared by every Logger of a process.
 // Tests derive from it to watch for lines (tests/support/inproc_cluster.h).

@@ -6,12 +6,6 @@
 
 namespace shoal {
 
-std::size_t PartitionTable::server_of(std::uint32_t key) const {
-  for (std::size_t s = 0; s < servers.size(); ++s)
-    if (key >= servers[s].first_key && key < servers[s].end_key) return s;
-  SHOAL_THROW(InternalError, "no server owns chunk key " << key);
-}
-
 std::int64_t PartitionTable::server_elements(std::size_t server) const {
   std::int64_t n = 0;
   for (std::uint32_t k = servers[server].first_key; k < servers[server].end_key; ++k) n += chunks[k].numel;

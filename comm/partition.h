@@ -43,7 +43,6 @@ struct PartitionTable {
   std::vector<int> previous_ranks;
 
   // Index into servers of the owner of `key`; throws InternalError if none.
-  std::size_t server_of(std::uint32_t key) const;
   std::int64_t server_elements(std::size_t server) const;
 
   void to_wire(wire::PartitionTable::Builder out) const;

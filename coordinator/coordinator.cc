@@ -224,87 +224,11 @@ bool Coordinator::everyone_told() const {
 
 void Coordinator::handle(Incoming& in, Clock::time_point now) {
   using K = wire::Envelope::Body;
-  auto body = in.envelope().getBody();
+  if (in.kind() == K::REGISTER) return handle_register(in, now);
   const std::string sender = in.sender();
-  const bool over = end_.has_value();
-  if (in.kind() == K::REGISTER) {
-    auto reg = body.getRegister();
-    // Retries of one process's registration carry its nonce: every copy gets the same answer,
-    // so copies queued while the coordinator was not up do not register the process again.
-    if (auto seen = registrations_.find(reg.getNonce()); seen != registrations_.end()) {
-      if (const Member* m = members_.find(seen->second)) reply_register(in, *m);
-      return;
-    }
-    if (over) return reply_job_over(in);
-    if (!in.user.empty()) {
-      // auth.keys: a member registers as the rank its key is, and as nothing else.
-      const std::string claimed = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
-      if (reg.getRank() < 0 || claimed != in.user) {
-        SHOAL_LOG(log_, warn,
-                  "refused a registration as " << claimed << " over a connection with the key of " << in.user);
-        reply_error(in, wire::ErrorCode::BAD_REQUEST, "the key of " + in.user + " cannot register as " + claimed);
-        return;
-      }
-    }
-    bool server = reg.getRole() == wire::Role::SERVER;
-    if (table_) {
-      // A running job: a restarted server takes its old place; an async worker may join at any
-      // time (it starts at the slowest live clock).
-      if (sync_) return sync_rank_joins(in, reg, now);
-      if (!server && config_.staleness == 0) {
-        reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                    "a synchronous parameter-server job (async.staleness = 0) takes no worker once started");
-        return;
-      }
-      if (reg.getRank() >= 0) {
-        // The same rank from a new process (its supervisor restarted it): the old process is
-        // gone, whether or not its heartbeats have stopped long enough to say so.
-        const std::string id = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
-        if (const Member* old = members_.find(id); old != nullptr && old->alive) {
-          SHOAL_LOG(log_, warn, id << " registered again from a new process: its old process is taken as dead");
-          const auto last_seen = old->last_seen;
-          members_.mark_dead(id);
-          if (server) {
-            server_lost(id, now);
-          } else {
-            int returned = book_ ? book_->release(id) : 0;
-            SHOAL_LOG(log_, warn, id << "'s " << returned << " leased shard(s) back in the queue");
-            recovering_ = Recovery{id, last_seen};
-          }
-        }
-      }
-      if (server) return server_returns(in, reg, now);
-    } else {
-      std::size_t have = members_.count(reg.getRole(), true),
-                  want = static_cast<std::size_t>(server ? servers_wanted_ : config_.workers);
-      if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
-        reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                    std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
-        return;
-      }
-    }
-    try {
-      const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
-      registrations_[reg.getNonce()] = m.id;
-      reply_register(in, m);
-      if (sync_)
-        SHOAL_LOG(log_, info,
-                  "registered " << m.id << " as rank " << m.rank << " (" << members_.count(wire::Role::WORKER, true)
-                                << "/" << config_.workers << " ranks)");
-      else
-        SHOAL_LOG(log_, info,
-                  "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
-                                << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
-                                << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
-    } catch (const ProtocolError& e) {
-      reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
-    }
-    return;
-  }
-
   const Member* member = members_.find(sender);
   // Heartbeats and lease requests carry the job's end in their own replies.
-  if (over && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST)
+  if (end_ && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST)
     return reply_job_over(in);
   if (member == nullptr || !member->alive) {
     socket_.reject("unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
@@ -312,229 +236,327 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
     return;
   }
   members_.heard_from(sender, now);
-
   switch (in.kind()) {
-    case K::HEARTBEAT: {
-      members_.set_clock(sender, body.getHeartbeat().getClock());
-      Outgoing out("coordinator", in.request_id());
-      auto r = out.body().initHeartbeatReply();
-      r.setGeneration(members_.generation());
-      r.setTableVersion(table_ ? table_->version : 0);
-      auto live = members_.live_workers();
-      auto list = r.initLiveWorkers(static_cast<unsigned>(live.size()));
-      for (std::size_t i = 0; i < live.size(); ++i) list.set(static_cast<unsigned>(i), live[i]);
-      if (over) {
-        job_end_to_wire(*end_, r.initEnd());
-        told_[sender] = true;
-      }
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::TABLE_REQUEST: {
-      if (!table_) {
-        reply_error(in, wire::ErrorCode::NOT_READY, "the partition table is not published yet");
-        return;
-      }
-      if (!missing_servers_.empty()) {
-        reply_error(in, wire::ErrorCode::NOT_READY,
-                    "the job is paused until " + *missing_servers_.begin() + " is back");
-        return;
-      }
-      table_->live_workers = members_.live_workers();
-      // A worker joining now starts at the slowest live clock (as its heartbeats report it).
-      table_->start_clock = UINT64_MAX;
-      for (const auto& w : table_->live_workers)
-        if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
-          table_->start_clock = std::min(table_->start_clock, wm->clock);
-      if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
-      if (sync_ && pending_joiners_.count(sender)) {
-        reply_error(in, wire::ErrorCode::NOT_READY,
-                    "the world admits " + sender + " once every rank trains the same epoch");
-        return;
-      }
-      if (sync_ && world_size_ > 0) {
-        // This rank's place in the re-formed world.
-        auto it = world_rank_.find(sender);
-        if (it == world_rank_.end()) {
-          reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not part of the re-formed world");
-          return;
-        }
-        table_->world_rank = it->second;
-        table_->world_size = world_size_;
-        table_->previous_ranks.assign(static_cast<std::size_t>(world_size_), 0);
-        for (const auto& [id, rank] : world_rank_)
-          table_->previous_ranks[static_cast<std::size_t>(rank)] = previous_rank_.at(id);
-      }
-      Outgoing out("coordinator", in.request_id());
-      table_->to_wire(out.body().initPartitionTable());
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::LEASE_REQUEST: {
-      if (member->role != wire::Role::WORKER || !book_) {
-        reply_error(in, wire::ErrorCode::NOT_READY, "no leases before the job starts");
-        return;
-      }
-      Outgoing out("coordinator", in.request_id());
-      auto grant = out.body().initLeaseGrant();
-      at_boundary_[sender] = true;  // its pushes are applied: it waited for its parameters first
-      if (!over && sync_ && sync_checkpoint_holds(sender, now) &&
-          !(checkpoint_ && !checkpoint_->draining && checkpoint_->buffers_holder.empty() && member->rank == 0)) {
-        grant.setWait(20);  // every rank waits before the next epoch while a checkpoint is cut
-        socket_.send(in.peer, out);
-        return;
-      }
-      if (!over && !sync_ &&
-          ((checkpoint_ && (checkpoint_->draining || book_->finished())) || !missing_servers_.empty())) {
-        grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
-        socket_.send(in.peer, out);
-        return;
-      }
-      if (!over && checkpoint_ && checkpoint_->waiting.count("buffers") && checkpoint_->buffers_holder.empty()) {
-        auto order = grant.initSaveBuffers();
-        order.setStep(static_cast<std::uint64_t>(checkpoint_->step));
-        order.setDir(checkpoint_->dir);
-        checkpoint_->buffers_holder = sender;
-        at_boundary_[sender] = false;
-        socket_.send(in.peer, out);
-        return;
-      }
-      LeaseBook::Task task;
-      if (over) {
-        task.kind = LeaseBook::Task::finished;
-      } else {
-        task = book_->next(sender, now);
-        if (task.kind == LeaseBook::Task::finished) end_job(ExitCode::ok, "every epoch is done");
-      }
-      // An evaluation pushes nothing: a worker evaluating is at a step boundary for a checkpoint's
-      // cut (which then records the epoch as not evaluated yet). A shard is not.
-      if (task.kind == LeaseBook::Task::train || (sync_ && task.kind == LeaseBook::Task::evaluate))
-        at_boundary_[sender] = false;
-      // cluster.stall_seconds counts from here (or its last step): a worker that waited for the
-      // job to assemble, or for work, was not stalled meanwhile.
-      if (task.kind == LeaseBook::Task::train) members_.progressed(sender, now);
-      switch (task.kind) {
-        case LeaseBook::Task::train: {
-          auto s = grant.initShard();
-          s.setEpoch(static_cast<std::uint32_t>(task.shard.epoch));
-          s.setIndex(static_cast<std::uint32_t>(task.shard.index));
-          s.setBegin(static_cast<std::uint64_t>(task.shard.begin));
-          s.setEnd(static_cast<std::uint64_t>(task.shard.end));
-          break;
-        }
-        case LeaseBook::Task::evaluate:
-          grant.setEvaluate(static_cast<std::uint32_t>(task.epoch));
-          break;
-        case LeaseBook::Task::wait:
-          grant.setWait(20);
-          break;
-        case LeaseBook::Task::finished:
-          job_end_to_wire(*end_, grant.initFinished());
-          members_.mark_finished(sender);
-          told_[sender] = true;
-          break;
-      }
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::LEASE_DONE: {
-      members_.progressed(sender, now);
-      auto d = body.getLeaseDone();
-      if (book_) {
-        ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
-                         static_cast<std::int64_t>(d.getCorrect())};
-        // Global steps: a sync job's ranks train one step together (rank 0 counts them).
-        if (!sync_ || member->rank == 0) steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
-        if (recovering_ && missing_servers_.empty()) {
-          // The job goes on: a shard completed after the loss was handled.
-          const double seconds = seconds_between(recovering_->lost_at, now);
-          SHOAL_LOG(log_, info,
-                    "recovered from the loss of " << recovering_->who << " in " << seconds
-                                                  << " s (from its last sign of life to the next completed shard)");
-          metrics_.write({{"event", std::string("recovery")},
-                          {"lost", recovering_->who},
-                          {"seconds", seconds},
-                          {"elapsed", seconds_between(started_, now)}});
-          recovering_.reset();
-        }
-        if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, d.getSeconds(), now))
-          SHOAL_LOG(
-              log_, debug,
-              sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex() << ", which was already done");
-      }
-      Outgoing out("coordinator", in.request_id());
-      out.body().setAck();
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::LEAVE: {
-      // A worker stopping early (SIGTERM): the same as its death, without the wait.
-      if (member->role == wire::Role::WORKER) {
-        members_.mark_dead(sender);
-        worker_gone(sender, "left the job");
-      } else if (member->role == wire::Role::SERVER && member->alive) {
-        // A preempted server going (its state is in a checkpoint, or none could be taken).
-        members_.mark_dead(sender);
-        if (table_ && !over && !missing_servers_.count(sender)) server_gone(sender, "left (SIGTERM)", now);
-      }
-      told_[sender] = true;
-      Outgoing out("coordinator", in.request_id());
-      out.body().setAck();
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::STORE_SET: {
-      auto e = body.getStoreSet();
-      std::string key = e.getKey().cStr();
-      if (!store_.count(key) && store_.size() >= kMaxStoreKeys) {
-        reply_error(in, wire::ErrorCode::BAD_REQUEST, "the rendezvous store is full");
-        return;
-      }
-      auto v = e.getValue();
-      store_[key] = std::string(reinterpret_cast<const char*>(v.begin()), v.size());
-      Outgoing out("coordinator", in.request_id());
-      out.body().setAck();
-      socket_.send(in.peer, out);
-      return;
-    }
-    case K::STORE_GET: {
-      auto it = store_.find(body.getStoreGet().cStr());
-      if (it == store_.end()) {
-        reply_error(in, wire::ErrorCode::NOT_READY, "no such key yet");
-        return;
-      }
-      Outgoing out("coordinator", in.request_id());
-      out.body().setStoreValue(
-          kj::arrayPtr(reinterpret_cast<const capnp::byte*>(it->second.data()), it->second.size()));
-      socket_.send(in.peer, out);
-      return;
-    }
+    case K::HEARTBEAT:
+      return handle_heartbeat(in);
+    case K::TABLE_REQUEST:
+      return handle_table_request(in);
+    case K::LEASE_REQUEST:
+      return handle_lease_request(in, *member, now);
+    case K::LEASE_DONE:
+      return handle_lease_done(in, *member, now);
+    case K::LEAVE:
+      return handle_leave(in, *member, now);
+    case K::STORE_SET:
+      return handle_store_set(in);
+    case K::STORE_GET:
+      return handle_store_get(in);
     case K::CHECKPOINT_FILES:
-      handle_checkpoint_files(in);
-      return;
+      return handle_checkpoint_files(in);
     case K::PREEMPT:
-      handle_preempt(in, now);
-      return;
-    case K::EVAL_DONE: {
-      members_.progressed(sender, now);
-      auto d = body.getEvalDone();
-      // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
-      // its own evaluation was cut short by the change) passes it with no samples: its stage
-      // moves on, the epoch's result stays the one the world computed.
-      if (sync_book_ != nullptr && d.getSamples() == 0)
-        sync_book_->pass_evaluation(sender, d.getEpoch());
-      else if (book_)
-        book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
-      Outgoing out("coordinator", in.request_id());
-      out.body().setAck();
-      socket_.send(in.peer, out);
-      return;
-    }
+      return handle_preempt(in, now);
+    case K::EVAL_DONE:
+      return handle_eval_done(in, now);
     default:
       socket_.reject("unexpected message kind", kind_name(in.kind()) + std::string(" from ") + sender);
       reply_error(in, wire::ErrorCode::BAD_REQUEST,
                   std::string("the coordinator does not handle ") + kind_name(in.kind()));
   }
+}
+
+void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
+  auto body = in.envelope().getBody();
+  const bool over = end_.has_value();
+  auto reg = body.getRegister();
+  // Retries of one process's registration carry its nonce: every copy gets the same answer,
+  // so copies queued while the coordinator was not up do not register the process again.
+  if (auto seen = registrations_.find(reg.getNonce()); seen != registrations_.end()) {
+    if (const Member* m = members_.find(seen->second)) reply_register(in, *m);
+    return;
+  }
+  if (over) return reply_job_over(in);
+  if (!in.user.empty()) {
+    // auth.keys: a member registers as the rank its key is, and as nothing else.
+    const std::string claimed = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
+    if (reg.getRank() < 0 || claimed != in.user) {
+      SHOAL_LOG(log_, warn,
+                "refused a registration as " << claimed << " over a connection with the key of " << in.user);
+      reply_error(in, wire::ErrorCode::BAD_REQUEST, "the key of " + in.user + " cannot register as " + claimed);
+      return;
+    }
+  }
+  bool server = reg.getRole() == wire::Role::SERVER;
+  if (table_) {
+    // A running job: a restarted server takes its old place; an async worker may join at any
+    // time (it starts at the slowest live clock).
+    if (sync_) return sync_rank_joins(in, reg, now);
+    if (!server && config_.staleness == 0) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                  "a synchronous parameter-server job (async.staleness = 0) takes no worker once started");
+      return;
+    }
+    if (reg.getRank() >= 0) {
+      // The same rank from a new process (its supervisor restarted it): the old process is
+      // gone, whether or not its heartbeats have stopped long enough to say so.
+      const std::string id = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
+      if (const Member* old = members_.find(id); old != nullptr && old->alive) {
+        SHOAL_LOG(log_, warn, id << " registered again from a new process: its old process is taken as dead");
+        const auto last_seen = old->last_seen;
+        members_.mark_dead(id);
+        if (server) {
+          server_lost(id, now);
+        } else {
+          int returned = book_ ? book_->release(id) : 0;
+          SHOAL_LOG(log_, warn, id << "'s " << returned << " leased shard(s) back in the queue");
+          recovering_ = Recovery{id, last_seen};
+        }
+      }
+    }
+    if (server) return server_returns(in, reg, now);
+  } else {
+    std::size_t have = members_.count(reg.getRole(), true),
+                want = static_cast<std::size_t>(server ? servers_wanted_ : config_.workers);
+    if (reg.getRole() == wire::Role::COORDINATOR || have >= want) {
+      reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                  std::string("the job expects ") + std::to_string(want) + " " + (server ? "servers" : "workers"));
+      return;
+    }
+  }
+  try {
+    const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
+    registrations_[reg.getNonce()] = m.id;
+    reply_register(in, m);
+    if (sync_)
+      SHOAL_LOG(log_, info,
+                "registered " << m.id << " as rank " << m.rank << " (" << members_.count(wire::Role::WORKER, true)
+                              << "/" << config_.workers << " ranks)");
+    else
+      SHOAL_LOG(log_, info,
+                "registered " << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
+                              << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
+                              << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
+  } catch (const ProtocolError& e) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, e.what());
+  }
+}
+
+void Coordinator::handle_heartbeat(const Incoming& in) {
+  auto body = in.envelope().getBody();
+  const std::string sender = in.sender();
+  const bool over = end_.has_value();
+  members_.set_clock(sender, body.getHeartbeat().getClock());
+  Outgoing out("coordinator", in.request_id());
+  auto r = out.body().initHeartbeatReply();
+  r.setGeneration(members_.generation());
+  r.setTableVersion(table_ ? table_->version : 0);
+  auto live = members_.live_workers();
+  auto list = r.initLiveWorkers(static_cast<unsigned>(live.size()));
+  for (std::size_t i = 0; i < live.size(); ++i) list.set(static_cast<unsigned>(i), live[i]);
+  if (over) {
+    job_end_to_wire(*end_, r.initEnd());
+    told_[sender] = true;
+  }
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_table_request(const Incoming& in) {
+  const std::string sender = in.sender();
+  if (!table_) {
+    reply_error(in, wire::ErrorCode::NOT_READY, "the partition table is not published yet");
+    return;
+  }
+  if (!missing_servers_.empty()) {
+    reply_error(in, wire::ErrorCode::NOT_READY,
+                "the job is paused until " + *missing_servers_.begin() + " is back");
+    return;
+  }
+  table_->live_workers = members_.live_workers();
+  // A worker joining now starts at the slowest live clock (as its heartbeats report it).
+  table_->start_clock = UINT64_MAX;
+  for (const auto& w : table_->live_workers)
+    if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
+      table_->start_clock = std::min(table_->start_clock, wm->clock);
+  if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
+  if (sync_ && pending_joiners_.count(sender)) {
+    reply_error(in, wire::ErrorCode::NOT_READY,
+                "the world admits " + sender + " once every rank trains the same epoch");
+    return;
+  }
+  if (sync_ && world_size_ > 0) {
+    // This rank's place in the re-formed world.
+    auto it = world_rank_.find(sender);
+    if (it == world_rank_.end()) {
+      reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not part of the re-formed world");
+      return;
+    }
+    table_->world_rank = it->second;
+    table_->world_size = world_size_;
+    table_->previous_ranks.assign(static_cast<std::size_t>(world_size_), 0);
+    for (const auto& [id, rank] : world_rank_)
+      table_->previous_ranks[static_cast<std::size_t>(rank)] = previous_rank_.at(id);
+  }
+  Outgoing out("coordinator", in.request_id());
+  table_->to_wire(out.body().initPartitionTable());
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_lease_request(const Incoming& in, const Member& member, Clock::time_point now) {
+  const std::string sender = in.sender();
+  const bool over = end_.has_value();
+  if (member.role != wire::Role::WORKER || !book_) {
+    reply_error(in, wire::ErrorCode::NOT_READY, "no leases before the job starts");
+    return;
+  }
+  Outgoing out("coordinator", in.request_id());
+  auto grant = out.body().initLeaseGrant();
+  at_boundary_[sender] = true;  // its pushes are applied: it waited for its parameters first
+  if (!over && sync_ && sync_checkpoint_holds(sender, now) &&
+      !(checkpoint_ && !checkpoint_->draining && checkpoint_->buffers_holder.empty() && member.rank == 0)) {
+    grant.setWait(20);  // every rank waits before the next epoch while a checkpoint is cut
+    socket_.send(in.peer, out);
+    return;
+  }
+  if (!over && !sync_ &&
+      ((checkpoint_ && (checkpoint_->draining || book_->finished())) || !missing_servers_.empty())) {
+    grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
+    socket_.send(in.peer, out);
+    return;
+  }
+  if (!over && checkpoint_ && checkpoint_->waiting.count("buffers") && checkpoint_->buffers_holder.empty()) {
+    auto order = grant.initSaveBuffers();
+    order.setStep(static_cast<std::uint64_t>(checkpoint_->step));
+    order.setDir(checkpoint_->dir);
+    checkpoint_->buffers_holder = sender;
+    at_boundary_[sender] = false;
+    socket_.send(in.peer, out);
+    return;
+  }
+  LeaseBook::Task task;
+  if (over) {
+    task.kind = LeaseBook::Task::finished;
+  } else {
+    task = book_->next(sender, now);
+    if (task.kind == LeaseBook::Task::finished) end_job(ExitCode::ok, "every epoch is done");
+  }
+  // An evaluation pushes nothing: a worker evaluating is at a step boundary for a checkpoint's
+  // cut (which then records the epoch as not evaluated yet). A shard is not.
+  if (task.kind == LeaseBook::Task::train || (sync_ && task.kind == LeaseBook::Task::evaluate))
+    at_boundary_[sender] = false;
+  // cluster.stall_seconds counts from here (or its last step): a worker that waited for the
+  // job to assemble, or for work, was not stalled meanwhile.
+  if (task.kind == LeaseBook::Task::train) members_.progressed(sender, now);
+  switch (task.kind) {
+    case LeaseBook::Task::train: {
+      auto s = grant.initShard();
+      s.setEpoch(static_cast<std::uint32_t>(task.shard.epoch));
+      s.setIndex(static_cast<std::uint32_t>(task.shard.index));
+      s.setBegin(static_cast<std::uint64_t>(task.shard.begin));
+      s.setEnd(static_cast<std::uint64_t>(task.shard.end));
+      break;
+    }
+    case LeaseBook::Task::evaluate:
+      grant.setEvaluate(static_cast<std::uint32_t>(task.epoch));
+      break;
+    case LeaseBook::Task::wait:
+      grant.setWait(20);
+      break;
+    case LeaseBook::Task::finished:
+      job_end_to_wire(*end_, grant.initFinished());
+      members_.mark_finished(sender);
+      told_[sender] = true;
+      break;
+  }
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_lease_done(const Incoming& in, const Member& member, Clock::time_point now) {
+  auto body = in.envelope().getBody();
+  const std::string sender = in.sender();
+  members_.progressed(sender, now);
+  auto d = body.getLeaseDone();
+  if (book_) {
+    ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
+                     static_cast<std::int64_t>(d.getCorrect())};
+    // Global steps: a sync job's ranks train one step together (rank 0 counts them).
+    if (!sync_ || member.rank == 0) steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
+    if (recovering_ && missing_servers_.empty()) {
+      // The job goes on: a shard completed after the loss was handled.
+      const double seconds = seconds_between(recovering_->lost_at, now);
+      SHOAL_LOG(log_, info,
+                "recovered from the loss of " << recovering_->who << " in " << seconds
+                                              << " s (from its last sign of life to the next completed shard)");
+      metrics_.write({{"event", std::string("recovery")},
+                      {"lost", recovering_->who},
+                      {"seconds", seconds},
+                      {"elapsed", seconds_between(started_, now)}});
+      recovering_.reset();
+    }
+    if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, d.getSeconds(), now))
+      SHOAL_LOG(
+          log_, debug,
+          sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex() << ", which was already done");
+  }
+  Outgoing out("coordinator", in.request_id());
+  out.body().setAck();
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_leave(const Incoming& in, const Member& member, Clock::time_point now) {
+  const std::string sender = in.sender();
+  const bool over = end_.has_value();
+  // A worker stopping early (SIGTERM): the same as its death, without the wait.
+  if (member.role == wire::Role::WORKER) {
+    members_.mark_dead(sender);
+    worker_gone(sender, "left the job");
+  } else if (member.role == wire::Role::SERVER && member.alive) {
+    // A preempted server going (its state is in a checkpoint, or none could be taken).
+    members_.mark_dead(sender);
+    if (table_ && !over && !missing_servers_.count(sender)) server_gone(sender, "left (SIGTERM)", now);
+  }
+  told_[sender] = true;
+  Outgoing out("coordinator", in.request_id());
+  out.body().setAck();
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_store_set(const Incoming& in) {
+  auto e = in.envelope().getBody().getStoreSet();
+  auto v = e.getValue();
+  if (!store_.set(e.getKey().cStr(), std::string(reinterpret_cast<const char*>(v.begin()), v.size()))) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, "the rendezvous store is full");
+    return;
+  }
+  Outgoing out("coordinator", in.request_id());
+  out.body().setAck();
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_store_get(const Incoming& in) {
+  const std::string* value = store_.get(in.envelope().getBody().getStoreGet().cStr());
+  if (value == nullptr) {
+    reply_error(in, wire::ErrorCode::NOT_READY, "no such key yet");
+    return;
+  }
+  Outgoing out("coordinator", in.request_id());
+  out.body().setStoreValue(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(value->data()), value->size()));
+  socket_.send(in.peer, out);
+}
+
+void Coordinator::handle_eval_done(const Incoming& in, Clock::time_point now) {
+  auto body = in.envelope().getBody();
+  const std::string sender = in.sender();
+  members_.progressed(sender, now);
+  auto d = body.getEvalDone();
+  // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
+  // its own evaluation was cut short by the change) passes it with no samples: its stage
+  // moves on, the epoch's result stays the one the world computed.
+  if (sync_book_ != nullptr && d.getSamples() == 0)
+    sync_book_->pass_evaluation(sender, d.getEpoch());
+  else if (book_)
+    book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
+  Outgoing out("coordinator", in.request_id());
+  out.body().setAck();
+  socket_.send(in.peer, out);
 }
 
 void Coordinator::worker_gone(const std::string& id, const std::string& how) {

@@ -15,6 +15,7 @@
 
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
+#include "coordinator/rendezvous_table.h"
 #include "coordinator/sync_book.h"
 #include "checkpoint/checkpoint.h"
 #include "config/config.h"
@@ -46,15 +47,23 @@ class Coordinator {
   // last checkpoint when the newest is older than checkpoint.on_term_older_than; every
   // process then exits 0 and the job resumes from that checkpoint when started again.
   void set_term_flag(const std::atomic<bool>* flag) { term_ = flag; }
-  // The checkpoint the job resumed from ("" if none).
-  const std::string& restored_from() const { return restored_from_; }
   const ProtocolCounters& counters() const { return socket_.counters(); }
   // Gauges of the job for the status endpoint (members, generation, steps, epochs, checkpoint
   // age), updated by run()'s loop; ready once the job has assembled. Set before run().
   void set_telemetry(Telemetry* telemetry) { telemetry_ = telemetry; }
 
  private:
+  // One message: the sender checked, then one handler per kind.
   void handle(Incoming& in, Clock::time_point now);
+  void handle_register(const Incoming& in, Clock::time_point now);
+  void handle_heartbeat(const Incoming& in);
+  void handle_table_request(const Incoming& in);
+  void handle_lease_request(const Incoming& in, const Member& member, Clock::time_point now);
+  void handle_lease_done(const Incoming& in, const Member& member, Clock::time_point now);
+  void handle_leave(const Incoming& in, const Member& member, Clock::time_point now);
+  void handle_store_set(const Incoming& in);
+  void handle_store_get(const Incoming& in);
+  void handle_eval_done(const Incoming& in, Clock::time_point now);
   void publish_table();
   void reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message);
   void check_liveness(Clock::time_point now);
@@ -121,8 +130,7 @@ class Coordinator {
   bool sync_;
   std::int64_t servers_wanted_;
   std::unique_ptr<WorkBook> book_;
-  static constexpr std::size_t kMaxStoreKeys = 65536;
-  std::map<std::string, std::string> store_;            // the rendezvous store (sync jobs)
+  RendezvousTable store_;                               // the rendezvous store (sync jobs)
   std::map<std::string, bool> told_;                    // members told that the job is over
   std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;

@@ -4,6 +4,8 @@
 # only those targets (the container images build the binary alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: paths relative to the checkout, so a clone elsewhere (CI's) reuses the objects.
+export CCACHE_BASEDIR=$(pwd) CCACHE_NOHASHDIR=1
 if [[ ! -f build/build.ninja ]]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >build-configure.log 2>&1 ||
     { cat build-configure.log; exit 1; }

@@ -537,6 +537,19 @@ std::string ParameterServer::advertised(const std::string& endpoint, const std::
   return endpoint;
 }
 
+ServerOptions server_options(const JobConfig& config, const PartitionTable& table) {
+  ServerOptions options;
+  options.staleness = config.staleness;
+  options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
+  options.optimizer = config.optimizer;
+  options.lr_staleness = parse_lr_staleness(config.lr_staleness);
+  options.threads =
+      config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
+  // The trainer's schedule, to the step (compute/lr_schedule.h).
+  options.schedule = make_lr_schedule(config.lr_schedule_settings(), table.steps_per_epoch, config.epochs);
+  return options;
+}
+
 namespace {
 std::string this_host_fqdn() {
   char host[256] = {0};
@@ -633,15 +646,7 @@ void ParameterServer::run_role(Network& network, const JobConfig& config, Logger
   SHOAL_REQUIRE(model->params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but model " << config.model << " has "
                                               << model->params().parameter_count());
-  ServerOptions options;
-  options.staleness = config.staleness;
-  options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
-  options.optimizer = config.optimizer;
-  options.lr_staleness = parse_lr_staleness(config.lr_staleness);
-  options.threads =
-      config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
-  // The trainer's schedule, to the step (compute/lr_schedule.h).
-  options.schedule = make_lr_schedule(config.lr_schedule_settings(), table.steps_per_epoch, config.epochs);
+  const ServerOptions options = server_options(config, table);
   server.start(id, table, index, model->params().values().data<float>(), options);
   model.reset();
   SHOAL_LOG(log, info,

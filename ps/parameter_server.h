@@ -92,7 +92,6 @@ class ParameterServer {
   // A checkpoint this server finished writing since the last call (its files for the
   // coordinator's MANIFEST). Throws the writer's error (an IoError) if it failed.
   std::optional<CheckpointReport> take_written_checkpoint();
-  bool writing_checkpoint() const { return writer_ != nullptr; }
 
   // The whole role: register with the coordinator, take the table, serve until the job ends.
   // A job that failed ends it with the job's error (and exit code). When `stop` turns true
@@ -208,5 +207,10 @@ class ParameterServer {
   std::optional<SnapshotOrder> snapshot_order_;
   std::unique_ptr<Writer> writer_;
 };
+
+// A server's options for a job: staleness, timeouts, the optimizer and the job's learning-rate
+// schedule for epochs of table.steps_per_epoch steps (the workers' trainers build theirs with the
+// same make_lr_schedule: worker/trainer.h, trainer_options).
+ServerOptions server_options(const JobConfig& config, const PartitionTable& table);
 
 }  // namespace shoal

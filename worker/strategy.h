@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 #include "compute/optimizer.h"
@@ -11,9 +12,17 @@
 
 namespace shoal {
 
-// Thrown out of a strategy's wait when the worker was asked to stop (SIGTERM) while nothing
-// of its own was in flight: the job loop then leaves the job. Not an error.
-struct StopRequested {};
+// Control flow, not failure: thrown out of a wait deep in a step to unwind to the worker's job
+// loop, which catches each kind by name (worker/worker_job.cc). Not an Error, so failure_of would
+// call one that escaped an internal error, naming it.
+class ControlSignal : public std::exception {};
+
+// The worker was asked to stop (SIGTERM) while nothing of its own was in flight: the job loop
+// then leaves the job.
+class StopRequested final : public ControlSignal {
+ public:
+  const char* what() const noexcept override { return "the worker was asked to stop"; }
+};
 
 class Strategy {
  public:

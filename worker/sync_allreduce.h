@@ -82,7 +82,6 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
     global_samples_ = samples;
     sample_offset_ = offset;
   }
-  std::size_t bucket_count() const { return buckets_.size(); }
 
  private:
   struct Bucket {

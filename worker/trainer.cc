@@ -15,6 +15,16 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }
 }  // namespace
 
+TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed, std::int64_t steps_per_epoch) {
+  TrainerOptions o;
+  o.epochs = config.epochs;
+  o.batch_size = config.batch_size;
+  o.eval_batch_size = config.eval_batch_size;
+  o.seed = seed;
+  o.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
+  return o;
+}
+
 Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, const Normalization& norm, TrainerOptions options,
                  Logger log, Progress& progress, MetricsWriter& metrics)
     : backend_(backend),

@@ -13,6 +13,7 @@
 
 #include "compute/lr_schedule.h"
 #include "base/log.h"
+#include "config/config.h"
 #include "telemetry/metrics_file.h"
 #include "compute/optimizer.h"
 #include "models/dataset.h"
@@ -120,5 +121,10 @@ class Trainer {
   double epoch_seconds_ = 0;
 };
 
+
+// A worker's trainer options for a job: batch sizes, the seed of its randomness (dropout), and the
+// job's learning-rate schedule for epochs of `steps_per_epoch` steps (the parameter servers build
+// theirs with the same make_lr_schedule: ps/parameter_server.h, server_options).
+TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed, std::int64_t steps_per_epoch);
 
 }  // namespace shoal

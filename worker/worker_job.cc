@@ -72,11 +72,17 @@ class WorkerTelemetry {
 
 // Thrown by a wait when the job is over (it ended while this worker waited for a peer that
 // has stopped answering: a server that shut down with the job).
-struct JobOver {};
+class JobOver final : public ControlSignal {
+ public:
+  const char* what() const noexcept override { return "the job is over"; }
+};
 
 // Thrown by a wait when the coordinator announces a new partition table: the work in hand is
 // dropped (the coordinator leased it again) and the worker reconnects.
-struct TableChanged {};
+class TableChanged final : public ControlSignal {
+ public:
+  const char* what() const noexcept override { return "the partition table changed"; }
+};
 
 // A checkpoint's `buffers` file: the model's batch-norm running statistics (async jobs: the
 // servers hold only the trained parameters).
@@ -348,14 +354,6 @@ void report_memory(Backend& backend, const Logger& log) {
   if (backend.device().kind != DeviceKind::cpu) SHOAL_LOG(log, info, describe_memory(backend.memory_stats()));
 }
 
-TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed) {
-  TrainerOptions o;
-  o.batch_size = config.batch_size;
-  o.eval_batch_size = config.eval_batch_size;
-  o.seed = seed;
-  return o;
-}
-
 struct Joined {
   std::string id;
   PartitionTable table;
@@ -430,7 +428,8 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   MetricsWriter no_metrics;
   // Dropout differs per worker.
   Trainer trainer(*l.backend, *l.model, strategy, l.norm,
-                  trainer_options(config, hash_combine(config.seed, hash_string(id))), log, progress, no_metrics);
+                  trainer_options(config, hash_combine(config.seed, hash_string(id)), joined->table.steps_per_epoch), log,
+                  progress, no_metrics);
   trainer.set_stop_flag(stop);
   auto take_new_table = [&]() -> bool {
     SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
@@ -544,9 +543,8 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
   // Every rank draws the randomness one process with the global batch would (dropout).
-  TrainerOptions topts = trainer_options(config, config.seed);
   std::int64_t steps_per_epoch = std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
-  topts.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
+  TrainerOptions topts = trainer_options(config, config.seed, steps_per_epoch);
   Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   // Elastic: the world changed (a rank was lost, or one joined). Form the world `table` describes

@@ -112,12 +112,6 @@ std::shared_ptr<Storage> CachingAllocator::allocate_storage(std::size_t bytes) {
   }
 }
 
-void CachingAllocator::empty_cache() {
-  std::lock_guard lock(mutex_);
-  DeviceGuard guard(device_);
-  free_cached_locked();
-}
-
 MemoryStats CachingAllocator::stats() const {
   std::lock_guard lock(mutex_);
   return stats_;

@@ -53,8 +53,6 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   void release_to_system(Block block);
   // Storage of `bytes` (the tensor's view) over a pooled block; its deleter calls release().
   std::shared_ptr<Storage> allocate_storage(std::size_t bytes);
-  // Frees every cached block (after the device has finished with them).
-  void empty_cache();
 
   MemoryStats stats() const;
   const char* name() const;  // "device memory" / "pinned host memory"

@@ -42,6 +42,10 @@ DeviceChoice choose_device(const std::string& setting, std::int64_t configured_l
   if (setting == "cpu") return choose_device(setting, local_rank, 0, cuda_built());
   // device = cuda: the module first, so a missing library is named rather than "no GPU".
   if (setting == "cuda" && cuda_built()) require_cuda_module("device = cuda");
+  // device = auto on a host with a driver whose CUDA libraries cannot be loaded: the CPU, saying why.
+  std::string why_not;
+  if (setting == "auto" && cuda_built() && nvidia_driver_present() && load_cuda_module(&why_not) == nullptr)
+    return {Device::cpu(), "device = auto: " + why_not};
   return choose_device(setting, local_rank, cuda_device_count(), cuda_built());
 }
 

@@ -8,6 +8,7 @@
 
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
+#include "coordinator/rendezvous_table.h"
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
 #include "base/error.h"
@@ -343,6 +344,27 @@ TEST(SyncBook, ARankJoinsTheWorldAndPassesWhatTheWorldDidBeforeIt) {
   EXPECT_EQ(done[0].samples_done, 900);
   EXPECT_DOUBLE_EQ(done[0].test_accuracy, 0.9) << "a pass leaves the world's result";
   EXPECT_EQ(book.next("worker.2", now).shard.epoch, 3);
+}
+
+}  // namespace
+}  // namespace shoal
+
+namespace shoal {
+namespace {
+
+TEST(RendezvousTable, KeysAreSetReadBackOverwrittenAndBounded) {
+  RendezvousTable table(2);
+  EXPECT_EQ(table.get("gen1/gloo/rank0"), nullptr);  // not yet: the rank polls again
+  EXPECT_TRUE(table.set("gen1/gloo/rank0", "addr0"));
+  ASSERT_NE(table.get("gen1/gloo/rank0"), nullptr);
+  EXPECT_EQ(*table.get("gen1/gloo/rank0"), "addr0");
+  EXPECT_TRUE(table.set("gen1/gloo/rank1", std::string("a\0b", 3)));  // values are bytes
+  EXPECT_EQ(table.get("gen1/gloo/rank1")->size(), 3u);
+  EXPECT_FALSE(table.set("gen1/gloo/rank2", "x"));  // full: a new key is refused
+  EXPECT_EQ(table.get("gen1/gloo/rank2"), nullptr);
+  EXPECT_TRUE(table.set("gen1/gloo/rank0", "addr0'"));  // an existing key is overwritten
+  EXPECT_EQ(*table.get("gen1/gloo/rank0"), "addr0'");
+  EXPECT_EQ(table.size(), 2u);
 }
 
 }  // namespace

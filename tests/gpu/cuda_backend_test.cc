@@ -1170,7 +1170,7 @@ TEST(CudaUnavailable, MakeBackendSaysWhyThereIsNoGpu) {
     GTEST_SKIP() << "a GPU is visible (" << describe_gpus() << "): this test is for machines without one";
   EXPECT_FALSE(describe_gpus().empty());
   if (cuda_built()) {
-    EXPECT_NE(describe_gpus().find("no GPUs visible"), std::string::npos) << describe_gpus();
+    EXPECT_NE(describe_gpus().find("no GPUs"), std::string::npos) << describe_gpus();
   }
   try {
     make_backend(BackendOptions{Device::cuda(0)});

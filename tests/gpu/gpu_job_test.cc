@@ -119,12 +119,14 @@ TEST(GpuVersion, VersionPrintsTheGpusOrWhyThereAreNone) {
     EXPECT_NE(r.output.find("CUDA support: not built"), std::string::npos) << r.output;
     return;
   }
-  EXPECT_NE(r.output.find("CUDA runtime"), std::string::npos) << r.output;
+  // What the module was built with is said without loading it; the GPUs only where a driver is.
+  EXPECT_NE(r.output.find("CUDA support: the module libshoal_cuda.so"), std::string::npos) << r.output;
   const int gpus = cuda_device_count();
   if (gpus == 0) {
-    EXPECT_NE(r.output.find("no GPUs visible"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("no GPUs"), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("GPU 0:"), std::string::npos) << r.output;
   } else {
+    EXPECT_NE(r.output.find("CUDA runtime"), std::string::npos) << r.output;
     for (int i = 0; i < gpus; ++i)
       EXPECT_NE(r.output.find("GPU " + std::to_string(i) + ": "), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("GPU " + std::to_string(gpus) + ": "), std::string::npos) << r.output;

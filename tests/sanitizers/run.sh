@@ -16,11 +16,16 @@ cd "$(dirname "$0")/../.."
 stages=("$@")
 [[ ${#stages[@]} -eq 0 ]] && stages=(asan tsan)
 here=$(pwd)/tests/sanitizers
+# ccache: paths relative to the checkout, so a clone elsewhere (CI's) reuses the objects.
+export CCACHE_BASEDIR=$(pwd) CCACHE_NOHASHDIR=1
 
 configure() {  # DIR FLAGS
   local dir=$1 flags=$2
   if [[ ! -f $dir/build.ninja ]]; then
+    # -g1: line tables and function names, all a sanitizer report's stacks need; full debug
+    # information doubled these builds' compile and link time.
     cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_CUDA=OFF \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
       -DCMAKE_CXX_FLAGS="$flags -fno-omit-frame-pointer" -DCMAKE_C_FLAGS="$flags" \
       -DCMAKE_EXE_LINKER_FLAGS="$flags" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; exit 1; }
   fi
