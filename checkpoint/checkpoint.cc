@@ -466,17 +466,17 @@ void write_manifest(const std::string& ckpt_dir, const Manifest& manifest) {
   std::string text = std::string(kManifestMagic) + " " + std::to_string(kManifestFormat) + "\n";
   text += "step " + std::to_string(manifest.step) + "\n";
   for (std::size_t i = 0; i < files.size(); ++i) {
-    SHOAL_ASSERT(valid_file_name(files[i]->name) && files[i]->name != "MANIFEST",
+    SHOAL_ASSERT(valid_file_name(files[i]->name) && files[i]->name != checkpoint_file::kManifest,
                  "not a checkpoint file name: " << printable(files[i]->name));
     SHOAL_ASSERT(i == 0 || files[i]->name != files[i - 1]->name, "file " << files[i]->name << " listed twice");
     text += hex8(files[i]->crc) + " " + std::to_string(files[i]->size) + " " + files[i]->name + "\n";
   }
   text += "crc32c " + hex8(crc32c(text.data(), text.size())) + "\n";
-  write_file_atomic(ckpt_dir, "MANIFEST", text);
+  write_file_atomic(ckpt_dir, checkpoint_file::kManifest, text);
 }
 
 Manifest read_manifest(const std::string& ckpt_dir) {
-  const std::string path = join_path(ckpt_dir, "MANIFEST");
+  const std::string path = join_path(ckpt_dir, checkpoint_file::kManifest);
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     SHOAL_REQUIRE(errno != ENOENT, CheckpointError,
@@ -532,7 +532,7 @@ Manifest read_manifest(const std::string& ckpt_dir) {
       if (fields.size() != 3 || !parse_hex8(fields[0], &f.crc) || !parse_decimal(fields[1], &f.size))
         bad("expected '<crc32c as 8 lowercase hex digits> <size> <name>'");
       f.name = std::string(fields[2]);
-      if (!valid_file_name(f.name) || f.name == "MANIFEST")
+      if (!valid_file_name(f.name) || f.name == checkpoint_file::kManifest)
         bad("bad file name " + printable(f.name) + " (letters, digits, '.', '_' and '-', not starting with '.')");
       if (!names.insert(f.name).second) bad("file " + f.name + " is listed twice");
       m.files.push_back(std::move(f));
@@ -595,11 +595,11 @@ Manifest verify_checkpoint(const std::string& ckpt_dir) {
 
 void write_latest(const std::string& root, const std::string& name) {
   SHOAL_ASSERT(parse_checkpoint_name(name).has_value(), "not a checkpoint name: " << printable(name));
-  write_file_atomic(root, "LATEST", name + "\n");
+  write_file_atomic(root, checkpoint_file::kLatest, name + "\n");
 }
 
 std::optional<std::string> read_latest(const std::string& root) {
-  const std::string path = join_path(root, "LATEST");
+  const std::string path = join_path(root, checkpoint_file::kLatest);
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) return std::nullopt;
   SHOAL_REQUIRE(!S_ISREG(st.st_mode) || st.st_size <= 4096, CheckpointError,
@@ -635,7 +635,7 @@ std::vector<std::pair<std::int64_t, std::string>> list_checkpoints(const std::st
 
 bool has_manifest(const std::string& ckpt_dir) {
   struct stat st {};
-  return ::stat(join_path(ckpt_dir, "MANIFEST").c_str(), &st) == 0;
+  return ::stat(join_path(ckpt_dir, checkpoint_file::kManifest).c_str(), &st) == 0;
 }
 
 }  // namespace
@@ -646,7 +646,7 @@ std::optional<std::string> find_resumable(
   try {
     latest = read_latest(root);
   } catch (const CheckpointError& e) {
-    rejected(join_path(root, "LATEST"), e.what());
+    rejected(join_path(root, checkpoint_file::kLatest), e.what());
   }
   auto usable = [&](const std::string& dir) {
     try {
@@ -661,7 +661,7 @@ std::optional<std::string> find_resumable(
     const std::string dir = join_path(root, *latest);
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-      rejected(dir, join_path(root, "LATEST") + " names " + *latest + " but there is no such directory");
+      rejected(dir, join_path(root, checkpoint_file::kLatest) + " names " + *latest + " but there is no such directory");
     else if (usable(dir))
       return dir;
   }
@@ -696,7 +696,7 @@ std::vector<std::string> prune_checkpoints(const std::string& root, int keep) {
     const std::string dir = join_path(root, name);
     // The MANIFEST goes first: a removal cut short leaves an incomplete checkpoint (pruned next
     // time), never a complete-looking one with files missing.
-    const std::string manifest = join_path(dir, "MANIFEST");
+    const std::string manifest = join_path(dir, checkpoint_file::kManifest);
     SHOAL_REQUIRE(::unlink(manifest.c_str()) == 0 || errno == ENOENT, IoError,
                   "cannot remove '" << manifest << "': " << errno_text(errno));
     fsync_dir(dir);

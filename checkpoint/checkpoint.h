@@ -22,6 +22,19 @@
 
 namespace shoal {
 
+// The checkpoint's file names, beside the range files (docs/checkpoint-format.md).
+namespace checkpoint_file {
+inline constexpr char kManifest[] = "MANIFEST";
+inline constexpr char kLatest[] = "LATEST";
+inline constexpr char kPosition[] = "position";  // the coordinator's data position
+inline constexpr char kLayout[] = "layout";      // every parameter and buffer with its range
+inline constexpr char kJobIni[] = "job.ini";     // the job's configuration
+inline constexpr char kBuffers[] = "buffers";    // batch-norm running statistics
+inline constexpr char kTrainer[] = "trainer";    // sync jobs: the trainer's step and schedule
+inline constexpr char kValues[] = "values";      // the parameters' array in a range file
+}  // namespace checkpoint_file
+
+
 // CRC-32C (Castagnoli, reflected, as iSCSI and ext4 use it) of `size` bytes, continuing from
 // `crc` (0 to start): crc32c("123456789") == 0xE3069283.
 std::uint32_t crc32c(const void* data, std::size_t size, std::uint32_t crc = 0);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "checkpoint/state_io.h"
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
 #include "compute/backend.h"
@@ -121,10 +122,10 @@ void Coordinator::resume_from_checkpoint() {
     dir = mode;
     verify_checkpoint(dir);  // a named checkpoint must be intact: CheckpointError names the bad file
   }
-  SHOAL_REQUIRE(read_whole_file(dir + "/layout") == layout_, CheckpointError,
+  SHOAL_REQUIRE(read_whole_file(dir + "/" + checkpoint_file::kLayout) == layout_, CheckpointError,
                 dir << " holds another model: its layout file differs from model " << config_.model
                     << "'s (shoal checkpoint inspect " << dir << ")");
-  restored_position_ = read_whole_file(dir + "/position");
+  restored_position_ = read_whole_file(dir + "/" + checkpoint_file::kPosition);
   steps_ = checkpoint_step_ = position_step(restored_position_, dir);
   restored_from_ = newest_checkpoint_ = dir;
 }
@@ -721,7 +722,7 @@ bool Coordinator::name_checkpoint() {
   c.name = checkpoint_name(c.step);
   c.dir = (std::filesystem::path(config_.checkpoint_dir) / c.name).string();
   std::error_code ec;
-  if (std::filesystem::exists(c.dir + "/MANIFEST", ec)) {
+  if (std::filesystem::exists(c.dir + "/" + checkpoint_file::kManifest, ec)) {
     checkpoint_step_ = c.step;  // already complete (a job resumed at this step)
     checkpoint_.reset();
     return false;
@@ -801,7 +802,8 @@ void Coordinator::handle_checkpoint_files(const Incoming& in) {
   CheckpointInProgress& c = *checkpoint_;
   for (auto file : f.getFiles()) {
     std::string name = file.getName().cStr();
-    bool ours = name == "MANIFEST" || name == "position" || name == "layout" || name == "job.ini";
+    bool ours = name == checkpoint_file::kManifest || name == checkpoint_file::kPosition ||
+                name == checkpoint_file::kLayout || name == checkpoint_file::kJobIni;
     if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || ours || c.files.size() > 65536) {
       reply_error(in, wire::ErrorCode::BAD_REQUEST, "bad checkpoint file name '" + name + "'");
       return;
@@ -823,9 +825,9 @@ void Coordinator::finish_checkpoint(Clock::time_point now) {
     Manifest m;
     m.step = c.step;
     m.files = c.files;
-    m.files.push_back(write_file_atomic(c.dir, "position", c.position));
-    m.files.push_back(write_file_atomic(c.dir, "layout", layout_));
-    m.files.push_back(write_file_atomic(c.dir, "job.ini", config_ini(config_)));
+    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kPosition, c.position));
+    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kLayout, layout_));
+    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kJobIni, config_ini(config_)));
     write_manifest(c.dir, m);  // last: from now on the checkpoint is complete
     write_latest(config_.checkpoint_dir, c.name);
     removed = prune_checkpoints(config_.checkpoint_dir, static_cast<int>(config_.checkpoint_keep));

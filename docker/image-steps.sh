@@ -42,9 +42,15 @@ case "${1:-}" in
     dest=${2:?usage: image-steps.sh bundle DEST}
     mkdir -p "$dest/bin" "$dest/lib"
     install -m 0755 build/shoal "$dest/bin/shoal"
+    # The CUDA module (when built), beside the binary: where a process that uses a GPU loads it.
+    binaries=(build/shoal)
+    if [[ -f build/libshoal_cuda.so ]]; then
+      install -m 0644 build/libshoal_cuda.so "$dest/bin/libshoal_cuda.so"
+      binaries+=(build/libshoal_cuda.so)
+    fi
     # Every library ldd resolves, except glibc's own (the base image's), CUDA's (NVIDIA's base
     # image has them) and Open MPI's (the image installs its mpirun with the matching library).
-    ldd build/shoal | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
+    ldd "${binaries[@]}" | awk '$3 ~ /^\// {print $3}' | sort -u | while read -r lib; do
       case "$(basename "$lib")" in
         libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|ld-linux*|libresolv.so.*) continue ;;
         libcuda*|libcudnn*|libcublas*|libnccl*|libcudart*) continue ;;

@@ -115,7 +115,7 @@ std::string checkpoint_named_by(const std::string& dir, bool* verified) {
   fs::path path = fs::path(dir).lexically_normal();
   std::string base = path.has_filename() ? path.filename().string() : path.parent_path().filename().string();
   *verified = false;
-  if (fs::exists(fs::path(dir) / "MANIFEST", ec) || parse_checkpoint_name(base)) return dir;
+  if (fs::exists(fs::path(dir) / checkpoint_file::kManifest, ec) || parse_checkpoint_name(base)) return dir;
 
   std::optional<std::string> latest;
   try {
@@ -240,7 +240,7 @@ int checkpoint_command(const std::vector<std::string>& args) {
                 describe_updates(r.updates).c_str());
   }
   // The coordinator's text files, verbatim.
-  for (const char* name : {"position", "layout"}) {
+  for (const char* name : {checkpoint_file::kPosition, checkpoint_file::kLayout}) {
     std::string path = dir + "/" + name;
     if (!std::filesystem::exists(path)) continue;
     std::string text = read_whole_file(path);

@@ -1,4 +1,5 @@
 #include "ps/parameter_server.h"
+#include "checkpoint/state_io.h"
 #include "compute/devices/devices.h"
 
 #include <netdb.h>
@@ -54,12 +55,11 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
     } else {
       try {
         restored.resize(static_cast<std::size_t>(c.span.numel));
-        read_range(table.restore, ranges, "values", begin, end, restored.data());
-        store_.add(restored.data(), c.span.numel);
+        std::vector<std::pair<std::string, float*>> slots;
         for (int k = 0; k < optimizer_->slot_count(); ++k)
-          read_range(table.restore, ranges, optimizer_->slot_name(k), begin, end,
-                     c.state.slots[static_cast<std::size_t>(k)].data<float>());
-        c.state.updates = updates_at(ranges, begin);
+          slots.emplace_back(optimizer_->slot_name(k), c.state.slots[static_cast<std::size_t>(k)].data<float>());
+        c.state.updates = read_state(table.restore, ranges, begin, end, restored.data(), slots);
+        store_.add(restored.data(), c.span.numel);
       } catch (const CheckpointError& e) {
         SHOAL_THROW(CheckpointError, id << " cannot restore elements [" << begin << ", " << end << ") from "
                                         << table.restore << ": " << e.what()
@@ -246,12 +246,11 @@ void ParameterServer::take_snapshot() {
   // The values are held, not copied: updates go on into other buffers. The optimizer state is
   // updated in place, so it is copied now (the only copy pushes wait for).
   w->values = store_.snapshot();
-  RangeWrite r;
+  StateToWrite r;
   r.begin = chunks_.front().span.offset;
   r.end = chunks_.back().span.offset + chunks_.back().span.numel;
-  r.arrays.emplace_back();
   for (std::size_t i = 0; i < chunks_.size(); ++i) {
-    r.arrays[0].emplace_back(w->values.values(i), w->values.numel(i));
+    r.values.emplace_back(w->values.values(i), w->values.numel(i));
     r.updates.emplace_back(chunks_[i].span.offset, chunks_[i].state.updates);
   }
   for (int k = 0; k < optimizer_->slot_count(); ++k) {
@@ -260,8 +259,7 @@ void ParameterServer::take_snapshot() {
       const Tensor& slot = c.state.slots[static_cast<std::size_t>(k)];
       std::memcpy(copy.data<float>() + (c.span.offset - r.begin), slot.data<float>(), slot.bytes());
     }
-    r.slots.emplace_back(optimizer_->slot_name(k));
-    r.arrays.push_back({{copy.data<float>(), r.end - r.begin}});
+    r.slots.emplace_back(optimizer_->slot_name(k), copy.data<float>());
     w->slots.push_back(std::move(copy));
   }
   w->copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -270,7 +268,7 @@ void ParameterServer::take_snapshot() {
   w->thread = std::thread([writer, r = std::move(r), dir = order.dir] {
     const auto begin = std::chrono::steady_clock::now();
     try {
-      writer->file = write_range_file(dir, r);
+      writer->file = write_state(dir, r);
     } catch (...) {
       writer->error = std::current_exception();
     }

@@ -4,8 +4,8 @@
 //                 assembled), 503 "not ready" before;
 //   GET /metrics  the Prometheus text format (version 0.0.4).
 // Anything else is 404, a method other than GET or HEAD 405. HTTP itself is cpp-httplib's
-// (Debian's libcpp-httplib): two serving threads and a listener, short read and write
-// timeouts so a slow client cannot hold the endpoint.
+// (Debian's libcpp-httplib): one serving thread and a listener, one request per connection,
+// short read and write timeouts so a slow client cannot hold the endpoint for long.
 #pragma once
 
 #include <memory>

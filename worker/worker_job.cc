@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/state_io.h"
 #include "collective/mpi/collective_mpi.h"
 #include "coordinator/client/control_client.h"
 #include "compute/devices/device_select.h"
@@ -99,28 +100,28 @@ void save_state(JobContext& job, const LeaseTask& task) {
   auto started = std::chrono::steady_clock::now();
   std::vector<float> buffers = to_host(*job.backend, job.model->params().buffer_values());
   CheckpointReport report{task.step, {}, 0, 0};
-  report.files.push_back(
-      write_file_atomic(task.dir, "buffers", Pieces{{buffers.data(), buffers.size() * sizeof(float)}}));
+  report.files.push_back(write_file_atomic(task.dir, checkpoint_file::kBuffers,
+                                           Pieces{{buffers.data(), buffers.size() * sizeof(float)}}));
   if (OptimizerState* state = job.strategy.optimizer_state()) {
     const Optimizer& optimizer = *job.strategy.optimizer();
-    std::vector<std::vector<float>> arrays{to_host(*job.backend, job.model->params().values())};
-    RangeWrite range;
+    const std::vector<float> values = to_host(*job.backend, job.model->params().values());
+    std::vector<std::vector<float>> slots;
+    StateToWrite range;
     range.begin = 0;
     range.end = job.model->params().parameter_count();
-    range.arrays.push_back({{arrays[0].data(), range.end}});
+    range.values.emplace_back(values.data(), range.end);
     for (int k = 0; k < optimizer.slot_count(); ++k) {
-      arrays.push_back(to_host(*job.backend, state->slots[static_cast<std::size_t>(k)]));
-      range.slots.emplace_back(optimizer.slot_name(k));
-      range.arrays.push_back({{arrays.back().data(), range.end}});
+      slots.push_back(to_host(*job.backend, state->slots[static_cast<std::size_t>(k)]));
+      range.slots.emplace_back(optimizer.slot_name(k), slots.back().data());
     }
     range.updates.emplace_back(0, state->updates);
-    report.files.push_back(write_range_file(task.dir, range));
+    report.files.push_back(write_state(task.dir, range));
     // The step, and where it is in the learning-rate schedule: not the step itself once an
     // elastic world was rescaled (the schedule then advanced n'/n per step).
     char schedule[64];
     std::snprintf(schedule, sizeof(schedule), "schedule %a\n", job.trainer.schedule_position(job.trainer.step()));
     report.files.push_back(write_file_atomic(
-        task.dir, "trainer", "step " + std::to_string(job.trainer.step()) + "\n" + std::string(schedule)));
+        task.dir, checkpoint_file::kTrainer, "step " + std::to_string(job.trainer.step()) + "\n" + std::string(schedule)));
   }
   report.write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   job.control.report_checkpoint(report);
@@ -129,10 +130,10 @@ void save_state(JobContext& job, const LeaseTask& task) {
 // Resuming: the batch-norm buffers of the checkpoint, when it has them.
 void restore_buffers(const std::string& dir, Backend& backend, Model& model, const Logger& log) {
   Manifest manifest = read_manifest(dir);
-  const FileEntry* entry = manifest.find("buffers");
+  const FileEntry* entry = manifest.find(checkpoint_file::kBuffers);
   Tensor& buffers = model.params().buffer_values();
   if (entry == nullptr || buffers.numel() == 0) return;
-  std::string bytes = read_whole_file(dir + "/buffers");
+  std::string bytes = read_whole_file(dir + "/" + checkpoint_file::kBuffers);
   SHOAL_REQUIRE(bytes.size() == static_cast<std::size_t>(buffers.numel()) * sizeof(float) &&
                     crc32c(bytes.data(), bytes.size()) == entry->crc,
                 CheckpointError,
@@ -149,17 +150,19 @@ void restore_sync_state(const std::string& dir, Backend& backend, Model& model, 
   Manifest manifest = read_manifest(dir);
   auto ranges = list_ranges(dir, manifest);
   const std::int64_t n = model.params().parameter_count();
-  std::vector<float> host(static_cast<std::size_t>(n));
-  read_range(dir, ranges, "values", 0, n, host.data());
-  backend.copy_from_host(host.data(), model.params().values());
   OptimizerState& state = *strategy.optimizer_state();
   const Optimizer& optimizer = *strategy.optimizer();
-  for (int k = 0; k < optimizer.slot_count(); ++k) {
-    read_range(dir, ranges, optimizer.slot_name(k), 0, n, host.data());
-    backend.copy_from_host(host.data(), state.slots[static_cast<std::size_t>(k)]);
-  }
-  state.updates = updates_at(ranges, 0);
-  std::string text = read_whole_file(dir + "/trainer");
+  std::vector<float> values(static_cast<std::size_t>(n));
+  std::vector<std::vector<float>> slots(static_cast<std::size_t>(optimizer.slot_count()),
+                                        std::vector<float>(static_cast<std::size_t>(n)));
+  std::vector<std::pair<std::string, float*>> slot_targets;
+  for (int k = 0; k < optimizer.slot_count(); ++k)
+    slot_targets.emplace_back(optimizer.slot_name(k), slots[static_cast<std::size_t>(k)].data());
+  state.updates = read_state(dir, ranges, 0, n, values.data(), slot_targets);
+  backend.copy_from_host(values.data(), model.params().values());
+  for (int k = 0; k < optimizer.slot_count(); ++k)
+    backend.copy_from_host(slots[static_cast<std::size_t>(k)].data(), state.slots[static_cast<std::size_t>(k)]);
+  std::string text = read_whole_file(dir + "/" + checkpoint_file::kTrainer);
   long long step = -1;
   SHOAL_REQUIRE(std::sscanf(text.c_str(), "step %lld", &step) == 1 && step >= 0, CheckpointError,
                 dir << "/trainer: expected 'step N', found '" << text.substr(0, 40) << "'");

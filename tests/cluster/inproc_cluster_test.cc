@@ -207,7 +207,7 @@ TEST(InprocCluster, PreemptedServerLeavesOnceItsShardIsCheckpointedAndItsReplace
   faults.add({K::PREEMPT, FaultAction::duplicate, "ps.1", -1});
   faults.add({K::CHECKPOINT_FILES, FaultAction::delay, "ps.1", -1, 300ms});
   JobConfig job = small_job();
-  job.epochs = 40;  // outlives the preemption
+  job.epochs = 1000;  // outlives the preemption: the test ends the job (below)
   job.checkpoint_dir = checkpoints.path();
   job.checkpoint_every_steps = 1000000;  // only the preemption's
   InprocCluster c(job, &faults);
@@ -223,8 +223,12 @@ TEST(InprocCluster, PreemptedServerLeavesOnceItsShardIsCheckpointedAndItsReplace
   c.start_server(1);  // its supervisor
   ASSERT_TRUE(c.log().wait_for({"ps.1 is back at", "it restores from " + checkpoints.path() + "/" + name}, 30s))
       << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"restored", "chunks from " + checkpoints.path() + "/" + name}, 30s)) << c.log().text();
+  // The job goes on with the replacement: the workers start two more epochs each.
+  const int epochs_before = c.log().count({"training epoch "});
+  ASSERT_TRUE(c.log().wait_for_count({"training epoch "}, epochs_before + 4, kJobTime)) << c.log().text();
+  c.preempt_coordinator();  // ends the job: every role exits 0
   expect_everyone(c, kOk);
-  EXPECT_TRUE(c.log().wait_for({"restored", "chunks from " + checkpoints.path() + "/" + name}, 0ms)) << c.log().text();
 }
 
 // cluster.stall_seconds: worker.1's heartbeats go on but every push it sends arrives 3 s late, so

@@ -157,6 +157,7 @@ void InprocCluster::start_coordinator(double startup_timeout_seconds) {
         cluster.coordinator_ = nullptr;
       }
     } registered(*this, coordinator);
+    coordinator.set_term_flag(&coordinator_term_);
     coordinator.run();
   });
 }

@@ -70,6 +70,9 @@ class InprocCluster {
   void stop_worker(int rank);
   // What SIGTERM does to a `shoal ps` process (a preemption).
   void stop_server(int rank);
+  // What SIGTERM does to a `shoal coordinator` process (the job's preemption): the job stops at a
+  // step boundary and every role exits 0.
+  void preempt_coordinator() { coordinator_term_ = true; }
 
   // The exit code of "coordinator", "ps.N" or "worker.N" (-1: still running after `timeout`).
   int wait(const std::string& role, std::chrono::milliseconds timeout);
@@ -99,6 +102,7 @@ class InprocCluster {
   // Guarded by mutex_: the running coordinator (to stop it), and whether it should stop at once.
   Coordinator* coordinator_ = nullptr;
   bool coordinator_stop_ = false;
+  std::atomic<bool> coordinator_term_{false};
 };
 
 }  // namespace shoal::testing
