@@ -120,28 +120,6 @@ Setting string_setting(std::string key, Access access, std::string help) {
   return s;
 }
 
-template <typename Access>
-Setting choice_setting(std::string key, Access access, std::vector<std::string> choices, std::string help) {
-  Setting s;
-  s.key = key;
-  for (std::size_t i = 0; i < choices.size(); ++i) s.kind += (i ? " \\| " : "") + choices[i];
-  s.help = std::move(help);
-  s.set = [=](JobConfig& c, const std::string& text) {
-    std::string t = trim(text);
-    for (const auto& choice : choices) {
-      if (t == choice) {
-        access(c) = t;
-        return;
-      }
-    }
-    std::string list;
-    for (std::size_t i = 0; i < choices.size(); ++i) list += (i ? ", " : "") + choices[i];
-    SHOAL_THROW(ConfigError, key << " = '" << text << "' is not one of: " << list);
-  };
-  s.get = [=](const JobConfig& c) { return access(const_cast<JobConfig&>(c)); };
-  return s;
-}
-
 // A mode: the value's name is checked against `choices` and stored as its enum.
 template <typename E, typename Access>
 Setting enum_setting(std::string key, Access access, std::vector<std::pair<std::string, E>> choices, std::string help) {
@@ -167,6 +145,14 @@ Setting enum_setting(std::string key, Access access, std::vector<std::pair<std::
     return std::string("?");
   };
   return s;
+}
+
+// A setting whose value is one of a few names, kept as the name.
+template <typename Access>
+Setting choice_setting(std::string key, Access access, const std::vector<std::string>& choices, std::string help) {
+  std::vector<std::pair<std::string, std::string>> named;
+  for (const auto& choice : choices) named.emplace_back(choice, choice);
+  return enum_setting<std::string>(std::move(key), access, std::move(named), std::move(help));
 }
 
 }  // namespace

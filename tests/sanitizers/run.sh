@@ -48,7 +48,7 @@ for stage in "${stages[@]}"; do
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"

@@ -1,9 +1,12 @@
 #include "tests/support/inproc_cluster.h"
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 #include "coordinator/coordinator.h"
 #include "base/error.h"
+#include "models/dataset.h"
 #include "telemetry/metrics_file.h"
 #include "ps/parameter_server.h"
 #include "worker/worker_job.h"
@@ -87,6 +90,53 @@ JobConfig small_job() {
 
 namespace {
 std::atomic<int> g_clusters{0};
+
+void write_idx(const std::string& path, const std::vector<std::uint32_t>& dims, const std::uint8_t* data,
+               std::size_t bytes) {
+  std::ofstream out(path, std::ios::binary);
+  const std::uint8_t magic[4] = {0, 0, 0x08, static_cast<std::uint8_t>(dims.size())};
+  out.write(reinterpret_cast<const char*>(magic), 4);
+  for (std::uint32_t d : dims) {
+    const std::uint8_t be[4] = {static_cast<std::uint8_t>(d >> 24), static_cast<std::uint8_t>(d >> 16),
+                                static_cast<std::uint8_t>(d >> 8), static_cast<std::uint8_t>(d)};
+    out.write(reinterpret_cast<const char*>(be), 4);
+  }
+  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  SHOAL_REQUIRE(out.good(), IoError, "cannot write " << path);
+}
+
+void write_subset(const Dataset& d, const std::string& dir, const std::string& prefix) {
+  write_idx(dir + "/" + prefix + "-images-idx3-ubyte",
+            {static_cast<std::uint32_t>(d.count), static_cast<std::uint32_t>(d.height),
+             static_cast<std::uint32_t>(d.width)},
+            d.pixels.data(), d.pixels.size());
+  std::vector<std::uint8_t> labels(d.labels.begin(), d.labels.end());
+  write_idx(dir + "/" + prefix + "-labels-idx1-ubyte", {static_cast<std::uint32_t>(d.count)}, labels.data(),
+            labels.size());
+}
+
+// The first samples of the job's IDX data set as small uncompressed files, written once per build
+// tree and size (under tests/data-subsets, made complete under a temporary name, then renamed):
+// every role of every cluster reads those instead of decompressing the whole 47 MB training file,
+// which under ThreadSanitizer was most of each test's time. The samples are the ones train_limit
+// and test_limit pick from the real files.
+std::string dataset_subset(const std::string& source, std::int64_t train, std::int64_t test) {
+  namespace fs = std::filesystem;
+  const fs::path root(SHOAL_TEST_DATA_CACHE);
+  const fs::path dir = root / ("idx-" + std::to_string(std::hash<std::string>{}(source)) + "-" +
+                               std::to_string(train) + "-" + std::to_string(test));
+  std::error_code ec;
+  if (fs::exists(dir / "t10k-labels-idx1-ubyte", ec)) return dir.string();
+  fs::create_directories(root, ec);
+  std::string pattern = (root / "partial-XXXXXX").string();
+  SHOAL_REQUIRE(mkdtemp(pattern.data()) != nullptr, IoError, "cannot make a directory like " << pattern);
+  const TrainTestData data = load_train_test("idx", source, train, test);
+  write_subset(data.train, pattern, "train");
+  write_subset(data.test, pattern, "t10k");
+  fs::rename(pattern, dir, ec);  // another test process may have made it first: theirs is as good
+  if (ec) fs::remove_all(pattern, ec);
+  return dir.string();
+}
 }
 
 InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
@@ -97,6 +147,8 @@ InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
   std::string tag = std::to_string(++g_clusters);
   config_.coordinator_address = "inproc://coordinator-" + tag;
   config_.node_address = "inproc://ps-" + tag + "-";
+  if (config_.data_format == "idx" && config_.train_limit > 0 && config_.test_limit > 0)
+    config_.data_dir = dataset_subset(config_.data_dir, config_.train_limit, config_.test_limit);
 }
 
 InprocCluster::~InprocCluster() {
