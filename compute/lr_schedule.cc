@@ -14,18 +14,6 @@ LrScheduleKind parse_lr_schedule(const std::string& name) {
   SHOAL_THROW(ConfigError, "unknown learning-rate schedule '" << name << "' (expected constant, step or cosine)");
 }
 
-const char* lr_schedule_name(LrScheduleKind kind) {
-  switch (kind) {
-    case LrScheduleKind::constant:
-      return "constant";
-    case LrScheduleKind::step:
-      return "step";
-    case LrScheduleKind::cosine:
-      return "cosine";
-  }
-  return "?";
-}
-
 float LrSchedule::at(std::int64_t step) const {
   if (warmup_steps > 0 && step < warmup_steps)
     return base_lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);

@@ -11,7 +11,6 @@ namespace shoal {
 
 enum class LrScheduleKind { constant, step, cosine };
 LrScheduleKind parse_lr_schedule(const std::string& name);  // throws ConfigError
-const char* lr_schedule_name(LrScheduleKind kind);
 
 // A learning rate as a function of the global step: linear warm-up from base/warmup_steps to
 // base, then constant, step decay (times gamma every step_size steps) or cosine to min_lr at

@@ -40,12 +40,12 @@ TEST(LrSchedule, TrainerAndServersGiveTheSameRateAtEveryStep) {
     table.steps_per_epoch = 937;
     const LrSchedule trainer = trainer_options(config, 1, table.steps_per_epoch).schedule;
     const LrSchedule server = server_options(config, table).schedule;
-    EXPECT_EQ(trainer.warmup_steps, 469) << lr_schedule_name(kind);
-    EXPECT_EQ(server.warmup_steps, 469) << lr_schedule_name(kind);
+    EXPECT_EQ(trainer.warmup_steps, 469) << "schedule kind " << static_cast<int>(kind);
+    EXPECT_EQ(server.warmup_steps, 469) << "schedule kind " << static_cast<int>(kind);
     int differing = 0;
     for (std::int64_t step = 0; step < table.steps_per_epoch * config.epochs + 10; ++step)
       if (trainer.at(step) != server.at(step)) ++differing;
-    EXPECT_EQ(differing, 0) << lr_schedule_name(kind);
+    EXPECT_EQ(differing, 0) << "schedule kind " << static_cast<int>(kind);
     // Not a flat line: the warm-up ramps, and the schedule then does what its kind says.
     EXPECT_LT(trainer.at(0), trainer.at(468));
     EXPECT_FLOAT_EQ(trainer.at(468), 0.05f);
