@@ -82,7 +82,8 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       socket_(network, config.coordinator_address, log_),
       members_(ms(config.dead_after_seconds)),
       sync_(config.sync()),
-      servers_wanted_(sync_ ? 0 : config.servers) {
+      servers_wanted_(sync_ ? 0 : config.servers),
+      failure_(FailureSettings{sync_, config.sync_elastic, config.staleness}) {
   DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
   train_samples_ = info.count;
   // The model's layout (not its values) decides the partition table.
@@ -92,6 +93,11 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
   model_elements_ = model->params().parameter_count();
   layout_ = model_layout(config.model, model->params());
   has_buffers_ = !model->params().buffers().empty();
+  checkpoints_.emplace(
+      CheckpointSettings{config.checkpoint_dir, static_cast<int>(config.checkpoint_keep), config.checkpoint_every_steps,
+                         config.checkpoint_every_seconds, config.request_timeout_seconds, config.dead_after_seconds,
+                         config.checkpoint_on_term_older_than, config.seed},
+      layout_, config_ini(config), log_, metrics_);
   SHOAL_LOG(log_, info,
             "listening on " << socket_.endpoint() << "; model " << config.model << " has " << model_elements_
                             << " parameters; " << train_samples_ << " training samples; "
@@ -126,8 +132,9 @@ void Coordinator::resume_from_checkpoint() {
                 dir << " holds another model: its layout file differs from model " << config_.model
                     << "'s (shoal checkpoint inspect " << dir << ")");
   restored_position_ = read_whole_file(dir + "/" + checkpoint_file::kPosition);
-  steps_ = checkpoint_step_ = position_step(restored_position_, dir);
-  restored_from_ = newest_checkpoint_ = dir;
+  steps_ = position_step(restored_position_, dir);
+  checkpoints_->restored(steps_, dir);
+  restored_from_ = dir;
 }
 
 void Coordinator::reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message) {
@@ -175,14 +182,15 @@ void Coordinator::publish_table() {
     t.restore = restored_from_;
     table_ = t;
     auto book = std::make_unique<SyncBook>(train_samples_, config_.epochs, static_cast<int>(config_.workers));
-    sync_book_ = book.get();
+    std::map<std::string, int> ranks;
+    for (const auto* m : members_.members(wire::Role::WORKER, true)) ranks[m->id] = m->rank;
+    world_.emplace(*book, std::move(ranks));
     book_ = std::move(book);
     if (!restored_from_.empty()) {
-      for (const EpochReport& r : sync_book_->restore(restored_position_, Clock::now()))
+      for (const EpochReport& r : book_->restore(restored_position_, Clock::now()))
         result_.final_test_accuracy = r.test_accuracy;
       SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
     }
-    for (const auto* m : members_.members(wire::Role::WORKER, true)) world_rank_[m->id] = m->rank;
     SHOAL_LOG(log_, info, "every rank registered; the sync job starts with " << config_.workers << " ranks");
     return;
   }
@@ -197,12 +205,10 @@ void Coordinator::publish_table() {
   std::int64_t batch = config_.batch_size * (config_.staleness == 0 ? config_.workers : 1);
   t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
   table_ = t;
-  auto leases = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
-                                            ms(config_.lease_timeout_seconds));
-  leases_ = leases.get();
-  book_ = std::move(leases);
+  book_ = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
+                                      ms(config_.lease_timeout_seconds));
   if (!restored_from_.empty()) {
-    for (const EpochReport& r : leases_->restore(restored_position_, Clock::now()))
+    for (const EpochReport& r : book_->restore(restored_position_, Clock::now()))
       result_.final_test_accuracy = r.test_accuracy;
     table_->restore = restored_from_;
     SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
@@ -271,10 +277,7 @@ void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
   auto reg = body.getRegister();
   // Retries of one process's registration carry its nonce: every copy gets the same answer,
   // so copies queued while the coordinator was not up do not register the process again.
-  if (auto seen = registrations_.find(reg.getNonce()); seen != registrations_.end()) {
-    if (const Member* m = members_.find(seen->second)) reply_register(in, *m);
-    return;
-  }
+  if (const Member* m = members_.registered_by(reg.getNonce())) return reply_register(in, *m);
   if (over) return reply_job_over(in);
   if (!in.user.empty()) {
     // auth.keys: a member registers as the rank its key is, and as nothing else.
@@ -325,7 +328,7 @@ void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
   }
   try {
     const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
-    registrations_[reg.getNonce()] = m.id;
+    members_.remember(reg.getNonce(), m.id);
     reply_register(in, m);
     if (sync_)
       SHOAL_LOG(log_, info,
@@ -378,23 +381,21 @@ void Coordinator::handle_table_request(const Incoming& in) {
     if (const Member* wm = members_.find(w); wm != nullptr && w != sender)
       table_->start_clock = std::min(table_->start_clock, wm->clock);
   if (table_->start_clock == UINT64_MAX) table_->start_clock = 0;
-  if (sync_ && pending_joiners_.count(sender)) {
+  if (world_ && world_->pending(sender)) {
     reply_error(in, wire::ErrorCode::NOT_READY,
                 "the world admits " + sender + " once every rank trains the same epoch");
     return;
   }
-  if (sync_ && world_size_ > 0) {
+  if (world_ && world_->reformed()) {
     // This rank's place in the re-formed world.
-    auto it = world_rank_.find(sender);
-    if (it == world_rank_.end()) {
+    auto place = world_->place(sender);
+    if (!place) {
       reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not part of the re-formed world");
       return;
     }
-    table_->world_rank = it->second;
-    table_->world_size = world_size_;
-    table_->previous_ranks.assign(static_cast<std::size_t>(world_size_), 0);
-    for (const auto& [id, rank] : world_rank_)
-      table_->previous_ranks[static_cast<std::size_t>(rank)] = previous_rank_.at(id);
+    table_->world_rank = place->rank;
+    table_->world_size = place->size;
+    table_->previous_ranks = place->previous_ranks;
   }
   Outgoing out("coordinator", in.request_id());
   table_->to_wire(out.body().initPartitionTable());
@@ -411,23 +412,24 @@ void Coordinator::handle_lease_request(const Incoming& in, const Member& member,
   Outgoing out("coordinator", in.request_id());
   auto grant = out.body().initLeaseGrant();
   at_boundary_[sender] = true;  // its pushes are applied: it waited for its parameters first
+  const CheckpointDriver::InProgress* checkpoint = checkpoints_->current();
   if (!over && sync_ && sync_checkpoint_holds(sender, now) &&
-      !(checkpoint_ && !checkpoint_->draining && checkpoint_->buffers_holder.empty() && member.rank == 0)) {
+      !(checkpoint && !checkpoint->draining && checkpoint->buffers_holder.empty() && member.rank == 0)) {
     grant.setWait(20);  // every rank waits before the next epoch while a checkpoint is cut
     socket_.send(in.peer, out);
     return;
   }
   if (!over && !sync_ &&
-      ((checkpoint_ && (checkpoint_->draining || book_->finished())) || !missing_servers_.empty())) {
+      ((checkpoint && (checkpoint->draining || book_->finished())) || !missing_servers_.empty())) {
     grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
     socket_.send(in.peer, out);
     return;
   }
-  if (!over && checkpoint_ && checkpoint_->waiting.count("buffers") && checkpoint_->buffers_holder.empty()) {
+  if (!over && checkpoints_->wants_buffers_holder()) {
     auto order = grant.initSaveBuffers();
-    order.setStep(static_cast<std::uint64_t>(checkpoint_->step));
-    order.setDir(checkpoint_->dir);
-    checkpoint_->buffers_holder = sender;
+    order.setStep(static_cast<std::uint64_t>(checkpoints_->current()->step));
+    order.setDir(checkpoints_->current()->dir);
+    checkpoints_->set_buffers_holder(sender);
     at_boundary_[sender] = false;
     socket_.send(in.peer, out);
     return;
@@ -551,8 +553,8 @@ void Coordinator::handle_eval_done(const Incoming& in, Clock::time_point now) {
   // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
   // its own evaluation was cut short by the change) passes it with no samples: its stage
   // moves on, the epoch's result stays the one the world computed.
-  if (sync_book_ != nullptr && d.getSamples() == 0)
-    sync_book_->pass_evaluation(sender, d.getEpoch());
+  if (book_ && sync_ && d.getSamples() == 0)
+    book_->pass_evaluation(sender, d.getEpoch());
   else if (book_)
     book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
   Outgoing out("coordinator", in.request_id());
@@ -561,29 +563,38 @@ void Coordinator::handle_eval_done(const Incoming& in, Clock::time_point now) {
 }
 
 void Coordinator::worker_gone(const std::string& id, const std::string& how) {
-  if (sync_) {
-    const Member* m = members_.find(id);
-    std::string who = id + " (rank " + std::to_string(m != nullptr ? m->rank : -1) + ")";
-    SHOAL_LOG(log_, error, who << " " << how);
-    if (pending_joiners_.erase(id)) return;  // it was not admitted yet: the world is unchanged
-    if (!table_ || (book_ && book_->finished())) return;
-    // Rank 0 hosts this coordinator: the others re-form without a lost rank, but not without it.
-    if (config_.sync_elastic && m != nullptr && m->rank != 0 && sync_book_ != nullptr && world_rank_.count(id)) {
-      reform_world(id);
+  const Member* m = members_.find(id);
+  WorkerLoss loss;
+  loss.rank = m != nullptr ? m->rank : -1;
+  loss.how = how;
+  loss.who = id + " (rank " + std::to_string(loss.rank) + ")";
+  loss.started = table_.has_value();
+  loss.finished = book_ == nullptr || book_->finished();
+  loss.live_workers = members_.live_workers().size();
+  if (world_) {
+    loss.pending_joiner = world_->drop_pending(id);
+    loss.in_world = world_->contains(id);
+  }
+  if (sync_) SHOAL_LOG(log_, error, loss.who << " " << how);
+  const FailureDecision decision = failure_.worker_lost(loss);
+  switch (decision.action) {
+    case FailureDecision::Action::reform:
+      return reform_world(id);
+    case FailureDecision::Action::end_job:
+      return end_job(ExitCode::peer_lost, decision.reason);
+    case FailureDecision::Action::release: {
+      checkpoints_->worker_gone(id);  // if it was to write the buffers: ask another
+      int returned = book_ ? book_->release(id) : 0;
+      SHOAL_LOG(log_, warn,
+                id << " " << how << "; " << returned << " leased shard(s) back in the queue; " << loss.live_workers
+                   << " workers remain");
+      if (!decision.reason.empty()) end_job(ExitCode::peer_lost, decision.reason);
       return;
     }
-    end_job(ExitCode::peer_lost, "lost " + who + ", " + how +
-                                     "; a sync job cannot go on without every rank (sync.elastic is off" +
-                                     (config_.sync_elastic ? ", or it was rank 0, which hosts the coordinator)" : ")"));
-    return;
+    case FailureDecision::Action::none:
+    case FailureDecision::Action::pause:
+      return;
   }
-  if (checkpoint_ && checkpoint_->buffers_holder == id) checkpoint_->buffers_holder.clear();  // ask another
-  int returned = book_ ? book_->release(id) : 0;
-  SHOAL_LOG(log_, warn,
-            id << " " << how << "; " << returned << " leased shard(s) back in the queue; "
-               << members_.live_workers().size() << " workers remain");
-  if (book_ && members_.live_workers().empty() && !book_->finished())
-    end_job(ExitCode::peer_lost, "every worker is gone before the job finished");
 }
 
 void Coordinator::sync_rank_joins(const Incoming& in, wire::Register::Reader reg, Clock::time_point now) {
@@ -606,7 +617,7 @@ void Coordinator::sync_rank_joins(const Incoming& in, wire::Register::Reader reg
   else if (book_ && book_->finished())
     refused = "the job has finished";
   else if (old == nullptr || !old->alive) {
-    if (static_cast<std::int64_t>(world_rank_.size()) >= config_.workers)
+    if (static_cast<std::int64_t>(world_->size()) >= config_.workers)
       refused = "the sync world has all its " + std::to_string(config_.workers) + " ranks (cluster.workers)";
   }
   if (!refused.empty()) {
@@ -623,9 +634,9 @@ void Coordinator::sync_rank_joins(const Incoming& in, wire::Register::Reader reg
   }
   try {
     const Member& m = members_.add(wire::Role::WORKER, rank, "", now);
-    registrations_[reg.getNonce()] = m.id;
+    members_.remember(reg.getNonce(), m.id);
     reply_register(in, m);
-    pending_joiners_.insert(m.id);
+    world_->add_pending(m.id);
     SHOAL_LOG(log_, info,
               "registered " << m.id << " as rank " << m.rank
                             << ": it joins the running world once every rank trains the same epoch");
@@ -640,140 +651,87 @@ void Coordinator::admit_joiners() {
   // agree on the state at a step of that epoch, and every one of them, the joiner included, goes
   // on to train its rest and evaluate it. Between epochs (an evaluation in progress) the joiner
   // waits: a rank past an evaluation the others would still run would wait in another collective.
-  if (pending_joiners_.empty() || !sync_book_ || end_ || checkpoint_ || sync_book_->finished()) return;
-  if (sync_book_->training_epoch() < 0) return;
-  for (const std::string& id : pending_joiners_) {
-    sync_book_->add(id);
-    reform_world("", id);
-  }
-  pending_joiners_.clear();
+  if (!world_ || end_ || checkpoints_->current() || !world_->can_admit()) return;
+  world_->admit_pending([this](const std::string& id) { return is_alive(id); },
+                        [this](const std::string& id) { announce_world("", id); });
 }
 
-void Coordinator::reform_world(const std::string& lost, const std::string& joined) {
+void Coordinator::reform_world(const std::string& lost) {
+  if (checkpoints_->current()) abandon_checkpoint(lost + " was lost");
+  world_->remove(lost, Clock::now(), [this](const std::string& id) { return is_alive(id); });
+  announce_world(lost, "");
+}
+
+bool Coordinator::is_alive(const std::string& id) const {
+  const Member* m = members_.find(id);
+  return m != nullptr && m->alive;
+}
+
+void Coordinator::announce_world(const std::string& lost, const std::string& joined) {
   const auto now = Clock::now();
-  if (!lost.empty()) {
-    if (checkpoint_) abandon_checkpoint(lost + " was lost");
-    sync_book_->remove(lost, now);
-    world_rank_.erase(lost);
-  }
-  // The survivors keep their order: the new ranks are their places in the old world, counted;
-  // a joiner comes after them.
-  std::vector<std::pair<int, std::string>> order;
-  for (const auto& [id, rank] : world_rank_)
-    if (const Member* m = members_.find(id); m != nullptr && m->alive) order.emplace_back(rank, id);
-  std::sort(order.begin(), order.end());
-  world_rank_.clear();
-  previous_rank_.clear();
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    previous_rank_[order[i].second] = order[i].first;
-    world_rank_[order[i].second] = static_cast<int>(i);
-  }
-  if (!joined.empty()) {
-    previous_rank_[joined] = -1;
-    world_rank_[joined] = static_cast<int>(order.size());
-  }
-  world_size_ = static_cast<int>(world_rank_.size());
+  const int size = static_cast<int>(world_->size());
   // A new generation: every member sees it in its heartbeat replies, ends the collective it is
   // in, fetches its place in the new world (tableRequest) and forms it under this key prefix.
   table_->version = std::max<std::uint64_t>(table_->version, members_.generation()) + 1;
   if (joined.empty())
     SHOAL_LOG(log_, warn,
-              "the sync world re-forms in place without " << lost << ": " << world_size_ << " ranks, generation "
+              "the sync world re-forms in place without " << lost << ": " << size << " ranks, generation "
                                                           << table_->version
                                                           << "; the survivors take the state from the most advanced "
                                                              "rank and re-plan the rest of the epoch");
   else
     SHOAL_LOG(log_, info,
-              "the sync world re-forms in place with " << joined << ": " << world_size_ << " ranks, generation "
+              "the sync world re-forms in place with " << joined << ": " << size << " ranks, generation "
                                                        << table_->version
                                                        << "; it takes the state from the most advanced rank at the "
                                                           "next step boundary");
   metrics_.write({{"event", std::string("world")},
-                  {"ranks", static_cast<std::int64_t>(world_size_)},
+                  {"ranks", static_cast<std::int64_t>(size)},
                   {"generation", static_cast<std::int64_t>(table_->version)},
                   {joined.empty() ? "lost" : "joined", joined.empty() ? lost : joined},
                   {"elapsed", seconds_between(started_, now)}});
 }
 
-bool Coordinator::checkpoint_due(Clock::time_point now) const {
-  if (config_.checkpoint_dir.empty() || !book_ || checkpoint_ || end_ || !missing_servers_.empty() ||
-      now < retry_checkpoint_at_)
-    return false;
-  if (steps_ == checkpoint_step_) return false;  // nothing new since the last one
-  const std::int64_t since = steps_ - std::max<std::int64_t>(checkpoint_step_, 0);
-  if (config_.checkpoint_every_steps > 0 && since >= config_.checkpoint_every_steps) return true;
-  return config_.checkpoint_every_seconds > 0 && now - checkpoint_time_ >= ms(config_.checkpoint_every_seconds);
-}
-
-void Coordinator::begin_checkpoint(Clock::time_point now) {
-  CheckpointInProgress c;
-  c.step = steps_;
-  c.started = now;
-  SHOAL_LOG(log_, info,
-            "checkpoint at step " << c.step << "+: draining (no new shard until every worker is at a step "
-                                  << "boundary)");
-  checkpoint_ = std::move(c);
-}
-
-bool Coordinator::name_checkpoint() {
-  // Named at the cut: the shards finished while the job drained count.
-  CheckpointInProgress& c = *checkpoint_;
-  c.step = steps_;
-  c.name = checkpoint_name(c.step);
-  c.dir = (std::filesystem::path(config_.checkpoint_dir) / c.name).string();
-  std::error_code ec;
-  if (std::filesystem::exists(c.dir + "/" + checkpoint_file::kManifest, ec)) {
-    checkpoint_step_ = c.step;  // already complete (a job resumed at this step)
-    checkpoint_.reset();
-    return false;
-  }
-  std::filesystem::remove_all(c.dir, ec);  // an attempt at this step that never completed
-  std::filesystem::create_directories(c.dir, ec);
-  if (ec) {
-    abandon_checkpoint("cannot create checkpoint directory " + c.dir + ": " + ec.message());
-    return false;
-  }
-  return true;
+bool Coordinator::checkpoint_due() const {
+  return book_ && !end_ && missing_servers_.empty() && checkpoints_->due(steps_);
 }
 
 void Coordinator::abandon_checkpoint(const std::string& why) {
-  const std::string name =
-      checkpoint_->name.empty() ? "at step " + std::to_string(checkpoint_->step) : checkpoint_->name;
-  SHOAL_LOG(log_, error, "checkpoint " << name << " abandoned: " << why << "; training goes on");
-  checkpoint_.reset();
-  checkpoint_time_ = Clock::now();
-  // Not again at once (every_steps would be due at once): one liveness period first.
-  retry_checkpoint_at_ = checkpoint_time_ + ms(config_.dead_after_seconds);
-  if (terminating_) {
-    preempted_ = true;
-    end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
-                              "; the last checkpoint could not be written (" + why + ")");
-  }
+  checkpoints_->abandon(why);
+  after_checkpoint_ended();
 }
 
-void Coordinator::snapshot_servers(Clock::time_point now) {
-  if (!name_checkpoint()) return;
-  CheckpointInProgress& c = *checkpoint_;
-  c.position =
-      "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" + leases_->save();
+void Coordinator::after_checkpoint_ended() {
+  if (!terminating_ || end_ || checkpoints_->current()) return;
+  preempted_ = true;
+  const CheckpointDriver::Outcome& o = checkpoints_->last_outcome();
+  end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
+                            (o.written ? " after checkpoint " + o.what
+                                       : "; the last checkpoint could not be written (" + o.what + ")"));
+}
+
+void Coordinator::order_snapshot(const std::string& server, std::int64_t step, const std::string& dir) {
   // Short waits: the coordinator answers nobody while it waits here, and all of them together
   // must stay well under a liveness period (a dying server makes one of them run out).
   Seconds wait(std::min({config_.request_timeout_seconds, 0.5,
                          config_.dead_after_seconds / (4.0 * static_cast<double>(table_->servers.size()))}));
-  for (const auto& s : table_->servers) {
-    auto& client = server_clients_[s.address];
-    if (!client) client = std::make_unique<ControlClient>(network_, s.address, "coordinator", log_, wait);
-    try {
-      client->order_snapshot(c.step, c.dir);
-    } catch (const Error& e) {
-      client.reset();  // a fresh connection next time
-      return abandon_checkpoint(s.id + " did not take its snapshot: " + e.what());
-    }
-    c.waiting.insert(s.id);
+  std::string address;
+  for (const auto& s : table_->servers)
+    if (s.id == server) address = s.address;
+  auto& client = server_clients_[address];
+  if (!client) client = std::make_unique<ControlClient>(network_, address, "coordinator", log_, wait);
+  try {
+    client->order_snapshot(step, dir);
+  } catch (const Error&) {
+    client.reset();  // a fresh connection next time
+    throw;
   }
-  if (has_buffers_) c.waiting.insert("buffers");
-  c.draining = false;
-  c.snapshotted = Clock::now();
+}
+
+void Coordinator::snapshot_servers(Clock::time_point now) {
+  std::vector<std::string> servers;
+  for (const auto& s : table_->servers) servers.push_back(s.id);
+  if (!checkpoints_->cut(steps_, book_->save(), servers, this, has_buffers_)) return after_checkpoint_ended();
   // Servers preempted (SIGTERM): nothing more may reach them after this cut. The job pauses
   // here; each goes once its files are in, and its replacement restores from this checkpoint.
   for (const auto& id : preempting_) {
@@ -781,173 +739,84 @@ void Coordinator::snapshot_servers(Clock::time_point now) {
     server_lost(id, now, /*keep_checkpoint=*/true);
   }
   preempting_.clear();
-  SHOAL_LOG(log_, info,
-            "checkpoint " << c.name << ": cut at step " << c.step << "; training stalled "
-                          << static_cast<long long>(1000 * seconds_between(c.started, c.snapshotted)) << " ms (drain "
-                          << static_cast<long long>(1000 * seconds_between(c.started, now)) << " ms, snapshots "
-                          << static_cast<long long>(1000 * seconds_between(now, c.snapshotted))
-                          << " ms); the servers write in the background");
 }
 
 void Coordinator::handle_checkpoint_files(const Incoming& in) {
   auto f = in.envelope().getBody().getCheckpointFiles();
   const Member* member = members_.find(in.sender());
   const std::string who = member->role == wire::Role::SERVER ? member->id : "buffers";
-  if (!checkpoint_ || checkpoint_->draining || static_cast<std::int64_t>(f.getStep()) != checkpoint_->step ||
-      !checkpoint_->waiting.count(who)) {
-    reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                "no checkpoint at step " + std::to_string(f.getStep()) + " waits for files from " + in.sender());
-    return;
-  }
-  CheckpointInProgress& c = *checkpoint_;
-  for (auto file : f.getFiles()) {
-    std::string name = file.getName().cStr();
-    bool ours = name == checkpoint_file::kManifest || name == checkpoint_file::kPosition ||
-                name == checkpoint_file::kLayout || name == checkpoint_file::kJobIni;
-    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || ours || c.files.size() > 65536) {
-      reply_error(in, wire::ErrorCode::BAD_REQUEST, "bad checkpoint file name '" + name + "'");
-      return;
-    }
-    c.files.push_back(FileEntry{name, file.getSize(), file.getCrc()});
-  }
-  c.copy_seconds = std::max(c.copy_seconds, f.getCopySeconds());
-  c.write_seconds = std::max(c.write_seconds, f.getWriteSeconds());
-  c.waiting.erase(who);
+  std::vector<FileEntry> files;
+  for (auto file : f.getFiles()) files.push_back(FileEntry{file.getName().cStr(), file.getSize(), file.getCrc()});
+  const std::string refused = checkpoints_->files_reported(who, static_cast<std::int64_t>(f.getStep()),
+                                                           std::move(files), f.getCopySeconds(), f.getWriteSeconds());
+  if (!refused.empty()) return reply_error(in, wire::ErrorCode::BAD_REQUEST, refused);
   Outgoing out("coordinator", in.request_id());
   out.body().setAck();
   socket_.send(in.peer, out);
 }
 
-void Coordinator::finish_checkpoint(Clock::time_point now) {
-  CheckpointInProgress& c = *checkpoint_;
-  std::vector<std::string> removed;
-  try {
-    Manifest m;
-    m.step = c.step;
-    m.files = c.files;
-    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kPosition, c.position));
-    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kLayout, layout_));
-    m.files.push_back(write_file_atomic(c.dir, checkpoint_file::kJobIni, config_ini(config_)));
-    write_manifest(c.dir, m);  // last: from now on the checkpoint is complete
-    write_latest(config_.checkpoint_dir, c.name);
-    removed = prune_checkpoints(config_.checkpoint_dir, static_cast<int>(config_.checkpoint_keep));
-  } catch (const Error& e) {
-    return abandon_checkpoint(e.what());
-  }
-  std::uint64_t bytes = 0;
-  for (const auto& f : c.files) bytes += f.size;
-  const double stall = seconds_between(c.started, c.snapshotted), total = seconds_between(c.snapshotted, now);
-  char line[300];
-  std::snprintf(line, sizeof(line),
-                "checkpoint %s written: %.1f MB; training stalled %.0f ms (server copy %.0f ms); the servers wrote "
-                "in %.2f s (%.2f GB/s)%s",
-                c.name.c_str(), static_cast<double>(bytes) / 1e6, 1000 * stall, 1000 * c.copy_seconds, c.write_seconds,
-                c.write_seconds > 0 ? static_cast<double>(bytes) / c.write_seconds / 1e9 : 0.0,
-                removed.empty() ? "" : (", removed " + std::to_string(removed.size()) + " older").c_str());
-  SHOAL_LOG(log_, info, line);
-  metrics_.write({{"event", std::string("checkpoint")},
-                  {"step", c.step},
-                  {"name", c.name},
-                  {"bytes", static_cast<std::int64_t>(bytes)},
-                  {"stall_seconds", stall},
-                  {"copy_seconds", c.copy_seconds},
-                  {"write_seconds", c.write_seconds},
-                  {"complete_seconds", total},
-                  {"elapsed", seconds_between(started_, now)}});
-  checkpoint_step_ = c.step;
-  checkpoint_time_ = c.started;
-  newest_checkpoint_ = c.dir;
-  const std::string name = c.name;
-  checkpoint_.reset();
-  if (terminating_) {
-    preempted_ = true;
-    end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) + " after checkpoint " + name);
-  }
-}
-
 void Coordinator::drive_checkpoint(Clock::time_point now) {
   if (term_ != nullptr && term_->load() && !terminating_ && !end_) {
     terminating_ = true;
-    const bool checkpoints = !sync_ && !config_.checkpoint_dir.empty() && leases_ != nullptr;  // sync: not yet
-    const bool old = checkpoint_step_ < 0 || now - checkpoint_time_ > ms(config_.checkpoint_on_term_older_than);
+    const bool checkpoints = !sync_ && checkpoints_->enabled() && book_ != nullptr;  // sync: not yet
     SHOAL_LOG(log_, warn, "SIGTERM: stopping the job at a step boundary");
-    if (checkpoints && old && steps_ != checkpoint_step_ && !checkpoint_) begin_checkpoint(now);
-    if (!checkpoint_) {
+    if (checkpoints && checkpoints_->stale_for_term() && steps_ != checkpoints_->newest_step() &&
+        !checkpoints_->current())
+      checkpoints_->begin(steps_);
+    if (!checkpoints_->current()) {
       preempted_ = true;
       end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
                                 (checkpoints ? " (the newest checkpoint is recent enough)" : " (no checkpoints)"));
       return;
     }
   }
-  if (!checkpoint_) {
+  if (!checkpoints_->current()) {
     // Sync jobs decide at an epoch's start (sync_checkpoint_holds), not here.
     const bool for_preemption =
-        !preempting_.empty() && missing_servers_.empty() && !end_ && now >= retry_checkpoint_at_;
-    if (!sync_ && (checkpoint_due(now) || for_preemption)) begin_checkpoint(now);
-    if (!checkpoint_) return;
+        !preempting_.empty() && missing_servers_.empty() && !end_ && checkpoints_->retry_wait_over();
+    if (!sync_ && (checkpoint_due() || for_preemption)) checkpoints_->begin(steps_);
+    if (!checkpoints_->current()) return;
   }
-  CheckpointInProgress& c = *checkpoint_;
-  if (c.draining && sync_) {
-    // Every rank asked to train the next epoch: rank 0 writes the whole state (every rank
-    // holds the same), the others wait.
-    bool drained = sync_book_->boundary() == c.sync_epoch;
+  const CheckpointDriver::InProgress& c = *checkpoints_->current();
+  if (c.draining) {
+    // Async: every shard leased is reported and every worker asked again (its pushes are
+    // applied). Sync: every rank asked to train the next epoch; rank 0 writes the whole state
+    // (every rank holds the same), the others wait.
+    bool drained = sync_ ? world_->book().boundary() == c.sync_epoch : book_->outstanding_shards() == 0;
     for (const auto& w : members_.live_workers())
       if (!at_boundary_[w]) drained = false;
-    if (drained) {
-      if (!name_checkpoint()) return;  // nothing to take, or abandoned: checkpoint_ is gone
-      c.position = "format 1\nstep " + std::to_string(c.step) + "\nseed " + std::to_string(config_.seed) + "\n" +
-                   sync_book_->save();
-      c.waiting.insert("buffers");
-      c.draining = false;
-      c.snapshotted = now;
-      SHOAL_LOG(log_, info,
-                "checkpoint " << c.name << ": cut after epoch " << c.sync_epoch << " (step " << c.step
-                              << "); rank 0 writes the state");
-    } else if (now - c.started > ms(config_.request_timeout_seconds)) {
-      abandon_checkpoint("the ranks did not reach the epoch boundary within cluster.request_timeout_seconds");
+    if (drained && sync_) {
+      if (!checkpoints_->cut(steps_, book_->save(), {}, nullptr, /*buffers=*/true)) after_checkpoint_ended();
+    } else if (drained) {
+      snapshot_servers(now);
+    } else if (checkpoints_->drain_overdue()) {
+      abandon_checkpoint(sync_ ? "the ranks did not reach the epoch boundary within cluster.request_timeout_seconds"
+                               : "the job did not drain within cluster.request_timeout_seconds");
     }
     return;
   }
-  if (c.draining) {
-    bool drained = leases_->outstanding_shards() == 0;
-    for (const auto& w : members_.live_workers())
-      if (!at_boundary_[w]) drained = false;
-    if (drained)
-      snapshot_servers(now);
-    else if (now - c.started > ms(config_.request_timeout_seconds))
-      abandon_checkpoint("the job did not drain within cluster.request_timeout_seconds");
-    return;
-  }
-  if (c.waiting.empty()) return finish_checkpoint(now);
-  if (now - c.snapshotted > 2 * ms(config_.request_timeout_seconds)) {
-    std::string missing;
-    for (const auto& w : c.waiting) missing += " " + w;
-    abandon_checkpoint("no files from" + missing);
-  }
+  if (checkpoints_->poll()) after_checkpoint_ended();
 }
 
-bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_point now) {
-  const std::int64_t next = sync_book_->next_train_epoch(worker);
+bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_point /*now*/) {
+  const std::int64_t next = world_->book().next_train_epoch(worker);
   if (next < 0) return false;  // its next task is an evaluation: never held
   // The first rank to ask for epoch `next` decides for every rank: a checkpoint after epoch
   // next - 1, or none (a rank already training `next` must not find its peers held).
-  if (next > decided_epoch_ && !checkpoint_) {
+  if (next > decided_epoch_ && !checkpoints_->current()) {
     decided_epoch_ = next;
     // After the last epoch: the trained model, unless the newest checkpoint already holds it.
-    const bool last = next == config_.epochs + 1 && !config_.checkpoint_dir.empty() && steps_ != checkpoint_step_;
-    if (next > 1 && (checkpoint_due(now) || last)) {
-      begin_checkpoint(now);
-      if (checkpoint_) checkpoint_->sync_epoch = next - 1;
-    }
+    const bool last =
+        next == config_.epochs + 1 && checkpoints_->enabled() && steps_ != checkpoints_->newest_step();
+    if (next > 1 && (checkpoint_due() || last)) checkpoints_->begin(steps_, next - 1);
   }
-  return checkpoint_ && checkpoint_->sync_epoch == next - 1;
+  const CheckpointDriver::InProgress* c = checkpoints_->current();
+  return c != nullptr && c->sync_epoch == next - 1;
 }
 
 void Coordinator::server_gone(const std::string& id, const std::string& how, Clock::time_point now) {
-  if (sync_ || config_.staleness == 0)
-    return end_job(ExitCode::peer_lost, "parameter server " + id + " " + how +
-                                            "; a synchronous parameter-server job (async.staleness = 0) cannot "
-                                            "continue without it");
+  const FailureDecision decision = failure_.server_lost(id, how);
+  if (decision.action == FailureDecision::Action::end_job) return end_job(ExitCode::peer_lost, decision.reason);
   server_lost(id, now);
 }
 
@@ -959,23 +828,24 @@ void Coordinator::server_lost(const std::string& id, Clock::time_point now, bool
   for (const auto& range : table_->servers)
     if (range.id == id) server_clients_.erase(range.address);  // its successor gets a fresh connection
   // A checkpoint survives the loss of a server whose files are already in.
-  if (checkpoint_ && !keep_checkpoint && (checkpoint_->draining || checkpoint_->waiting.count(id)))
+  const CheckpointDriver::InProgress* checkpoint = checkpoints_->current();
+  if (checkpoint && !keep_checkpoint && (checkpoint->draining || checkpoint->waiting.count(id)))
     abandon_checkpoint(id + " was lost");
-  int released = leases_ != nullptr ? leases_->release_all() : 0;
+  int released = book_ ? book_->release_all() : 0;
   if (keep_checkpoint) {
     SHOAL_LOG(log_, warn,
               "parameter server " << id << " is preempted (SIGTERM): the job pauses at the cut of checkpoint "
-                                  << checkpoint_->name << " until it is back, and it restores from there; " << released
+                                  << checkpoints_->current()->name << " until it is back, and it restores from there; " << released
                                   << " leased shard(s) back in the queue");
     return;
   }
   SHOAL_LOG(log_, error,
             "parameter server " << id << " stopped answering heartbeats; the job pauses until it is back (shoal launch "
                                 << "restarts it; under Kubernetes its pod is restarted) and it restores its shard from "
-                                << (newest_checkpoint_.empty()
+                                << (checkpoints_->newest_dir().empty()
                                         ? std::string("the initial parameters (no checkpoint yet: the work of its "
                                                       "shard so far is lost)")
-                                        : newest_checkpoint_)
+                                        : checkpoints_->newest_dir())
                                 << "; " << released << " leased shard(s) back in the queue");
 }
 
@@ -993,34 +863,36 @@ void Coordinator::handle_preempt(const Incoming& in, Clock::time_point now) {
     r.setReason(reason);
     socket_.send(in.peer, out);
   };
+  const CheckpointDriver::InProgress* checkpoint = checkpoints_->current();
+  const std::string& newest = checkpoints_->newest_dir();
   if (preempted_servers_.count(id)) {
-    if (checkpoint_ && checkpoint_->waiting.count(id))
-      return answer(true, "its files of checkpoint " + checkpoint_->name + " are not in yet");
-    return answer(false, checkpoint_ ? "its state is in checkpoint " + checkpoint_->name + " (being completed)"
-                         : newest_checkpoint_.empty() ? std::string("the checkpoint of its state was abandoned")
-                                                      : "its state is in " + newest_checkpoint_);
+    if (checkpoint && checkpoint->waiting.count(id))
+      return answer(true, "its files of checkpoint " + checkpoint->name + " are not in yet");
+    return answer(false, checkpoint       ? "its state is in checkpoint " + checkpoint->name + " (being completed)"
+                         : newest.empty() ? std::string("the checkpoint of its state was abandoned")
+                                          : "its state is in " + newest);
   }
   if (preempting_.count(id)) return answer(true, "waiting for the checkpoint's cut");
-  const bool old = checkpoint_step_ < 0 || now - checkpoint_time_ > ms(config_.checkpoint_on_term_older_than);
+  const bool old = checkpoints_->stale_for_term();
   std::string go;
   if (config_.checkpoint_dir.empty())
     go = "no checkpoint.dir: its replacement starts from the initial parameters (the work on its shard is lost)";
   else if (end_)
     go = "the job is over";
-  else if (sync_ || config_.staleness == 0 || !leases_)
+  else if (sync_ || config_.staleness == 0 || !book_)
     go = "a synchronous parameter-server job ends without it";
   else if (!missing_servers_.empty())
     go = "the job is already paused (" + *missing_servers_.begin() + " is missing); its replacement restores from " +
-         (newest_checkpoint_.empty() ? std::string("the initial parameters") : newest_checkpoint_);
-  else if (!checkpoint_ && (!old || steps_ == checkpoint_step_))
-    go = "the newest checkpoint (" + newest_checkpoint_ + ") is recent enough (checkpoint.on_term_older_than)";
+         (newest.empty() ? std::string("the initial parameters") : newest);
+  else if (!checkpoint && (!old || steps_ == checkpoints_->newest_step()))
+    go = "the newest checkpoint (" + newest + ") is recent enough (checkpoint.on_term_older_than)";
   if (!go.empty()) {
     SHOAL_LOG(log_, warn, id << " got SIGTERM and goes without a checkpoint: " << go);
     return answer(false, go);
   }
   preempting_.insert(id);
   // A checkpoint already past its cut does not hold what the server applied since: the next one.
-  if (!checkpoint_) begin_checkpoint(now);
+  if (!checkpoint) checkpoints_->begin(steps_);
   SHOAL_LOG(log_, warn,
             id << " got SIGTERM: it stays until a checkpoint holds its state, and the job pauses at that cut until "
                   "it is back");
@@ -1039,32 +911,33 @@ void Coordinator::server_returns(const Incoming& in, wire::Register::Reader reg,
                     (reg.getRank() >= 0 ? " (ps." + std::to_string(reg.getRank()) + " is alive)" : ""));
     return;
   }
-  if (checkpoint_ && !checkpoint_->draining) {
+  if (const auto* checkpoint = checkpoints_->current(); checkpoint && !checkpoint->draining) {
     // It restores from the newest complete checkpoint: let the one being written complete first
     // (the state of a preempted server is in it).
-    reply_error(in, wire::ErrorCode::NOT_READY, "checkpoint " + checkpoint_->name + " is being written");
+    reply_error(in, wire::ErrorCode::NOT_READY, "checkpoint " + checkpoint->name + " is being written");
     return;
   }
+  const std::string& newest = checkpoints_->newest_dir();
   ServerRange& range = table_->servers[index];
   preempted_servers_.erase(range.id);
   const int rank = std::stoi(range.id.substr(3));
   const Member& m = members_.add(wire::Role::SERVER, rank, reg.getAddress().cStr(), now);
-  registrations_[reg.getNonce()] = m.id;
+  members_.remember(reg.getNonce(), m.id);
   range.address = m.address;
-  table_->restore = newest_checkpoint_;
+  table_->restore = newest;
   ++table_->version;
   missing_servers_.erase(m.id);
   reply_register(in, m);
   SHOAL_LOG(log_, info,
             m.id << " is back at " << m.address << " after "
                  << static_cast<long long>(1000 * seconds_between(paused_since_, now)) << " ms; it restores from "
-                 << (newest_checkpoint_.empty() ? std::string("the initial parameters") : newest_checkpoint_)
+                 << (newest.empty() ? std::string("the initial parameters") : newest)
                  << (missing_servers_.empty() ? "; the job goes on" : "; still missing: " + *missing_servers_.begin()));
 }
 
 void Coordinator::check_stalls(Clock::time_point now) {
   if (sync_ || config_.stall_seconds <= 0 || !table_ || end_ || !book_) return;
-  if (!missing_servers_.empty() || checkpoint_) {
+  if (!missing_servers_.empty() || checkpoints_->current()) {
     // Nobody can progress while the job is paused or drains: the clocks start again after.
     for (const auto& w : members_.live_workers()) members_.progressed(w, now);
     return;
@@ -1130,11 +1003,11 @@ void Coordinator::update_telemetry(Clock::time_point now) {
   m.gauge("shoal_coordinator_steps", "global steps: batches the workers reported").set(static_cast<double>(steps_));
   m.gauge("shoal_coordinator_paused", "1 while the job waits for a lost parameter server to return")
       .set(missing_servers_.empty() ? 0.0 : 1.0);
-  if (checkpoint_step_ >= 0) {  // absent until there is a checkpoint
+  if (checkpoints_->newest_step() >= 0) {  // absent until there is a checkpoint
     m.gauge("shoal_checkpoint_age_seconds", "seconds since the newest complete checkpoint was cut")
-        .set(seconds_between(checkpoint_time_, now));
+        .set(seconds_between(checkpoints_->newest_time(), now));
     m.gauge("shoal_checkpoint_step", "global step of the newest complete checkpoint")
-        .set(static_cast<double>(checkpoint_step_));
+        .set(static_cast<double>(checkpoints_->newest_step()));
   }
 }
 
@@ -1187,7 +1060,7 @@ void Coordinator::report_epochs(Clock::time_point now) {
 
 CoordinatorResult Coordinator::run() {
   started_ = Clock::now();
-  checkpoint_time_ = started_;
+  checkpoints_->start();
   auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
   std::optional<Clock::time_point> end_deadline, told_at;
   while (true) {
@@ -1229,14 +1102,14 @@ CoordinatorResult Coordinator::run() {
     if (book_ && book_->finished() && !end_) {
       // The trained model is the last checkpoint: taken before the job ends (sync jobs decide
       // it when their ranks ask for work after the last epoch).
-      if (!sync_ && !config_.checkpoint_dir.empty() && !final_checkpoint_ && !checkpoint_ &&
-          steps_ != checkpoint_step_) {
+      if (!sync_ && checkpoints_->enabled() && !final_checkpoint_ && !checkpoints_->current() &&
+          steps_ != checkpoints_->newest_step()) {
         final_checkpoint_ = true;
-        begin_checkpoint(now);
+        checkpoints_->begin(steps_);
       }
-      const bool sync_last_pending =
-          sync_ && !config_.checkpoint_dir.empty() && decided_epoch_ <= config_.epochs && steps_ != checkpoint_step_;
-      if (!checkpoint_ && !sync_last_pending) end_job(ExitCode::ok, "every epoch is done");
+      const bool sync_last_pending = sync_ && checkpoints_->enabled() && decided_epoch_ <= config_.epochs &&
+                                     steps_ != checkpoints_->newest_step();
+      if (!checkpoints_->current() && !sync_last_pending) end_job(ExitCode::ok, "every epoch is done");
     }
     if (!end_) continue;
     // Every member hears how the job ended (in its next heartbeat, lease or table request);

@@ -13,6 +13,9 @@
 #include <string>
 #include <zmq.hpp>
 
+#include "coordinator/checkpoint_driver.h"
+#include "coordinator/elastic_world.h"
+#include "coordinator/failure_policy.h"
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
 #include "coordinator/rendezvous_table.h"
@@ -33,7 +36,12 @@ struct CoordinatorResult {
   std::vector<EpochReport> epochs;
 };
 
-class Coordinator {
+// The coordinator's own responsibilities are classes of their own, each tested without a
+// cluster: who is in the job (Membership), the work (a WorkBook: LeaseBook or SyncBook), the
+// rendezvous store (RendezvousTable), checkpoints (CheckpointDriver), an elastic sync job's
+// world (ElasticSyncWorld) and what a lost process means (FailurePolicy). This class receives
+// the messages, hands each to its handler and ties those pieces together.
+class Coordinator : private SnapshotOrders {
  public:
   Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics);
   const std::string& endpoint() const { return socket_.endpoint(); }
@@ -80,21 +88,19 @@ class Coordinator {
   // Once the job is over, the answer to whatever a process asks: how it ended.
   void reply_job_over(const Incoming& in);
 
-  // Checkpoints (async jobs, docs/checkpoint-format.md). A checkpoint drains the job first:
-  // no new shard is leased until every leased one is reported and every live worker has asked
-  // again (so its pushes are applied); then every server snapshots its shard at once and the
-  // job goes on while the servers write. The coordinator writes its own files and the
+  // Checkpoints (docs/checkpoint-format.md), driven by checkpoints_. A checkpoint drains the
+  // job first: no new shard is leased until every leased one is reported and every live worker
+  // has asked again (so its pushes are applied); then every server snapshots its shard at once
+  // and the job goes on while the servers write. The coordinator writes its own files and the
   // MANIFEST once every server (and a worker, for batch-norm buffers) reported its files.
   void resume_from_checkpoint();
-  bool checkpoint_due(Clock::time_point now) const;
+  bool checkpoint_due() const;
   void drive_checkpoint(Clock::time_point now);
-  void begin_checkpoint(Clock::time_point now);
-  // Names the checkpoint at its cut and makes its directory; false when there is nothing to take
-  // (the newest complete one is of this step) or the directory cannot be made (abandoned).
-  bool name_checkpoint();
   void snapshot_servers(Clock::time_point now);
-  void finish_checkpoint(Clock::time_point now);
   void abandon_checkpoint(const std::string& why);
+  // A checkpoint ended (written, abandoned or found complete): a job stopping on SIGTERM ends.
+  void after_checkpoint_ended();
+  void order_snapshot(const std::string& server, std::int64_t step, const std::string& dir) override;
   void handle_checkpoint_files(const Incoming& in);
   // Sync jobs: whether a rank asking for work now must wait (a checkpoint is cut before the
   // epoch it would train); decides, once per epoch, whether one is due.
@@ -109,9 +115,11 @@ class Coordinator {
   // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
   // and once the server has written its files it is told to go (docs/checkpoint-format.md).
   void handle_preempt(const Incoming& in, Clock::time_point now);
-  // Elastic sync: `lost` leaves the world, or `joined` enters it; the members form a new one (a
-  // new table version). The survivors keep their order, joiners come after them.
-  void reform_world(const std::string& lost, const std::string& joined = "");
+  // Elastic sync: `lost` leaves the world; the members form a new one.
+  void reform_world(const std::string& lost);
+  // The world changed (`lost` left or `joined` entered): a new table version, logged.
+  void announce_world(const std::string& lost, const std::string& joined);
+  bool is_alive(const std::string& id) const;
   void server_returns(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
   // Elastic sync: a rank registers with a running job (in the place of a missing one).
   void sync_rank_joins(const Incoming& in, wire::Register::Reader reg, Clock::time_point now);
@@ -132,47 +140,25 @@ class Coordinator {
   std::unique_ptr<WorkBook> book_;
   RendezvousTable store_;                               // the rendezvous store (sync jobs)
   std::map<std::string, bool> told_;                    // members told that the job is over
-  std::map<std::uint64_t, std::string> registrations_;  // register nonce -> member id
   Clock::time_point started_;
   std::atomic<bool> stop_{false};
   CoordinatorResult result_;
   std::optional<JobEnd> end_;  // set once the job is over
 
-  struct CheckpointInProgress {
-    std::int64_t step = 0;
-    std::string name, dir;
-    bool draining = true;  // then: snapshots taken, files being written
-    Clock::time_point started, snapshotted;
-    std::string position;           // the data position at the cut
-    std::set<std::string> waiting;  // servers (and "buffers") whose files are not reported yet
-    std::vector<FileEntry> files;
-    double copy_seconds = 0, write_seconds = 0;
-    std::string buffers_holder;    // the worker told to write its part (buffers; sync: the whole state)
-    std::int64_t sync_epoch = -1;  // sync: cut after this epoch, before any rank trains the next
-  };
-  LeaseBook* leases_ = nullptr;     // book_, in async jobs
-  SyncBook* sync_book_ = nullptr;   // book_, in sync jobs
   std::int64_t decided_epoch_ = 0;  // sync: the last epoch whose start was checked for a checkpoint
   bool final_checkpoint_ = false;   // async: the one after the last epoch was started
   std::string layout_;              // the model's parameters and buffers (the `layout` file)
   bool has_buffers_ = false;
-  std::optional<CheckpointInProgress> checkpoint_;
+  std::optional<CheckpointDriver> checkpoints_;  // made once the model's layout is known
+  FailurePolicy failure_;
+  std::optional<ElasticSyncWorld> world_;  // sync jobs, once started
   std::map<std::string, std::unique_ptr<ControlClient>> server_clients_;
   std::map<std::string, bool> at_boundary_;  // worker -> asked for work since its last task
   std::int64_t steps_ = 0;                   // global steps: batches reported by workers
-  std::int64_t checkpoint_step_ = -1;        // of the newest complete checkpoint
   Telemetry* telemetry_ = nullptr;
-  Clock::time_point checkpoint_time_;        // when it was cut (the job's start if none)
-  Clock::time_point retry_checkpoint_at_{};  // after an abandoned one
   std::string restored_from_;
   std::string restored_position_;
-  std::string newest_checkpoint_;          // directory of the newest complete checkpoint
   std::set<std::string> missing_servers_;  // lost and not back yet: the job is paused
-  // Elastic sync jobs: each live rank's place in the current world (by worker id), and in the
-  // previous one; world_size_ is 0 until the world is re-formed the first time.
-  std::map<std::string, int> world_rank_, previous_rank_;
-  int world_size_ = 0;
-  std::set<std::string> pending_joiners_;    // registered, not yet in the world
   std::set<std::string> preempting_;         // servers that got SIGTERM, waiting for a checkpoint's cut
   std::set<std::string> preempted_servers_;  // paused at a cut: go once their files are in
   Clock::time_point paused_since_;

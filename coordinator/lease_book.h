@@ -32,12 +32,13 @@ class LeaseBook final : public WorkBook {
   bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
                 double seconds, TimePoint now) override;
   bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) override;
+  bool pass_evaluation(const std::string& /*worker*/, std::int64_t /*epoch*/) override { return false; }
   // A worker died: its shards and evaluation go back to the queue.
   int release(const std::string& worker) override;
   // Leases past their deadline go back to the queue; returns how many.
   int expire(TimePoint now) override;
   // Every lease goes back to the queue (a parameter server was lost: work in progress is redone).
-  int release_all();
+  int release_all() override;
 
   bool finished() const override;
   // Epochs completed (and evaluated) since the last call, in order.
@@ -45,16 +46,16 @@ class LeaseBook final : public WorkBook {
   const std::map<std::int64_t, EpochReport>& reports() const { return reports_; }
   // Shards and evaluations handed out and not reported yet.
   std::size_t outstanding() const { return leases_.size() + eval_leases_.size(); }
-  std::size_t outstanding_shards() const { return leases_.size(); }
+  std::size_t outstanding_shards() const override { return leases_.size(); }
 
   // The data position as text (the `position` file of a checkpoint, docs/checkpoint-format.md):
   // per epoch opened, which shards are done and what its report holds so far.
-  std::string save() const;
+  std::string save() const override;
   // Takes the position of a checkpoint (nothing must be leased yet): done shards stay done,
   // every other shard of an opened epoch is queued again, complete epochs not evaluated yet are
   // evaluated again. Throws CheckpointError when the text is malformed or was cut from another
   // plan (samples, shard size). Returns the epochs already evaluated, for the job's report.
-  std::vector<EpochReport> restore(const std::string& text, TimePoint now);
+  std::vector<EpochReport> restore(const std::string& text, TimePoint now) override;
 
  private:
   struct Lease {

@@ -90,6 +90,11 @@ void Membership::mark_dead(const std::string& id) {
   }
 }
 
+const Member* Membership::registered_by(std::uint64_t nonce) const {
+  auto it = nonces_.find(nonce);
+  return it == nonces_.end() ? nullptr : find(it->second);
+}
+
 const Member* Membership::find(const std::string& id) const {
   auto it = members_.find(id);
   return it == members_.end() ? nullptr : &it->second;

@@ -43,6 +43,10 @@ class Membership {
   void mark_finished(const std::string& id);
   void mark_dead(const std::string& id);
 
+  // Retries of one process's registration carry its nonce: each copy gets the same answer.
+  void remember(std::uint64_t nonce, const std::string& id) { nonces_[nonce] = id; }
+  const Member* registered_by(std::uint64_t nonce) const;
+
   const Member* find(const std::string& id) const;
   std::vector<const Member*> members(wire::Role role, bool live_only) const;
   std::vector<std::string> live_workers() const;  // alive and not finished, sorted
@@ -52,6 +56,7 @@ class Membership {
  private:
   Clock::duration dead_after_;
   std::map<std::string, Member> members_;
+  std::map<std::uint64_t, std::string> nonces_;  // register nonce -> member id
   std::uint64_t generation_ = 1;
 };
 

@@ -23,9 +23,11 @@ class SyncBook final : public WorkBook {
   bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) override;
   // The rank's stage moves past evaluating `epoch` without a result of its own (elastic: its
   // world evaluated it before it joined, or before the world changed).
-  bool pass_evaluation(const std::string& worker, std::int64_t epoch);
+  bool pass_evaluation(const std::string& worker, std::int64_t epoch) override;
   int release(const std::string& /*worker*/) override { return 0; }
   int expire(TimePoint /*now*/) override { return 0; }
+  int release_all() override { return 0; }
+  std::size_t outstanding_shards() const override { return 0; }
   bool finished() const override;
   std::vector<EpochReport> take_completed() override;
 
@@ -37,7 +39,7 @@ class SyncBook final : public WorkBook {
   // next task is an evaluation.
   std::int64_t next_train_epoch(const std::string& worker) const;
   // The data position as text (a checkpoint's `position`): the epochs done and their reports.
-  std::string save() const;
+  std::string save() const override;
   // A rank lost in an elastic job (sync.elastic): the world is one smaller; an epoch that waited
   // only for it is complete (the survivors report the samples of its completed steps).
   void remove(const std::string& worker, TimePoint now);
@@ -51,7 +53,7 @@ class SyncBook final : public WorkBook {
   // Takes a checkpoint's position before any rank asked for work: every rank starts after its
   // last epoch. Throws CheckpointError when malformed or not a sync job's. Returns the epochs
   // done, for the job's report.
-  std::vector<EpochReport> restore(const std::string& text, TimePoint now);
+  std::vector<EpochReport> restore(const std::string& text, TimePoint now) override;
 
  private:
   struct Progress {

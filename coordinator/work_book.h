@@ -51,13 +51,28 @@ class WorkBook {
   virtual bool complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
                         double seconds, TimePoint now) = 0;
   virtual bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) = 0;
+  // The worker's evaluation of `epoch` is passed without a result of its own (an elastic sync
+  // rank whose world evaluated it before it joined, or before the world changed). False where
+  // that cannot happen (async: evaluations are leased) or the worker was not evaluating it.
+  virtual bool pass_evaluation(const std::string& worker, std::int64_t epoch) = 0;
   // A worker died: its work goes back to the queue; returns how many shards did.
   virtual int release(const std::string& worker) = 0;
   // Leases past their deadline go back to the queue; returns how many.
   virtual int expire(TimePoint now) = 0;
+  // Every lease goes back to the queue (a parameter server was lost: work in progress is
+  // redone); returns how many. Sync: nothing is leased.
+  virtual int release_all() = 0;
+  // Training shards handed out and not reported yet (a checkpoint's drain waits for none).
+  virtual std::size_t outstanding_shards() const = 0;
   virtual bool finished() const = 0;
   // Epochs completed (and evaluated) since the last call, in order.
   virtual std::vector<EpochReport> take_completed() = 0;
+  // The data position as text (the `position` file of a checkpoint, docs/checkpoint-format.md).
+  virtual std::string save() const = 0;
+  // Takes a checkpoint's position before any work was handed out. Throws CheckpointError when
+  // the text is malformed or was cut from another job's plan. Returns the epochs already
+  // evaluated, for the job's report.
+  virtual std::vector<EpochReport> restore(const std::string& text, TimePoint now) = 0;
 };
 
 }  // namespace shoal
