@@ -1,5 +1,4 @@
 #include "coordinator/coordinator.h"
-#include "compute/devices/devices.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -9,7 +8,6 @@
 #include "checkpoint/state_io.h"
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
-#include "compute/backend.h"
 #include "base/error.h"
 #include "models/dataset.h"
 #include "models/model.h"
@@ -86,10 +84,9 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       failure_(FailureSettings{sync_, config.sync_elastic, config.staleness}) {
   DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
   train_samples_ = info.count;
-  // The model's layout (not its values) decides the partition table.
-  auto backend = make_backend(BackendOptions{Device::cpu(), 1});
+  // The model's layout (not its values: no memory, no backend) decides the partition table.
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
-  model->build(*backend, config.seed);
+  model->declare();
   model_elements_ = model->params().parameter_count();
   layout_ = model_layout(config.model, model->params());
   has_buffers_ = !model->params().buffers().empty();

@@ -11,14 +11,20 @@ Model::Model(std::string name, Shape sample_shape, std::int64_t classes)
     : name_(std::move(name)), sample_shape_(std::move(sample_shape)), classes_(classes) {}
 
 void Model::add(const std::string& name, std::unique_ptr<Layer> layer) {
-  SHOAL_ASSERT(!built_, "layer added after build");
+  SHOAL_ASSERT(!declared_, "layer added after its parameters were declared");
   layer_names_.push_back(name);
   layers_.push_back(std::move(layer));
 }
 
+void Model::declare() {
+  SHOAL_ASSERT(!declared_, "model declared twice");
+  for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare(params_, layer_names_[i] + ".");
+  declared_ = true;
+}
+
 void Model::build(Backend& backend, std::uint64_t seed) {
   SHOAL_ASSERT(!built_, "model built twice");
-  for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->declare(params_, layer_names_[i] + ".");
+  if (!declared_) declare();
   params_.allocate(backend, seed);
   built_ = true;
 }

@@ -20,6 +20,9 @@ class Model {
   Model(std::string name, Shape sample_shape, std::int64_t classes);
 
   void add(const std::string& name, std::unique_ptr<Layer> layer);
+  // Declares every parameter and buffer: names, shapes and offsets, no memory (the layout the
+  // coordinator partitions and records in checkpoints). Once; build() declares if needed.
+  void declare();
   // Declares every parameter, allocates the arenas and initialises them from `seed`.
   void build(Backend& backend, std::uint64_t seed);
 
@@ -39,7 +42,7 @@ class Model {
   std::vector<std::string> layer_names_;
   std::vector<std::unique_ptr<Layer>> layers_;
   ParameterSet params_;
-  bool built_ = false;
+  bool declared_ = false, built_ = false;
 };
 
 // Builds a zoo model for samples of `sample_shape` (C, H, W); throws ConfigError on an
