@@ -412,14 +412,14 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
                       Seconds(config.dead_after_seconds));
 
   AsyncPsOptions options;
-  options.max_in_flight = static_cast<int>(config.max_in_flight);
-  options.request_timeout = timeout;
-  options.startup_timeout = startup;
+  options.client.max_in_flight = static_cast<int>(config.max_in_flight);
+  options.client.request_timeout = timeout;
+  options.client.startup_timeout = startup;
   options.stop = stop;
-  options.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
-  if (telemetry != nullptr) options.metrics = &telemetry->metrics;
+  options.client.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
+  if (telemetry != nullptr) options.client.metrics = &telemetry->metrics;
   std::uint64_t table_version = joined->table.version;
-  options.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
+  options.client.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
     job();
     if (heartbeat.table_version() > table_version) throw TableChanged{};
   };
