@@ -59,6 +59,14 @@ SHOAL_DEFINE_ERROR(DivergedError, diverged);
 
 #undef SHOAL_DEFINE_ERROR
 
+// This process is no longer part of the job: the job failed (the error carries the job's exit
+// code), the coordinator or a parameter server dropped this process (declared it dead while it
+// was unreachable), or the coordinator is gone. There is nobody left to say goodbye to.
+class DetachedError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 std::string where(const char* file, int line);
 }  // namespace detail

@@ -2,18 +2,19 @@
 //
 //   build/bench/shoal_ps_bench [--rounds N] [--runs R] [--quick] [--small | --big]
 //
-// Table 1, one worker. The real AsyncPsStrategy code path (zero-copy pushes of every chunk, each
-// answered with that chunk's new values, copied into the parameter arena) against 1, 2
-// and 4 parameter servers (the real ParameterServer, SGD applied to every pushed chunk), each
-// with its own ZeroMQ context as if it were its own process, over loopback TCP. A 10M-float
-// model (40 MB) moves 80 MB per round. Each row is compared with the raw loopback TCP it
-// could at best reach: iperf3 with 1 MiB writes, one stream for one server, -P N streams for
-// N servers (the worker holds one connection per server). Also: iperf3 with its default
-// writes, memcpy bandwidth, and push+pull round trips per second of a 4 KB model beside bare
-// ZeroMQ round trips of 4 KB. Targets are printed with PASS or MISS.
+// Table 1, one worker. The real parameter-server client that AsyncPsStrategy trains with
+// (ps/client: zero-copy pushes of every chunk, each answered with that chunk's new values,
+// copied into the parameter buffer) against 1, 2 and 4 parameter servers (the real
+// ParameterServer, SGD applied to every pushed chunk), each with its own ZeroMQ context as if
+// it were its own process, over loopback TCP. A 10M-float model (40 MB) moves 80 MB per round.
+// Each row is compared with the raw loopback TCP it could at best reach: iperf3 with 1 MiB
+// writes, one stream for one server, -P N streams for N servers (the worker holds one
+// connection per server). Also: iperf3 with its default writes, memcpy bandwidth, and
+// push+pull round trips per second of a 4 KB model beside bare ZeroMQ round trips of 4 KB.
+// Targets are printed with PASS or MISS.
 //
 // Table 2, W workers. W = 1, 2, 4, 8 synthetic workers, each a thread with its own ZeroMQ
-// context running the same strategy with random gradients and no compute, against one server
+// context running the same client with random gradients and no compute, against one server
 // and against two: the servers' aggregate ingress (gradients pushed) and egress (values
 // pulled) and the rounds per second, in total and per worker, as W grows.
 #include <fcntl.h>
@@ -41,16 +42,13 @@
 #include <vector>
 
 #include "bench/bench_table.h"
-#include "compute/devices/devices.h"
-#include "compute/backend.h"
 #include "base/error.h"
 #include "base/process.h"
 #include "compute/rng.h"
 #include "launch/local_launcher.h"
-#include "models/model.h"
+#include "ps/client/ps_client.h"
 #include "ps/parameter_server.h"
 #include "ps/farm/server_farm.h"
-#include "worker/async_ps.h"
 
 namespace shoal {
 namespace {
@@ -325,45 +323,42 @@ struct Blob {
   double bytes() const { return 4.0 * static_cast<double>(elements()); }
 };
 
-// One synthetic worker: a blob model whose gradient arena holds fixed random values (the
-// servers reject non-finite gradients), its own ZeroMQ context as if it were its own process,
-// and the real AsyncPsStrategy; no compute. Construction does the first pull.
+// One synthetic worker: a gradient buffer of fixed random values (the servers reject
+// non-finite gradients), a parameter buffer the pulled values are copied into, its own ZeroMQ
+// context as if it were its own process, and the real parameter-server client; no model, no
+// compute. Each round pushes every chunk of every server, lowest key first (as a worker's last
+// call of a step does), each push asking for its chunks back. Construction does the first pull.
 class BenchWorker {
  public:
   BenchWorker(const PartitionTable& table, const std::string& id, Blob blob, std::uint64_t seed)
-      : backend_(make_backend(BackendOptions{Device::cpu(), 1})),
-        model_(build(*backend_, blob)),
-        strategy_(network_, table, id, *backend_, *model_, Logger("worker", LogLevel::warn), AsyncPsOptions{}) {
-    for (const auto& p : model_->params().parameters()) all_.push_back(p.get());
-    Tensor& grads = model_->params().grads();
+      : grads_(std::make_shared<std::vector<float>>(static_cast<std::size_t>(blob.elements()))),
+        values_(static_cast<std::size_t>(blob.elements())),
+        client_(network_, table, id, Logger("worker", LogLevel::warn), PsClientOptions{},
+                [this] { return values_.data(); }) {
     Rng rng(seed);
-    float* g = grads.data<float>();
-    for (std::int64_t i = 0; i < grads.numel(); ++i) g[i] = static_cast<float>(2 * rng.uniform() - 1);
-    strategy_.begin_step(*model_, 0);
+    for (float& g : *grads_) g = static_cast<float>(2 * rng.uniform() - 1);
+    for (const ServerRange& server : table.servers) {
+      keys_.emplace_back();
+      for (std::uint32_t k = server.first_key; k < server.end_key; ++k) keys_.back().push_back(k);
+    }
+    client_.await_parameters();
   }
 
-  // Pushes every chunk and waits for the acknowledgements; the pull for the next round goes out.
+  // Pushes every chunk and moves the clock; the replies bring the values for the next round.
   void push() {
-    strategy_.gradients_ready(*model_, all_);
-    strategy_.end_step(*model_, step_, 0);
+    const PushSource source{grads_->data(), grads_};
+    for (std::size_t s = 0; s < keys_.size(); ++s) client_.push(s, keys_[s], source);
+    client_.advance_clock();
   }
-  // Waits for the pulled values.
-  void pull() { strategy_.begin_step(*model_, ++step_); }
+  // Waits for every reply: the pulled values.
+  void pull() { client_.await_parameters(); }
 
  private:
-  static std::unique_ptr<Model> build(Backend& backend, Blob blob) {
-    auto m = std::make_unique<Model>("blob", Shape{1, 1, blob.in}, blob.out);
-    m->add("fc", linear(blob.in, blob.out));
-    m->build(backend, 1);
-    return m;
-  }
-
-  Network network_;  // outlives the strategy's sockets
-  std::unique_ptr<Backend> backend_;
-  std::unique_ptr<Model> model_;
-  AsyncPsStrategy strategy_;
-  std::vector<Parameter*> all_;
-  std::int64_t step_ = 0;
+  Network network_;                            // outlives the client's sockets
+  std::shared_ptr<std::vector<float>> grads_;  // shared: a queued frame keeps it alive
+  std::vector<float> values_;
+  PsClient client_;
+  std::vector<std::vector<std::uint32_t>> keys_;  // by server
 };
 
 // One worker, `plan.runs` runs, each against fresh servers: `rounds` push+pull rounds, or as
@@ -597,8 +592,9 @@ void one_worker_table(const Plan& plan) {
 void worker_table(const Plan& plan) {
   std::printf(
       "\n# W workers against 1 and 2 servers: each worker a thread with its own ZeroMQ context running\n"
-      "# AsyncPsStrategy with random gradients (fixed seeds) and no compute, on a %.1f MB model (%s floats):\n"
-      "# a round pushes and pulls %.1f MB. Staleness unbounded, so workers never wait on each other.\n"
+      "# the parameter-server client with random gradients (fixed seeds) and no compute, on a %.1f MB\n"
+      "# model (%s floats): a round pushes and pulls %.1f MB. Staleness unbounded, so workers never\n"
+      "# wait on each other.\n"
       "# %d window%s of %.1f s per row after a %.1f s warm-up; ingress = gradients pushed to the servers,\n"
       "# egress = values pulled from them. Median (min–max) over windows; per worker over workers and windows.\n",
       kWorkerModel.bytes() / 1e6, thousands(static_cast<double>(kWorkerModel.elements())).c_str(),

@@ -26,7 +26,7 @@
 #include "telemetry/status_server.h"
 #include "telemetry/telemetry.h"
 #include "launch/local_launcher.h"
-#include "ps/parameter_server.h"
+#include "ps/server_role.h"
 #include "worker/train_job.h"
 #include "worker/worker_job.h"
 
@@ -339,7 +339,7 @@ int run(int argc, char** argv) {
       coordinator.set_telemetry(&telemetry);
       coordinator.run();
     } else if (command == "ps") {
-      ParameterServer::run_role(network, loaded.config, log, stop, &telemetry);
+      run_server_role(network, loaded.config, log, stop, &telemetry);
     } else {
       run_worker_role(network, loaded.config, log, stop, &telemetry);
     }

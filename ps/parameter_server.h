@@ -93,14 +93,12 @@ class ParameterServer {
   // coordinator's MANIFEST). Throws the writer's error (an IoError) if it failed.
   std::optional<CheckpointReport> take_written_checkpoint();
 
-  // The whole role: register with the coordinator, take the table, serve until the job ends.
-  // A job that failed ends it with the job's error (and exit code). When `stop` turns true
-  // (SIGTERM: a preempted VM or pod) the server asks the coordinator to cut a checkpoint, serves
-  // until its part of it is written (at most cluster.request_timeout_seconds), leaves, and
-  // returns normally (exit 0): its replacement restores from that checkpoint.
-  // `telemetry` (optional): ready once registered; the server's counters, clock and staleness.
-  static void run_role(Network& network, const JobConfig& config, Logger log, const std::atomic<bool>* stop = nullptr,
-                       Telemetry* telemetry = nullptr);
+  // Updates applied to its most updated chunk: the server's clock, which its heartbeat carries.
+  std::uint64_t clock() const;
+  // The workers taking part in clocks now.
+  std::size_t live_worker_count() const { return live_.size(); }
+  // Logs under `log` from now on (the role's name, known once it registered: after binding).
+  void set_log(Logger log) { log_ = std::move(log); }
   // Observes, per pushed chunk, how many updates landed on it since the pusher pulled it.
   void set_staleness_histogram(Histogram* histogram) { staleness_histogram_ = histogram; }
   // The address workers connect to: `endpoint` as bound, unless it binds every interface

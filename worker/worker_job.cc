@@ -412,14 +412,14 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
                       Seconds(config.dead_after_seconds));
 
   AsyncPsOptions options;
-  options.max_in_flight = static_cast<int>(config.max_in_flight);
-  options.request_timeout = timeout;
-  options.startup_timeout = startup;
+  options.client.max_in_flight = static_cast<int>(config.max_in_flight);
+  options.client.request_timeout = timeout;
+  options.client.startup_timeout = startup;
   options.stop = stop;
-  options.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
-  if (telemetry != nullptr) options.metrics = &telemetry->metrics;
+  options.client.on_clock = [&heartbeat](std::uint64_t clock) { heartbeat.set_clock(clock); };
+  if (telemetry != nullptr) options.client.metrics = &telemetry->metrics;
   std::uint64_t table_version = joined->table.version;
-  options.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
+  options.client.watch = [&heartbeat, &table_version, job = job_watch(heartbeat)] {
     job();
     if (heartbeat.table_version() > table_version) throw TableChanged{};
   };
@@ -448,6 +448,231 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   report_memory(*l.backend, log);
 }
 
+// A sync worker once it has joined the job: the world it trains in and the world's re-forming
+// (elastic). Its members are the state every phase shares: the generation of the world this
+// rank forms or trains in, the collective formed for it, and the strategy and trainer that
+// train in it. Elastic: a new table version is a new world (a rank was lost, or one joined):
+// every wait ends (watch), and the job loop forms it (reform).
+class SyncWorkerRun {
+ public:
+  SyncWorkerRun(const JobConfig& config, const SyncSetup& setup, Loaded& loaded, ControlClient& control,
+                Heartbeat& heartbeat, std::string id, Logger& log, const std::atomic<bool>* stop, Telemetry* telemetry)
+      : config_(config),
+        setup_(setup),
+        loaded_(loaded),
+        control_(control),
+        heartbeat_(heartbeat),
+        id_(std::move(id)),
+        log_(log),
+        stop_(stop),
+        telemetry_(telemetry),
+        startup_(config.startup_timeout_seconds),
+        job_watch_(job_watch(heartbeat)) {}
+
+  // Forms the world of `joined` (the table this rank joined with), takes its state and trains
+  // until the job is over. False: stopped while waiting for a table, before training.
+  bool run(const PartitionTable& joined);
+
+ private:
+  // Ends a wait when the job failed or is over, this worker was asked to stop, or (elastic) the
+  // world changed.
+  void watch() const;
+  // The first world: the table's place for this rank, or the world's own when it has none. If
+  // the world changes while this rank forms it, it forms the newer one (into `first`). False:
+  // stopped while waiting for the newer table.
+  bool form_first_world(PartitionTable& first);
+  // Forms the world `table` describes (fetched when absent) and takes the state from its most
+  // advanced member; if the world changes again meanwhile (the watch throws TableChanged in the
+  // rendezvous or in a collective), forms the newer one. previous_size and previous_rank: the
+  // world this rank last trained in (0, -1: none, it joined and holds no state yet). False:
+  // stopped while waiting for a table.
+  bool form_world(std::optional<PartitionTable> table, int previous_size, int previous_rank);
+  // Elastic: the world changed (a rank was lost, or one joined): re-forms it in place.
+  bool reform();
+  // The world of generation `table` for this rank: the setup with the table's rank and size.
+  SyncSetup world_of(const PartitionTable& table) const;
+
+  const JobConfig& config_;
+  const SyncSetup& setup_;
+  Loaded& loaded_;
+  ControlClient& control_;
+  Heartbeat& heartbeat_;
+  const std::string id_;
+  Logger& log_;
+  const std::atomic<bool>* stop_;
+  Telemetry* telemetry_;
+  const Seconds startup_;
+  const std::function<void()> job_watch_;
+  std::uint64_t world_version_ = 0;  // the generation of the world this rank forms or trains in
+  std::uint64_t world_formed_ = 0;   // the generation `collective_` was formed in (0: aborted)
+  bool has_state_ = true;            // false: joined a running world, its state not taken yet
+  std::unique_ptr<Collective> collective_;
+  Progress progress_{ProgressMode::off, stdout};
+  MetricsWriter no_metrics_;
+  std::optional<SyncAllReduceStrategy> strategy_;  // made once the first world is formed
+  std::optional<Trainer> trainer_;
+};
+
+void SyncWorkerRun::watch() const {
+  job_watch_();
+  if (stop_ != nullptr && stop_->load()) throw StopRequested{};
+  if (config_.sync_elastic && heartbeat_.table_version() > world_version_) throw TableChanged{};
+}
+
+SyncSetup SyncWorkerRun::world_of(const PartitionTable& table) const {
+  SyncSetup world = setup_;
+  world.world.rank = world.world.local_rank = table.world_rank;
+  world.world.size = table.world_size;
+  return world;
+}
+
+bool SyncWorkerRun::form_first_world(PartitionTable& first) {
+  // A table that gives this rank a place in a re-formed world: the job is running (this rank
+  // joins it, or it registered before a rank was lost and the world re-formed meanwhile).
+  while (true) {
+    const SyncSetup formed = first.world_rank >= 0 ? world_of(first) : setup_;
+    world_version_ = first.version;
+    try {
+      collective_ = make_collective(formed, config_, control_, first.version, *loaded_.backend, [this] { watch(); });
+      return true;
+    } catch (const CollectiveError&) {
+      rethrow_with_verdict(heartbeat_, config_);
+    } catch (const TableChanged&) {
+      auto newer = control_.fetch_table(2 * startup_, stop_);
+      if (!newer) return false;
+      first = *newer;
+    }
+  }
+}
+
+bool SyncWorkerRun::form_world(std::optional<PartitionTable> table, int previous_size, int previous_rank) {
+  while (true) {
+    if (!table) {
+      table = control_.fetch_table(2 * startup_, stop_);
+      if (!table) return false;
+    }
+    SHOAL_REQUIRE(table->world_rank >= 0, ProtocolError,
+                  "the coordinator published table version " << table->version << " without this rank's place");
+    world_version_ = table->version;
+    try {
+      if (world_formed_ != world_version_) {  // not formed yet for this generation
+        collective_->abort("the world is re-formed");
+        collective_ =
+            make_collective(world_of(*table), config_, control_, table->version, *loaded_.backend, [this] { watch(); });
+        world_formed_ = world_version_;
+      }
+      strategy_->adopt(*collective_, *trainer_, has_state_ ? previous_size : 0, has_state_ ? previous_rank : -1);
+      has_state_ = true;
+      return true;
+    } catch (const TableChanged&) {
+      SHOAL_LOG(log_, warn, "the world changed again while it was forming: forming the newer one");
+      table.reset();
+    }
+  }
+}
+
+bool SyncWorkerRun::reform() {
+  const auto started = std::chrono::steady_clock::now();
+  SHOAL_LOG(log_, warn, "the world changed: re-forming it in place");
+  const int previous_size = collective_->size(), previous_rank = collective_->rank();
+  collective_->abort("the world is re-formed");
+  world_formed_ = 0;
+  if (!form_world(std::nullopt, previous_size, previous_rank)) return false;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  SHOAL_LOG(log_, info,
+            "the world is re-formed: rank "
+                << collective_->rank() << " of " << collective_->size() << " (was " << previous_rank << " of "
+                << previous_size << "), generation " << world_version_ << ", in " << seconds << " s; at step "
+                << trainer_->step() << ", learning rate x" << collective_->size() << "/" << previous_size);
+  return true;
+}
+
+bool SyncWorkerRun::run(const PartitionTable& joined) {
+  PartitionTable first = joined;
+  if (!form_first_world(first)) return false;
+  const bool joins_running_world = first.world_rank >= 0;
+  world_formed_ = first.version;
+  Loaded& l = loaded_;
+  SyncOptions options;
+  options.bucket_bytes = static_cast<std::size_t>(config_.bucket_mib * (1 << 20));
+  options.timeout = Seconds(config_.sync_timeout_seconds);
+  options.sync_batch_norm = config_.sync_batch_norm == "sync";
+  options.batch_size = config_.batch_size;
+  options.watch = [this] { watch(); };
+  if (config_.sync_elastic)  // the coordinator's verdict on a lost rank comes within a liveness period
+    options.verdict_wait = Seconds(config_.dead_after_seconds + 2 * config_.heartbeat_seconds + 1);
+  strategy_.emplace(*l.backend, *l.model, Optimizer(config_.optimizer), *collective_, log_, options);
+  SHOAL_LOG(log_, info,
+            "registered as " << id_ << "; " << strategy_->describe() << " (" << setup_.why << "); backend "
+                             << l.backend->describe());
+  // Every rank draws the randomness one process with the global batch would (dropout).
+  std::int64_t steps_per_epoch =
+      std::max<std::int64_t>(1, l.data.train.count / (config_.batch_size * setup_.world.size));
+  TrainerOptions topts = trainer_options(config_, config_.seed, steps_per_epoch);
+  trainer_.emplace(*l.backend, *l.model, *strategy_, l.norm, topts, log_, progress_, no_metrics_);
+  trainer_->set_stop_flag(stop_);
+  const bool new_rank = joins_running_world && first.previous_ranks[static_cast<std::size_t>(first.world_rank)] < 0;
+  has_state_ = !new_rank;
+  if (joins_running_world) {
+    // Its state comes from the most advanced member, not from disk or rank 0's initial broadcast.
+    const auto started = std::chrono::steady_clock::now();
+    try {
+      if (!form_world(first, setup_.world.size, setup_.world.rank)) return false;
+    } catch (const CollectiveError&) {
+      rethrow_with_verdict(heartbeat_, config_);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    SHOAL_LOG(log_, info,
+              (new_rank ? "joined the running job: rank " : "the world re-formed before the job started: rank ")
+                  << collective_->rank() << " of " << collective_->size() << ", generation " << world_version_
+                  << "; took the state of the most advanced member in " << seconds << " s; at step "
+                  << trainer_->step());
+  } else if (!first.restore.empty()) {
+    restore_sync_state(first.restore, *l.backend, *l.model, *strategy_, *trainer_, log_);
+  }
+  JobContext job{config_,
+                 log_,
+                 stop_,
+                 control_,
+                 heartbeat_,
+                 *strategy_,
+                 *trainer_,
+                 l.data,
+                 l.backend.get(),
+                 l.model.get(),
+                 config_.sync_elastic ? std::function<bool()>([this] { return reform(); }) : std::function<bool()>(),
+                 telemetry_};
+  try {
+    run_job_loop(job);
+  } catch (const CollectiveError&) {
+    rethrow_with_verdict(heartbeat_, config_);
+  } catch (const TimeoutError&) {
+    rethrow_with_verdict(heartbeat_, config_);
+  }
+  collective_.reset();
+  return true;
+}
+
+// Rank 0 of a sync job runs the coordinator as a thread; `config` then names its address (this
+// host's, when ranks run on other hosts).
+void host_coordinator(std::optional<EmbeddedCoordinator>& coordinator, Network& network, JobConfig& config,
+                      const SyncSetup& setup, const Logger& log, Telemetry* telemetry) {
+  JobConfig cc = config;
+  bool one_host = !setup.under_mpirun || setup.world.local_size == setup.world.size;
+  if (!one_host) {
+    // Ranks on other hosts: listen on every interface, announce this host's address.
+    auto colon = config.coordinator_address.rfind(':');
+    cc.coordinator_address = "tcp://*:" + config.coordinator_address.substr(colon + 1);
+  }
+  coordinator.emplace(network, cc, log, telemetry);
+  std::string endpoint = coordinator->endpoint();
+  if (!one_host) {
+    auto colon = endpoint.rfind(':');
+    endpoint = "tcp://" + host_address(config.sync_interface) + endpoint.substr(colon);
+  }
+  config.coordinator_address = endpoint;
+}
+
 void run_sync_worker(Network& network, JobConfig config, Logger log, const std::atomic<bool>* stop,
                      Telemetry* telemetry) {
   // The device kind decides the collective (auto: nccl on GPUs); the GPU index needs the rank.
@@ -466,175 +691,23 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   if (!config.auth_keys.empty())
     use_job_keys(network, config.auth_keys, key_member("worker", setup.world.rank), log, telemetry);
   std::optional<EmbeddedCoordinator> coordinator;
-  if (setup.world.rank == 0) {
-    JobConfig cc = config;
-    bool one_host = !setup.under_mpirun || setup.world.local_size == setup.world.size;
-    if (!one_host) {
-      // Ranks on other hosts: listen on every interface, announce this host's address.
-      auto colon = config.coordinator_address.rfind(':');
-      cc.coordinator_address = "tcp://*:" + config.coordinator_address.substr(colon + 1);
-    }
-    coordinator.emplace(network, cc, log, telemetry);
-    std::string endpoint = coordinator->endpoint();
-    if (!one_host) {
-      auto colon = endpoint.rfind(':');
-      endpoint = "tcp://" + host_address(config.sync_interface) + endpoint.substr(colon);
-    }
-    config.coordinator_address = endpoint;
-  }
+  if (setup.world.rank == 0) host_coordinator(coordinator, network, config, setup, log, telemetry);
   if (setup.under_mpirun) config.coordinator_address = mpi::broadcast_string(config.coordinator_address, 0);
 
   std::optional<LocalRank> local_rank = local_rank_of(config.node_local_rank);
   if (!local_rank) local_rank = LocalRank{setup.world.local_rank, "the rank of a sync worker"};
   Loaded l = load(config, choose_device(config.device, local_rank, cuda_device_count(), cuda_built()), log);
-  Seconds timeout(config.request_timeout_seconds), startup(config.startup_timeout_seconds);
+  Seconds timeout(config.request_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
   control.set_device(l.backend->device().str());
   auto joined = join_job(control, config, setup.world.rank, log, stop);
   if (!joined) return;
   if (telemetry != nullptr) telemetry->ready = true;
-  const std::string& id = joined->id;
-  Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
+  Heartbeat heartbeat(network, config.coordinator_address, joined->id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
-  // Elastic: a new table version is a new world (a rank was lost): every wait ends, and the job
-  // loop forms it (take_new_table below).
-  std::uint64_t world_version = joined->table.version;
-  const bool elastic = config.sync_elastic;
-  auto watch = [job = job_watch(heartbeat), stop, elastic, &heartbeat, &world_version] {
-    job();
-    if (stop != nullptr && stop->load()) throw StopRequested{};
-    if (elastic && heartbeat.table_version() > world_version) throw TableChanged{};
-  };
-  // A table that gives this rank a place in a re-formed world: the job is running (this rank
-  // joins it, or it registered before a rank was lost and the world re-formed meanwhile). If the
-  // world changes while this rank forms it, it forms the newer one.
-  PartitionTable first = joined->table;
-  std::unique_ptr<Collective> collective;
-  while (true) {
-    SyncSetup formed = setup;
-    if (first.world_rank >= 0) {
-      formed.world.rank = formed.world.local_rank = first.world_rank;
-      formed.world.size = first.world_size;
-    }
-    world_version = first.version;
-    try {
-      collective = make_collective(formed, config, control, first.version, *l.backend, watch);
-      break;
-    } catch (const CollectiveError&) {
-      rethrow_with_verdict(heartbeat, config);
-    } catch (const TableChanged&) {
-      auto newer = control.fetch_table(2 * startup, stop);
-      if (!newer) return;
-      first = *newer;
-    }
-  }
-  const bool joins_running_world = first.world_rank >= 0;
-  std::uint64_t world_formed = first.version;  // the generation `collective` was formed in (0: aborted)
-  SyncOptions options;
-  options.bucket_bytes = static_cast<std::size_t>(config.bucket_mib * (1 << 20));
-  options.timeout = Seconds(config.sync_timeout_seconds);
-  options.sync_batch_norm = config.sync_batch_norm == "sync";
-  options.batch_size = config.batch_size;
-  options.watch = watch;
-  if (elastic)  // the coordinator's verdict on a lost rank comes within a liveness period
-    options.verdict_wait = Seconds(config.dead_after_seconds + 2 * config.heartbeat_seconds + 1);
-  SyncAllReduceStrategy strategy(*l.backend, *l.model, Optimizer(config.optimizer), *collective, log, options);
-  SHOAL_LOG(log, info,
-            "registered as " << id << "; " << strategy.describe() << " (" << setup.why << "); backend "
-                             << l.backend->describe());
-  Progress progress(ProgressMode::off, stdout);
-  MetricsWriter no_metrics;
-  // Every rank draws the randomness one process with the global batch would (dropout).
-  std::int64_t steps_per_epoch = std::max<std::int64_t>(1, l.data.train.count / (config.batch_size * setup.world.size));
-  TrainerOptions topts = trainer_options(config, config.seed, steps_per_epoch);
-  Trainer trainer(*l.backend, *l.model, strategy, l.norm, topts, log, progress, no_metrics);
-  trainer.set_stop_flag(stop);
-  // Elastic: the world changed (a rank was lost, or one joined). Form the world `table` describes
-  // (fetched when absent) and take the state from its most advanced member; if the world changes
-  // again meanwhile (the watch throws TableChanged in the rendezvous or in a collective), form the
-  // newer one. previous_size and previous_rank: the world this rank last trained in (0, -1: none,
-  // it joined and holds no state yet).
-  const bool new_rank = joins_running_world && first.previous_ranks[static_cast<std::size_t>(first.world_rank)] < 0;
-  bool has_state = !new_rank;
-  auto form_world = [&](std::optional<PartitionTable> table, int previous_size, int previous_rank) -> bool {
-    while (true) {
-      if (!table) {
-        table = control.fetch_table(2 * startup, stop);
-        if (!table) return false;
-      }
-      SHOAL_REQUIRE(table->world_rank >= 0, ProtocolError,
-                    "the coordinator published table version " << table->version << " without this rank's place");
-      world_version = table->version;
-      SyncSetup next = setup;
-      next.world.rank = next.world.local_rank = table->world_rank;
-      next.world.size = table->world_size;
-      try {
-        if (world_formed != world_version) {  // not formed yet for this generation
-          collective->abort("the world is re-formed");
-          collective = make_collective(next, config, control, table->version, *l.backend, watch);
-          world_formed = world_version;
-        }
-        strategy.adopt(*collective, trainer, has_state ? previous_size : 0, has_state ? previous_rank : -1);
-        has_state = true;
-        return true;
-      } catch (const TableChanged&) {
-        SHOAL_LOG(log, warn, "the world changed again while it was forming: forming the newer one");
-        table.reset();
-      }
-    }
-  };
-  auto reform = [&]() -> bool {
-    const auto started = std::chrono::steady_clock::now();
-    SHOAL_LOG(log, warn, "the world changed: re-forming it in place");
-    const int previous_size = collective->size(), previous_rank = collective->rank();
-    collective->abort("the world is re-formed");
-    world_formed = 0;
-    if (!form_world(std::nullopt, previous_size, previous_rank)) return false;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    SHOAL_LOG(log, info,
-              "the world is re-formed: rank " << collective->rank() << " of " << collective->size() << " (was "
-                                              << previous_rank << " of " << previous_size << "), generation "
-                                              << world_version << ", in " << seconds << " s; at step " << trainer.step()
-                                              << ", learning rate x" << collective->size() << "/" << previous_size);
-    return true;
-  };
-  if (joins_running_world) {
-    // Its state comes from the most advanced member, not from disk or rank 0's initial broadcast.
-    const auto started = std::chrono::steady_clock::now();
-    try {
-      if (!form_world(first, setup.world.size, setup.world.rank)) return;
-    } catch (const CollectiveError&) {
-      rethrow_with_verdict(heartbeat, config);
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    SHOAL_LOG(log, info,
-              (new_rank ? "joined the running job: rank " : "the world re-formed before the job started: rank ")
-                  << collective->rank() << " of " << collective->size() << ", generation " << world_version
-                  << "; took the state of the most advanced member in " << seconds << " s; at step " << trainer.step());
-  } else if (!first.restore.empty()) {
-    restore_sync_state(first.restore, *l.backend, *l.model, strategy, trainer, log);
-  }
-  JobContext job{config,
-                 log,
-                 stop,
-                 control,
-                 heartbeat,
-                 strategy,
-                 trainer,
-                 l.data,
-                 l.backend.get(),
-                 l.model.get(),
-                 elastic ? std::function<bool()>(reform) : std::function<bool()>(),
-                 telemetry};
-  try {
-    run_job_loop(job);
-  } catch (const CollectiveError&) {
-    rethrow_with_verdict(heartbeat, config);
-  } catch (const TimeoutError&) {
-    rethrow_with_verdict(heartbeat, config);
-  }
-  collective.reset();
+  SyncWorkerRun run(config, setup, l, control, heartbeat, joined->id, log, stop, telemetry);
+  if (!run.run(joined->table)) return;
   report_memory(*l.backend, log);
   if (setup.under_mpirun && !(stop != nullptr && stop->load())) mpi::finalize();
 }

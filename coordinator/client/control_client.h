@@ -34,14 +34,6 @@ struct JobEnd {
   ExitCode code = ExitCode::ok;
   std::string reason;
 };
-// This process is no longer part of the job: the job failed (the error carries the job's exit
-// code), the coordinator dropped this process (declared it dead while it was unreachable), or
-// the coordinator is gone. There is nobody left to say goodbye to.
-class DetachedError : public Error {
- public:
-  using Error::Error;
-};
-
 // Checked: an exit code outside the documented table is a ProtocolError.
 JobEnd job_end_from_wire(wire::JobEnd::Reader end);
 void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out);

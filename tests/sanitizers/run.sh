@@ -7,7 +7,8 @@
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
 #         endpoint scraped while its metrics are updated, and CURVE sockets with their ZAP
-#         handler thread (auth.keys), and the fault injection's held messages.
+#         handler thread (auth.keys), and the fault injection's held messages, and the parameter
+#         servers' client against servers on threads of their own.
 # A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
 # reports go to files under build-<stage>/reports, and any file there is a failure.
 #   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
@@ -48,7 +49,7 @@ for stage in "${stages[@]}"; do
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests shoal_ps_client_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -67,10 +68,10 @@ for stage in "${stages[@]}"; do
     tsan)
       configure "$dir" "-fsanitize=thread"
       cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_ps_client_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.|^PsClient\.'
       check_reports "$dir"
       ;;
     *)

@@ -8,7 +8,7 @@
 #include "base/error.h"
 #include "models/dataset.h"
 #include "telemetry/metrics_file.h"
-#include "ps/parameter_server.h"
+#include "ps/server_role.h"
 #include "worker/worker_job.h"
 
 namespace shoal::testing {
@@ -230,7 +230,7 @@ void InprocCluster::start_server(int rank) {
     stop = flag.get();
   }
   launch("ps." + std::to_string(rank),
-         [this, c, stop] { ParameterServer::run_role(network_, c, Logger("ps", LogLevel::debug, sink_), stop); });
+         [this, c, stop] { run_server_role(network_, c, Logger("ps", LogLevel::debug, sink_), stop); });
 }
 
 void InprocCluster::stop_server(int rank) {

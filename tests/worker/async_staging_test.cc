@@ -179,7 +179,7 @@ std::vector<float> train(Backend& backend, bool staged, int steps) {
   Network network;
   AsyncPsOptions options;
   options.stage_through_host = staged;
-  options.request_timeout = Seconds(30);
+  options.client.request_timeout = Seconds(30);
   AsyncPsStrategy strategy(network, farm.table(), "test.worker", backend, *model, Logger("worker", LogLevel::warn),
                            options);
   const auto& params = model->params().parameters();
