@@ -54,6 +54,11 @@ void StopSignals::receive() {
   }
 }
 
+void unblock_stop_signals() {
+  sigset_t set = stop_set();
+  sigprocmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 void unblock_all_signals() {
   sigset_t none;
   sigemptyset(&none);

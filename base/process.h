@@ -44,5 +44,9 @@ class StopSignals {
 // For a child process after fork(), before exec(): no signal blocked, so the program it runs
 // starts as a fresh process would.
 void unblock_all_signals();
+// SIGINT and SIGTERM unblocked: their default action (the `shoal` entry, launch/entry.cc,
+// starts the program with them blocked; the commands that do not stop on request take them
+// as any program does).
+void unblock_stop_signals();
 
 }  // namespace shoal

@@ -76,14 +76,14 @@ if [[ -z $build_dir ]]; then
   build_dir=build
 fi
 build_dir=$(cd "$build_dir" && pwd)
-for bin in shoal tests/shoal_gpu_tests tests/shoal_gpu_process_tests; do
+for bin in shoal shoal-main tests/shoal_gpu_tests tests/shoal_gpu_process_tests; do
   [[ -x $build_dir/$bin ]] || die "$build_dir/$bin is missing (a build with the CUDA parts ON builds it)"
 done
 
 # The library path for Shoal's binaries: SHOAL_LIBS, then CUDA's libraries from the PyTorch wheel
 # if the binaries cannot find them otherwise.
 shoal_ld=${libs:+$(cd "$libs" && pwd)}
-missing() { LD_LIBRARY_PATH=$shoal_ld${shoal_ld:+${LD_LIBRARY_PATH:+:}}${LD_LIBRARY_PATH:-} ldd "$build_dir/shoal" | grep 'not found' || true; }
+missing() { LD_LIBRARY_PATH=$shoal_ld${shoal_ld:+${LD_LIBRARY_PATH:+:}}${LD_LIBRARY_PATH:-} ldd "$build_dir/shoal-main" | grep 'not found' || true; }
 if [[ -n $(missing) ]]; then
   wheel=$("$PYTHON" - <<'EOF' 2>/dev/null || true
 import glob, os

@@ -159,6 +159,20 @@ Setting choice_setting(std::string key, Access access, const std::vector<std::st
 
 const char* strategy_name(StrategyKind kind) { return kind == StrategyKind::sync ? "sync" : "async"; }
 
+const char* sync_backend_name(SyncBackend backend) {
+  switch (backend) {
+    case SyncBackend::mpi:
+      return "mpi";
+    case SyncBackend::gloo:
+      return "gloo";
+    case SyncBackend::nccl:
+      return "nccl";
+    case SyncBackend::auto_select:
+      break;
+  }
+  return "auto";
+}
+
 SettingsRegistry::SettingsRegistry() {
   constexpr std::int64_t kBig = 1'000'000'000'000LL;
   auto& s = settings_;
@@ -313,14 +327,17 @@ SettingsRegistry::SettingsRegistry() {
       {{"async", StrategyKind::async}, {"sync", StrategyKind::sync}},
       "async: parameter servers, bounded staleness (docs/async-training.md); sync: every worker holds "
       "the model and gradients are all-reduced (docs/sync-training.md)"));
-  s.push_back(choice_setting(
-      "sync.backend", [](JobConfig & c) -> auto& { return c.sync_backend; }, {"auto", "mpi", "gloo", "nccl"},
+  s.push_back(enum_setting<SyncBackend>(
+      "sync.backend", [](JobConfig & c) -> auto& { return c.sync_backend; },
+      {{"auto", SyncBackend::auto_select}, {"mpi", SyncBackend::mpi}, {"gloo", SyncBackend::gloo},
+       {"nccl", SyncBackend::nccl}},
       "sync jobs: the collective library; auto picks nccl on GPUs, mpi under mpirun, gloo otherwise"));
   s.push_back(float_setting(
       "sync.bucket_mib", [](JobConfig & c) -> auto& { return c.bucket_mib; }, 0.001, 65536, false,
       "sync jobs: gradients are all-reduced in buckets of this many MiB, each as soon as backward filled it"));
-  s.push_back(choice_setting(
-      "sync.batch_norm", [](JobConfig & c) -> auto& { return c.sync_batch_norm; }, {"local", "sync"},
+  s.push_back(enum_setting<BatchNormMode>(
+      "sync.batch_norm", [](JobConfig & c) -> auto& { return c.sync_batch_norm; },
+      {{"local", BatchNormMode::local}, {"sync", BatchNormMode::sync}},
       "sync jobs: batch-norm statistics of each rank's own batch (local) or of the global batch (sync: "
       "the same result as one process with the whole batch)"));
   s.push_back(float_setting(
@@ -339,8 +356,9 @@ SettingsRegistry::SettingsRegistry() {
       "async.staleness", [](JobConfig & c) -> auto& { return c.staleness; }, 0, 1 << 20,
       "bounded staleness: a worker may be this many steps ahead of the slowest (0: synchronous, "
       "gradients averaged)"));
-  s.push_back(choice_setting(
-      "async.lr_staleness", [](JobConfig & c) -> auto& { return c.lr_staleness; }, {"none", "inverse"},
+  s.push_back(enum_setting<LrStaleness>(
+      "async.lr_staleness", [](JobConfig & c) -> auto& { return c.lr_staleness; },
+      {{"none", LrStaleness::none}, {"inverse", LrStaleness::inverse}},
       "async jobs: scale each update by 1 / (1 + t), t = updates other workers made to the chunk since this "
       "gradient's worker pulled it (inverse; docs/async-training.md), or not (none)"));
   s.push_back(int_setting(
@@ -381,8 +399,10 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(string_setting(
       "metrics.host", [](JobConfig & c) -> auto& { return c.metrics_host; },
       "address the HTTP status endpoint listens on (0.0.0.0: every interface; 127.0.0.1: this host only)"));
-  s.push_back(choice_setting(
-      "progress", [](JobConfig & c) -> auto& { return c.progress; }, {"auto", "bar", "lines", "off"},
+  s.push_back(enum_setting<ProgressSetting>(
+      "progress", [](JobConfig & c) -> auto& { return c.progress; },
+      {{"auto", ProgressSetting::auto_detect}, {"bar", ProgressSetting::bar}, {"lines", ProgressSetting::lines},
+       {"off", ProgressSetting::off}},
       "progress display: a live line on a terminal, plain lines otherwise (auto)"));
 }
 

@@ -19,6 +19,10 @@ namespace shoal {
 // Modes, parsed once when the configuration is loaded (compare these, never their names).
 enum class StrategyKind { async, sync };  // strategy
 enum class JobEndAction { exit, wait };   // cluster.on_job_end
+enum class SyncBackend { auto_select, mpi, gloo, nccl };  // sync.backend
+enum class BatchNormMode { local, sync };  // sync.batch_norm
+enum class LrStaleness { none, inverse };  // async.lr_staleness
+enum class ProgressSetting { auto_detect, bar, lines, off };  // progress (auto: bar on a terminal)
 
 struct JobConfig {
   std::string model = "cnn";
@@ -44,9 +48,9 @@ struct JobConfig {
 
   // Distributed jobs (shoal coordinator / ps / worker / launch).
   StrategyKind strategy = StrategyKind::async;  // async (parameter servers) | sync (all-reduce)
-  std::string sync_backend = "auto";
+  SyncBackend sync_backend = SyncBackend::auto_select;
   double bucket_mib = 25.0;
-  std::string sync_batch_norm = "local";
+  BatchNormMode sync_batch_norm = BatchNormMode::local;
   double sync_timeout_seconds = 300.0;
   bool sync_elastic = false;
   std::string sync_interface;
@@ -59,7 +63,7 @@ struct JobConfig {
   bool node_rank_from_hostname = false;  // node.rank from the host name's ordinal (shoal-ps-3 -> 3)
   std::string node_advertise;            // "": this host's fully qualified name when node.address binds every interface
   std::int64_t staleness = 2;
-  std::string lr_staleness = "none";
+  LrStaleness lr_staleness = LrStaleness::none;
   std::int64_t chunk_kib = 4096;
   std::int64_t max_in_flight = 8;
   std::int64_t shard_size = 1024;
@@ -89,7 +93,7 @@ struct JobConfig {
   std::string metrics_file;
   std::int64_t metrics_port = -1;  // -1: no status endpoint; 0: any free port
   std::string metrics_host = "0.0.0.0";
-  std::string progress = "auto";
+  ProgressSetting progress = ProgressSetting::auto_detect;
 
   bool sync() const { return strategy == StrategyKind::sync; }
   // The learning-rate schedule's settings (lr.*, with optimizer.lr as its base rate).
@@ -99,6 +103,7 @@ struct JobConfig {
 };
 
 const char* strategy_name(StrategyKind kind);
+const char* sync_backend_name(SyncBackend backend);  // "auto", "mpi", "gloo", "nccl"
 
 // One configuration key.
 struct Setting {

@@ -10,7 +10,8 @@ RUN docker/image-steps.sh build -DSHOAL_CUDA=OFF
 FROM debian:12-slim
 COPY docker/image-steps.sh /opt/shoal/image-steps.sh
 RUN /opt/shoal/image-steps.sh runtime-debian
-COPY --from=build /src/build/shoal /usr/local/bin/shoal
+# shoal (the entry: blocks SIGINT/SIGTERM, then runs shoal-main beside it) and the program.
+COPY --from=build /src/build/shoal /src/build/shoal-main /usr/local/bin/
 COPY examples /opt/shoal/examples
 USER 10001:10001
 WORKDIR /home/shoal

@@ -35,15 +35,16 @@ case "${1:-}" in
   build)
     shift
     launch/setup-debian.sh --build
-    SHOAL_TARGETS=shoal launch/build.sh "$@"
+    SHOAL_TARGETS=shoal launch/build.sh "$@"  # the entry and shoal-main (and the CUDA module)
     build/shoal version
     ;;
   bundle)
     dest=${2:?usage: image-steps.sh bundle DEST}
     mkdir -p "$dest/bin" "$dest/lib"
-    install -m 0755 build/shoal "$dest/bin/shoal"
+    # shoal (the entry, static: blocks SIGINT/SIGTERM, then runs shoal-main beside it) and the program.
+    install -m 0755 build/shoal build/shoal-main "$dest/bin/"
     # The CUDA module (when built), beside the binary: where a process that uses a GPU loads it.
-    binaries=(build/shoal)
+    binaries=(build/shoal-main)
     if [[ -f build/libshoal_cuda.so ]]; then
       install -m 0644 build/libshoal_cuda.so "$dest/bin/libshoal_cuda.so"
       binaries+=(build/libshoal_cuda.so)

@@ -54,7 +54,7 @@ fresh_root "$work/runtime"
 mkdir -p "$work/runtime/opt/shoal"
 cp "$work/build/src/docker/image-steps.sh" "$work/runtime/opt/shoal/image-steps.sh"
 in_root "$work/runtime" / 0:0 /opt/shoal/image-steps.sh runtime-debian
-install -m 0755 "$work/build/src/build/shoal" "$work/runtime/usr/local/bin/shoal"
+install -m 0755 "$work/build/src/build/shoal" "$work/build/src/build/shoal-main" "$work/runtime/usr/local/bin/"
 cp -r "$work/build/src/examples" "$work/runtime/opt/shoal/examples"
 
 echo "== the image, as its user 10001: shoal version, then a local job"
@@ -63,7 +63,7 @@ in_root "$work/runtime" /home/shoal 10001:10001 shoal launch --local /opt/shoal/
   --model=mlp --train.epochs=1 --data.train_limit=6000 --checkpoint.dir=/home/shoal/ckpt | tail -3
 in_root "$work/runtime" /home/shoal 10001:10001 shoal keys generate /home/shoal/keys --servers 2 --workers 2
 
-if ldd "$src/build/shoal" 2>/dev/null | grep -q libcudart; then
+if ldd "$src/build/shoal-main" 2>/dev/null | grep -q libcudart; then
   echo "== the GPU image's bundle: a fresh root with only the bundle, Open MPI and CUDA's libraries"
   fresh_root "$work/bundle"
   (cd "$src" && docker/image-steps.sh bundle "$work/bundle/opt/shoal")

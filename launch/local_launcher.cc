@@ -49,12 +49,16 @@ struct Child {
   bool preempted = false;  // a parameter server that said it left on SIGTERM
 };
 
+// What the launcher's processes run: the `shoal` entry beside this program (launch/entry.cc),
+// so each starts with its stop signals blocked, or this program itself where there is none.
 std::string self_executable() {
   char path[4096];
   ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
   SHOAL_REQUIRE(n > 0, IoError, "cannot find the shoal executable (/proc/self/exe)");
   path[n] = 0;
-  return path;
+  const std::string self = path;
+  const std::string entry = self.substr(0, self.rfind('/') + 1) + "shoal";
+  return access(entry.c_str(), X_OK) == 0 ? entry : self;
 }
 
 Child spawn(const std::string& name, const std::vector<std::string>& argv) {
@@ -205,7 +209,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   // that runs it (rank 0, or mpirun for the mpi backend).
   std::string decider = "coordinator";
   const bool sync = config.sync();
-  const bool use_mpirun = sync && (config.sync_backend == "mpi" || config.sync_backend == "auto");
+  const bool use_mpirun = sync && (config.sync_backend == SyncBackend::mpi || config.sync_backend == SyncBackend::auto_select);
   // A sync world is started as a whole and, when a rank dies, restarted as a whole from the last
   // checkpoint (mpi, nccl, a sync job that is not elastic, or the loss of rank 0, which runs the
   // coordinator). With sync.elastic the survivors of any other rank re-form the world in place.

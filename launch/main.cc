@@ -361,6 +361,11 @@ int run(int argc, char** argv) {
 }  // namespace shoal
 
 int main(int argc, char** argv) {
+  // `shoal` (launch/entry.cc) starts this program with SIGINT and SIGTERM blocked, so a signal
+  // during start-up is pending instead of fatal. The roles keep them blocked (StopSignals turns
+  // them into a stop request); every other command takes them as any program does.
+  const std::string command = argc > 1 ? argv[1] : "";
+  if (command != "coordinator" && command != "ps" && command != "worker") shoal::unblock_stop_signals();
   shoal::tune_allocator();
   try {
     return shoal::run(argc, argv);

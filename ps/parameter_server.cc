@@ -14,12 +14,6 @@
 
 namespace shoal {
 
-LrStaleness parse_lr_staleness(const std::string& name) {
-  if (name == "none") return LrStaleness::none;
-  if (name == "inverse") return LrStaleness::inverse;
-  SHOAL_THROW(ConfigError, "async.lr_staleness must be none or inverse, not '" << name << "'");
-}
-
 ParameterServer::ParameterServer(Network& network, const std::string& bind_address, Backend& backend, Logger log)
     : socket_(network, bind_address, log), backend_(backend), log_(std::move(log)) {}
 
@@ -541,7 +535,7 @@ ServerOptions server_options(const JobConfig& config, const PartitionTable& tabl
   options.staleness = config.staleness;
   options.pull_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.request_timeout_seconds * 1000));
   options.optimizer = config.optimizer;
-  options.lr_staleness = parse_lr_staleness(config.lr_staleness);
+  options.lr_staleness = config.lr_staleness;
   options.threads =
       config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
   // The trainer's schedule, to the step (compute/lr_schedule.h).

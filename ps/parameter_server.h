@@ -45,8 +45,6 @@
 
 namespace shoal {
 
-enum class LrStaleness { none, inverse };
-LrStaleness parse_lr_staleness(const std::string& name);  // throws ConfigError
 
 struct ServerOptions {
   std::int64_t staleness = 2;

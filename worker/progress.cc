@@ -6,11 +6,17 @@
 
 namespace shoal {
 
-ProgressMode resolve_progress_mode(const std::string& setting, std::FILE* out) {
-  if (setting == "bar") return ProgressMode::bar;
-  if (setting == "lines") return ProgressMode::lines;
-  if (setting == "off") return ProgressMode::off;
-  SHOAL_REQUIRE(setting == "auto", ConfigError, "progress = '" << setting << "' is not one of: auto, bar, lines, off");
+ProgressMode resolve_progress_mode(ProgressSetting setting, std::FILE* out) {
+  switch (setting) {
+    case ProgressSetting::bar:
+      return ProgressMode::bar;
+    case ProgressSetting::lines:
+      return ProgressMode::lines;
+    case ProgressSetting::off:
+      return ProgressMode::off;
+    case ProgressSetting::auto_detect:
+      break;
+  }
   return isatty(fileno(out)) ? ProgressMode::bar : ProgressMode::lines;
 }
 

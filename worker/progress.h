@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <string>
 
+#include "config/config.h"
+
 namespace shoal {
 
 enum class ProgressMode { bar, lines, off };
-ProgressMode resolve_progress_mode(const std::string& setting, std::FILE* out);  // "auto" looks at isatty
+ProgressMode resolve_progress_mode(ProgressSetting setting, std::FILE* out);  // auto looks at isatty
 
 class Progress {
  public:

@@ -23,15 +23,15 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
   SyncSetup s;
   s.under_mpirun = mpi::launched_by_mpirun();
   s.backend = config.sync_backend;
-  if (s.backend == "auto") {
+  if (s.backend == SyncBackend::auto_select) {
     if (cuda_device) {
-      s.backend = "nccl";
+      s.backend = SyncBackend::nccl;
       s.why = "auto: GPU buffers";
     } else if (s.under_mpirun) {
-      s.backend = "mpi";
+      s.backend = SyncBackend::mpi;
       s.why = "auto: started by mpirun";
     } else {
-      s.backend = "gloo";
+      s.backend = SyncBackend::gloo;
       s.why = "auto: not under mpirun, CPU buffers";
     }
   } else {
@@ -47,25 +47,26 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
                                                         "an async job (strategy = async, parameter servers) on "
                                                         "MIG slices, or give each sync rank a whole GPU");
   }
-  SHOAL_REQUIRE(s.backend != "mpi" || s.under_mpirun, ConfigError,
+  SHOAL_REQUIRE(s.backend != SyncBackend::mpi || s.under_mpirun, ConfigError,
                 "sync.backend = mpi needs the job started by mpirun (mpirun -np N shoal worker JOB.ini, or shoal "
                 "launch JOB.ini --local); use gloo to start ranks without it");
 #ifndef SHOAL_WITH_CUDA
-  SHOAL_REQUIRE(s.backend != "nccl", DeviceError, "sync.backend = nccl needs a build with CUDA and NCCL");
+  SHOAL_REQUIRE(s.backend != SyncBackend::nccl, DeviceError, "sync.backend = nccl needs a build with CUDA and NCCL");
 #endif
-  SHOAL_REQUIRE(s.backend != "nccl" || cuda_device, ConfigError,
+  SHOAL_REQUIRE(s.backend != SyncBackend::nccl || cuda_device, ConfigError,
                 "sync.backend = nccl all-reduces GPU buffers: it needs device = cuda");
-  SHOAL_REQUIRE(s.backend == "nccl" || !cuda_device, ConfigError,
-                "sync.backend = " << s.backend
+  SHOAL_REQUIRE(s.backend == SyncBackend::nccl || !cuda_device, ConfigError,
+                "sync.backend = " << sync_backend_name(s.backend)
                                   << " all-reduces host memory, but this worker computes on a GPU: use sync.backend = "
                                      "nccl (or auto), or device = cpu");
-  SHOAL_REQUIRE(!config.sync_elastic || s.backend == "gloo", ConfigError,
+  SHOAL_REQUIRE(!config.sync_elastic || s.backend == SyncBackend::gloo, ConfigError,
                 "sync.elastic needs sync.backend = gloo, not "
-                    << s.backend
-                    << (s.backend == "mpi" ? " (Open MPI 4 cannot shrink a world: a lost rank ends the world, and "
-                                             "shoal launch restarts it from the last checkpoint)"
-                                           : " (in-place re-forming over NCCL is not built yet: shoal launch restarts "
-                                             "the world from the last checkpoint)"));
+                    << sync_backend_name(s.backend)
+                    << (s.backend == SyncBackend::mpi
+                            ? " (Open MPI 4 cannot shrink a world: a lost rank ends the world, and "
+                              "shoal launch restarts it from the last checkpoint)"
+                            : " (in-place re-forming over NCCL is not built yet: shoal launch restarts "
+                              "the world from the last checkpoint)"));
   if (auto env = mpi::world_from_environment()) {
     s.world = *env;
   } else {
@@ -158,14 +159,14 @@ std::string EmbeddedCoordinator::endpoint() const { return coordinator_->endpoin
 
 std::unique_ptr<Collective> make_collective(const SyncSetup& setup, const JobConfig& config, ControlClient& control,
                                             std::uint64_t generation, Backend& backend, std::function<void()> watch) {
-  if (setup.backend == "mpi") {
+  if (setup.backend == SyncBackend::mpi) {
     mpi::init();
     return make_mpi_collective();
   }
   CoordinatorStore store(control, Seconds(config.sync_timeout_seconds), std::move(watch));
-  std::string prefix = "gen" + std::to_string(generation) + "/" + setup.backend + "/";
+  std::string prefix = "gen" + std::to_string(generation) + "/" + sync_backend_name(setup.backend) + "/";
 #ifdef SHOAL_WITH_CUDA
-  if (setup.backend == "nccl")
+  if (setup.backend == SyncBackend::nccl)
     return make_nccl_collective(store, setup.world, prefix, Seconds(config.sync_timeout_seconds),
                                 NcclPlacement{backend.device().index, backend.native_stream()});
 #endif

@@ -23,7 +23,7 @@ class Coordinator;
 
 struct SyncSetup {
   WorldInfo world;
-  std::string backend;  // resolved: mpi, gloo or nccl
+  SyncBackend backend = SyncBackend::gloo;  // resolved: mpi, gloo or nccl
   bool under_mpirun = false;
   std::string why;  // how auto chose, for the log
 };

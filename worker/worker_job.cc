@@ -596,7 +596,7 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
   SyncOptions options;
   options.bucket_bytes = static_cast<std::size_t>(config_.bucket_mib * (1 << 20));
   options.timeout = Seconds(config_.sync_timeout_seconds);
-  options.sync_batch_norm = config_.sync_batch_norm == "sync";
+  options.sync_batch_norm = config_.sync_batch_norm == BatchNormMode::sync;
   options.batch_size = config_.batch_size;
   options.watch = [this] { watch(); };
   if (config_.sync_elastic)  // the coordinator's verdict on a lost rank comes within a liveness period

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -203,6 +204,36 @@ TEST(Cluster, WorkerStoppedWithSigtermBeforeItRegisteredExitsZero) {
   worker.signal(SIGTERM);
   EXPECT_EQ(worker.wait(5s), 0) << worker.output();
   EXPECT_NE(worker.output().find("before it registered; left the job"), std::string::npos) << worker.output();
+}
+
+// The `shoal` entry (launch/entry.cc) blocks SIGINT and SIGTERM before it runs shoal-main, so
+// the program's ~20 ms of library loading, before its main can block anything, is covered: a
+// SIGTERM then is a stop request (exit 0) instead of the default action (143). Each round
+// watches the process until it has become shoal-main — it is loading its libraries or just
+// past them — checks there that both signals are blocked, and sends SIGTERM right then.
+TEST(Cluster, SigtermWhileTheProgramLoadsItsLibrariesIsAStopRequest) {
+  const std::string program = (std::filesystem::path(kShoal).parent_path() / "shoal-main").string();
+  for (int round = 0; round < 5; ++round) {
+    Subprocess worker({kShoal, "worker", kJob, "--cluster.coordinator=tcp://127.0.0.1:" + std::to_string(free_port()),
+                       "--threads=1", "--data.train_limit=1000", "--data.test_limit=100"});
+    const std::string exe = "/proc/" + std::to_string(worker.pid()) + "/exe";
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    std::error_code ec;
+    while (std::filesystem::read_symlink(exe, ec) != program && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::yield();
+    ASSERT_EQ(std::filesystem::read_symlink(exe, ec), program) << "round " << round << ": " << worker.output();
+    std::ifstream status("/proc/" + std::to_string(worker.pid()) + "/status");
+    std::string line;
+    unsigned long long blocked = 0;
+    while (std::getline(status, line))
+      if (line.rfind("SigBlk:", 0) == 0) blocked = std::stoull(line.substr(7), nullptr, 16);
+    const unsigned long long stop = (1ull << (SIGTERM - 1)) | (1ull << (SIGINT - 1));
+    EXPECT_EQ(blocked & stop, stop) << "round " << round << ": SigBlk " << std::hex << blocked;
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(10s), 0) << "round " << round << ": " << worker.output();
+    EXPECT_NE(worker.output().find("before it registered; left the job"), std::string::npos)
+        << "round " << round << ": " << worker.output();
+  }
 }
 
 TEST(Cluster, WorkerStoppedWithSigtermWhileEvaluatingLeavesAndAnotherEvaluates) {

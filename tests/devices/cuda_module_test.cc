@@ -59,8 +59,12 @@ TEST(CudaModule, AMissingCudaLibraryIsExitSevenNamingIt) {
   // The binary and a module that needs a library this host lacks (a stand-in for cuDNN), as an
   // image built without cuDNN would have them.
   TempDir dir;
-  std::filesystem::copy_file(kShoal, dir.file("shoal"));
-  std::filesystem::permissions(dir.file("shoal"), std::filesystem::perms::owner_exec, std::filesystem::perm_options::add);
+  // The entry and the program it runs (launch/entry.cc), as an image installs them.
+  for (const char* name : {"shoal", "shoal-main"}) {
+    std::filesystem::copy_file(std::filesystem::path(kShoal).parent_path() / name, dir.file(name));
+    std::filesystem::permissions(dir.file(name), std::filesystem::perms::owner_exec,
+                                 std::filesystem::perm_options::add);
+  }
   std::filesystem::copy_file(SHOAL_BROKEN_CUDA_MODULE, dir.file("libshoal_cuda.so"));
   auto r = run({dir.file("shoal"), "train", kJob, "--device=cuda", "--train.epochs=1"});
   EXPECT_EQ(r.exit_code, 7) << r.output;

@@ -83,7 +83,7 @@ JobConfig small_job() {
   c.request_timeout_seconds = 10;
   c.startup_timeout_seconds = 20;
   c.threads = 1;
-  c.progress = "off";
+  c.progress = ProgressSetting::off;
   c.log_level = "debug";
   return c;
 }

@@ -20,7 +20,7 @@ constexpr int kPeerLost = static_cast<int>(ExitCode::peer_lost);
 JobConfig sync_job() {
   JobConfig c = testing::small_job();
   c.strategy = StrategyKind::sync;
-  c.sync_backend = "gloo";
+  c.sync_backend = SyncBackend::gloo;
   c.servers = 0;
   c.workers = 2;
   c.batch_size = 25;
