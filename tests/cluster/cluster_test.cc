@@ -157,10 +157,10 @@ TEST(Cluster, StalenessZeroMatchesOneProcessWithTwiceTheBatch) {
 TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
   // Three workers applying momentum SGD asynchronously: a smaller step than the example job's.
   Cluster c(
-      {"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000", "--data.shard_size=400",
+      {"--model=cnn", "--train.epochs=2", "--data.train_limit=6000", "--data.test_limit=1000", "--data.shard_size=400",
        "--optimizer.lr=0.01", "--cluster.heartbeat_seconds=0.2", "--cluster.dead_after_seconds=1.5"},
       2, 3);
-  // worker.1 holds a lease of the first epoch (a shard is 400 of 12,000 samples).
+  // worker.1 holds a lease of the first epoch (a shard is 400 of 6,000 samples).
   ASSERT_TRUE(wait_for_output(*c.workers[1], "training epoch 1", 60s)) << c.all_output();
   c.workers[1]->signal(SIGKILL);
   EXPECT_EQ(c.workers[1]->wait(5s), 128 + SIGKILL);
@@ -169,9 +169,9 @@ TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
   auto epochs = lines_with(c.metrics(), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 2u) << c.all_output();
   for (const auto& e : epochs) {
-    EXPECT_EQ(json_number(e, "samples_done"), 12000) << e;
-    EXPECT_EQ(json_number(e, "samples_total"), 12000) << e;
-    EXPECT_GE(json_number(e, "samples_processed"), 12000) << e;
+    EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+    EXPECT_EQ(json_number(e, "samples_total"), 6000) << e;
+    EXPECT_GE(json_number(e, "samples_processed"), 6000) << e;
   }
   EXPECT_EQ(c.workers[0]->wait(30s), 0);
   EXPECT_EQ(c.workers[2]->wait(30s), 0);
@@ -179,7 +179,7 @@ TEST(Cluster, WorkerKilledMidEpochItsShardsAreRedone) {
 }
 
 TEST(Cluster, WorkerStoppedWithSigtermLeavesAndTheJobGoesOn) {
-  Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=12000", "--data.test_limit=1000",
+  Cluster c({"--model=cnn", "--train.epochs=2", "--data.train_limit=6000", "--data.test_limit=1000",
              "--data.shard_size=400", "--optimizer.lr=0.01"},
             2, 3);
   ASSERT_TRUE(wait_for_output(*c.workers[1], "training epoch 1", 60s)) << c.all_output();
@@ -193,7 +193,7 @@ TEST(Cluster, WorkerStoppedWithSigtermLeavesAndTheJobGoesOn) {
   EXPECT_EQ(c.coord->output().find("declared dead"), std::string::npos) << c.coord->output();
   auto epochs = lines_with(c.metrics(), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 2u) << c.all_output();
-  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 12000) << e;
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
 }
 
 TEST(Cluster, WorkerStoppedWithSigtermBeforeItRegisteredExitsZero) {

@@ -283,7 +283,7 @@ TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankD
                                     "--sync.elastic=" + std::string(elastic ? "true" : "false"),
                                     "--model=mlp",
                                     "--train.epochs=3",
-                                    "--data.train_limit=30000",
+                                    "--data.train_limit=15000",
                                     "--data.test_limit=500",
                                     "--threads=1",
                                     "--checkpoint.dir=" + dir.path(),
@@ -335,7 +335,7 @@ TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankD
     ASSERT_EQ(epochs.size(), 3u) << all;
     for (std::size_t e = 0; e < epochs.size(); ++e) {
       EXPECT_EQ(json_number(epochs[e], "epoch"), static_cast<double>(e + 1)) << epochs[e];
-      EXPECT_EQ(json_number(epochs[e], "samples_done"), 30000) << epochs[e];
+      EXPECT_EQ(json_number(epochs[e], "samples_done"), 15000) << epochs[e];
     }
   }
 }
