@@ -6,14 +6,6 @@
 #include "base/error.h"
 
 namespace shoal {
-namespace {
-
-double seconds_between(CheckpointDriver::TimePoint a, CheckpointDriver::TimePoint b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-}  // namespace
-
 CheckpointDriver::CheckpointDriver(CheckpointSettings settings, std::string layout, std::string job_ini, Logger log,
                                    MetricsWriter& metrics, ClockFn clock)
     : settings_(std::move(settings)),
@@ -22,10 +14,6 @@ CheckpointDriver::CheckpointDriver(CheckpointSettings settings, std::string layo
       log_(std::move(log)),
       metrics_(metrics),
       clock_(std::move(clock)) {}
-
-std::chrono::steady_clock::duration CheckpointDriver::seconds(double s) const {
-  return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000));
-}
 
 void CheckpointDriver::start() {
   job_started_ = clock_();
@@ -43,11 +31,11 @@ bool CheckpointDriver::due(std::int64_t steps) const {
   if (steps == newest_step_) return false;  // nothing new since the last one
   const std::int64_t since = steps - std::max<std::int64_t>(newest_step_, 0);
   if (settings_.every_steps > 0 && since >= settings_.every_steps) return true;
-  return settings_.every_seconds > 0 && now - newest_time_ >= seconds(settings_.every_seconds);
+  return settings_.every_seconds > 0 && now - newest_time_ >= seconds_to_duration(settings_.every_seconds);
 }
 
 bool CheckpointDriver::stale_for_term() const {
-  return newest_step_ < 0 || clock_() - newest_time_ > seconds(settings_.on_term_older_than_seconds);
+  return newest_step_ < 0 || clock_() - newest_time_ > seconds_to_duration(settings_.on_term_older_than_seconds);
 }
 
 void CheckpointDriver::begin(std::int64_t steps, std::int64_t sync_epoch) {
@@ -63,7 +51,7 @@ void CheckpointDriver::begin(std::int64_t steps, std::int64_t sync_epoch) {
 }
 
 bool CheckpointDriver::drain_overdue() const {
-  return current_ && current_->draining && clock_() - current_->started > seconds(settings_.request_timeout_seconds);
+  return current_ && current_->draining && clock_() - current_->started > seconds_to_duration(settings_.request_timeout_seconds);
 }
 
 bool CheckpointDriver::cut(std::int64_t steps, const std::string& position_body,
@@ -154,7 +142,7 @@ bool CheckpointDriver::poll() {
     finish();
     return true;
   }
-  if (clock_() - current_->snapshotted > 2 * seconds(settings_.request_timeout_seconds)) {
+  if (clock_() - current_->snapshotted > 2 * seconds_to_duration(settings_.request_timeout_seconds)) {
     std::string missing;
     for (const auto& w : current_->waiting) missing += " " + w;
     abandon("no files from" + missing);
@@ -169,7 +157,7 @@ void CheckpointDriver::abandon(const std::string& why) {
   current_.reset();
   newest_time_ = clock_();
   // Not again at once (every_steps would be due at once): one liveness period first.
-  retry_at_ = newest_time_ + seconds(settings_.retry_after_seconds);
+  retry_at_ = newest_time_ + seconds_to_duration(settings_.retry_after_seconds);
   outcome_ = Outcome{false, why};
 }
 

@@ -22,6 +22,7 @@
 
 #include "base/log.h"
 #include "checkpoint/checkpoint.h"
+#include "coordinator/membership.h"
 #include "telemetry/metrics_file.h"
 
 namespace shoal {
@@ -125,7 +126,6 @@ class CheckpointDriver {
 
  private:
   void finish();
-  std::chrono::steady_clock::duration seconds(double s) const;
 
   CheckpointSettings settings_;
   std::string layout_, job_ini_;

@@ -15,14 +15,6 @@
 namespace shoal {
 namespace {
 
-std::chrono::milliseconds ms(double seconds) {
-  return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
 // The `layout` file: every parameter and buffer with its element range and shape.
 std::string model_layout(const std::string& model, const ParameterSet& params) {
   std::ostringstream out;
@@ -78,7 +70,7 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       log_(std::move(log)),
       metrics_(metrics),
       socket_(network, config.coordinator_address, log_),
-      members_(ms(config.dead_after_seconds)),
+      members_(seconds_to_duration(config.dead_after_seconds)),
       sync_(config.sync()),
       servers_wanted_(sync_ ? 0 : config.servers),
       failure_(FailureSettings{sync_, config.sync_elastic, config.staleness}) {
@@ -203,7 +195,7 @@ void Coordinator::publish_table() {
   t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
   table_ = t;
   book_ = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
-                                      ms(config_.lease_timeout_seconds));
+                                      seconds_to_duration(config_.lease_timeout_seconds));
   if (!restored_from_.empty()) {
     for (const EpochReport& r : book_->restore(restored_position_, Clock::now()))
       result_.final_test_accuracy = r.test_accuracy;
@@ -942,7 +934,7 @@ void Coordinator::check_stalls(Clock::time_point now) {
   const auto live = members_.live_workers();
   for (const auto& w : live) {
     const Member* m = members_.find(w);
-    if (at_boundary_[w] || now - m->progressed <= ms(config_.stall_seconds)) continue;
+    if (at_boundary_[w] || now - m->progressed <= seconds_to_duration(config_.stall_seconds)) continue;
     // Only the one that holds the others back: a worker waiting for a slower one (staleness)
     // makes no progress either, through no fault of its own.
     bool slowest = true;
@@ -976,7 +968,7 @@ void Coordinator::check_liveness(Clock::time_point now) {
     }
   }
   check_stalls(now);
-  if (!missing_servers_.empty() && now - paused_since_ > ms(config_.startup_timeout_seconds) && !end_)
+  if (!missing_servers_.empty() && now - paused_since_ > seconds_to_duration(config_.startup_timeout_seconds) && !end_)
     end_job(ExitCode::peer_lost, "parameter server " + *missing_servers_.begin() +
                                      " was lost and did not come back within cluster.startup_timeout_seconds");
   if (book_) {
@@ -1058,7 +1050,7 @@ void Coordinator::report_epochs(Clock::time_point now) {
 CoordinatorResult Coordinator::run() {
   started_ = Clock::now();
   checkpoints_->start();
-  auto startup_deadline = started_ + ms(config_.startup_timeout_seconds);
+  auto startup_deadline = started_ + seconds_to_duration(config_.startup_timeout_seconds);
   std::optional<Clock::time_point> end_deadline, told_at;
   while (true) {
     auto in = socket_.receive(std::chrono::milliseconds(20));
@@ -1111,12 +1103,12 @@ CoordinatorResult Coordinator::run() {
     if (!end_) continue;
     // Every member hears how the job ended (in its next heartbeat, lease or table request);
     // one that never asks again is not waited for past two liveness periods.
-    if (!end_deadline) end_deadline = now + 2 * ms(config_.dead_after_seconds + config_.heartbeat_seconds);
+    if (!end_deadline) end_deadline = now + 2 * seconds_to_duration(config_.dead_after_seconds + config_.heartbeat_seconds);
     // "Told" means the reply was sent, not that it arrived: keep answering for two more
     // heartbeat periods, so a reply still on its way is delivered and a process whose
     // heartbeat crossed ours hears the job's end, instead of finding the coordinator gone.
     if (everyone_told() && !told_at) told_at = now;
-    if ((told_at && now > *told_at + 2 * ms(config_.heartbeat_seconds)) || now > *end_deadline) break;
+    if ((told_at && now > *told_at + 2 * seconds_to_duration(config_.heartbeat_seconds)) || now > *end_deadline) break;
   }
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());

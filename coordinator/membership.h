@@ -14,6 +14,15 @@ namespace shoal {
 
 using Clock = std::chrono::steady_clock;
 
+// Durations in the configuration are seconds (double); the coordinator's clock counts in its own
+// units.
+inline Clock::duration seconds_to_duration(double seconds) {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+}
+inline double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
 struct Member {
   std::string id;  // "ps.0", "worker.2"
   wire::Role role = wire::Role::WORKER;
