@@ -120,6 +120,33 @@ Setting string_setting(std::string key, Access access, std::string help) {
   return s;
 }
 
+// A comma-separated list of finite numbers (empty: none).
+template <typename Access>
+Setting floats_setting(std::string key, Access access, std::string help) {
+  Setting s;
+  s.key = key;
+  s.kind = "floats";
+  s.help = std::move(help);
+  s.set = [=](JobConfig& c, const std::string& text) {
+    std::vector<double> values;
+    const std::string t = trim(text);
+    std::size_t at = 0;
+    while (!t.empty() && at <= t.size()) {
+      std::size_t comma = t.find(',', at);
+      values.push_back(parse_float(key, t.substr(at, comma == std::string::npos ? std::string::npos : comma - at)));
+      if (comma == std::string::npos) break;
+      at = comma + 1;
+    }
+    access(c) = values;
+  };
+  s.get = [=](const JobConfig& c) {
+    std::string out;
+    for (double v : access(const_cast<JobConfig&>(c))) out += (out.empty() ? "" : ",") + format_float(v);
+    return out;
+  };
+  return s;
+}
+
 // A mode: the value's name is checked against `choices` and stored as its enum.
 template <typename E, typename Access>
 Setting enum_setting(std::string key, Access access, std::vector<std::pair<std::string, E>> choices, std::string help) {
@@ -155,6 +182,26 @@ Setting choice_setting(std::string key, Access access, const std::vector<std::st
   return enum_setting<std::string>(std::move(key), access, std::move(named), std::move(help));
 }
 
+// What one key cannot check alone.
+void check_data_spec(const DataSpec& d) {
+  SHOAL_REQUIRE(d.channels != 2, ConfigError, "data.channels = 2: use 1 (grayscale) or 3 (RGB)");
+  SHOAL_REQUIRE(d.crop_scale_min <= d.crop_scale_max, ConfigError,
+                "data.crop_scale_min = " << d.crop_scale_min << " is above data.crop_scale_max = " << d.crop_scale_max);
+  SHOAL_REQUIRE(d.crop_ratio_min <= d.crop_ratio_max, ConfigError,
+                "data.crop_ratio_min = " << d.crop_ratio_min << " is above data.crop_ratio_max = " << d.crop_ratio_max);
+  SHOAL_REQUIRE(d.train_crop == TrainCrop::none || d.size > 0, ConfigError,
+                "data.train_crop = " << (d.train_crop == TrainCrop::center ? "center" : "random_resized")
+                                     << " needs data.size (the side of the crop)");
+  SHOAL_REQUIRE(d.resize == 0 || d.size > 0, ConfigError, "data.resize needs data.size (the side of the centre crop)");
+  SHOAL_REQUIRE(d.resize == 0 || d.resize >= d.size, ConfigError,
+                "data.resize = " << d.resize << " is smaller than data.size = " << d.size);
+  SHOAL_REQUIRE(d.mean.size() == d.stddev.size(), ConfigError,
+                "data.mean has " << d.mean.size() << " values and data.std " << d.stddev.size() << " (one per channel)");
+  for (double v : d.stddev) SHOAL_REQUIRE(v > 0, ConfigError, "data.std = " << v << ": every value must be above 0");
+  SHOAL_REQUIRE(d.mean.empty() || d.mean.size() == 1 || d.mean.size() == 3, ConfigError,
+                "data.mean has " << d.mean.size() << " values: one per channel (1 or 3)");
+}
+
 }  // namespace
 
 const char* strategy_name(StrategyKind kind) { return kind == StrategyKind::sync ? "sync" : "async"; }
@@ -180,21 +227,88 @@ SettingsRegistry::SettingsRegistry() {
       "model", [](JobConfig & c) -> auto& { return c.model; }, {"mlp", "cnn", "cnn_bn", "resnet20"},
       "model from the zoo (docs/models.md)"));
 
-  s.push_back(choice_setting(
-      "data.format", [](JobConfig & c) -> auto& { return c.data_format; }, {"idx", "cifar10"},
-      "dataset file format: idx (MNIST, Fashion-MNIST) or cifar10 (binary version)"));
+  s.push_back(enum_setting<DataFormat>(
+      "data.format", [](JobConfig & c) -> auto& { return c.data.format; },
+      {{"idx", DataFormat::idx}, {"cifar10", DataFormat::cifar10}, {"folder", DataFormat::folder},
+       {"tar", DataFormat::tar}},
+      "idx (MNIST, Fashion-MNIST), cifar10 (binary version), folder (DIR/train/<class>/*.jpg|png) or tar "
+      "(WebDataset-style shards: k.jpg|png + k.cls); docs/data.md"));
   s.push_back(string_setting(
-      "data.dir", [](JobConfig & c) -> auto& { return c.data_dir; },
-      "folder with train-images-idx3-ubyte[.gz] etc. (idx) or data_batch_*.bin (cifar10)"));
+      "data.dir", [](JobConfig & c) -> auto& { return c.data.dir; },
+      "idx, cifar10: folder with train-images-idx3-ubyte[.gz] etc. or data_batch_*.bin; folder: the root holding "
+      "train/ and val/ (or test/), a subfolder per class"));
+  s.push_back(string_setting(
+      "data.train", [](JobConfig & c) -> auto& { return c.data.train; },
+      "tar: the training shards, /data/train-{000000..000127}.tar (brace ranges) or a comma-separated list"));
+  s.push_back(string_setting(
+      "data.test", [](JobConfig & c) -> auto& { return c.data.test; },
+      "tar: the test shards, as data.train"));
   s.push_back(int_setting(
-      "data.train_limit", [](JobConfig & c) -> auto& { return c.train_limit; }, 0, kBig,
-      "use only the first N training samples (0: all)"));
+      "data.train_limit", [](JobConfig & c) -> auto& { return c.data.train_limit; }, 0, kBig,
+      "use only N training samples (0: all): the first N of idx and cifar10, N spread evenly over an image data set"));
   s.push_back(int_setting(
-      "data.test_limit", [](JobConfig & c) -> auto& { return c.test_limit; }, 0, kBig,
-      "use only the first N test samples (0: all)"));
+      "data.test_limit", [](JobConfig & c) -> auto& { return c.data.test_limit; }, 0, kBig,
+      "use only N test samples (0: all), as data.train_limit"));
+  s.push_back(int_setting(
+      "data.classes", [](JobConfig & c) -> auto& { return c.data.classes; }, 0, 1 << 24,
+      "tar: the class count (0: the lines of classes.txt beside the first training shard, else the largest label + 1)"));
+  s.push_back(int_setting(
+      "data.channels", [](JobConfig & c) -> auto& { return c.data.channels; }, 0, 3,
+      "folder, tar: 1 (grayscale) or 3 (RGB); every image is converted (0: 1 if the first training image is gray, "
+      "else 3)"));
+  s.push_back(int_setting(
+      "data.size", [](JobConfig & c) -> auto& { return c.data.size; }, 0, 4096,
+      "folder, tar: the side of the square the transforms output (0: the first training image's size, and every "
+      "image must have it)"));
+  s.push_back(int_setting(
+      "data.resize", [](JobConfig & c) -> auto& { return c.data.resize; }, 0, 8192,
+      "folder, tar: evaluation (and train_crop = center) resizes the shorter side to this, then crops the centre "
+      "data.size square (0: data.size)"));
+  s.push_back(enum_setting<TrainCrop>(
+      "data.train_crop", [](JobConfig & c) -> auto& { return c.data.train_crop; },
+      {{"none", TrainCrop::none}, {"center", TrainCrop::center}, {"random_resized", TrainCrop::random_resized}},
+      "folder, tar: the training crop; none and center: as evaluation; random_resized: torchvision's "
+      "RandomResizedCrop(data.size, data.crop_scale, data.crop_ratio)"));
+  s.push_back(float_setting(
+      "data.crop_scale_min", [](JobConfig & c) -> auto& { return c.data.crop_scale_min; }, 0, 1, true,
+      "random_resized: smallest crop area, as a fraction of the image"));
+  s.push_back(float_setting(
+      "data.crop_scale_max", [](JobConfig & c) -> auto& { return c.data.crop_scale_max; }, 0, 1, true,
+      "random_resized: largest crop area, as a fraction of the image"));
+  s.push_back(float_setting(
+      "data.crop_ratio_min", [](JobConfig & c) -> auto& { return c.data.crop_ratio_min; }, 0, 100, true,
+      "random_resized: smallest aspect ratio (width / height)"));
+  s.push_back(float_setting(
+      "data.crop_ratio_max", [](JobConfig & c) -> auto& { return c.data.crop_ratio_max; }, 0, 100, true,
+      "random_resized: largest aspect ratio (width / height)"));
   s.push_back(bool_setting(
-      "data.normalize", [](JobConfig & c) -> auto& { return c.normalize; },
-      "normalise inputs per channel with the training set's mean and standard deviation"));
+      "data.flip", [](JobConfig & c) -> auto& { return c.data.flip; },
+      "folder, tar: training flips each image horizontally with probability 1/2"));
+  s.push_back(bool_setting(
+      "data.normalize", [](JobConfig & c) -> auto& { return c.data.normalize; },
+      "normalise inputs per channel: data.mean and data.std, else the training set's (measured on up to 1000 "
+      "images for folder and tar)"));
+  s.push_back(floats_setting(
+      "data.mean", [](JobConfig & c) -> auto& { return c.data.mean; },
+      "per-channel mean of pixel / 255, comma-separated (empty: measured; `shoal data stats` prints it)"));
+  s.push_back(floats_setting(
+      "data.std", [](JobConfig & c) -> auto& { return c.data.stddev; },
+      "per-channel standard deviation of pixel / 255, comma-separated (with data.mean)"));
+  s.push_back(int_setting(
+      "data.threads", [](JobConfig & c) -> auto& { return c.data.threads; }, 0, 256,
+      "folder, tar: threads decoding and transforming images ahead of the training step (0: on the training "
+      "thread)"));
+  s.push_back(int_setting(
+      "data.prefetch", [](JobConfig & c) -> auto& { return c.data.prefetch; }, 1, 1024,
+      "folder, tar: ready batches held ahead of the step (memory: (prefetch + 1) x batch x sample)"));
+  s.push_back(int_setting(
+      "data.shuffle_buffer", [](JobConfig & c) -> auto& { return c.data.shuffle_buffer; }, 1, 1 << 24,
+      "tar: each run of this many consecutive samples of a shard is shuffled (shards are shuffled too)"));
+  s.push_back(enum_setting<OnBadSample>(
+      "data.on_bad_sample", [](JobConfig & c) -> auto& { return c.data.on_bad_sample; },
+      {{"fail", OnBadSample::fail}, {"skip", OnBadSample::skip}},
+      "a corrupt, truncated, unlabelled or wrongly labelled sample: fail (exit 3, naming it) or skip (counted "
+      "per epoch, named once in the log)"));
 
   s.push_back(int_setting(
       "train.epochs", [](JobConfig & c) -> auto& { return c.epochs; }, 1, 100000, "passes over the training set"));
@@ -569,6 +683,7 @@ LoadedConfig load_config(const std::vector<std::string>& args, const std::vector
     }
   }
   loaded.config.optimizer.kind = parse_optimizer_kind(loaded.config.optimizer_name);
+  check_data_spec(loaded.config.data);
   return loaded;
 }
 

@@ -13,6 +13,7 @@
 
 #include "compute/lr_schedule.h"
 #include "compute/optimizer.h"
+#include "data/spec.h"
 
 namespace shoal {
 
@@ -27,11 +28,7 @@ enum class ProgressSetting { auto_detect, bar, lines, off };  // progress (auto:
 struct JobConfig {
   std::string model = "cnn";
 
-  std::string data_format = "idx";
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  std::int64_t train_limit = 0;  // 0: the whole training set
-  std::int64_t test_limit = 0;
-  bool normalize = true;
+  DataSpec data;  // data.* (data/spec.h)
 
   std::int64_t epochs = 10;
   std::int64_t batch_size = 64;

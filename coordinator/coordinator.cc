@@ -9,7 +9,7 @@
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
 #include "base/error.h"
-#include "models/dataset.h"
+#include "data/source.h"
 #include "models/model.h"
 
 namespace shoal {
@@ -74,7 +74,7 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       sync_(config.sync()),
       servers_wanted_(sync_ ? 0 : config.servers),
       failure_(FailureSettings{sync_, config.sync_elastic, config.staleness}) {
-  DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
+  DatasetInfo info = probe_train_set(config.data, log_);
   train_samples_ = info.count;
   // The model's layout (not its values: no memory, no backend) decides the partition table.
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);

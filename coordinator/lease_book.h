@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "coordinator/work_book.h"
-#include "models/shard.h"
+#include "data/shard.h"
 
 namespace shoal {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "models/shard.h"
+#include "data/shard.h"
 
 namespace shoal {
 

@@ -27,6 +27,8 @@
 #include "telemetry/telemetry.h"
 #include "launch/local_launcher.h"
 #include "ps/server_role.h"
+#include "data/source.h"
+#include "data/writer.h"
 #include "worker/train_job.h"
 #include "worker/worker_job.h"
 
@@ -58,6 +60,12 @@ const char* kUsage =
     "                    check every file of a checkpoint against its MANIFEST (exit 5 if one\n"
     "                    does not match). DIR is a ckpt-<step> directory, or a checkpoint.dir:\n"
     "                    then the checkpoint a job would resume from (docs/checkpoint-format.md)\n"
+    "  data stats JOB.ini\n"
+    "                    measure the training set's per-channel mean and std (data.mean,\n"
+    "                    data.std) through the evaluation transform\n"
+    "  data write JOB.ini folder|tar DIR [png|jpeg] [SAMPLES_PER_SHARD]\n"
+    "                    write the job's idx or cifar10 data set as image files: DIR/train/<class>/\n"
+    "                    and DIR/test/<class>/, or tar shards DIR/train-000000.tar ... (docs/data.md)\n"
     "  keys generate DIR [--servers N] [--workers N]\n"
     "                    make a job's CURVE keys for auth.keys: one per member (coordinator,\n"
     "                    ps.0.., worker.0..) and the servers' (docs/authentication.md)\n"
@@ -250,6 +258,79 @@ int checkpoint_command(const std::vector<std::string>& args) {
   return 0;
 }
 
+// ---- shoal data stats|write ------------------------------------------------------------------
+
+const char* kDataUsage =
+    "usage: shoal data stats JOB.ini [--key=value ...]\n"
+    "       shoal data write JOB.ini folder|tar DIR [png|jpeg] [SAMPLES_PER_SHARD] [--key=value ...]";
+
+int data_command(const std::vector<std::string>& args, const SettingsRegistry& registry) {
+  SHOAL_REQUIRE(!args.empty() && (args[0] == "stats" || args[0] == "write"), ConfigError, kDataUsage);
+  Logger log("data", LogLevel::info);
+  LoadedConfig loaded = load_and_report({args.begin() + 1, args.end()}, registry, log);
+  DataSpec spec = loaded.config.data;
+  const std::vector<std::string>& operands = loaded.positional;
+  if (args[0] == "stats") {
+    SHOAL_REQUIRE(operands.empty(), ConfigError, kDataUsage);
+    spec.normalize = false;
+    spec.mean.clear();
+    spec.stddev.clear();
+    DataSources data = open_data(spec, log);
+    Normalization norm;
+    if (const auto* memory = dynamic_cast<const MemorySource*>(data.train.get())) {
+      norm = compute_normalization(memory->data());
+    } else {
+      norm = static_cast<const ImageSource&>(*data.train).measure(data.train->count());
+    }
+    std::string mean, std;
+    for (std::size_t c = 0; c < norm.mean.size(); ++c) {
+      char m[32], d[32];
+      std::snprintf(m, sizeof(m), "%s%.4f", c ? "," : "", norm.mean[c]);
+      std::snprintf(d, sizeof(d), "%s%.4f", c ? "," : "", norm.stddev[c]);
+      mean += m;
+      std += d;
+    }
+    std::printf("# %lld training samples of %s, %lldx%lldx%lld\n[data]\nmean = %s\nstd = %s\n",
+                static_cast<long long>(data.train->count()), data.train->name().c_str(),
+                static_cast<long long>(data.train->info().channels), static_cast<long long>(data.train->info().height),
+                static_cast<long long>(data.train->info().width), mean.c_str(), std.c_str());
+    return 0;
+  }
+  SHOAL_REQUIRE(operands.size() >= 2 && operands.size() <= 4 && (operands[0] == "folder" || operands[0] == "tar"),
+                ConfigError, kDataUsage);
+  SHOAL_REQUIRE(!spec.images(), ConfigError,
+                "data write reads an idx or cifar10 data set (data.format = " << data_format_name(spec.format) << ")");
+  ImageCodec codec = ImageCodec::png;
+  if (operands.size() >= 3) {
+    SHOAL_REQUIRE(operands[2] == "png" || operands[2] == "jpeg", ConfigError,
+                  "data write: image codec '" << operands[2] << "' is not png or jpeg");
+    if (operands[2] == "jpeg") codec = ImageCodec::jpeg;
+  }
+  std::int64_t per_shard = 5000;
+  if (operands.size() == 4) {
+    try {
+      per_shard = std::stoll(operands[3]);
+    } catch (const std::exception&) {
+      per_shard = 0;
+    }
+    SHOAL_REQUIRE(per_shard > 0, ConfigError, "data write: SAMPLES_PER_SHARD '" << operands[3] << "' is not a positive number");
+  }
+  const std::string dir = operands[1];
+  TrainTestData data = load_train_test(data_format_name(spec.format), spec.dir, spec.train_limit, spec.test_limit);
+  if (operands[0] == "folder") {
+    write_image_folder(data.train, dir + "/train", codec);
+    write_image_folder(data.test, dir + "/test", codec);
+    std::printf("wrote %s/train/<class>/ (%lld images) and %s/test/<class>/ (%lld images)\n", dir.c_str(),
+                static_cast<long long>(data.train.count), dir.c_str(), static_cast<long long>(data.test.count));
+  } else {
+    auto train = write_tar_shards(data.train, dir + "/train", per_shard, codec, loaded.config.seed);
+    auto test = write_tar_shards(data.test, dir + "/test", per_shard, codec, loaded.config.seed + 1);
+    std::printf("wrote %zu training shards (%s/train-000000.tar ...) and %zu test shards\n", train.size(), dir.c_str(),
+                test.size());
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   SettingsRegistry registry;
   if (argc < 2) {
@@ -267,6 +348,7 @@ int run(int argc, char** argv) {
 
   if (command == "checkpoint") return checkpoint_command(args);
   if (command == "keys") return keys_command(args);
+  if (command == "data") return data_command(args, registry);
 
   Logger log(command, LogLevel::info);
   if (command == "config") {

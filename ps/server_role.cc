@@ -9,7 +9,7 @@
 #include "base/error.h"
 #include "compute/devices/devices.h"
 #include "coordinator/client/control_client.h"
-#include "models/dataset.h"
+#include "data/source.h"
 #include "models/model.h"
 #include "ps/parameter_server.h"
 
@@ -106,7 +106,7 @@ void run_server_role(Network& network, const JobConfig& config, Logger log, cons
   SHOAL_REQUIRE(index < table.servers.size(), ProtocolError, "the partition table has no entry for " << id);
 
   // Every process builds the same initial model from the seed; this server keeps its part.
-  DatasetInfo info = probe_train_set(config.data_format, config.data_dir, config.train_limit);
+  DatasetInfo info = probe_train_set(config.data, log);
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->build(*backend, config.seed);
   SHOAL_REQUIRE(model->params().parameter_count() == table.total_elements, ProtocolError,

@@ -61,11 +61,11 @@ class AsyncPsStrategy final : public DistributedStrategy {
 
   void before_task() override { await_parameters(); }
   void idle() override { idle_step(); }
-  LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+  LossStats train(Trainer& trainer, const DataSource& data, const std::vector<std::int64_t>& order,
                   const DataShard& shard) override {
     return trainer.train_shard(data, order, shard);
   }
-  EvalResult evaluate(Trainer& trainer, const Dataset& test) override { return trainer.evaluate(test); }
+  EvalResult evaluate(Trainer& trainer, const DataSource& test) override { return trainer.evaluate(test); }
   std::string describe() const override;
 
  private:

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "models/dataset.h"
-#include "models/shard.h"
+#include "data/source.h"
+#include "data/shard.h"
 #include "worker/strategy.h"
 #include "worker/trainer.h"
 
@@ -30,10 +30,10 @@ class DistributedStrategy : public Strategy {
   virtual bool done_by_the_world(bool /*evaluate*/, std::int64_t /*epoch*/) const { return false; }
   // Trains this worker's part of `shard` (async: all of it; sync: this rank's part of every
   // global step); returns this worker's loss statistics.
-  virtual LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+  virtual LossStats train(Trainer& trainer, const DataSource& data, const std::vector<std::int64_t>& order,
                           const DataShard& shard) = 0;
   // Evaluates the model on `test`: the result to report (sync: every rank's part, combined).
-  virtual EvalResult evaluate(Trainer& trainer, const Dataset& test) = 0;
+  virtual EvalResult evaluate(Trainer& trainer, const DataSource& test) = 0;
   // The worker leaves the job (best effort, bounded).
   virtual void leave() {}
   // The optimizer state this process keeps (sync: every rank's copy; async: none, the servers

@@ -141,7 +141,7 @@ void add(LossStats& to, const LossStats& s) {
 }
 }  // namespace
 
-LossStats SyncAllReduceStrategy::train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+LossStats SyncAllReduceStrategy::train(Trainer& trainer, const DataSource& data, const std::vector<std::int64_t>& order,
                                        const DataShard& shard) {
   if (!(resume_ && shard.epoch == epoch_)) {  // a new epoch (not the rest of one after a new world)
     epoch_ = shard.epoch;
@@ -153,15 +153,23 @@ LossStats SyncAllReduceStrategy::train(Trainer& trainer, const Dataset& data, co
   shard_end_ = shard.end;
   segment_from_ = position_;
   segment_ = LossStats{};
-  for (const RankStep& s :
-       plan_rank_steps(position_, shard.end, options_.batch_size, collective_->size(), collective_->rank())) {
-    if (trainer.stopped()) break;
-    set_global_step(s.global, s.offset);
-    LossStats b = trainer.train_batch(
-        data, std::span<const std::int64_t>(order.data() + s.begin, static_cast<std::size_t>(s.end - s.begin)));
-    add(segment_, b);
-    position_ += s.global;
-  }
+  // Each step's position moves on only once the step is trained: a stop leaves position_ at the
+  // first step not taken.
+  const std::vector<RankStep> steps =
+      plan_rank_steps(position_, shard.end, options_.batch_size, collective_->size(), collective_->rank());
+  std::vector<std::span<const std::int64_t>> batches;
+  for (const RankStep& s : steps)
+    batches.emplace_back(order.data() + s.begin, static_cast<std::size_t>(s.end - s.begin));
+  std::size_t done = 0;
+  trainer.train_batches(
+      data, shard.epoch, batches,
+      [&](std::size_t i) {
+        if (i > 0) position_ += steps[i - 1].global;  // step i - 1 was trained
+        set_global_step(steps[i].global, steps[i].offset);
+        done = i + 1;
+      },
+      &segment_);
+  if (done > 0) position_ += steps[done - 1].global;  // a step begun is a step trained
   set_global_step(0, 0);
   if (position_ >= shard_end_) stage_ = std::max(stage_, 2 * epoch_ - 1);  // the whole epoch is trained
   LossStats total = earlier_;
@@ -294,7 +302,7 @@ void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, int 
   trainer.rescale_schedule(static_cast<double>(collective_->size()) / static_cast<double>(source.previous_size));
 }
 
-EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test) {
+EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const DataSource& test) {
   auto& params = model_.params();
   // Local batch norm: each rank's running statistics saw only its own batches; evaluate with
   // their average (identical on every rank, as the parameters are).
@@ -306,7 +314,7 @@ EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const Dataset& test
     });
   }
   const std::int64_t w = collective_->size(), r = collective_->rank();
-  EvalResult mine = trainer.evaluate(test, test.count * r / w, test.count * (r + 1) / w);
+  EvalResult mine = trainer.evaluate(test, test.count() * r / w, test.count() * (r + 1) / w);
   std::vector<float> sums{static_cast<float>(mine.loss * static_cast<double>(mine.samples)),
                           static_cast<float>(mine.accuracy * static_cast<double>(mine.samples) + 0.5),
                           static_cast<float>(mine.samples)};

@@ -68,9 +68,9 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   std::int64_t sample_offset() const override { return sample_offset_; }
   SumAcrossRanks batch_norm_sum() override;
 
-  LossStats train(Trainer& trainer, const Dataset& data, const std::vector<std::int64_t>& order,
+  LossStats train(Trainer& trainer, const DataSource& data, const std::vector<std::int64_t>& order,
                   const DataShard& shard) override;
-  EvalResult evaluate(Trainer& trainer, const Dataset& test) override;
+  EvalResult evaluate(Trainer& trainer, const DataSource& test) override;
   void leave() override;
   OptimizerState* optimizer_state() override { return &local_->state(); }
   const Optimizer* optimizer() const override { return &local_->optimizer(); }

@@ -16,41 +16,34 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   auto backend = make_backend(BackendOptions{device.device, static_cast<int>(config.threads), config.cuda_tf32});
   SHOAL_LOG(log, info, "backend: " << backend->describe());
 
-  TrainTestData data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
+  DataSources data = open_data(config.data, log);
+  const DatasetInfo& info = data.train->info();
   SHOAL_LOG(log, info,
-            "data: " << data.train.name << " " << data.train.count << " samples, " << data.test.name << " "
-                     << data.test.count << " samples, " << data.train.channels << "x" << data.train.height << "x"
-                     << data.train.width);
-  Normalization norm =
-      config.normalize ? compute_normalization(data.train) : identity_normalization(data.train.channels);
+            "data: " << data.train->name() << " " << info.count << " samples, " << data.test->name() << " "
+                     << data.test->count() << " samples, " << info.channels << "x" << info.height << "x" << info.width
+                     << ", " << info.classes << " classes");
 
-  auto model =
-      build_model(config.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
+  auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->build(*backend, config.seed);
   std::printf("%s\n", model->summary().c_str());
 
   OptimizerConfig opt = config.optimizer;
   LocalStrategy strategy(*backend, *model, Optimizer(opt));
-  TrainerOptions options;
-  options.epochs = config.epochs;
-  options.batch_size = config.batch_size;
-  options.eval_batch_size = config.eval_batch_size;
-  options.seed = config.seed;
-  std::int64_t steps_per_epoch = (data.train.count + config.batch_size - 1) / config.batch_size;
-  options.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
+  std::int64_t steps_per_epoch = (info.count + config.batch_size - 1) / config.batch_size;
+  TrainerOptions options = trainer_options(config, config.seed, steps_per_epoch);
 
   Progress progress(resolve_progress_mode(config.progress, stdout), stdout);
   MetricsWriter metrics = config.metrics_file.empty() ? MetricsWriter() : MetricsWriter(config.metrics_file);
   metrics.write({{"event", std::string("start")},
                  {"model", config.model},
                  {"parameters", model->params().parameter_count()},
-                 {"train_samples", data.train.count},
-                 {"test_samples", data.test.count},
+                 {"train_samples", info.count},
+                 {"test_samples", data.test->count()},
                  {"batch_size", config.batch_size},
                  {"backend", backend->describe()}});
-  Trainer trainer(*backend, *model, strategy, norm, options, log, progress, metrics);
+  Trainer trainer(*backend, *model, strategy, options, log, progress, metrics);
   TrainJobResult result;
-  result.epochs = trainer.run(data.train, data.test);
+  result.epochs = trainer.run(*data.train, *data.test);
   result.final_test_accuracy = result.epochs.empty() ? 0 : result.epochs.back().test.accuracy;
   double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s)\n", 100 * result.final_test_accuracy,

@@ -22,58 +22,77 @@ TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed, std:
   o.eval_batch_size = config.eval_batch_size;
   o.seed = seed;
   o.schedule = make_lr_schedule(config.lr_schedule_settings(), steps_per_epoch, config.epochs);
+  o.data_seed = config.seed;
+  o.data_threads = config.data.threads;
+  o.prefetch = config.data.prefetch;
   return o;
 }
 
-Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, const Normalization& norm, TrainerOptions options,
-                 Logger log, Progress& progress, MetricsWriter& metrics)
+Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, TrainerOptions options, Logger log,
+                 Progress& progress, MetricsWriter& metrics)
     : backend_(backend),
       model_(model),
       strategy_(strategy),
-      norm_(norm),
       options_(options),
       log_(std::move(log)),
       progress_(progress),
       metrics_(metrics) {}
 
-void Trainer::load_batch(const Dataset& data, std::span<const std::int64_t> samples) {
-  const auto n = static_cast<std::int64_t>(samples.size());
-  Shape xs{n, data.channels, data.height, data.width};
-  if (backend_.device().kind == DeviceKind::cpu) {
-    if (!x_.defined() || !(x_.shape() == xs)) {
-      x_ = backend_.allocate(xs);
-      y_ = backend_.allocate(Shape{n}, DType::i32);
+Trainer::~Trainer() {
+  // The loaders' threads end before the buffers and sources they write into.
+  loader_.reset();
+  inline_loader_.reset();
+}
+
+BatchLoader& Trainer::loader_for(const DataSource& data) {
+  const bool threads = data.decodes() && options_.data_threads > 0;
+  std::unique_ptr<BatchLoader>& loader = threads ? loader_ : inline_loader_;
+  if (!loader) {
+    BatchLoader::Allocate allocate;
+    if (backend_.device().kind == DeviceKind::cpu) {
+      allocate = [this](const Shape& s, DType t) { return backend_.allocate(s, t); };
+    } else {
+      allocate = [this](const Shape& s, DType t) { return backend_.allocate_host(s, t); };  // pinned
     }
-    gather_batch(data, norm_, samples, x_.data<float>(), y_.data<std::int32_t>());
+    loader = std::make_unique<BatchLoader>(threads ? options_.data_threads : 0, options_.prefetch, allocate);
+  }
+  return *loader;
+}
+
+void Trainer::wait_for_upload() {
+  if (uploaded_) uploaded_->wait();  // the batch's pinned buffer may go back to the loader
+  uploaded_.reset();
+}
+
+void Trainer::use_batch(const BatchLoader::Batch& batch) {
+  if (backend_.device().kind == DeviceKind::cpu) {
+    x_ = batch.x;
+    y_ = batch.y;
     return;
   }
-  // A device: gather into one of two pinned buffers and copy up asynchronously, so the host
-  // gathers batch i + 1 while the device still runs the backward pass of batch i.
+  // A device: copy up asynchronously into one of two device batches, so the host loads batch
+  // i + 1 while the device still runs the backward pass of batch i.
   Staging& s = staging_[slot_];
   slot_ ^= 1;
-  if (s.uploaded) s.uploaded->wait();  // its copy from two batches ago has left the buffer
-  if (!s.device_x.defined() || !(s.device_x.shape() == xs)) {
-    s.host_x = backend_.allocate_host(xs);
-    s.host_y = backend_.allocate_host(Shape{n}, DType::i32);
-    s.device_x = backend_.allocate(xs);
-    s.device_y = backend_.allocate(Shape{n}, DType::i32);
+  if (!s.device_x.defined() || !(s.device_x.shape() == batch.x.shape())) {
+    s.device_x = backend_.allocate(batch.x.shape());
+    s.device_y = backend_.allocate(batch.y.shape(), DType::i32);
   }
-  gather_batch(data, norm_, samples, s.host_x.data<float>(), s.host_y.data<std::int32_t>());
-  backend_.copy_from_host_async(s.host_x.raw(), s.device_x);
-  s.uploaded = backend_.copy_from_host_async(s.host_y.raw(), s.device_y);
+  backend_.copy_from_host_async(batch.x.raw(), s.device_x);
+  uploaded_ = backend_.copy_from_host_async(batch.y.raw(), s.device_y);
   x_ = s.device_x;
   y_ = s.device_y;
 }
 
-LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t> samples) {
-  load_batch(data, samples);
+LossStats Trainer::step_on(const BatchLoader::Batch& batch) {
+  if (batch.count == 0) return LossStats{};  // every sample of it was bad and skipped
+  use_batch(batch);
   strategy_.begin_step(model_, step_);
   LayerContext ctx{backend_, true, hash_combine(options_.seed, 0x44524f50ULL + static_cast<std::uint64_t>(step_)),
                    strategy_.batch_norm_sum(), strategy_.sample_offset()};
   const Tensor& logits = model_.forward(ctx, x_);
   if (!dlogits_.defined() || !(dlogits_.shape() == logits.shape())) dlogits_ = backend_.allocate(logits.shape());
-  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_,
-                                                   strategy_.loss_scale(static_cast<std::int64_t>(samples.size())));
+  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, strategy_.loss_scale(batch.count));
   SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DivergedError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
   model_.backward(ctx, dlogits_,
@@ -81,6 +100,53 @@ LossStats Trainer::train_batch(const Dataset& data, std::span<const std::int64_t
   strategy_.end_step(model_, step_, lr_at(step_));
   ++step_;
   return stats;
+}
+
+LossStats Trainer::train_batch(const DataSource& data, std::span<const std::int64_t> samples, std::int64_t epoch) {
+  return train_batches(data, epoch, {samples});
+}
+
+void Trainer::begin_epoch_totals() {
+  epoch_stats_ = LossStats{};
+  epoch_samples_ = 0;
+  epoch_seconds_ = epoch_wait_seconds_ = 0;
+  epoch_skipped_ = 0;
+}
+
+LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
+                                 const std::vector<std::span<const std::int64_t>>& batches,
+                                 const std::function<void(std::size_t)>& before_step, LossStats* running) {
+  BatchLoader& loader = loader_for(data);
+  std::vector<BatchLoader::Request> requests;
+  requests.reserve(batches.size());
+  for (const auto& b : batches) requests.push_back({&data, b, SampleContext{true, options_.data_seed, epoch}});
+  loader.start(std::move(requests));
+  LossStats total;
+  for (std::size_t i = 0; i < batches.size() && !stopped(); ++i) {
+    auto start = std::chrono::steady_clock::now();
+    wait_for_upload();
+    BatchLoader::Batch batch = loader.next();
+    if (before_step) before_step(i);
+    LossStats s = step_on(batch);
+    epoch_seconds_ += seconds_since(start);
+    epoch_wait_seconds_ += batch.wait_seconds;
+    epoch_skipped_ += batch.skipped;
+    total.loss_sum += s.loss_sum;
+    total.correct += s.correct;
+    total.count += s.count;
+    if (running != nullptr) *running = total;
+    epoch_stats_.loss_sum += s.loss_sum;
+    epoch_stats_.correct += s.correct;
+    epoch_stats_.count += s.count;
+    epoch_samples_ += s.count;
+    if (epoch_stats_.count > 0)
+      progress_.update(epoch_samples_, epoch_stats_.loss_sum / static_cast<double>(epoch_stats_.count),
+                       static_cast<double>(epoch_stats_.correct) / static_cast<double>(epoch_stats_.count),
+                       static_cast<double>(epoch_samples_) / std::max(epoch_seconds_, 1e-9));
+  }
+  wait_for_upload();
+  loader.cancel();  // a stop leaves batches loading: they must not outlive `batches`
+  return total;
 }
 
 double Trainer::schedule_position(std::int64_t step) const {
@@ -100,44 +166,44 @@ void Trainer::rescale_schedule(double f) {
   lr_scale_ *= f;
 }
 
-LossStats Trainer::train_shard(const Dataset& data, const std::vector<std::int64_t>& order, const DataShard& shard) {
-  LossStats total;
-  for (std::int64_t begin = shard.begin; begin < shard.end && !stopped(); begin += options_.batch_size) {
+LossStats Trainer::train_shard(const DataSource& data, const std::vector<std::int64_t>& order,
+                               const DataShard& shard) {
+  std::vector<std::span<const std::int64_t>> batches;
+  for (std::int64_t begin = shard.begin; begin < shard.end; begin += options_.batch_size) {
     std::int64_t end = std::min(shard.end, begin + options_.batch_size);
-    auto start = std::chrono::steady_clock::now();
-    LossStats s =
-        train_batch(data, std::span<const std::int64_t>(order.data() + begin, static_cast<std::size_t>(end - begin)));
-    epoch_seconds_ += seconds_since(start);
-    total.loss_sum += s.loss_sum;
-    total.correct += s.correct;
-    total.count += s.count;
-    epoch_stats_.loss_sum += s.loss_sum;
-    epoch_stats_.correct += s.correct;
-    epoch_stats_.count += s.count;
-    epoch_samples_ += s.count;
-    progress_.update(epoch_samples_, epoch_stats_.loss_sum / static_cast<double>(epoch_stats_.count),
-                     static_cast<double>(epoch_stats_.correct) / static_cast<double>(epoch_stats_.count),
-                     static_cast<double>(epoch_samples_) / std::max(epoch_seconds_, 1e-9));
+    batches.emplace_back(order.data() + begin, static_cast<std::size_t>(end - begin));
   }
-  return total;
+  return train_batches(data, shard.epoch, batches);
 }
 
-EvalResult Trainer::evaluate(const Dataset& data) { return evaluate(data, 0, data.count); }
+EvalResult Trainer::evaluate(const DataSource& data) { return evaluate(data, 0, data.count()); }
 
-EvalResult Trainer::evaluate(const Dataset& data, std::int64_t first, std::int64_t last) {
+EvalResult Trainer::evaluate(const DataSource& data, std::int64_t first, std::int64_t last) {
   LayerContext ctx{backend_, false, 0};
   LossStats total;
-  std::vector<std::int64_t> indices;
-  for (std::int64_t begin = first; begin < last && !stopped(); begin += options_.eval_batch_size) {
+  std::vector<std::int64_t> indices(static_cast<std::size_t>(std::max<std::int64_t>(0, last - first)));
+  for (std::int64_t i = first; i < last; ++i) indices[static_cast<std::size_t>(i - first)] = i;
+  std::vector<BatchLoader::Request> requests;
+  for (std::int64_t begin = first; begin < last; begin += options_.eval_batch_size) {
     std::int64_t end = std::min(last, begin + options_.eval_batch_size);
-    indices.resize(static_cast<std::size_t>(end - begin));
-    for (std::int64_t i = begin; i < end; ++i) indices[static_cast<std::size_t>(i - begin)] = i;
-    load_batch(data, indices);
+    requests.push_back({&data, std::span<const std::int64_t>(indices.data() + (begin - first), static_cast<std::size_t>(end - begin)),
+                        SampleContext{false, options_.data_seed, 0}});
+  }
+  BatchLoader& loader = loader_for(data);
+  const std::size_t n = requests.size();
+  loader.start(std::move(requests));
+  for (std::size_t i = 0; i < n && !stopped(); ++i) {
+    wait_for_upload();
+    BatchLoader::Batch batch = loader.next();
+    if (batch.count == 0) continue;
+    use_batch(batch);
     LossStats s = backend_.softmax_cross_entropy(model_.forward(ctx, x_), y_, nullptr, 1.f);
     total.loss_sum += s.loss_sum;
     total.correct += s.correct;
     total.count += s.count;
   }
+  wait_for_upload();
+  loader.cancel();
   EvalResult r;
   r.samples = total.count;
   r.loss = total.count > 0 ? total.loss_sum / static_cast<double>(total.count) : 0;
@@ -145,15 +211,13 @@ EvalResult Trainer::evaluate(const Dataset& data, std::int64_t first, std::int64
   return r;
 }
 
-std::vector<EpochResult> Trainer::run(const Dataset& train, const Dataset& test) {
+std::vector<EpochResult> Trainer::run(const DataSource& train, const DataSource& test) {
   std::vector<EpochResult> results;
   for (std::int64_t epoch = 1; epoch <= options_.epochs; ++epoch) {
-    auto order = epoch_permutation(train.count, options_.seed, epoch);
-    epoch_stats_ = LossStats{};
-    epoch_samples_ = 0;
-    epoch_seconds_ = 0;
-    progress_.begin_epoch(epoch, options_.epochs, train.count);
-    DataShard whole{epoch, 0, 0, train.count};
+    auto order = train.epoch_order(options_.seed, epoch);
+    begin_epoch_totals();
+    progress_.begin_epoch(epoch, options_.epochs, train.count());
+    DataShard whole{epoch, 0, 0, train.count()};
     LossStats stats = train_shard(train, order, whole);
     progress_.end_epoch();
 
@@ -163,15 +227,19 @@ std::vector<EpochResult> Trainer::run(const Dataset& train, const Dataset& test)
     r.train_accuracy = static_cast<double>(stats.correct) / static_cast<double>(std::max<std::int64_t>(1, stats.count));
     r.seconds = epoch_seconds_;
     r.samples_per_second = static_cast<double>(stats.count) / std::max(epoch_seconds_, 1e-9);
+    r.data_wait_seconds = epoch_wait_seconds_;
+    r.skipped = epoch_skipped_;
     r.test = evaluate(test);
     results.push_back(r);
 
-    char line[256];
-    std::snprintf(
-        line, sizeof(line),
-        "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s, %.1f s",
-        static_cast<long long>(epoch), static_cast<long long>(options_.epochs), r.train_loss, 100 * r.train_accuracy,
-        r.test.loss, 100 * r.test.accuracy, r.samples_per_second, r.seconds);
+    char line[320];
+    std::snprintf(line, sizeof(line),
+                  "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s, %.1f "
+                  "s, data wait %.1f%%%s",
+                  static_cast<long long>(epoch), static_cast<long long>(options_.epochs), r.train_loss,
+                  100 * r.train_accuracy, r.test.loss, 100 * r.test.accuracy, r.samples_per_second, r.seconds,
+                  100 * r.data_wait_seconds / std::max(r.seconds, 1e-9),
+                  r.skipped > 0 ? (", " + std::to_string(r.skipped) + " bad samples skipped").c_str() : "");
     progress_.print(line);
     metrics_.write({{"event", std::string("epoch")},
                     {"epoch", epoch},
@@ -182,6 +250,8 @@ std::vector<EpochResult> Trainer::run(const Dataset& train, const Dataset& test)
                     {"test_accuracy", r.test.accuracy},
                     {"samples_per_second", r.samples_per_second},
                     {"seconds", r.seconds},
+                    {"data_wait_seconds", r.data_wait_seconds},
+                    {"skipped_samples", r.skipped},
                     {"lr", static_cast<double>(options_.schedule.at(std::max<std::int64_t>(0, step_ - 1)))}});
   }
   return results;

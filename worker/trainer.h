@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,9 +17,10 @@
 #include "config/config.h"
 #include "telemetry/metrics_file.h"
 #include "compute/optimizer.h"
-#include "models/dataset.h"
+#include "data/loader.h"
+#include "data/shard.h"
+#include "data/source.h"
 #include "models/model.h"
-#include "models/shard.h"
 #include "worker/progress.h"
 #include "worker/strategy.h"
 
@@ -36,6 +38,8 @@ struct EpochResult {
   EvalResult test;
   double samples_per_second = 0;
   double seconds = 0;
+  double data_wait_seconds = 0;  // of `seconds`, waiting for the input pipeline
+  std::int64_t skipped = 0;      // bad samples passed over (data.on_bad_sample = skip)
 };
 
 struct TrainerOptions {
@@ -44,23 +48,40 @@ struct TrainerOptions {
   std::int64_t eval_batch_size = 1000;
   std::uint64_t seed = 1;
   LrSchedule schedule;
+  std::uint64_t data_seed = 1;    // the job's seed: random transforms are (data_seed, epoch, sample)
+  std::int64_t data_threads = 2;  // decoding data sets: threads of the input pipeline
+  std::int64_t prefetch = 4;      // batches loaded ahead
 };
 
 class Trainer {
  public:
-  Trainer(Backend& backend, Model& model, Strategy& strategy, const Normalization& norm, TrainerOptions options,
-          Logger log, Progress& progress, MetricsWriter& metrics);
+  Trainer(Backend& backend, Model& model, Strategy& strategy, TrainerOptions options, Logger log, Progress& progress,
+          MetricsWriter& metrics);
+  ~Trainer();
 
   // Trains for options.epochs over `train`, evaluating on `test` after each epoch.
-  std::vector<EpochResult> run(const Dataset& train, const Dataset& test);
+  std::vector<EpochResult> run(const DataSource& train, const DataSource& test);
 
   // One pass over the samples order[shard.begin, shard.end), in batches. Returns loss stats.
-  LossStats train_shard(const Dataset& data, const std::vector<std::int64_t>& order, const DataShard& shard);
+  LossStats train_shard(const DataSource& data, const std::vector<std::int64_t>& order, const DataShard& shard);
+  // One optimisation step per batch, in order, the input pipeline loading ahead; before_step(i)
+  // runs before batch i's step (sync: the global step's size and this rank's offset in it).
+  // `running`, when given, holds the totals so far after every step (also when a step throws).
+  LossStats train_batches(const DataSource& data, std::int64_t epoch,
+                          const std::vector<std::span<const std::int64_t>>& batches,
+                          const std::function<void(std::size_t)>& before_step = {}, LossStats* running = nullptr);
   // One optimisation step on these samples.
-  LossStats train_batch(const Dataset& data, std::span<const std::int64_t> samples);
-  EvalResult evaluate(const Dataset& data);
+  LossStats train_batch(const DataSource& data, std::span<const std::int64_t> samples, std::int64_t epoch = 0);
+  EvalResult evaluate(const DataSource& data);
   // On samples [first, last) of `data` only.
-  EvalResult evaluate(const Dataset& data, std::int64_t first, std::int64_t last);
+  EvalResult evaluate(const DataSource& data, std::int64_t first, std::int64_t last);
+
+  // The current epoch's totals: seconds training, of which waiting for data, and bad samples
+  // skipped (reset by begin_epoch_totals; the job loop reports them with the epoch).
+  void begin_epoch_totals();
+  double epoch_seconds() const { return epoch_seconds_; }
+  double epoch_data_wait_seconds() const { return epoch_wait_seconds_; }
+  std::int64_t epoch_skipped() const { return epoch_skipped_; }
 
   std::int64_t step() const { return step_; }
   // Resuming from a checkpoint: the learning-rate schedule and dropout go on from this step.
@@ -92,12 +113,15 @@ class Trainer {
   bool stopped() const { return stop_ != nullptr && stop_->load(); }
 
  private:
-  void load_batch(const Dataset& data, std::span<const std::int64_t> samples);
+  // Places a loaded batch where the model reads it (the device, for a GPU backend).
+  void use_batch(const BatchLoader::Batch& batch);
+  LossStats step_on(const BatchLoader::Batch& batch);
+  BatchLoader& loader_for(const DataSource& data);
+  void wait_for_upload();
 
   Backend& backend_;
   Model& model_;
   Strategy& strategy_;
-  Normalization norm_;
   TrainerOptions options_;
   Logger log_;
   Progress& progress_;
@@ -108,17 +132,21 @@ class Trainer {
   std::int64_t rescaled_at_ = 0;
   const std::atomic<bool>* stop_ = nullptr;
   Tensor x_, y_, dlogits_;
-  // Device backends: two pinned host buffers and their device batches, used in turn.
+  // The input pipeline: threads for data sets that decode, the caller's thread for in-memory ones.
+  std::unique_ptr<BatchLoader> loader_, inline_loader_;
+  // Device backends: the loader's batches are pinned; each is copied up into one of two device
+  // batches used in turn, and its buffer is not handed back before its copy completed.
   struct Staging {
-    Tensor host_x, host_y, device_x, device_y;
-    std::shared_ptr<DeviceEvent> uploaded;
+    Tensor device_x, device_y;
   };
   Staging staging_[2];
   int slot_ = 0;
+  std::shared_ptr<DeviceEvent> uploaded_;
   // Running totals for the progress line of the current epoch.
   LossStats epoch_stats_;
   std::int64_t epoch_samples_ = 0;
-  double epoch_seconds_ = 0;
+  double epoch_seconds_ = 0, epoch_wait_seconds_ = 0;
+  std::int64_t epoch_skipped_ = 0;
 };
 
 

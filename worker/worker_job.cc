@@ -17,7 +17,7 @@
 #include "compute/devices/device_select.h"
 #include "base/error.h"
 #include "compute/rng.h"
-#include "models/dataset.h"
+#include "data/dataset.h"
 #include "worker/async_ps.h"
 #include "worker/sync_allreduce.h"
 #include "worker/sync_world.h"
@@ -36,7 +36,7 @@ struct JobContext {
   Heartbeat& heartbeat;
   DistributedStrategy& strategy;
   Trainer& trainer;
-  const TrainTestData& data;
+  const DataSources& data;
   Backend* backend = nullptr;  // async: for the batch-norm buffers of a checkpoint
   Model* model = nullptr;
   // Async: the coordinator published a new partition table (a server was restarted): take it.
@@ -263,17 +263,17 @@ void run_job_loop(JobContext& job) {
         }
         if (task.kind == LeaseTask::evaluate) {
           SHOAL_LOG(log, info, "evaluating the model after epoch " << task.epoch);
-          EvalResult r = strategy.evaluate(trainer, data.test);
+          EvalResult r = strategy.evaluate(trainer, *data.test);
           if (stopped()) return leave("while evaluating");  // not reported: leaving hands the evaluation back
           control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
           continue;
         }
         if (task.epoch != permutation_epoch) {
-          order = epoch_permutation(data.train.count, config.seed, task.epoch);
+          order = data.train->epoch_order(config.seed, task.epoch);
           permutation_epoch = task.epoch;
         }
-        SHOAL_REQUIRE(task.end <= data.train.count, ProtocolError,
-                      "shard [" << task.begin << ", " << task.end << ") is outside the " << data.train.count
+        SHOAL_REQUIRE(task.end <= data.train->count(), ProtocolError,
+                      "shard [" << task.begin << ", " << task.end << ") is outside the " << data.train->count()
                                 << " training samples this worker has: do all processes use the same data?");
         if (task.epoch > logged_epoch) {  // one line per epoch, so a supervisor (or a test) sees progress
           SHOAL_LOG(log, info, "training epoch " << task.epoch << " (first shard: " << task.index << ")");
@@ -281,7 +281,7 @@ void run_job_loop(JobContext& job) {
         }
         auto started = std::chrono::steady_clock::now();
         LossStats s =
-            strategy.train(trainer, data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
+            strategy.train(trainer, *data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
         if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
@@ -335,8 +335,7 @@ void run_job_loop(JobContext& job) {
 
 struct Loaded {
   std::unique_ptr<Backend> backend;
-  TrainTestData data;
-  Normalization norm;
+  DataSources data;
   std::unique_ptr<Model> model;
 };
 
@@ -344,10 +343,9 @@ Loaded load(const JobConfig& config, const DeviceChoice& device, const Logger& l
   Loaded l;
   SHOAL_LOG(log, info, device.why);
   l.backend = make_backend(BackendOptions{device.device, static_cast<int>(config.threads), config.cuda_tf32});
-  l.data = load_train_test(config.data_format, config.data_dir, config.train_limit, config.test_limit);
-  l.norm = config.normalize ? compute_normalization(l.data.train) : identity_normalization(l.data.train.channels);
-  l.model = build_model(config.model, Shape{l.data.train.channels, l.data.train.height, l.data.train.width},
-                        l.data.train.classes);
+  l.data = open_data(config.data, log);
+  const DatasetInfo& info = l.data.train->info();
+  l.model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   l.model->build(*l.backend, config.seed);
   return l;
 }
@@ -430,7 +428,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter no_metrics;
   // Dropout differs per worker.
-  Trainer trainer(*l.backend, *l.model, strategy, l.norm,
+  Trainer trainer(*l.backend, *l.model, strategy,
                   trainer_options(config, hash_combine(config.seed, hash_string(id)), joined->table.steps_per_epoch), log,
                   progress, no_metrics);
   trainer.set_stop_flag(stop);
@@ -607,9 +605,9 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
                              << l.backend->describe());
   // Every rank draws the randomness one process with the global batch would (dropout).
   std::int64_t steps_per_epoch =
-      std::max<std::int64_t>(1, l.data.train.count / (config_.batch_size * setup_.world.size));
+      std::max<std::int64_t>(1, l.data.train->count() / (config_.batch_size * setup_.world.size));
   TrainerOptions topts = trainer_options(config_, config_.seed, steps_per_epoch);
-  trainer_.emplace(*l.backend, *l.model, *strategy_, l.norm, topts, log_, progress_, no_metrics_);
+  trainer_.emplace(*l.backend, *l.model, *strategy_, topts, log_, progress_, no_metrics_);
   trainer_->set_stop_flag(stop_);
   const bool new_rank = joins_running_world && first.previous_ranks[static_cast<std::size_t>(first.world_rank)] < 0;
   has_state_ = !new_rank;

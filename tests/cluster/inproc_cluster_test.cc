@@ -308,7 +308,7 @@ TEST(InprocStop, WhileWaitingForParameters) {
 
 TEST(InprocStop, MidShard) {
   JobConfig job = small_job();
-  job.train_limit = 6000;
+  job.data.train_limit = 6000;
   job.shard_size = 3000;  // a worker is inside a long shard for many steps
   InprocCluster c(job);
   c.start_all();
@@ -322,7 +322,7 @@ TEST(InprocStop, MidShard) {
 
 TEST(InprocStop, WhileEvaluating) {
   JobConfig job = small_job();
-  job.test_limit = 10000;
+  job.data.test_limit = 10000;
   job.eval_batch_size = 50;
   job.epochs = 2;
   InprocCluster c(job);

@@ -49,7 +49,7 @@ TEST(Config, BoolFlagWithoutValue) {
   SettingsRegistry registry;
   LoadedConfig c = load_config({"--optimizer.nesterov", "--data.normalize=off"}, {}, registry);
   EXPECT_TRUE(c.config.optimizer.nesterov);
-  EXPECT_FALSE(c.config.normalize);
+  EXPECT_FALSE(c.config.data.normalize);
 }
 
 struct BadInput {

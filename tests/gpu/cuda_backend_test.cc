@@ -30,7 +30,7 @@
 #include "base/error.h"
 #include "compute/optimizer.h"
 #include "compute/rng.h"
-#include "models/dataset.h"
+#include "data/source.h"
 #include "models/layer.h"
 #include "models/model.h"
 #include "worker/strategy.h"
@@ -1091,8 +1091,9 @@ std::vector<EpochResult> train_cnn(Backend& b, const TrainTestData& data, const 
   options.schedule.base_lr = opt.lr;
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter metrics;
-  Trainer trainer(b, *model, local, norm, options, Logger(), progress, metrics);
-  return trainer.run(data.train, data.test);
+  Trainer trainer(b, *model, local, options, Logger(), progress, metrics);
+  MemorySource train_set(data.train, norm), test_set(data.test, norm);
+  return trainer.run(train_set, test_set);
 }
 
 // The real loop (pinned staging, async uploads, LocalStrategy) on 512 Fashion-MNIST samples:

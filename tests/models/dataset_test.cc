@@ -1,6 +1,6 @@
 // Dataset readers on good, truncated and corrupted files (raw and gzip), a fuzz-style sweep
 // over every truncation and many byte flips, and the real Fashion-MNIST files from Debian.
-#include "models/dataset.h"
+#include "data/dataset.h"
 
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -11,7 +11,7 @@
 
 #include "base/error.h"
 #include "compute/rng.h"
-#include "models/shard.h"
+#include "data/shard.h"
 #include "tests/support/subprocess.h"
 
 namespace shoal {

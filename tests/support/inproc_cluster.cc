@@ -6,7 +6,7 @@
 
 #include "coordinator/coordinator.h"
 #include "base/error.h"
-#include "models/dataset.h"
+#include "data/dataset.h"
 #include "telemetry/metrics_file.h"
 #include "ps/server_role.h"
 #include "worker/worker_job.h"
@@ -67,8 +67,8 @@ std::string CapturingSink::first_line_with(const std::string& needle) const {
 JobConfig small_job() {
   JobConfig c;
   c.model = "mlp";
-  c.train_limit = 1200;
-  c.test_limit = 200;
+  c.data.train_limit = 1200;
+  c.data.test_limit = 200;
   c.epochs = 1;
   c.batch_size = 50;
   c.eval_batch_size = 100;
@@ -147,8 +147,8 @@ InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
   std::string tag = std::to_string(++g_clusters);
   config_.coordinator_address = "inproc://coordinator-" + tag;
   config_.node_address = "inproc://ps-" + tag + "-";
-  if (config_.data_format == "idx" && config_.train_limit > 0 && config_.test_limit > 0)
-    config_.data_dir = dataset_subset(config_.data_dir, config_.train_limit, config_.test_limit);
+  if (config_.data.format == DataFormat::idx && config_.data.train_limit > 0 && config_.data.test_limit > 0)
+    config_.data.dir = dataset_subset(config_.data.dir, config_.data.train_limit, config_.data.test_limit);
 }
 
 InprocCluster::~InprocCluster() {

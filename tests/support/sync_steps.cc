@@ -7,7 +7,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "telemetry/metrics_file.h"
-#include "models/dataset.h"
+#include "data/source.h"
 #include "models/model.h"
 #include "worker/progress.h"
 #include "worker/sync_allreduce.h"
@@ -39,6 +39,7 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   TrainTestData data = load_train_test("idx", "/usr/share/datasets/fashion-mnist", samples, 100);
   Normalization norm = compute_normalization(data.train);
+  MemorySource train_set(data.train, norm);
   auto model =
       build_model(run.model, Shape{data.train.channels, data.train.height, data.train.width}, data.train.classes);
   // Ranks other than 0 start from other weights: the broadcast must make them equal.
@@ -62,8 +63,8 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
       strategy = std::make_unique<AloneWithSyncBatchNorm>(*backend, *model, Optimizer(opt));
     else
       strategy = std::make_unique<LocalStrategy>(*backend, *model, Optimizer(opt));
-    Trainer trainer(*backend, *model, *strategy, norm, options, log, progress, metrics);
-    trainer.train_shard(data.train, order, shard);
+    Trainer trainer(*backend, *model, *strategy, options, log, progress, metrics);
+    trainer.train_shard(train_set, order, shard);
   } else {
     options.batch_size = run.batch;
     SyncOptions so;
@@ -73,8 +74,8 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
     so.batch_size = run.batch;
     SyncAllReduceStrategy strategy(*backend, *model, Optimizer(opt), *collective, log, so);
     strategy.broadcast_initial_state();
-    Trainer trainer(*backend, *model, strategy, norm, options, log, progress, metrics);
-    strategy.train(trainer, data.train, order, shard);
+    Trainer trainer(*backend, *model, strategy, options, log, progress, metrics);
+    strategy.train(trainer, train_set, order, shard);
     SHOAL_REQUIRE(strategy.clock() == static_cast<std::uint64_t>(run.steps), InternalError,
                   "took " << strategy.clock() << " steps, expected " << run.steps);
   }

@@ -73,7 +73,7 @@ TEST(InprocSync, StoreAndControlFaultsAreSurvived) {
 // the job failed, naming the rank, instead of waiting on its all-reduce.
 TEST(InprocSync, RankStoppedMidEpochEndsTheJobForTheOthers) {
   JobConfig job = sync_job();
-  job.train_limit = 12000;
+  job.data.train_limit = 12000;
   job.epochs = 3;
   InprocCluster c(job);
   c.start_worker(0);
@@ -94,7 +94,7 @@ TEST(InprocSync, ElasticRankLeavesTheOthersGoOnThenItsReplacementJoins) {
   JobConfig job = sync_job();
   job.workers = 3;
   job.sync_elastic = true;
-  job.train_limit = 12000;
+  job.data.train_limit = 12000;
   job.epochs = 4;
   testing::TempDir dir;
   job.metrics_file = dir.file("metrics.jsonl");

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include "models/dataset.h"
+#include "data/source.h"
 
 namespace shoal {
 namespace {
@@ -30,9 +30,10 @@ std::vector<EpochResult> train(Fixture& f, const std::string& model_name, std::u
   options.schedule.base_lr = opt.lr;
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter metrics;
-  Trainer trainer(*f.backend, *model, override_strategy ? *override_strategy : local, f.norm, options, Logger(),
-                  progress, metrics);
-  return trainer.run(f.data.train, f.data.test);
+  Trainer trainer(*f.backend, *model, override_strategy ? *override_strategy : local, options, Logger(), progress,
+                  metrics);
+  MemorySource train_set(f.data.train, f.norm), test_set(f.data.test, f.norm);
+  return trainer.run(train_set, test_set);
 }
 
 TEST(Trainer, LossFallsOnRealData) {
@@ -94,7 +95,7 @@ TEST(Trainer, RescaledScheduleAndItsPositionAfterAResume) {
   options.schedule = make_lr_schedule({LrScheduleKind::cosine, 0.1f, 0, 1, 0.1, 0}, 300, 2);  // 600 steps
   Progress progress(ProgressMode::off, stdout);
   MetricsWriter metrics;
-  Trainer trainer(*f.backend, *model, local, f.norm, options, Logger(), progress, metrics);
+  Trainer trainer(*f.backend, *model, local, options, Logger(), progress, metrics);
   EXPECT_EQ(trainer.lr_at(250), options.schedule.at(250)) << "never rescaled: the schedule's own step";
   EXPECT_DOUBLE_EQ(trainer.schedule_position(250), 250);
   trainer.set_step(100);
@@ -102,7 +103,7 @@ TEST(Trainer, RescaledScheduleAndItsPositionAfterAResume) {
   EXPECT_DOUBLE_EQ(trainer.schedule_position(400), 100 + 300 * 2.0 / 3.0);
   EXPECT_FLOAT_EQ(trainer.lr_at(400), static_cast<float>(2.0 / 3.0) * options.schedule.at(300));
   // Resumed at step 400 from a checkpoint that recorded position 300, with the full world.
-  Trainer resumed(*f.backend, *model, local, f.norm, options, Logger(), progress, metrics);
+  Trainer resumed(*f.backend, *model, local, options, Logger(), progress, metrics);
   resumed.set_step(400);
   resumed.set_schedule_scaling({1, 1, trainer.schedule_position(400), 400});
   EXPECT_EQ(resumed.lr_at(400), options.schedule.at(300));

@@ -45,6 +45,7 @@ TrainTestData load_train_test(const std::string& format, const std::string& dir,
 // plans shards and the partition table without loading the data).
 struct DatasetInfo {
   std::int64_t count = 0, channels = 0, height = 0, width = 0, classes = 10;
+  std::vector<std::string> class_names;  // image data sets: the class folders or classes.txt
 };
 DatasetInfo probe_train_set(const std::string& format, const std::string& dir, std::int64_t limit);
 

@@ -1,4 +1,4 @@
-#include "models/shard.h"
+#include "data/shard.h"
 
 #include <algorithm>
 #include <numeric>
@@ -20,6 +20,30 @@ std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t se
   for (std::int64_t i = count - 1; i > 0; --i) {
     auto j = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(i + 1)));
     std::swap(order[i], order[j]);
+  }
+  return order;
+}
+
+std::vector<std::int64_t> grouped_epoch_permutation(const std::vector<std::int64_t>& group_ends, std::int64_t window,
+                                                    std::uint64_t seed, std::int64_t epoch) {
+  SHOAL_ASSERT(window > 0, "shuffle window must be positive");
+  const auto groups = static_cast<std::int64_t>(group_ends.size());
+  std::vector<std::int64_t> group_order(static_cast<std::size_t>(groups));
+  std::iota(group_order.begin(), group_order.end(), 0);
+  Rng rng(hash_combine(seed, 0x47524f5550ULL + static_cast<std::uint64_t>(epoch)));
+  for (std::int64_t i = groups - 1; i > 0; --i)
+    std::swap(group_order[i], group_order[static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(i + 1)))]);
+  std::vector<std::int64_t> order;
+  order.reserve(group_ends.empty() ? 0 : static_cast<std::size_t>(group_ends.back()));
+  for (std::int64_t g : group_order) {
+    const std::int64_t begin = g == 0 ? 0 : group_ends[g - 1], end = group_ends[g];
+    Rng local(hash_combine(hash_combine(seed, static_cast<std::uint64_t>(epoch)), 0x57494e44ULL + static_cast<std::uint64_t>(g)));
+    for (std::int64_t w = begin; w < end; w += window) {
+      const std::size_t first = order.size();
+      for (std::int64_t i = w; i < std::min(end, w + window); ++i) order.push_back(i);
+      for (std::size_t i = order.size() - 1; i > first; --i)
+        std::swap(order[i], order[first + local.below(i - first + 1)]);
+    }
   }
   return order;
 }

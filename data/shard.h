@@ -22,6 +22,13 @@ struct DataShard {
 // (seed, epoch), identical on every process.
 std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch);
 
+// Two-level shuffling for data read front to back (tar shards): `group_ends` are the ends of
+// contiguous groups of samples (a shard each). The groups are visited in an order seeded by
+// (seed, epoch); within a group, each run of `window` consecutive samples is shuffled (a bounded
+// shuffle buffer, but a pure function of its arguments, so positions survive a restart).
+std::vector<std::int64_t> grouped_epoch_permutation(const std::vector<std::int64_t>& group_ends, std::int64_t window,
+                                                    std::uint64_t seed, std::int64_t epoch);
+
 // Cuts [0, count) into shards of `shard_size` samples (the last one may be smaller).
 std::vector<DataShard> split_epoch(std::int64_t count, std::int64_t shard_size, std::int64_t epoch);
 

@@ -1,4 +1,4 @@
-#include "models/dataset.h"
+#include "data/dataset.h"
 
 #include <zlib.h>
 
