@@ -31,9 +31,18 @@ struct TjHandle {
   }
   ~TjHandle() { tjDestroy(h); }
 };
+// After an error a handle can be left in a state that fails the next, valid, stream: a failed
+// call replaces its thread's handle.
+thread_local std::unique_ptr<TjHandle> tj_decompressor;
 tjhandle decompressor() {
-  thread_local TjHandle handle(false);
-  return handle.h;
+  if (!tj_decompressor) tj_decompressor = std::make_unique<TjHandle>(false);
+  return tj_decompressor->h;
+}
+// The message of the failed call, and a fresh handle for the next one.
+std::string tj_failure(tjhandle h) {
+  std::string message = tjGetErrorStr2(h);
+  tj_decompressor.reset();
+  return message;
 }
 tjhandle compressor() {
   thread_local TjHandle handle(true);
@@ -72,13 +81,13 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, int channels, const std::
   int w = 0, ht = 0, subsamp = 0, colorspace = 0;
   SHOAL_REQUIRE(tjDecompressHeader3(h, bytes.data(), static_cast<unsigned long>(bytes.size()), &w, &ht, &subsamp,
                                     &colorspace) == 0,
-                DataError, name << ": not a valid JPEG (" << tj_error(h) << ")");
+                DataError, name << ": not a valid JPEG (" << tj_failure(h) << ")");
   check_size(w, ht, name);
   // The smallest scale that keeps the image at least min_h x min_w.
   int count = 0;
   tjscalingfactor* factors = tjGetScalingFactors(&count);
   tjscalingfactor best{1, 1};
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < count && (min_h > 0 || min_w > 0); ++i) {
     const tjscalingfactor f = factors[i];
     if (f.num > f.denom) continue;
     if (TJSCALED(w, f) < min_w || TJSCALED(ht, f) < min_h) continue;
@@ -94,7 +103,7 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, int channels, const std::
   // STOPONWARNING: a truncated or damaged stream is an error, not an image padded with grey.
   int rc = tjDecompress2(h, bytes.data(), static_cast<unsigned long>(bytes.size()), out.data(),
                          static_cast<int>(img.width), 0, static_cast<int>(img.height), format, TJFLAG_STOPONWARNING);
-  SHOAL_REQUIRE(rc == 0, DataError, name << ": corrupt or truncated JPEG (" << tj_error(h) << ")");
+  SHOAL_REQUIRE(rc == 0, DataError, name << ": corrupt or truncated JPEG (" << tj_failure(h) << ")");
   const std::int64_t n = img.width * img.height;
   img.channels = channels;
   if (!cmyk) {
@@ -161,7 +170,7 @@ ImageHeader read_image_header(std::span<const std::uint8_t> bytes, const std::st
     int w = 0, ht = 0, subsamp = 0, colorspace = 0;
     SHOAL_REQUIRE(tjDecompressHeader3(h, bytes.data(), static_cast<unsigned long>(bytes.size()), &w, &ht, &subsamp,
                                       &colorspace) == 0,
-                  DataError, name << ": not a valid JPEG (" << tj_error(h) << ")");
+                  DataError, name << ": not a valid JPEG (" << tj_failure(h) << ")");
     header = {ht, w, colorspace == TJCS_GRAY};
   } else if (is_png(bytes)) {
     SpngCtx ctx = png_decoder(bytes, name);

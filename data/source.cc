@@ -300,10 +300,19 @@ Indexed index_images(const DataSpec& spec, const Logger& log, bool with_test) {
 // The shape every sample takes: spec.channels / spec.size, else the first training image's.
 void image_shape(const DataSpec& spec, const ImageSource::Index& train, std::int64_t* c, std::int64_t* h,
                  std::int64_t* w) {
-  const ImageSample& s = train.samples.front();
-  const std::string& file = train.files[static_cast<std::size_t>(s.file)];
-  const std::string name = s.member.empty() ? file : file + ": member " + s.member;
-  ImageHeader header = read_image_header(read_range(file, s.offset, s.size, name), name);
+  ImageHeader header;
+  // The first image that can be read (on_bad_sample = skip passes over the ones that cannot).
+  for (std::size_t i = 0; i < train.samples.size(); ++i) {
+    const ImageSample& s = train.samples[i];
+    const std::string& file = train.files[static_cast<std::size_t>(s.file)];
+    const std::string name = s.member.empty() ? file : file + ": member " + s.member;
+    try {
+      header = read_image_header(read_range(file, s.offset, s.size, name), name);
+      break;
+    } catch (const DataError&) {
+      if (spec.on_bad_sample == OnBadSample::fail || i + 1 == train.samples.size()) throw;
+    }
+  }
   *c = spec.channels > 0 ? spec.channels : (header.gray ? 1 : 3);
   *h = spec.size > 0 ? spec.size : header.height;
   *w = spec.size > 0 ? spec.size : header.width;

@@ -161,7 +161,8 @@ std::vector<TarMember> list(const ReadAt& read_at, std::int64_t total, const std
     const bool has_data = type == '0' || type == '\0' || type == '7' || type == 'x' || type == 'L' || type == 'g' ||
                           type == 'K';
     at = data_at + (has_data ? padded : 0);
-    if (at > total) at = total;  // padding of the last member cut off: tolerated
+    SHOAL_REQUIRE(at <= total, DataError,
+                  name << ": truncated tar archive (the file ends inside the padding after " << last << ")");
   }
   return members;
 }

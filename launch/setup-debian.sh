@@ -16,6 +16,7 @@ packages=(
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libcpp-httplib-dev                              # /healthz /readyz /metrics (metrics.port)
+  libturbojpeg0-dev libspng-dev                   # image data sets: JPEG and PNG decoding
   libgtest-dev                                    # tests (the build configures them)
   dataset-fashion-mnist                           # the main job's data
 )
@@ -30,7 +31,7 @@ $tests && packages+=("${test_packages[@]}")
 if [[ "${1:-}" == "--bench" ]]; then
   # Benchmark peers. Without an optimised BLAS, Debian's PyTorch falls back to the reference
   # BLAS and runs 10x slower: the comparison would flatter Shoal.
-  packages+=(python3-torch python3-numpy libopenblas0-pthread iperf3)
+  packages+=(python3-torch python3-numpy libopenblas0-pthread iperf3 python3-torchvision python3-pil)
 fi
 
 missing=()

@@ -50,7 +50,8 @@ for stage in "${stages[@]}"; do
       configure "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests shoal_ps_client_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests shoal_ps_client_tests \
+        shoal_data_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -69,10 +70,10 @@ for stage in "${stages[@]}"; do
     tsan)
       configure "$dir" "-fsanitize=thread"
       cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests shoal_ps_client_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_ps_client_tests shoal_data_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.|^PsClient\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.|^PsClient\.|^BatchLoader\.'
       check_reports "$dir"
       ;;
     *)
