@@ -65,4 +65,15 @@ void unblock_all_signals() {
   sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
+std::int64_t peak_rss_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  long long kib = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr)
+    if (std::sscanf(line, "VmHWM: %lld kB", &kib) == 1) break;
+  std::fclose(f);
+  return static_cast<std::int64_t>(kib) * 1024;
+}
+
 }  // namespace shoal

@@ -1,6 +1,8 @@
 // Process-wide settings a Shoal binary makes once in main(), never from library code.
 #pragma once
 
+#include <cstdint>
+
 #include <atomic>
 #include <thread>
 
@@ -12,6 +14,9 @@ namespace shoal {
 // bench/ps_bandwidth.cc: 1 server 26% -> 61% of loopback TCP). Costs: up to 512 MiB of freed
 // memory may stay mapped to the process.
 void tune_allocator();
+
+// This process's peak resident set (VmHWM), in bytes; 0 where /proc cannot say.
+std::int64_t peak_rss_bytes();
 
 // Turns SIGTERM and SIGINT (pod eviction, preemption, a launcher stopping the job, Ctrl-C)
 // into a request to stop: requested() becomes true and the role finishes its step, leaves the

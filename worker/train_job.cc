@@ -6,6 +6,7 @@
 
 #include "compute/devices/device_select.h"
 #include "base/error.h"
+#include "base/process.h"
 
 namespace shoal {
 
@@ -46,12 +47,17 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
   result.epochs = trainer.run(*data.train, *data.test);
   result.final_test_accuracy = result.epochs.empty() ? 0 : result.epochs.back().test.accuracy;
   double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s)\n", 100 * result.final_test_accuracy,
-              config.model.c_str(), static_cast<long long>(config.epochs), total);
+  const double peak_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
+  std::printf("final test accuracy: %.2f%% (%s, %lld epochs, %.1f s, peak memory %.0f MiB)\n",
+              100 * result.final_test_accuracy, config.model.c_str(), static_cast<long long>(config.epochs), total,
+              peak_mib);
   std::fflush(stdout);
   if (backend->device().kind != DeviceKind::cpu) SHOAL_LOG(log, info, describe_memory(backend->memory_stats()));
   metrics.write(
-      {{"event", std::string("end")}, {"final_test_accuracy", result.final_test_accuracy}, {"seconds", total}});
+      {{"event", std::string("end")},
+       {"final_test_accuracy", result.final_test_accuracy},
+       {"seconds", total},
+       {"peak_rss_mib", peak_mib}});
   return result;
 }
 

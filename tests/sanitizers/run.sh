@@ -62,7 +62,7 @@ for stage in "${stages[@]}"; do
       # launcher's world-restart test has an mpi case: it runs here too.)
       mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.|^SyncCheckpoint\.LauncherRestarts'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E "^Accuracy\.|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes)$|$mpi_tests"
+        -E "^Accuracy\.|^ImageMemory\.|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes)$|$mpi_tests"
       ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
         ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"
