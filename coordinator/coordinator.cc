@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -467,8 +468,11 @@ void Coordinator::handle_lease_done(const Incoming& in, const Member& member, Cl
   members_.progressed(sender, now);
   auto d = body.getLeaseDone();
   if (book_) {
+    // A wait longer than the shard's time (or not a number) is a confused worker: not counted.
+    const double wait = d.getDataWaitSeconds();
     ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
-                     static_cast<std::int64_t>(d.getCorrect())};
+                     static_cast<std::int64_t>(d.getCorrect()),
+                     std::isfinite(wait) && wait >= 0 && wait <= d.getSeconds() ? wait : 0.0};
     // Global steps: a sync job's ranks train one step together (rank 0 counts them).
     if (!sync_ || member.rank == 0) steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
     if (recovering_ && missing_servers_.empty()) {
@@ -1010,12 +1014,13 @@ void Coordinator::report_epochs(Clock::time_point now) {
     double rate = r.train_seconds > 0 ? static_cast<double>(r.samples_processed) / r.train_seconds
                   : seconds > 0       ? static_cast<double>(r.samples_processed) / seconds
                                       : 0;
-    char line[400];
+    const double wait_share = r.step_seconds > 0 ? r.data_wait_seconds / r.step_seconds : 0;
+    char line[440];
     std::snprintf(line, sizeof(line),
-                  "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s  |  "
-                  "%lld/%lld samples done, %lld processed, %lld shard(s) re-leased",
+                  "epoch %lld/%lld  train loss %.4f acc %.2f%%  |  test loss %.4f acc %.2f%%  |  %.0f samples/s, data "
+                  "wait %.1f%%  |  %lld/%lld samples done, %lld processed, %lld shard(s) re-leased",
                   static_cast<long long>(r.epoch), static_cast<long long>(config_.epochs), train_loss, 100 * train_acc,
-                  r.test_loss, 100 * r.test_accuracy, rate, static_cast<long long>(r.samples_done),
+                  r.test_loss, 100 * r.test_accuracy, rate, 100 * wait_share, static_cast<long long>(r.samples_done),
                   static_cast<long long>(r.samples_total), static_cast<long long>(r.samples_processed),
                   static_cast<long long>(r.shards_released));
     std::printf("%s\n", line);
@@ -1032,6 +1037,8 @@ void Coordinator::report_epochs(Clock::time_point now) {
                     {"samples_done", r.samples_done},
                     {"samples_processed", r.samples_processed},
                     {"shards_released", r.shards_released},
+                    {"data_wait_seconds", r.data_wait_seconds},
+                    {"data_wait_share", wait_share},
                     {"elapsed", seconds_between(started_, now)}});
     if (telemetry_ != nullptr) {
       MetricsRegistry& m = telemetry_->metrics;

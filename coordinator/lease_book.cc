@@ -56,11 +56,13 @@ LeaseBook::Task LeaseBook::next(const std::string& worker, TimePoint now) {
 }
 
 bool LeaseBook::complete(const std::string& worker, std::int64_t epoch, std::int64_t index, const ShardStats& stats,
-                         double /*seconds*/, TimePoint now) {
+                         double seconds, TimePoint now) {
   auto d = done_.find(epoch);
   if (d == done_.end() || index < 0 || index >= static_cast<std::int64_t>(d->second.size())) return false;
   EpochReport& r = reports_[epoch];
   r.samples_processed += stats.samples;
+  r.step_seconds += std::max(0.0, seconds);
+  r.data_wait_seconds += std::max(0.0, stats.data_wait_seconds);
   if (d->second[index]) return false;
   (void)worker;  // a completion counts whoever holds the lease now: the work is done either way
   d->second[index] = true;

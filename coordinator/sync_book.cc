@@ -55,6 +55,8 @@ bool SyncBook::complete(const std::string& worker, std::int64_t e, std::int64_t 
   p.report.correct += stats.correct;
   p.report.shards_done += 1;
   p.report.train_seconds = std::max(p.report.train_seconds, seconds);
+  p.report.step_seconds += std::max(0.0, seconds);
+  p.report.data_wait_seconds += std::max(0.0, stats.data_wait_seconds);
   settle(e, now);
   return true;
 }

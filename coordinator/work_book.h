@@ -17,6 +17,7 @@ struct ShardStats {
   std::int64_t samples = 0;
   double loss_sum = 0;
   std::int64_t correct = 0;
+  double data_wait_seconds = 0;  // of the shard's time, waiting for the input pipeline
 };
 
 struct EpochReport {
@@ -31,6 +32,8 @@ struct EpochReport {
   bool evaluated = false;
   double test_loss = 0, test_accuracy = 0;
   double train_seconds = 0;  // sync: the slowest rank's training time (0: not measured)
+  // Every completion's time and, of it, the wait for the input pipeline (summed over workers).
+  double step_seconds = 0, data_wait_seconds = 0;
   std::chrono::steady_clock::time_point started{}, completed{};
 };
 

@@ -130,6 +130,7 @@ LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
     LossStats s = step_on(batch);
     epoch_seconds_ += seconds_since(start);
     epoch_wait_seconds_ += batch.wait_seconds;
+    total_wait_seconds_ += batch.wait_seconds;
     epoch_skipped_ += batch.skipped;
     total.loss_sum += s.loss_sum;
     total.correct += s.correct;

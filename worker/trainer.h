@@ -82,6 +82,9 @@ class Trainer {
   double epoch_seconds() const { return epoch_seconds_; }
   double epoch_data_wait_seconds() const { return epoch_wait_seconds_; }
   std::int64_t epoch_skipped() const { return epoch_skipped_; }
+  // Since the trainer was made: seconds waiting for the input pipeline (a worker reports the
+  // difference across a shard).
+  double total_data_wait_seconds() const { return total_wait_seconds_; }
 
   std::int64_t step() const { return step_; }
   // Resuming from a checkpoint: the learning-rate schedule and dropout go on from this step.
@@ -145,7 +148,7 @@ class Trainer {
   // Running totals for the progress line of the current epoch.
   LossStats epoch_stats_;
   std::int64_t epoch_samples_ = 0;
-  double epoch_seconds_ = 0, epoch_wait_seconds_ = 0;
+  double epoch_seconds_ = 0, epoch_wait_seconds_ = 0, total_wait_seconds_ = 0;
   std::int64_t epoch_skipped_ = 0;
 };
 

@@ -54,9 +54,14 @@ class WorkerTelemetry {
         samples_(m.counter("shoal_worker_samples_total", "training samples this worker trained")),
         shards_(m.counter("shoal_worker_shards_total", "data shards this worker trained and reported")),
         rate_(m.gauge("shoal_worker_samples_per_second", "training throughput of the shard trained last")),
-        loss_(m.gauge("shoal_worker_loss", "mean training loss of the shard trained last")) {}
+        loss_(m.gauge("shoal_worker_loss", "mean training loss of the shard trained last")),
+        train_seconds_(m.counter("shoal_worker_train_seconds_total", "seconds this worker spent training shards")),
+        data_wait_(m.counter("shoal_worker_data_wait_seconds_total",
+                             "of shoal_worker_train_seconds_total, seconds waiting for the input pipeline")) {}
 
-  void shard_done(std::int64_t epoch, std::uint64_t step, const LossStats& s, double seconds) {
+  void shard_done(std::int64_t epoch, std::uint64_t step, const LossStats& s, double seconds, double data_wait) {
+    train_seconds_.add(std::max(0.0, seconds));
+    data_wait_.add(std::max(0.0, data_wait));
     step_.set(static_cast<double>(step));
     epoch_.set(static_cast<double>(epoch));
     samples_.add(static_cast<double>(s.count));
@@ -69,6 +74,7 @@ class WorkerTelemetry {
   Gauge &step_, &epoch_;
   Counter &samples_, &shards_;
   Gauge &rate_, &loss_;
+  Counter &train_seconds_, &data_wait_;
 };
 
 // Thrown by a wait when the job is over (it ended while this worker waited for a peer that
@@ -280,12 +286,14 @@ void run_job_loop(JobContext& job) {
           logged_epoch = task.epoch;
         }
         auto started = std::chrono::steady_clock::now();
+        const double waited = trainer.total_data_wait_seconds();
         LossStats s =
             strategy.train(trainer, *data.train, order, DataShard{task.epoch, task.index, task.begin, task.end});
         if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds);
-        if (gauges) gauges->shard_done(task.epoch, strategy.clock(), s, seconds);
+        const double data_wait = trainer.total_data_wait_seconds() - waited;
+        control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds, data_wait);
+        if (gauges) gauges->shard_done(task.epoch, strategy.clock(), s, seconds, data_wait);
         ++shards;
         samples += s.count;
       } catch (const TableChanged&) {

@@ -144,6 +144,7 @@ struct LeaseDone {
   lossSum @3 :Float64;
   correct @4 :UInt64;
   seconds @5 :Float64;
+  dataWaitSeconds @6 :Float64;  # of `seconds`, waiting for the input pipeline
 }
 
 struct EvalDone {

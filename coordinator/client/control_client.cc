@@ -242,7 +242,7 @@ LeaseTask ControlClient::request_lease() {
 }
 
 void ControlClient::report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum,
-                                 std::int64_t correct, double seconds) {
+                                 std::int64_t correct, double seconds, double data_wait_seconds) {
   Outgoing msg = make();
   auto d = msg.body().initLeaseDone();
   d.setEpoch(static_cast<std::uint32_t>(epoch));
@@ -251,6 +251,7 @@ void ControlClient::report_shard(std::int64_t epoch, std::int64_t index, std::in
   d.setLossSum(loss_sum);
   d.setCorrect(static_cast<std::uint64_t>(correct));
   d.setSeconds(seconds);
+  d.setDataWaitSeconds(data_wait_seconds);
   throw_if_dropped(request(msg, timeout_), sender_);
 }
 

@@ -72,7 +72,7 @@ class ControlClient {
   std::optional<PartitionTable> fetch_table(Seconds deadline, const std::atomic<bool>* stop = nullptr);
   LeaseTask request_lease();
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
-                    double seconds);
+                    double seconds, double data_wait_seconds = 0);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
   // Tells the coordinator which files of a checkpoint this process wrote.
   void report_checkpoint(const CheckpointReport& report);
