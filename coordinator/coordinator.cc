@@ -17,9 +17,12 @@ namespace shoal {
 namespace {
 
 // The `layout` file: every parameter and buffer with its element range and shape.
-std::string model_layout(const std::string& model, const ParameterSet& params) {
+std::string model_layout(const std::string& model, const ParameterSet& params, const DatasetInfo& data) {
   std::ostringstream out;
   out << "model " << model << "\nparameters " << params.parameter_count() << "\n";
+  // What the model takes and names: an export and a server say which class it predicted.
+  out << "input " << data.channels << "x" << data.height << "x" << data.width << "\nclasses " << data.classes << "\n";
+  for (std::size_t c = 0; c < data.class_names.size(); ++c) out << "class " << c << " " << data.class_names[c] << "\n";
   auto shape = [](const Shape& s) {
     std::ostringstream text;
     for (std::size_t i = 0; i < s.rank(); ++i) text << (i ? "x" : "") << s[i];
@@ -81,7 +84,7 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
   auto model = build_model(config.model, Shape{info.channels, info.height, info.width}, info.classes);
   model->declare();
   model_elements_ = model->params().parameter_count();
-  layout_ = model_layout(config.model, model->params());
+  layout_ = model_layout(config.model, model->params(), info);
   has_buffers_ = !model->params().buffers().empty();
   checkpoints_.emplace(
       CheckpointSettings{config.checkpoint_dir, static_cast<int>(config.checkpoint_keep), config.checkpoint_every_steps,
@@ -119,8 +122,9 @@ void Coordinator::resume_from_checkpoint() {
     verify_checkpoint(dir);  // a named checkpoint must be intact: CheckpointError names the bad file
   }
   SHOAL_REQUIRE(read_whole_file(dir + "/" + checkpoint_file::kLayout) == layout_, CheckpointError,
-                dir << " holds another model: its layout file differs from model " << config_.model
-                    << "'s (shoal checkpoint inspect " << dir << ")");
+                dir << " holds another model or data set: its layout file (model, input, classes, tensors) differs "
+                       "from this job's model " << config_.model << " on its data (shoal checkpoint inspect " << dir
+                    << ")");
   restored_position_ = read_whole_file(dir + "/" + checkpoint_file::kPosition);
   steps_ = position_step(restored_position_, dir);
   checkpoints_->restored(steps_, dir);

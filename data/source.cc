@@ -118,6 +118,9 @@ ImageSource::Index index_folder(const fs::path& dir, std::vector<std::string>* c
     }
   }
   SHOAL_REQUIRE(!class_dirs.empty(), DataError, dir.string() << ": no class folders");
+  for (auto& [name, path] : class_dirs)
+    SHOAL_REQUIRE(std::none_of(name.begin(), name.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }),
+                  DataError, path.string() << ": a class folder name with a control character");
   if (!given)
     for (auto& [name, path] : class_dirs) classes->push_back(name);
   ImageSource::Index index;

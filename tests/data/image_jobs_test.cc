@@ -144,6 +144,10 @@ TEST(ImageJobs, TarJobStoppedMidEpochResumesWithEverySampleOnce) {
   ASSERT_FALSE(epochs.empty()) << again.output;
   EXPECT_EQ(json_number(epochs.back(), "epoch"), 2) << epochs.back();
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 4000) << e;
+  // The checkpoint names what the model takes and its classes (the shards' labels, 0..9).
+  auto inspect = testing::run({kShoal, "checkpoint", "inspect", ckpt.path()}, {}, 60s);
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("input 1x28x28\nclasses 10\nclass 0 0\n"), std::string::npos) << inspect.output;
 }
 
 // Fashion-MNIST's first `classes` classes as RGB images of side `size`: upscaled, each tinted
