@@ -19,13 +19,14 @@ import subprocess
 import sys
 
 SOURCE, WORK = sys.argv[1], sys.argv[2]
-OVERLAYS = ["cpu", "gke-gpu", "gke-mig"]
+OVERLAYS = ["cpu", "gke-gpu", "gke-mig", "gke-gcsfuse"]
 # kind -> (module of kubernetes-models, interface)
 TYPES = {
     ("v1", "Service"): ("kubernetes-models/v1/Service", "IService"),
     ("v1", "ConfigMap"): ("kubernetes-models/v1/ConfigMap", "IConfigMap"),
     ("v1", "Secret"): ("kubernetes-models/v1/Secret", "ISecret"),
     ("v1", "PersistentVolumeClaim"): ("kubernetes-models/v1/PersistentVolumeClaim", "IPersistentVolumeClaim"),
+    ("v1", "ServiceAccount"): ("kubernetes-models/v1/ServiceAccount", "IServiceAccount"),
     ("apps/v1", "StatefulSet"): ("kubernetes-models/apps/v1/StatefulSet", "IStatefulSet"),
     ("policy/v1", "PodDisruptionBudget"): ("kubernetes-models/policy/v1/PodDisruptionBudget", "IPodDisruptionBudget"),
 }

@@ -2,7 +2,8 @@
 """The Kubernetes manifests (k8s/), rendered as `kubectl kustomize` renders them, checked for
 what a Shoal job needs: every overlay renders; every StatefulSet has its headless Service that
 publishes not-ready addresses, starts its pods in parallel, and mounts the job's ConfigMap and
-the shared checkpoint volume; the GPU and MIG overlays ask for GPUs where GKE gives them; and
+the shared checkpoint volume; the GPU and MIG overlays ask for GPUs where GKE gives them; the
+gcsfuse overlay mounts a bucket of tar shards read-only in every pod; and
 every container's command line and SHOAL_* environment, with the job file from the rendered
 ConfigMap, is a configuration `shoal config` accepts (a renamed setting or a typo in a manifest
 fails here, not in a pod).
@@ -25,7 +26,7 @@ except ImportError:
 
 SHOAL = sys.argv[1] if len(sys.argv) > 1 else "build/shoal"
 SOURCE = sys.argv[2] if len(sys.argv) > 2 else "."
-OVERLAYS = ["cpu", "gke-gpu", "gke-mig"]
+OVERLAYS = ["cpu", "gke-gpu", "gke-mig", "gke-gcsfuse"]
 
 
 def render(overlay):
@@ -81,6 +82,21 @@ class Manifests(unittest.TestCase):
                 if overlay == "gke-gpu":
                     self.assertEqual(workers["nodeSelector"]["cloud.google.com/gke-spot"], "true")
                     self.assertIn("cloud.google.com/gke-spot", [t["key"] for t in workers["tolerations"]])
+                if overlay == "gke-gcsfuse":
+                    # Every process reads the data (the coordinator and servers: the index and
+                    # shape), from the bucket mounted read-only by the Cloud Storage FUSE CSI
+                    # driver, as a service account that exists.
+                    accounts = by_kind(objects, "ServiceAccount")
+                    for name, s in sets.items():
+                        pod = s["spec"]["template"]
+                        self.assertEqual(pod["metadata"]["annotations"]["gke-gcsfuse/volumes"], "true", name)
+                        self.assertIn(pod["spec"]["serviceAccountName"], accounts, name)
+                        data = {v["name"]: v for v in pod["spec"]["volumes"]}["data"]["csi"]
+                        self.assertEqual(data["driver"], "gcsfuse.csi.storage.gke.io", name)
+                        self.assertTrue(data["readOnly"], name)
+                        mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+                        self.assertTrue(mounts["/data"]["readOnly"], name)
+                        self.assertEqual(env_of(pod["spec"]["containers"][0])["SHOAL_DATA_FORMAT"], "tar", name)
                 if overlay == "gke-mig":
                     self.assertIn("cloud.google.com/gke-gpu-partition-size", workers["nodeSelector"])
                     self.assertEqual(int(sets["shoal-worker"]["spec"]["replicas"]),
