@@ -13,6 +13,13 @@ namespace {
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
+
+// The loader's requests point into the caller's sample lists: whatever way the caller leaves
+// (done, stopped, or an exception), no load may outlive them.
+struct CancelOnExit {
+  BatchLoader& loader;
+  ~CancelOnExit() { loader.cancel(); }
+};
 }  // namespace
 
 TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed, std::int64_t steps_per_epoch) {
@@ -121,6 +128,7 @@ LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
   requests.reserve(batches.size());
   for (const auto& b : batches) requests.push_back({&data, b, SampleContext{true, options_.data_seed, epoch}});
   loader.start(std::move(requests));
+  CancelOnExit cancel{loader};
   LossStats total;
   for (std::size_t i = 0; i < batches.size() && !stopped(); ++i) {
     auto start = std::chrono::steady_clock::now();
@@ -146,7 +154,6 @@ LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
                        static_cast<double>(epoch_samples_) / std::max(epoch_seconds_, 1e-9));
   }
   wait_for_upload();
-  loader.cancel();  // a stop leaves batches loading: they must not outlive `batches`
   return total;
 }
 
@@ -193,6 +200,7 @@ EvalResult Trainer::evaluate(const DataSource& data, std::int64_t first, std::in
   BatchLoader& loader = loader_for(data);
   const std::size_t n = requests.size();
   loader.start(std::move(requests));
+  CancelOnExit cancel{loader};
   for (std::size_t i = 0; i < n && !stopped(); ++i) {
     wait_for_upload();
     BatchLoader::Batch batch = loader.next();
@@ -204,7 +212,6 @@ EvalResult Trainer::evaluate(const DataSource& data, std::int64_t first, std::in
     total.count += s.count;
   }
   wait_for_upload();
-  loader.cancel();
   EvalResult r;
   r.samples = total.count;
   r.loss = total.count > 0 ? total.loss_sum / static_cast<double>(total.count) : 0;
