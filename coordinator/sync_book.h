@@ -1,5 +1,5 @@
 // The work of a synchronous (all-reduce) job. Every rank trains its part of each whole epoch
-// in lock-step (the per-rank plan of models/shard.h: the coordinator hands out the epoch's
+// in lock-step (the per-rank plan of data/shard.h: the coordinator hands out the epoch's
 // positions, every rank cuts the same plan), then evaluates its part of the test set; the
 // ranks' all-reduced results come back from every rank. An epoch is reported once every rank
 // trained and evaluated it. Nothing is ever re-leased: a lost rank ends the job, or with

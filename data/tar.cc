@@ -196,7 +196,7 @@ std::vector<TarMember> list_tar(std::span<const std::uint8_t> bytes, const std::
   const auto total = static_cast<std::int64_t>(bytes.size());
   ReadAt read_at = [&](std::int64_t offset, std::int64_t n, std::uint8_t* out) {
     if (offset + n > total) return false;
-    std::memcpy(out, bytes.data() + offset, static_cast<std::size_t>(n));
+    if (n > 0) std::memcpy(out, bytes.data() + offset, static_cast<std::size_t>(n));
     return true;
   };
   return list(read_at, total, name);

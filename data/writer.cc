@@ -34,7 +34,7 @@ const char* extension(ImageCodec codec) { return codec == ImageCodec::png ? "png
 void write_file(const fs::path& path, std::span<const std::uint8_t> bytes) {
   std::FILE* f = std::fopen(path.c_str(), "wb");
   SHOAL_REQUIRE(f != nullptr, IoError, path.string() << ": cannot create (" << std::strerror(errno) << ")");
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  const bool ok = bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   SHOAL_REQUIRE(std::fclose(f) == 0 && ok, IoError, path.string() << ": write failed");
 }
 
@@ -109,7 +109,7 @@ void TarWriter::add(const std::string& name, std::span<const std::uint8_t> bytes
   std::snprintf(reinterpret_cast<char*>(h + 148), 8, "%06o", sum);
   h[155] = ' ';
   std::fwrite(h, 1, 512, file_);
-  std::fwrite(bytes.data(), 1, bytes.size(), file_);
+  if (!bytes.empty()) std::fwrite(bytes.data(), 1, bytes.size(), file_);
   static const std::uint8_t zeros[512] = {0};
   std::fwrite(zeros, 1, (512 - bytes.size() % 512) % 512, file_);
 }

@@ -40,8 +40,9 @@ Image gradient(std::int64_t h, std::int64_t w, std::int64_t c) {
 
 void write_bytes(const std::string& path, const std::vector<std::uint8_t>& bytes) {
   fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                              static_cast<std::streamsize>(bytes.size()));
+  std::ofstream out(path, std::ios::binary);
+  if (!bytes.empty())
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::vector<std::uint8_t> read_bytes(const std::string& path) {

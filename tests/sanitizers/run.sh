@@ -2,14 +2,17 @@
 # The sanitizer stages of the test suite (tests/run.sh runs them after the plain build):
 #   asan  AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, the in-process
 #         cluster tests, the collectives and the short multi-process tests, sync jobs included
+#         and the data layer (decoders and tar reader fed damaged bytes, the input pipeline)
 #         (not the accuracy runs, nor the equivalence and same-seed runs: pure arithmetic, nor
-#         the manifest checks, which run only `shoal config`; the StatefulSet simulation stays);
+#         the manifest checks, which run only `shoal config`, nor the peak-memory comparison,
+#         which the sanitizer's own memory would blur; the StatefulSet simulation stays);
 #   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected)
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
 #         endpoint scraped while its metrics are updated, and CURVE sockets with their ZAP
 #         handler thread (auth.keys), and the fault injection's held messages, and the parameter
-#         servers' client against servers on threads of their own.
+#         servers' client against servers on threads of their own, and the input pipeline's
+#         decode threads (BatchLoader).
 # A sanitizer report anywhere (a test, or a `shoal` child process it started) fails the stage:
 # reports go to files under build-<stage>/reports, and any file there is a failure.
 #   tests/sanitizers/run.sh [asan] [tsan]     (default: both)
