@@ -442,6 +442,29 @@ struct BadCase {
 
 std::vector<std::uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
 
+// Loads every training sample of `spec`: with on_bad_sample = fail, one DataError containing
+// `expect` (at indexing or at the bad sample's load); with skip, `good` samples load.
+void expect_fail_then_skip(DataSpec spec, const std::string& name, const std::string& expect, std::int64_t good) {
+  Logger quiet("test", LogLevel::off);
+  auto load_all = [&] {
+    DataSources s = open_data(spec, quiet);
+    std::vector<float> x(static_cast<std::size_t>(s.train->sample_size()));
+    std::int32_t y = 0;
+    std::int64_t loaded = 0;
+    for (std::int64_t i = 0; i < s.train->count(); ++i) loaded += s.train->load(i, SampleContext{}, x.data(), &y);
+    return loaded;
+  };
+  spec.on_bad_sample = OnBadSample::fail;
+  try {
+    load_all();
+    ADD_FAILURE() << name << ": no error";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << name << ": " << e.what();
+  }
+  spec.on_bad_sample = OnBadSample::skip;
+  EXPECT_EQ(load_all(), good) << name << ": the good samples";
+}
+
 TEST(BadInput, EachCaseFailsNamingTheFileOrIsSkippedAndCounted) {
   const auto png = encode_png(gradient(8, 8, 3));
   std::vector<BadCase> folder_cases = {
@@ -469,26 +492,7 @@ TEST(BadInput, EachCaseFailsNamingTheFileOrIsSkippedAndCounted) {
     write_image_folder(tiny(4), dir.file("train"), ImageCodec::png);
     write_image_folder(tiny(1), dir.file("val"), ImageCodec::png);
     c.damage(dir.path());
-    DataSpec spec = folder_spec(dir.path());
-    Logger quiet("test", LogLevel::off);
-    // fail: one DataError naming the file and what is wrong (at indexing or at the first load).
-    try {
-      DataSources s = open_data(spec, quiet);
-      std::vector<float> x(static_cast<std::size_t>(s.train->sample_size()));
-      std::int32_t y = 0;
-      for (std::int64_t i = 0; i < s.train->count(); ++i) s.train->load(i, SampleContext{}, x.data(), &y);
-      ADD_FAILURE() << c.name << ": no error";
-    } catch (const DataError& e) {
-      EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << c.name << ": " << e.what();
-    }
-    // skip: the good samples load, the bad one is counted once.
-    spec.on_bad_sample = OnBadSample::skip;
-    DataSources s = open_data(spec, quiet);
-    std::vector<float> x(static_cast<std::size_t>(s.train->sample_size()));
-    std::int32_t y = 0;
-    std::int64_t loaded = 0;
-    for (std::int64_t i = 0; i < s.train->count(); ++i) loaded += s.train->load(i, SampleContext{}, x.data(), &y);
-    EXPECT_EQ(loaded, 12) << c.name << ": the 12 good images";
+    expect_fail_then_skip(folder_spec(dir.path()), c.name, c.expect, 12);
   }
 }
 
@@ -526,23 +530,7 @@ TEST(BadInput, TarCasesFailNamingShardAndMemberOrAreSkipped) {
     spec.test = dir.file("test-000000.tar");
     spec.classes = 3;
     spec.normalize = false;
-    Logger quiet("test", LogLevel::off);
-    try {
-      DataSources s = open_data(spec, quiet);
-      std::vector<float> x(static_cast<std::size_t>(s.train->sample_size()));
-      std::int32_t y = 0;
-      for (std::int64_t i = 0; i < s.train->count(); ++i) s.train->load(i, SampleContext{}, x.data(), &y);
-      ADD_FAILURE() << c.name << ": no error";
-    } catch (const DataError& e) {
-      EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << c.name << ": " << e.what();
-    }
-    spec.on_bad_sample = OnBadSample::skip;
-    DataSources s = open_data(spec, quiet);
-    std::vector<float> x(static_cast<std::size_t>(s.train->sample_size()));
-    std::int32_t y = 0;
-    std::int64_t loaded = 0;
-    for (std::int64_t i = 0; i < s.train->count(); ++i) loaded += s.train->load(i, SampleContext{}, x.data(), &y);
-    EXPECT_EQ(loaded, c.good) << c.name;
+    expect_fail_then_skip(spec, c.name, c.expect, c.good);
   }
   // A truncated shard is not a sample's problem: always an error naming the shard.
   TempDir dir;
