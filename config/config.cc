@@ -141,7 +141,10 @@ Setting floats_setting(std::string key, Access access, std::string help) {
   };
   s.get = [=](const JobConfig& c) {
     std::string out;
-    for (double v : access(const_cast<JobConfig&>(c))) out += (out.empty() ? "" : ",") + format_float(v);
+    for (double v : access(const_cast<JobConfig&>(c))) {
+      if (!out.empty()) out += ',';
+      out += format_float(v);
+    }
     return out;
   };
   return s;
