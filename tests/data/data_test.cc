@@ -432,6 +432,16 @@ TEST(TarShards, SamplesAreKeyedMembersAndTheOrderKeepsShardsTogether) {
   int changes = 0;
   for (std::size_t i = 1; i < order.size(); ++i) changes += shard_of(order[i]) != shard_of(order[i - 1]);
   EXPECT_EQ(changes, 2);
+  // data.train_limit keeps samples spread over every shard, and the shards stay groups.
+  spec.train_limit = 30;
+  DataSources limited = open_data(spec, Logger("test", LogLevel::warn));
+  ASSERT_EQ(limited.train->count(), 30);
+  const auto& index = static_cast<const ImageSource&>(*limited.train).index();
+  EXPECT_EQ(index.group_ends, (std::vector<std::int64_t>{13, 25, 30}));
+  auto limited_order = limited.train->epoch_order(1, 1);
+  std::vector<std::int64_t> sorted(limited_order);
+  std::sort(sorted.begin(), sorted.end());
+  for (std::int64_t i = 0; i < 30; ++i) EXPECT_EQ(sorted[static_cast<std::size_t>(i)], i);
 }
 
 struct BadCase {
