@@ -337,14 +337,17 @@ TEST(Launcher, LocalJobRunsAndCtrlCStopsEveryProcess) {
   }
 }
 
-TEST(Accuracy, AsyncCnnTwoServersTwoWorkersReaches90_5PercentIn10Epochs) {
+// The main job on a 4-epoch schedule (91.59 % on the 2-core EPYC build VM, 46 s); its full 10
+// epochs (92.6 %) are what the README's first command runs.
+TEST(Accuracy, AsyncCnnTwoServersTwoWorkersReaches90_5PercentIn4Epochs) {
   TempDir dir;
-  auto r = testing::run({kShoal, "launch", kJob, "--local", "--metrics.file=" + dir.file("m.jsonl")}, {}, 15min);
+  auto r = testing::run(
+      {kShoal, "launch", kJob, "--local", "--train.epochs=4", "--metrics.file=" + dir.file("m.jsonl")}, {}, 15min);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto end = lines_with(read_file(dir.file("m.jsonl")), "\"event\": \"end\"");
   ASSERT_EQ(end.size(), 1u) << r.output;
   EXPECT_GE(json_number(end[0], "final_test_accuracy"), 0.905) << r.output;
-  EXPECT_LE(lines_with(read_file(dir.file("m.jsonl")), "\"event\": \"epoch\"").size(), 10u);
+  EXPECT_LE(lines_with(read_file(dir.file("m.jsonl")), "\"event\": \"epoch\"").size(), 4u);
 }
 
 }  // namespace
