@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "compute/tensor.h"
 
@@ -20,6 +21,7 @@ namespace shoal {
 struct Conv2dParams {
   int stride = 1;
   int pad = 0;
+  int groups = 1;  // grouped convolution: w is [K, C / groups, R, R]; groups == C == K: depthwise
 };
 
 enum class PoolKind { max, average };
@@ -112,7 +114,8 @@ class Backend {
   virtual void* native_stream() { return nullptr; }
   virtual MemoryStats memory_stats() const { return {}; }
 
-  // Convolution, square kernels taken from w: x [N, C, H, W], w [K, C, R, R], y [N, K, P, Q].
+  // Convolution, square kernels taken from w: x [N, C, H, W], w [K, C / groups, R, R],
+  // y [N, K, P, Q].
   virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
                               const Conv2dParams& p) = 0;
   virtual void conv2d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dParams& p) = 0;
@@ -127,6 +130,16 @@ class Backend {
   virtual void relu_forward(const Tensor& x, Tensor& y) = 0;
   // Uses the forward output y (valid in place, since y > 0 iff x > 0).
   virtual void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
+
+  // y = min(max(x, lo), hi) (ReLU6: lo 0, hi 6). Backward uses the forward output y: dx = dy
+  // where lo < y < hi, else 0 (valid in place, like relu_backward).
+  virtual void clip_forward(const Tensor& x, Tensor& y, float lo, float hi) = 0;
+  virtual void clip_backward(const Tensor& y, const Tensor& dy, Tensor& dx, float lo, float hi) = 0;
+
+  // Concatenation along dimension 1 of tensors [N, C_i, ...] (same N and trailing dims) into
+  // y [N, sum C_i, ...], and its backward: dy split back into the parts.
+  virtual void concat_channels(const std::vector<const Tensor*>& parts, Tensor& y) = 0;
+  virtual void split_channels(const Tensor& dy, const std::vector<Tensor*>& parts) = 0;
 
   virtual void pool_forward(const Tensor& x, Tensor& y, Tensor& workspace, const PoolParams& p, bool training) = 0;
   virtual void pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& workspace, Tensor& dx,
@@ -150,10 +163,12 @@ class Backend {
                                std::uint64_t first_index = 0) = 0;
   virtual void dropout_backward(const Tensor& dy, const Tensor& mask, Tensor& dx) = 0;
 
-  // logits [N, K], labels i32 [N]. If dlogits is given it receives
-  // grad_scale * (softmax(logits) - onehot(label)).
+  // logits [N, K], labels i32 [N]. With label smoothing e the target is
+  // t = (1 - e) onehot(label) + e / K, the loss is -sum_j t_j log p_j (PyTorch's
+  // CrossEntropyLoss(label_smoothing = e)), and dlogits, if given, receives
+  // grad_scale * (softmax(logits) - t).
   virtual LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
-                                          float grad_scale) = 0;
+                                          float grad_scale, float label_smoothing = 0) = 0;
 
   // Element-wise.
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;  // out = a + b

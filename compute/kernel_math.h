@@ -112,7 +112,8 @@ struct RowLoss {
 
 // Loss and (when g is not null) g[j] = grad_scale * (softmax(z)[j] - [j == label]) for one
 // row of k logits; label must be in [0, k).
-SHOAL_HD RowLoss softmax_xent_row(const float* z, std::int64_t k, std::int32_t label, float grad_scale, float* g) {
+SHOAL_HD RowLoss softmax_xent_row(const float* z, std::int64_t k, std::int32_t label, float grad_scale, float* g,
+                                  float smoothing = 0) {
   std::int64_t best = 0;
   float max_z = z[0];
   for (std::int64_t j = 1; j < k; ++j)
@@ -122,11 +123,17 @@ SHOAL_HD RowLoss softmax_xent_row(const float* z, std::int64_t k, std::int32_t l
   const double log_denom = log(denom);
   RowLoss r;
   r.loss = log_denom - static_cast<double>(z[label] - max_z);
+  if (smoothing != 0) {  // -sum_j t_j log p_j = (1 - e) nll + e * mean_j(-log p_j)
+    double mean_nll = 0;
+    for (std::int64_t j = 0; j < k; ++j) mean_nll += log_denom - static_cast<double>(z[j] - max_z);
+    r.loss = (1.0 - smoothing) * r.loss + smoothing * mean_nll / static_cast<double>(k);
+  }
   r.correct = best == label;
+  const double off = static_cast<double>(smoothing) / static_cast<double>(k), on = 1.0 - smoothing + off;
   if (g != nullptr)
     for (std::int64_t j = 0; j < k; ++j) {
       const double prob = exp(static_cast<double>(z[j] - max_z) - log_denom);
-      g[j] = static_cast<float>(grad_scale * (prob - (j == label ? 1.0 : 0.0)));
+      g[j] = static_cast<float>(grad_scale * (prob - (j == label ? on : off)));
     }
   return r;
 }

@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "data/source.h"
 #include "models/model.h"
+#include "models/model_file.h"
 
 namespace shoal {
 namespace {

@@ -21,7 +21,7 @@ set -euo pipefail
 # its -dev packages, mpirun for jobs launched by mpirun, and the quickstart's data set.
 runtime_packages=(
   libzmq5 libcapnp-0.9.2 libdnnl2 libboost-program-options1.74.0 libgomp1 libstdc++6 zlib1g
-  libopenmpi3 openmpi-bin libgloo0 libcpp-httplib0.11 libturbojpeg0 libspng0
+  libopenmpi3 openmpi-bin libgloo0 libcpp-httplib0.11 libturbojpeg0 libspng0 libyaml-cpp0.7
   dataset-fashion-mnist
 )
 

@@ -17,6 +17,7 @@ packages=(
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libcpp-httplib-dev                              # /healthz /readyz /metrics (metrics.port)
   libturbojpeg0-dev libspng-dev                   # image data sets: JPEG and PNG decoding
+  libyaml-cpp-dev                                 # model files (YAML)
   libgtest-dev                                    # tests (the build configures them)
   dataset-fashion-mnist                           # the main job's data
 )

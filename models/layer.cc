@@ -1,11 +1,25 @@
 #include "models/layer.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "base/error.h"
 #include "compute/rng.h"
 
 namespace shoal {
+
+std::string dims_text(const Shape& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.rank(); ++i) {
+    if (i > 0) out += 'x';
+    out += std::to_string(s[i]);
+  }
+  return out.empty() ? "scalar" : out;
+}
+
+std::string per_sample_text(const Shape& x) {
+  return dims_text(Shape(std::vector<std::int64_t>(x.dims().begin() + (x.rank() > 1 ? 1 : 0), x.dims().end())));
+}
 
 Tensor& Layer::ensure(Backend& backend, Tensor& t, const Shape& shape) {
   if (!t.defined() || !(t.shape() == shape)) t = backend.allocate(shape);
@@ -16,28 +30,40 @@ namespace {
 
 class Conv2d final : public Layer {
  public:
-  Conv2d(std::int64_t in, std::int64_t out, int kernel, int stride, int pad, bool bias)
-      : in_(in), out_(out), kernel_(kernel), params_conv_{stride, pad}, has_bias_(bias) {}
+  explicit Conv2d(const ConvSpec& spec) : spec_(spec), params_conv_{spec.stride, spec.pad, spec.groups} {}
 
   std::string describe() const override {
-    return "conv " + std::to_string(in_) + "->" + std::to_string(out_) + " " + std::to_string(kernel_) + "x" +
-           std::to_string(kernel_) + " stride " + std::to_string(params_conv_.stride) + " pad " +
-           std::to_string(params_conv_.pad);
+    std::string d = "conv " + std::to_string(spec_.in) + "->" + std::to_string(spec_.out) + " " +
+                    std::to_string(spec_.kernel) + "x" + std::to_string(spec_.kernel);
+    if (spec_.stride != 1) d += " stride " + std::to_string(spec_.stride);
+    if (spec_.pad != 0) d += " pad " + std::to_string(spec_.pad);
+    if (spec_.groups == spec_.in && spec_.groups > 1) d += " depthwise";
+    else if (spec_.groups != 1) d += " groups " + std::to_string(spec_.groups);
+    return d;
   }
 
   Shape output_shape(const Shape& x) const override {
-    SHOAL_ASSERT(x.rank() == 4 && x[1] == in_, describe() << " got input " << x.str());
-    return Shape{x[0], out_, window_output_size(x[2], kernel_, params_conv_.stride, params_conv_.pad),
-                 window_output_size(x[3], kernel_, params_conv_.stride, params_conv_.pad)};
+    SHOAL_REQUIRE(x.rank() == 4 && x[1] == spec_.in, ConfigError,
+                  describe() << " needs " << spec_.in << " input channels (CxHxW), got " << per_sample_text(x));
+    const std::int64_t h = window_output_size(x[2], spec_.kernel, spec_.stride, spec_.pad);
+    const std::int64_t w = window_output_size(x[3], spec_.kernel, spec_.stride, spec_.pad);
+    SHOAL_REQUIRE(x[2] + 2 * spec_.pad >= spec_.kernel && x[3] + 2 * spec_.pad >= spec_.kernel, ConfigError,
+                  describe() << ": input " << per_sample_text(x) << " is smaller than its " << spec_.kernel << "x"
+                             << spec_.kernel << " window");
+    return Shape{x[0], spec_.out, h, w};
+  }
+
+  std::int64_t macs(const Shape& x) const override {
+    return output_shape(x).numel() * (spec_.in / spec_.groups) * spec_.kernel * spec_.kernel;
   }
 
   void declare(ParameterSet& set, const std::string& prefix) override {
-    std::int64_t fan_in = in_ * kernel_ * kernel_;
-    weight_ = set.add_parameter(prefix + "weight", Shape{out_, in_, kernel_, kernel_},
-                                Initializer{Initializer::uniform_fan_in, fan_in, 0});
+    std::int64_t fan_in = spec_.in / spec_.groups * spec_.kernel * spec_.kernel;
+    weight_ = set.add_parameter(prefix + "weight", Shape{spec_.out, spec_.in / spec_.groups, spec_.kernel, spec_.kernel},
+                                spec_.weight_init.value_or(default_init(fan_in)));
     params_.push_back(weight_);
-    if (has_bias_) {
-      bias_ = set.add_parameter(prefix + "bias", Shape{out_}, Initializer{Initializer::uniform_fan_in, fan_in, 0});
+    if (spec_.bias) {
+      bias_ = set.add_parameter(prefix + "bias", Shape{spec_.out}, spec_.bias_init.value_or(default_init(fan_in)));
       params_.push_back(bias_);
     }
   }
@@ -45,12 +71,12 @@ class Conv2d final : public Layer {
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
     x_ = x;
     Tensor& y = ensure(ctx.backend, y_, output_shape(x.shape()));
-    ctx.backend.conv2d_forward(x, weight_->value, has_bias_ ? &bias_->value : nullptr, y, params_conv_);
+    ctx.backend.conv2d_forward(x, weight_->value, spec_.bias ? &bias_->value : nullptr, y, params_conv_);
     return y;
   }
 
   const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) override {
-    ctx.backend.conv2d_backward_weights(x_, dy, weight_->grad, has_bias_ ? &bias_->grad : nullptr, params_conv_);
+    ctx.backend.conv2d_backward_weights(x_, dy, weight_->grad, spec_.bias ? &bias_->grad : nullptr, params_conv_);
     if (!need_dx) return dx_ = Tensor();
     Tensor& dx = ensure(ctx.backend, dx_, x_.shape());
     ctx.backend.conv2d_backward_data(dy, weight_->value, dx, params_conv_);
@@ -58,10 +84,8 @@ class Conv2d final : public Layer {
   }
 
  private:
-  std::int64_t in_, out_;
-  int kernel_;
+  ConvSpec spec_;
   Conv2dParams params_conv_;
-  bool has_bias_;
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
   Tensor x_, y_, dx_;
@@ -69,25 +93,33 @@ class Conv2d final : public Layer {
 
 class Linear final : public Layer {
  public:
-  Linear(std::int64_t in, std::int64_t out) : in_(in), out_(out) {}
-  std::string describe() const override { return "linear " + std::to_string(in_) + "->" + std::to_string(out_); }
-  Shape output_shape(const Shape& x) const override {
-    SHOAL_ASSERT(x.numel() == x[0] * in_, describe() << " got input " << x.str());
-    return Shape{x[0], out_};
+  explicit Linear(const LinearSpec& spec) : spec_(spec) {}
+  std::string describe() const override {
+    return "linear " + std::to_string(spec_.in) + "->" + std::to_string(spec_.out) + (spec_.bias ? "" : " no bias");
   }
+  Shape output_shape(const Shape& x) const override {
+    SHOAL_REQUIRE(x.rank() >= 1 && x.numel() == x[0] * spec_.in, ConfigError,
+                  describe() << " needs " << spec_.in << " input values per sample, got " << per_sample_text(x));
+    return Shape{x[0], spec_.out};
+  }
+  std::int64_t macs(const Shape& x) const override { return x[0] * spec_.in * spec_.out; }
   void declare(ParameterSet& set, const std::string& prefix) override {
-    weight_ = set.add_parameter(prefix + "weight", Shape{out_, in_}, Initializer{Initializer::uniform_fan_in, in_, 0});
-    bias_ = set.add_parameter(prefix + "bias", Shape{out_}, Initializer{Initializer::uniform_fan_in, in_, 0});
-    params_ = {weight_, bias_};
+    weight_ = set.add_parameter(prefix + "weight", Shape{spec_.out, spec_.in},
+                                spec_.weight_init.value_or(default_init(spec_.in)));
+    params_ = {weight_};
+    if (spec_.bias) {
+      bias_ = set.add_parameter(prefix + "bias", Shape{spec_.out}, spec_.bias_init.value_or(default_init(spec_.in)));
+      params_.push_back(bias_);
+    }
   }
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
     x_ = x;
     Tensor& y = ensure(ctx.backend, y_, output_shape(x.shape()));
-    ctx.backend.linear_forward(x, weight_->value, &bias_->value, y);
+    ctx.backend.linear_forward(x, weight_->value, spec_.bias ? &bias_->value : nullptr, y);
     return y;
   }
   const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) override {
-    ctx.backend.linear_backward_weights(x_, dy, weight_->grad, &bias_->grad);
+    ctx.backend.linear_backward_weights(x_, dy, weight_->grad, spec_.bias ? &bias_->grad : nullptr);
     if (!need_dx) return dx_ = Tensor();
     Tensor& dx = ensure(ctx.backend, dx_, x_.shape());
     ctx.backend.linear_backward_data(dy, weight_->value, dx);
@@ -95,7 +127,7 @@ class Linear final : public Layer {
   }
 
  private:
-  std::int64_t in_, out_;
+  LinearSpec spec_;
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
   Tensor x_, y_, dx_;
@@ -121,13 +153,54 @@ class Relu final : public Layer {
   Tensor y_, dx_;
 };
 
+class Clip final : public Layer {
+ public:
+  Clip(float lo, float hi) : lo_(lo), hi_(hi) {}
+  std::string describe() const override {
+    if (lo_ == 0.f && hi_ == 6.f) return "relu6";
+    std::ostringstream d;
+    d << "clip " << lo_ << ".." << hi_;
+    return d.str();
+  }
+  Shape output_shape(const Shape& x) const override { return x; }
+  const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
+    Tensor& y = ensure(ctx.backend, y_, x.shape());
+    ctx.backend.clip_forward(x, y, lo_, hi_);
+    return y;
+  }
+  const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) override {
+    if (!need_dx) return dx_ = Tensor();
+    Tensor& dx = ensure(ctx.backend, dx_, y_.shape());
+    ctx.backend.clip_backward(y_, dy, dx, lo_, hi_);
+    return dx;
+  }
+
+ private:
+  float lo_, hi_;
+  Tensor y_, dx_;
+};
+
+class Identity final : public Layer {
+ public:
+  std::string describe() const override { return "identity"; }
+  Shape output_shape(const Shape& x) const override { return x; }
+  const Tensor& forward(LayerContext&, const Tensor& x) override { return y_ = x; }
+  const Tensor& backward(LayerContext&, const Tensor& dy, bool need_dx) override {
+    return dx_ = need_dx ? dy : Tensor();
+  }
+
+ private:
+  Tensor y_, dx_;
+};
+
 class Pool final : public Layer {
  public:
   Pool(PoolParams p, bool global) : p_(p), global_(global) {}
   std::string describe() const override {
     if (global_) return "global average pool";
     return std::string(p_.kind == PoolKind::max ? "max" : "average") + " pool " + std::to_string(p_.kernel) + "x" +
-           std::to_string(p_.kernel) + " stride " + std::to_string(p_.stride);
+           std::to_string(p_.kernel) + " stride " + std::to_string(p_.stride) +
+           (p_.pad != 0 ? " pad " + std::to_string(p_.pad) : std::string());
   }
   PoolParams params_for(const Shape& x) const {
     PoolParams p = p_;
@@ -135,11 +208,15 @@ class Pool final : public Layer {
     return p;
   }
   Shape output_shape(const Shape& x) const override {
-    SHOAL_ASSERT(x.rank() == 4, describe() << " got input " << x.str());
-    SHOAL_ASSERT(!global_ || x[2] == x[3], "global pooling needs square inputs, got " << x.str());
+    SHOAL_REQUIRE(x.rank() == 4, ConfigError, describe() << " needs a CxHxW input, got " << per_sample_text(x));
+    SHOAL_REQUIRE(!global_ || x[2] == x[3], ConfigError,
+                  "global pooling needs square inputs, got " << per_sample_text(x));
     PoolParams p = params_for(x);
-    return Shape{x[0], x[1], window_output_size(x[2], p.kernel, p.stride, p.pad),
-                 window_output_size(x[3], p.kernel, p.stride, p.pad)};
+    const std::int64_t h = window_output_size(x[2], p.kernel, p.stride, p.pad);
+    const std::int64_t w = window_output_size(x[3], p.kernel, p.stride, p.pad);
+    SHOAL_REQUIRE(x[2] + 2 * p.pad >= p.kernel && x[3] + 2 * p.pad >= p.kernel, ConfigError,
+                  describe() << ": input " << per_sample_text(x) << " is smaller than its window");
+    return Shape{x[0], x[1], h, w};
   }
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
     x_ = x;
@@ -162,14 +239,16 @@ class Pool final : public Layer {
 
 class BatchNorm final : public Layer {
  public:
-  BatchNorm(std::int64_t channels, float momentum, float eps) : channels_(channels), momentum_(momentum), eps_(eps) {}
+  BatchNorm(std::int64_t channels, float momentum, float eps, float gamma)
+      : channels_(channels), momentum_(momentum), eps_(eps), gamma_init_(gamma) {}
   std::string describe() const override { return "batch norm " + std::to_string(channels_); }
   Shape output_shape(const Shape& x) const override {
-    SHOAL_ASSERT((x.rank() == 2 || x.rank() == 4) && x[1] == channels_, describe() << " got input " << x.str());
+    SHOAL_REQUIRE((x.rank() == 2 || x.rank() == 4) && x[1] == channels_, ConfigError,
+                  describe() << " needs " << channels_ << " channels, got " << per_sample_text(x));
     return x;
   }
   void declare(ParameterSet& set, const std::string& prefix) override {
-    gamma_ = set.add_parameter(prefix + "gamma", Shape{channels_}, Initializer{Initializer::constant, 1, 1.f});
+    gamma_ = set.add_parameter(prefix + "gamma", Shape{channels_}, Initializer{Initializer::constant, 1, gamma_init_});
     beta_ = set.add_parameter(prefix + "beta", Shape{channels_}, Initializer{Initializer::constant, 1, 0.f});
     running_mean_ = set.add_buffer(prefix + "running_mean", Shape{channels_}, 0.f);
     running_var_ = set.add_buffer(prefix + "running_var", Shape{channels_}, 1.f);
@@ -298,7 +377,7 @@ class BatchNorm final : public Layer {
   }
 
   std::int64_t channels_;
-  float momentum_, eps_;
+  float momentum_, eps_, gamma_init_;
   Parameter *gamma_ = nullptr, *beta_ = nullptr, *running_mean_ = nullptr, *running_var_ = nullptr;
   Tensor x_, y_, dx_, saved_mean_, saved_var_;
   bool synced_ = false;
@@ -352,85 +431,32 @@ class Flatten final : public Layer {
   Tensor y_, dx_;
 };
 
-class BasicBlock final : public Layer {
- public:
-  BasicBlock(std::int64_t in, std::int64_t out, int stride) : in_(in), out_(out), stride_(stride) {
-    main_.push_back(conv2d(in, out, 3, stride, 1, false));
-    main_.push_back(batch_norm(out));
-    main_.push_back(relu());
-    main_.push_back(conv2d(out, out, 3, 1, 1, false));
-    main_.push_back(batch_norm(out));
-    if (stride != 1 || in != out) {
-      shortcut_.push_back(conv2d(in, out, 1, stride, 0, false));
-      shortcut_.push_back(batch_norm(out));
-    }
-  }
-  std::string describe() const override {
-    return "basic block " + std::to_string(in_) + "->" + std::to_string(out_) + " stride " + std::to_string(stride_) +
-           (shortcut_.empty() ? "" : " (projection shortcut)");
-  }
-  Shape output_shape(const Shape& x) const override {
-    Shape s = x;
-    for (const auto& l : main_) s = l->output_shape(s);
-    return s;
-  }
-  void declare(ParameterSet& set, const std::string& prefix) override {
-    const char* main_names[] = {"conv1.", "bn1.", "relu.", "conv2.", "bn2."};
-    for (std::size_t i = 0; i < main_.size(); ++i) main_[i]->declare(set, prefix + main_names[i]);
-    const char* short_names[] = {"shortcut.conv.", "shortcut.bn."};
-    for (std::size_t i = 0; i < shortcut_.size(); ++i) shortcut_[i]->declare(set, prefix + short_names[i]);
-    for (auto* group : {&main_, &shortcut_})
-      for (const auto& l : *group) params_.insert(params_.end(), l->parameters().begin(), l->parameters().end());
-  }
-  const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
-    const Tensor* h = &x;
-    for (auto& l : main_) h = &l->forward(ctx, *h);
-    const Tensor* s = &x;
-    for (auto& l : shortcut_) s = &l->forward(ctx, *s);
-    Tensor& sum = ensure(ctx.backend, sum_, h->shape());
-    ctx.backend.add(*h, *s, sum);
-    return out_relu_.forward(ctx, sum);
-  }
-  const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) override {
-    const Tensor& dsum = out_relu_.backward(ctx, dy, true);
-    const Tensor* g = &dsum;
-    for (std::size_t i = main_.size(); i-- > 0;) g = &main_[i]->backward(ctx, *g, i > 0 || need_dx);
-    const Tensor* gs = &dsum;
-    for (std::size_t i = shortcut_.size(); i-- > 0;) gs = &shortcut_[i]->backward(ctx, *gs, i > 0 || need_dx);
-    if (!need_dx) return dx_ = Tensor();
-    Tensor& dx = ensure(ctx.backend, dx_, g->shape());
-    ctx.backend.add(*g, *gs, dx);
-    return dx;
-  }
-
- private:
-  std::int64_t in_, out_;
-  int stride_;
-  std::vector<std::unique_ptr<Layer>> main_, shortcut_;
-  Relu out_relu_;
-  Tensor sum_, dx_;
-};
-
 }  // namespace
 
+std::unique_ptr<Layer> conv2d(const ConvSpec& spec) { return std::make_unique<Conv2d>(spec); }
 std::unique_ptr<Layer> conv2d(std::int64_t in, std::int64_t out, int kernel, int stride, int pad, bool bias) {
-  return std::make_unique<Conv2d>(in, out, kernel, stride, pad, bias);
+  ConvSpec spec;
+  spec.in = in, spec.out = out, spec.kernel = kernel, spec.stride = stride, spec.pad = pad, spec.bias = bias;
+  return conv2d(spec);
 }
-std::unique_ptr<Layer> linear(std::int64_t in, std::int64_t out) { return std::make_unique<Linear>(in, out); }
+std::unique_ptr<Layer> linear(const LinearSpec& spec) { return std::make_unique<Linear>(spec); }
+std::unique_ptr<Layer> linear(std::int64_t in, std::int64_t out) { return linear(LinearSpec{in, out, true, {}, {}}); }
 std::unique_ptr<Layer> relu() { return std::make_unique<Relu>(); }
-std::unique_ptr<Layer> max_pool(int kernel, int stride) {
-  return std::make_unique<Pool>(PoolParams{PoolKind::max, kernel, stride, 0}, false);
+std::unique_ptr<Layer> clip(float lo, float hi) { return std::make_unique<Clip>(lo, hi); }
+std::unique_ptr<Layer> identity() { return std::make_unique<Identity>(); }
+std::unique_ptr<Layer> max_pool(int kernel, int stride, int pad) {
+  return std::make_unique<Pool>(PoolParams{PoolKind::max, kernel, stride, pad}, false);
+}
+std::unique_ptr<Layer> avg_pool(int kernel, int stride, int pad) {
+  return std::make_unique<Pool>(PoolParams{PoolKind::average, kernel, stride, pad}, false);
 }
 std::unique_ptr<Layer> global_avg_pool() {
   return std::make_unique<Pool>(PoolParams{PoolKind::average, 1, 1, 0}, true);
 }
-std::unique_ptr<Layer> batch_norm(std::int64_t channels, float momentum, float eps) {
-  return std::make_unique<BatchNorm>(channels, momentum, eps);
+std::unique_ptr<Layer> batch_norm(std::int64_t channels, float momentum, float eps, float gamma) {
+  return std::make_unique<BatchNorm>(channels, momentum, eps, gamma);
 }
 std::unique_ptr<Layer> dropout(float p, std::uint64_t salt) { return std::make_unique<Dropout>(p, salt); }
 std::unique_ptr<Layer> flatten() { return std::make_unique<Flatten>(); }
-std::unique_ptr<Layer> basic_block(std::int64_t in, std::int64_t out, int stride) {
-  return std::make_unique<BasicBlock>(in, out, stride);
-}
 
 }  // namespace shoal

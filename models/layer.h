@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -31,18 +32,26 @@ struct LayerContext {
   std::int64_t sample_offset = 0;
 };
 
+// "3x32x32": a shape's dimensions; per_sample_text drops the batch dimension of [N, 3, 32, 32].
+std::string dims_text(const Shape& shape);
+std::string per_sample_text(const Shape& batch_shape);
+
 class Layer {
  public:
   virtual ~Layer() = default;
   virtual std::string describe() const = 0;  // "conv 1->32 3x3 pad 1"
+  // The output shape for input shape x (with its batch dimension); throws ConfigError naming
+  // both shapes when x does not fit this layer.
   virtual Shape output_shape(const Shape& input) const = 0;
+  // Multiply-adds of one forward pass over input x (convolutions and matrix products only).
+  virtual std::int64_t macs(const Shape& /*input*/) const { return 0; }
   // Declares parameters and buffers under `prefix` ("conv1."); called once before allocation.
   virtual void declare(ParameterSet& /*set*/, const std::string& /*prefix*/) {}
   virtual const Tensor& forward(LayerContext& ctx, const Tensor& x) = 0;
   // dy has the shape of the last forward output. When need_dx is false the input gradient
   // may be skipped (the first layer) and the returned tensor is undefined.
   virtual const Tensor& backward(LayerContext& ctx, const Tensor& dy, bool need_dx) = 0;
-  // Parameters this layer (and its sublayers) owns, in declaration order.
+  // Parameters this layer owns, in declaration order.
   const std::vector<Parameter*>& parameters() const { return params_; }
 
  protected:
@@ -51,16 +60,33 @@ class Layer {
   std::vector<Parameter*> params_;
 };
 
+// PyTorch's default initialisation of a layer with this fan-in: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+inline Initializer default_init(std::int64_t fan_in) { return Initializer{Initializer::uniform_fan_in, fan_in, 0, 0}; }
+
+struct ConvSpec {
+  std::int64_t in = 0, out = 0;
+  int kernel = 3, stride = 1, pad = 0, groups = 1;
+  bool bias = true;
+  std::optional<Initializer> weight_init, bias_init;  // unset: default_init(in / groups * kernel^2)
+};
+struct LinearSpec {
+  std::int64_t in = 0, out = 0;
+  bool bias = true;
+  std::optional<Initializer> weight_init, bias_init;  // unset: default_init(in)
+};
+
+std::unique_ptr<Layer> conv2d(const ConvSpec& spec);
 std::unique_ptr<Layer> conv2d(std::int64_t in, std::int64_t out, int kernel, int stride, int pad, bool bias = true);
+std::unique_ptr<Layer> linear(const LinearSpec& spec);
 std::unique_ptr<Layer> linear(std::int64_t in, std::int64_t out);
 std::unique_ptr<Layer> relu();
-std::unique_ptr<Layer> max_pool(int kernel, int stride);
+std::unique_ptr<Layer> clip(float lo, float hi);  // ReLU6: clip(0, 6)
+std::unique_ptr<Layer> identity();
+std::unique_ptr<Layer> max_pool(int kernel, int stride, int pad = 0);
+std::unique_ptr<Layer> avg_pool(int kernel, int stride, int pad = 0);
 std::unique_ptr<Layer> global_avg_pool();
-std::unique_ptr<Layer> batch_norm(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
+std::unique_ptr<Layer> batch_norm(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f, float gamma = 1.f);
 std::unique_ptr<Layer> dropout(float p, std::uint64_t salt);
 std::unique_ptr<Layer> flatten();
-// ResNet basic block: conv3x3-bn-relu-conv3x3-bn + shortcut (1x1 conv + bn when the shape
-// changes), then relu.
-std::unique_ptr<Layer> basic_block(std::int64_t in, std::int64_t out, int stride);
 
 }  // namespace shoal

@@ -51,6 +51,9 @@ void ParameterSet::allocate(Backend& backend, std::uint64_t seed) {
       Rng rng(hash_combine(seed, hash_string(p.name)));
       double bound = 1.0 / std::sqrt(static_cast<double>(p.init.fan_in));
       for (auto& v : host) v = static_cast<float>((2 * rng.uniform() - 1) * bound);
+    } else if (p.init.kind == Initializer::normal) {
+      Rng rng(hash_combine(seed, hash_string(p.name)));
+      for (auto& v : host) v = static_cast<float>(rng.normal() * p.init.stddev);
     } else {
       for (auto& v : host) v = p.init.value;
     }

@@ -15,9 +15,10 @@
 namespace shoal {
 
 struct Initializer {
-  enum Kind { uniform_fan_in, constant } kind = constant;
+  enum Kind { uniform_fan_in, constant, normal } kind = constant;
   std::int64_t fan_in = 1;  // uniform_fan_in: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch's default
   float value = 0;          // constant
+  float stddev = 0;         // normal: N(0, stddev^2) (Kaiming's fan-out init: sqrt(2 / fan_out))
 };
 
 struct Parameter {

@@ -11,6 +11,7 @@
 #include "coordinator/client/control_client.h"
 #include "data/source.h"
 #include "models/model.h"
+#include "models/model_file.h"
 #include "ps/parameter_server.h"
 
 namespace shoal {

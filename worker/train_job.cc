@@ -7,6 +7,7 @@
 #include "compute/devices/device_select.h"
 #include "base/error.h"
 #include "base/process.h"
+#include "models/model_file.h"
 
 namespace shoal {
 

@@ -18,6 +18,7 @@
 #include "base/error.h"
 #include "compute/rng.h"
 #include "data/dataset.h"
+#include "models/model_file.h"
 #include "worker/async_ps.h"
 #include "worker/sync_allreduce.h"
 #include "worker/sync_world.h"

@@ -29,6 +29,8 @@ memory::desc plain_desc(const memory::dims& dims) {
       return memory::desc(dims, dt::f32, tag::ab);
     case 4:
       return memory::desc(dims, dt::f32, tag::abcd);
+    case 5:
+      return memory::desc(dims, dt::f32, tag::abcde);
     default:
       SHOAL_ASSERT(false, "unsupported rank " << dims.size());
   }
@@ -192,16 +194,26 @@ class CpuBackend final : public Backend {
 
   // ---- convolution ----------------------------------------------------------------------
 
+  // oneDNN's weights of a grouped convolution are [G, K/G, C/G, R, R]: the same bytes as ours
+  // ([K, C/G, R, R]) with the output channels split by group.
+  static memory::dims conv_weight_dims(const Shape& ws, int groups) {
+    if (groups == 1) return {ws[0], ws[1], ws[2], ws[3]};
+    return {groups, ws[0] / groups, ws[1], ws[2], ws[3]};
+  }
+
   ConvEntry& conv_entry(const Shape& xs, const Shape& ws, bool bias, const Conv2dParams& p) {
-    SHOAL_ASSERT(xs.rank() == 4 && ws.rank() == 4 && xs[1] == ws[1] && ws[2] == ws[3],
-                 "bad convolution shapes x " << xs.str() << " w " << ws.str());
-    std::string key = make_key("conv", {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], p.stride, p.pad, bias});
+    SHOAL_ASSERT(xs.rank() == 4 && ws.rank() == 4 && p.groups >= 1 && xs[1] == ws[1] * p.groups &&
+                     ws[0] % p.groups == 0 && ws[2] == ws[3],
+                 "bad convolution shapes x " << xs.str() << " w " << ws.str() << " groups " << p.groups);
+    std::string key =
+        make_key("conv", {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], p.stride, p.pad, p.groups, bias});
     auto it = convs_.find(key);
     if (it != convs_.end()) return *it->second;
 
     std::int64_t out_h = window_output_size(xs[2], static_cast<int>(ws[2]), p.stride, p.pad);
     std::int64_t out_w = window_output_size(xs[3], static_cast<int>(ws[3]), p.stride, p.pad);
-    memory::dims src{xs[0], xs[1], xs[2], xs[3]}, wei{ws[0], ws[1], ws[2], ws[3]}, dst{xs[0], ws[0], out_h, out_w};
+    memory::dims src{xs[0], xs[1], xs[2], xs[3]}, wei = conv_weight_dims(ws, p.groups),
+                 dst{xs[0], ws[0], out_h, out_w};
     memory::dims strides{p.stride, p.stride}, pad{p.pad, p.pad};
     memory::desc src_any(src, dt::f32, tag::any), wei_any(wei, dt::f32, tag::any), dst_any(dst, dt::f32, tag::any);
     memory::desc bias_md({ws[0]}, dt::f32, tag::a);
@@ -407,6 +419,61 @@ class CpuBackend final : public Backend {
                                                 {DNNL_ARG_DIFF_DST, memory(md, engine_, dy.raw())},
                                                 {DNNL_ARG_DIFF_SRC, memory(md, engine_, dx.raw())}});
     stream_.wait();
+  }
+
+  // ---- clip (ReLU6) and channel concatenation ------------------------------------------------
+
+  void clip_forward(const Tensor& x, Tensor& y, float lo, float hi) override {
+    use_threads();
+    check_same_numel(x, y);
+    const float* xs = x.data<float>();
+    float* ys = y.data<float>();
+    elementwise(x.numel(), [&](std::int64_t i) { ys[i] = std::min(std::max(xs[i], lo), hi); });
+  }
+
+  void clip_backward(const Tensor& y, const Tensor& dy, Tensor& dx, float lo, float hi) override {
+    use_threads();
+    check_same_numel(y, dy);
+    check_same_numel(y, dx);
+    const float* ys = y.data<float>();
+    const float* g = dy.data<float>();
+    float* out = dx.data<float>();
+    elementwise(y.numel(), [&](std::int64_t i) { out[i] = ys[i] > lo && ys[i] < hi ? g[i] : 0.f; });
+  }
+
+  // Rows of [N, C_i * inner] floats interleaved into [N, sum C_i * inner].
+  template <typename Copy>
+  static void for_each_part_row(const Shape& whole, const std::vector<const Shape*>& parts, Copy copy) {
+    const std::int64_t n = whole[0], whole_row = whole.numel() / std::max<std::int64_t>(1, n);
+    std::int64_t offset = 0;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const std::int64_t row = parts[i]->numel() / std::max<std::int64_t>(1, n);
+      SHOAL_ASSERT((*parts[i])[0] == n, "concat part " << parts[i]->str() << " vs " << whole.str());
+#pragma omp parallel for if (n * row > 65536)
+      for (std::int64_t r = 0; r < n; ++r) copy(i, r * row, r * whole_row + offset, row);
+      offset += row;
+    }
+    SHOAL_ASSERT(offset == whole_row, "concat parts do not fill " << whole.str());
+  }
+
+  void concat_channels(const std::vector<const Tensor*>& parts, Tensor& y) override {
+    use_threads();
+    std::vector<const Shape*> shapes;
+    for (const Tensor* t : parts) shapes.push_back(&t->shape());
+    float* out = y.data<float>();
+    for_each_part_row(y.shape(), shapes, [&](std::size_t i, std::int64_t from, std::int64_t to, std::int64_t count) {
+      std::memcpy(out + to, parts[i]->data<float>() + from, static_cast<std::size_t>(count) * sizeof(float));
+    });
+  }
+
+  void split_channels(const Tensor& dy, const std::vector<Tensor*>& parts) override {
+    use_threads();
+    std::vector<const Shape*> shapes;
+    for (const Tensor* t : parts) shapes.push_back(&t->shape());
+    const float* in = dy.data<float>();
+    for_each_part_row(dy.shape(), shapes, [&](std::size_t i, std::int64_t from, std::int64_t to, std::int64_t count) {
+      std::memcpy(parts[i]->data<float>() + from, in + to, static_cast<std::size_t>(count) * sizeof(float));
+    });
   }
 
   // ---- pooling ---------------------------------------------------------------------------
@@ -665,8 +732,8 @@ class CpuBackend final : public Backend {
     elementwise(n, [&](std::int64_t i) { out[i] = g[i] * m[i]; });
   }
 
-  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
-                                  float grad_scale) override {
+  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits, float grad_scale,
+                                  float label_smoothing) override {
     use_threads();
     SHOAL_ASSERT(logits.shape().rank() == 2 && labels.numel() == logits.shape()[0],
                  "loss shapes " << logits.describe() << " / " << labels.describe());
@@ -679,7 +746,8 @@ class CpuBackend final : public Backend {
     for (std::int64_t i = 0; i < n; ++i) {
       std::int32_t label = y[i];
       SHOAL_ASSERT(label >= 0 && label < k, "label " << label << " outside [0, " << k << ")");
-      math::RowLoss r = math::softmax_xent_row(z + i * k, k, label, grad_scale, g != nullptr ? g + i * k : nullptr);
+      math::RowLoss r = math::softmax_xent_row(z + i * k, k, label, grad_scale, g != nullptr ? g + i * k : nullptr,
+                                                    label_smoothing);
       stats.loss_sum += r.loss;
       stats.correct += r.correct;
     }

@@ -598,6 +598,51 @@ class CudaBackend final : public Backend {
     launch_relu_backward(y.data<float>(), dy.data<float>(), dx.data<float>(), y.numel(), compute());
   }
 
+  void clip_forward(const Tensor& x, Tensor& y, float lo, float hi) override {
+    use_device();
+    expect_f32(x, "clip_forward", "x");
+    expect_f32(y, "clip_forward", "y");
+    expect_same_numel(x, y, "clip_forward");
+    launch_clip_forward(x.data<float>(), y.data<float>(), x.numel(), lo, hi, compute());
+  }
+
+  void clip_backward(const Tensor& y, const Tensor& dy, Tensor& dx, float lo, float hi) override {
+    use_device();
+    expect_f32(y, "clip_backward", "y");
+    expect_f32(dy, "clip_backward", "dy");
+    expect_f32(dx, "clip_backward", "dx");
+    expect_same_numel(y, dy, "clip_backward");
+    expect_same_numel(y, dx, "clip_backward");
+    launch_clip_backward(y.data<float>(), dy.data<float>(), dx.data<float>(), y.numel(), lo, hi, compute());
+  }
+
+  // ---- channel concatenation -------------------------------------------------------------------
+  // Part i of [N, C_i, ...] is N rows of C_i * inner floats; in the whole [N, sum C_i, ...] those
+  // rows sit side by side, so each part is one strided 2-D copy (N rows, pitch the whole row).
+
+  void concat_channels(const std::vector<const Tensor*>& parts, Tensor& y) override {
+    static constexpr const char* op = "concat_channels";
+    use_device();
+    expect_f32(y, op, "y");
+    for_each_part(
+        y, parts, op, [&](float* whole, const Tensor& part, std::size_t pitch, std::size_t width, std::size_t rows) {
+          SHOAL_CUDA_CHECK(
+              cudaMemcpy2DAsync(whole, pitch, part.raw(), width, width, rows, cudaMemcpyDeviceToDevice, compute()));
+        });
+  }
+
+  void split_channels(const Tensor& dy, const std::vector<Tensor*>& parts) override {
+    static constexpr const char* op = "split_channels";
+    use_device();
+    expect_f32(dy, op, "dy");
+    const std::vector<const Tensor*> outputs(parts.begin(), parts.end());
+    for_each_part(
+        dy, outputs, op, [&](float* whole, const Tensor& part, std::size_t pitch, std::size_t width, std::size_t rows) {
+          SHOAL_CUDA_CHECK(
+              cudaMemcpy2DAsync(part.raw(), width, whole, pitch, width, rows, cudaMemcpyDeviceToDevice, compute()));
+        });
+  }
+
   void pool_forward(const Tensor& x, Tensor& y, Tensor& /*workspace*/, const PoolParams& p,
                     bool /*training*/) override {
     static constexpr const char* op = "pool_forward";
@@ -704,8 +749,8 @@ class CudaBackend final : public Backend {
     launch_multiply(dy.data<float>(), mask.data<float>(), dx.data<float>(), dy.numel(), compute());
   }
 
-  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
-                                  float grad_scale) override {
+  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits, float grad_scale,
+                                  float label_smoothing) override {
     static constexpr const char* op = "softmax_cross_entropy";
     use_device();
     expect_f32(logits, op, "logits");
@@ -727,7 +772,7 @@ class CudaBackend final : public Backend {
     if (loss_rows_ == nullptr || loss_rows_->bytes() < bytes) loss_rows_ = pool_->allocate_storage(bytes);
     auto* row_loss = static_cast<double*>(loss_rows_->data());
     auto* row_status = reinterpret_cast<std::int32_t*>(row_loss + n);
-    launch_softmax_cross_entropy(logits.data<float>(), labels.data<std::int32_t>(), n, k, grad_scale,
+    launch_softmax_cross_entropy(logits.data<float>(), labels.data<std::int32_t>(), n, k, grad_scale, label_smoothing,
                                  dlogits != nullptr ? dlogits->data<float>() : nullptr, row_loss, row_status, scalars(),
                                  compute());
     const LossTotals totals = read_scalars(op).loss;
@@ -927,12 +972,43 @@ class CudaBackend final : public Backend {
 
   static void expect_conv_output(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
                                  const char* op) {
-    SHOAL_ASSERT(xs.rank() == 4 && ws.rank() == 4 && xs[1] == ws[1] && ws[2] == ws[3],
-                 op << ": bad convolution shapes x " << xs.str() << " w " << ws.str());
+    SHOAL_ASSERT(xs.rank() == 4 && ws.rank() == 4 && p.groups >= 1 && xs[1] == ws[1] * p.groups &&
+                     ws[0] % p.groups == 0 && ws[2] == ws[3],
+                 op << ": bad convolution shapes x " << xs.str() << " w " << ws.str() << " groups " << p.groups);
     const Shape expected{xs[0], ws[0], window_output_size(xs[2], static_cast<int>(ws[2]), p.stride, p.pad),
                          window_output_size(xs[3], static_cast<int>(ws[3]), p.stride, p.pad)};
     SHOAL_ASSERT(ys == expected, op << ": output " << ys.str() << " for x " << xs.str() << " w " << ws.str()
-                                    << " stride " << p.stride << " pad " << p.pad << ", expected " << expected.str());
+                                    << " stride " << p.stride << " pad " << p.pad << " groups " << p.groups
+                                    << ", expected " << expected.str());
+  }
+
+  // Checks the parts of a channel concatenation against the whole (each an f32 tensor of this
+  // device, the same N, together filling the whole's rows, as the CPU backend asserts), then calls
+  // copy(whole + offset, part, pitch, width, rows) per non-empty part: bytes of one row of the
+  // whole and of the part, and N rows. Nothing is copied unless every part passes.
+  template <typename Copy>
+  void for_each_part(const Tensor& whole, const std::vector<const Tensor*>& parts, const char* op, Copy copy) const {
+    SHOAL_ASSERT(whole.shape().rank() >= 1, op << ": " << whole.describe() << " has no batch dimension");
+    const std::int64_t n = whole.shape()[0], whole_row = cols(whole);
+    std::int64_t offset = 0;
+    for (const Tensor* part : parts) {
+      SHOAL_ASSERT(part != nullptr, op << ": a part is null");
+      expect_f32(*part, op, "part");
+      SHOAL_ASSERT(part->shape().rank() >= 1 && part->shape()[0] == n,
+                   op << ": part " << part->describe() << " vs " << whole.describe());
+      offset += cols(*part);
+    }
+    SHOAL_ASSERT(offset == whole_row, op << ": parts (" << offset << " floats a row) do not fill " << whole.describe()
+                                         << " (" << whole_row << " a row)");
+    if (n == 0) return;
+    offset = 0;
+    for (const Tensor* part : parts) {
+      const std::int64_t row = cols(*part);
+      if (row > 0)
+        copy(static_cast<float*>(whole.raw()) + offset, *part, static_cast<std::size_t>(whole_row) * sizeof(float),
+             static_cast<std::size_t>(row) * sizeof(float), static_cast<std::size_t>(n));
+      offset += row;
+    }
   }
 
   // Checks batch norm's x, gamma and the same-shape y (or dy); returns the channel count.
@@ -956,7 +1032,7 @@ class CudaBackend final : public Backend {
   // ---- cached setups ------------------------------------------------------------------------------
 
   ConvPlan& conv_plan(const Shape& xs, const Shape& ws, const Conv2dParams& p, const char* op) {
-    const std::string key = make_key("conv", {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], p.stride, p.pad});
+    const std::string key = make_key("conv", {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], p.stride, p.pad, p.groups});
     auto it = convs_.find(key);
     if (it != convs_.end()) return *it->second;
     auto plan = std::make_unique<ConvPlan>();
@@ -968,8 +1044,9 @@ class CudaBackend final : public Backend {
     cudnnFilterDescriptor_t w = nullptr;
     SHOAL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
     plan->w.reset(w);
+    // Grouped: the filter is [K, C / groups, R, R], as ws is; the descriptor carries the count.
     SHOAL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, to_int(ws[0], op, "K"),
-                                                 to_int(ws[1], op, "C"), to_int(ws[2], op, "R"),
+                                                 to_int(ws[1], op, "C / groups"), to_int(ws[2], op, "R"),
                                                  to_int(ws[3], op, "S")));
     plan->forward.conv = make_convolution(p, op);
     plan->backward_data.conv = make_convolution(p, op);
@@ -977,14 +1054,17 @@ class CudaBackend final : public Backend {
     return *convs_.emplace(key, std::move(plan)).first->second;
   }
 
-  // Cross-correlation (no kernel flip, as oneDNN), FP32; TF32 allowed or FMA only.
+  // Cross-correlation (no kernel flip, as oneDNN), FP32; TF32 allowed or FMA only; p.groups
+  // groups (each of C / groups input and K / groups output channels).
   ConvolutionDescriptor make_convolution(const Conv2dParams& p, const char* op) const {
-    SHOAL_ASSERT(p.stride >= 1 && p.pad >= 0, op << ": stride " << p.stride << " pad " << p.pad);
+    SHOAL_ASSERT(p.stride >= 1 && p.pad >= 0 && p.groups >= 1,
+                 op << ": stride " << p.stride << " pad " << p.pad << " groups " << p.groups);
     cudnnConvolutionDescriptor_t raw = nullptr;
     SHOAL_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&raw));
     ConvolutionDescriptor conv(raw);
     SHOAL_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(raw, p.pad, p.pad, p.stride, p.stride, 1, 1,
                                                       CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    SHOAL_CUDNN_CHECK(cudnnSetConvolutionGroupCount(raw, p.groups));
     SHOAL_CUDNN_CHECK(cudnnSetConvolutionMathType(raw, tf32_ ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     return conv;
   }

@@ -45,6 +45,23 @@ __global__ void relu_backward_kernel(const float* y, const float* dy, float* dx,
   SHOAL_GRID_STRIDE(i, n) dx[i] = math::relu_backward(y[i], dy[i]);
 }
 
+// The CPU backend's std::min(std::max(x, lo), hi), spelled out: fminf/fmaxf would turn a NaN
+// into lo, where std::max keeps it (so a diverged step still shows up).
+__global__ void clip_forward_kernel(const float* x, float* y, std::int64_t n, float lo, float hi) {
+  SHOAL_GRID_STRIDE(i, n) {
+    const float xi = x[i];
+    const float above = xi < lo ? lo : xi;  // std::max(xi, lo)
+    y[i] = hi < above ? hi : above;         // std::min(above, hi)
+  }
+}
+
+__global__ void clip_backward_kernel(const float* y, const float* dy, float* dx, std::int64_t n, float lo, float hi) {
+  SHOAL_GRID_STRIDE(i, n) {
+    const float yi = y[i];
+    dx[i] = yi > lo && yi < hi ? dy[i] : 0.f;
+  }
+}
+
 __global__ void dropout_forward_kernel(const float* x, float* y, float* mask, std::int64_t n, float p, float keep_scale,
                                        std::uint64_t seed, std::uint64_t first_index) {
   SHOAL_GRID_STRIDE(i, n) {
@@ -164,8 +181,8 @@ constexpr std::int32_t kRowCorrect = 1;
 constexpr std::int32_t kRowBadLabel = 2;
 
 __global__ void softmax_xent_rows_kernel(const float* logits, const std::int32_t* labels, std::int64_t rows,
-                                         std::int64_t classes, float grad_scale, float* dlogits, double* row_loss,
-                                         std::int32_t* row_status) {
+                                         std::int64_t classes, float grad_scale, float label_smoothing, float* dlogits,
+                                         double* row_loss, std::int32_t* row_status) {
   SHOAL_GRID_STRIDE(r, rows) {
     const std::int32_t label = labels[r];
     if (label < 0 || label >= classes) {
@@ -173,8 +190,9 @@ __global__ void softmax_xent_rows_kernel(const float* logits, const std::int32_t
       row_status[r] = kRowBadLabel;
       continue;
     }
-    const math::RowLoss result = math::softmax_xent_row(logits + r * classes, classes, label, grad_scale,
-                                                        dlogits != nullptr ? dlogits + r * classes : nullptr);
+    const math::RowLoss result =
+        math::softmax_xent_row(logits + r * classes, classes, label, grad_scale,
+                               dlogits != nullptr ? dlogits + r * classes : nullptr, label_smoothing);
     row_loss[r] = result.loss;
     row_status[r] = result.correct ? kRowCorrect : kRowWrong;
   }
@@ -230,6 +248,19 @@ void launch_relu_backward(const float* y, const float* dy, float* dx, std::int64
   if (n <= 0) return;
   relu_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, dy, dx, n);
   check_launch("relu_backward_kernel<<<>>>");
+}
+
+void launch_clip_forward(const float* x, float* y, std::int64_t n, float lo, float hi, cudaStream_t stream) {
+  if (n <= 0) return;
+  clip_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, y, n, lo, hi);
+  check_launch("clip_forward_kernel<<<>>>");
+}
+
+void launch_clip_backward(const float* y, const float* dy, float* dx, std::int64_t n, float lo, float hi,
+                          cudaStream_t stream) {
+  if (n <= 0) return;
+  clip_backward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, dy, dx, n, lo, hi);
+  check_launch("clip_backward_kernel<<<>>>");
 }
 
 void launch_dropout_forward(const float* x, float* y, float* mask, std::int64_t n, float p, std::uint64_t seed,
@@ -299,11 +330,11 @@ void launch_non_finite(const float* x, std::int64_t n, DeviceScalars* out, cudaS
 }
 
 void launch_softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t rows,
-                                  std::int64_t classes, float grad_scale, float* dlogits, double* row_loss,
-                                  std::int32_t* row_status, DeviceScalars* out, cudaStream_t stream) {
+                                  std::int64_t classes, float grad_scale, float label_smoothing, float* dlogits,
+                                  double* row_loss, std::int32_t* row_status, DeviceScalars* out, cudaStream_t stream) {
   if (rows > 0) {
     softmax_xent_rows_kernel<<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(
-        logits, labels, rows, classes, grad_scale, dlogits, row_loss, row_status);
+        logits, labels, rows, classes, grad_scale, label_smoothing, dlogits, row_loss, row_status);
     check_launch("softmax_xent_rows_kernel<<<>>>");
   }
   loss_totals_kernel<<<1, kThreads, 0, stream>>>(row_loss, row_status, labels, rows, out);

@@ -23,6 +23,11 @@ void launch_fill(float* x, std::int64_t n, float value, cudaStream_t stream);
 void launch_broadcast_rows(const float* row, float* y, std::int64_t rows, std::int64_t cols, cudaStream_t stream);
 void launch_relu_forward(const float* x, float* y, std::int64_t n, cudaStream_t stream);
 void launch_relu_backward(const float* y, const float* dy, float* dx, std::int64_t n, cudaStream_t stream);
+// y[i] = min(max(x[i], lo), hi) (NaN stays NaN, as std::min/std::max on the CPU); dx[i] = dy[i]
+// where lo < y[i] < hi, else 0. In place is fine: y may be x, dx may be y or dy.
+void launch_clip_forward(const float* x, float* y, std::int64_t n, float lo, float hi, cudaStream_t stream);
+void launch_clip_backward(const float* y, const float* dy, float* dx, std::int64_t n, float lo, float hi,
+                          cudaStream_t stream);
 // mask[i] = math::dropout_mask(seed, first_index + i, p, keep_scale), y[i] = x[i] * mask[i].
 void launch_dropout_forward(const float* x, float* y, float* mask, std::int64_t n, float p, std::uint64_t seed,
                             std::uint64_t first_index, cudaStream_t stream);
@@ -62,11 +67,12 @@ void launch_sum_squares(const float* x, std::int64_t n, double* partials, Device
 void launch_non_finite(const float* x, std::int64_t n, DeviceScalars* out, cudaStream_t stream);
 
 // Softmax cross-entropy over rows of logits [rows, classes] via math::softmax_xent_row, one
-// thread per row; dlogits (nullable) gets grad_scale * (softmax - onehot). row_loss and
-// row_status (scratch, `rows` entries each) hold per-row results that are then summed into
-// out->loss. A row with a label outside [0, classes) contributes nothing and is reported.
+// thread per row; dlogits (nullable) gets grad_scale * (softmax - t), t the one-hot target with
+// label_smoothing applied (compute/backend.h). row_loss and row_status (scratch, `rows` entries
+// each) hold per-row results that are then summed into out->loss. A row with a label outside
+// [0, classes) contributes nothing and is reported.
 void launch_softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t rows,
-                                  std::int64_t classes, float grad_scale, float* dlogits, double* row_loss,
-                                  std::int32_t* row_status, DeviceScalars* out, cudaStream_t stream);
+                                  std::int64_t classes, float grad_scale, float label_smoothing, float* dlogits,
+                                  double* row_loss, std::int32_t* row_status, DeviceScalars* out, cudaStream_t stream);
 
 }  // namespace shoal::cuda

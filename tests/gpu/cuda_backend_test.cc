@@ -33,6 +33,7 @@
 #include "data/source.h"
 #include "models/layer.h"
 #include "models/model.h"
+#include "models/model_file.h"
 #include "worker/strategy.h"
 #include "worker/trainer.h"
 
@@ -195,6 +196,16 @@ class FaultyCpuBackend final : public Backend {
   }
   void relu_forward(const Tensor& x, Tensor& y) override { inner_->relu_forward(x, y); }
   void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) override { inner_->relu_backward(y, dy, dx); }
+  void clip_forward(const Tensor& x, Tensor& y, float lo, float hi) override { inner_->clip_forward(x, y, lo, hi); }
+  void clip_backward(const Tensor& y, const Tensor& dy, Tensor& dx, float lo, float hi) override {
+    inner_->clip_backward(y, dy, dx, lo, hi);
+  }
+  void concat_channels(const std::vector<const Tensor*>& parts, Tensor& y) override {
+    inner_->concat_channels(parts, y);
+  }
+  void split_channels(const Tensor& dy, const std::vector<Tensor*>& parts) override {
+    inner_->split_channels(dy, parts);
+  }
   void pool_forward(const Tensor& x, Tensor& y, Tensor& workspace, const PoolParams& p, bool training) override {
     inner_->pool_forward(x, y, workspace, p, training);
   }
@@ -224,9 +235,10 @@ class FaultyCpuBackend final : public Backend {
   void dropout_backward(const Tensor& dy, const Tensor& mask, Tensor& dx) override {
     inner_->dropout_backward(dy, mask, dx);
   }
-  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits,
-                                  float grad_scale) override {
-    return inner_->softmax_cross_entropy(logits, labels, dlogits, is("softmax_scale_ignored") ? 1.f : grad_scale);
+  LossStats softmax_cross_entropy(const Tensor& logits, const Tensor& labels, Tensor* dlogits, float grad_scale,
+                                  float label_smoothing) override {
+    return inner_->softmax_cross_entropy(logits, labels, dlogits, is("softmax_scale_ignored") ? 1.f : grad_scale,
+                                         label_smoothing);
   }
   void add(const Tensor& a, const Tensor& b, Tensor& out) override { inner_->add(a, b, out); }
   void axpy(float alpha, const Tensor& x, Tensor& y) override { inner_->axpy(alpha, x, y); }
@@ -419,13 +431,14 @@ TEST_F(CudaTest, CopiesRoundTripEveryDtypeAndViews) {
 
 struct ConvCase {
   const char* name;
-  Shape x, w;
+  Shape x, w;  // w [K, C / groups, R, R]
   int stride, pad;
   bool bias;
+  int groups = 1;
 };
 void PrintTo(const ConvCase& c, std::ostream* os) {
   *os << c.name << " x " << c.x.str() << " w " << c.w.str() << " stride " << c.stride << " pad " << c.pad
-      << (c.bias ? " bias" : " no bias");
+      << (c.bias ? " bias" : " no bias") << " groups " << c.groups;
 }
 
 const ConvCase kConvCases[] = {
@@ -437,6 +450,13 @@ const ConvCase kConvCases[] = {
     {"PointwiseStrided", Shape{8, 16, 16, 16}, Shape{32, 16, 1, 1}, 2, 0, false},  // resnet20 shortcut
     {"Pointwise", Shape{8, 16, 8, 8}, Shape{24, 16, 1, 1}, 1, 0, true},
     {"ResnetStage3", Shape{8, 64, 8, 8}, Shape{64, 64, 3, 3}, 1, 1, false},
+    // Grouped (w [K, C / groups, R, R]) and depthwise (groups == C == K).
+    {"Groups2", Shape{4, 8, 9, 9}, Shape{8, 4, 3, 3}, 2, 1, true, 2},
+    {"Groups2NoBias", Shape{4, 8, 9, 9}, Shape{8, 4, 3, 3}, 2, 1, false, 2},
+    {"Depthwise", Shape{4, 8, 9, 9}, Shape{8, 1, 3, 3}, 2, 1, true, 8},
+    {"DepthwiseNoBias", Shape{4, 8, 9, 9}, Shape{8, 1, 3, 3}, 2, 1, false, 8},
+    {"DepthwiseMobileNet", Shape{8, 32, 14, 14}, Shape{32, 1, 3, 3}, 1, 1, false, 32},  // mobilenet block
+    {"GroupedWiderOutput", Shape{4, 6, 8, 8}, Shape{12, 2, 3, 3}, 1, 0, true, 3},       // K / groups = 4
 };
 
 class CudaConv : public CudaTest, public ::testing::WithParamInterface<std::tuple<ConvCase, bool>> {};
@@ -445,7 +465,7 @@ TEST_P(CudaConv, ForwardBackwardDataAndBackwardWeightsMatchTheCpu) {
   const auto& [c, tf32] = GetParam();
   const double rtol = tf32 ? kTf32MatrixRtol : kFp32MatrixRtol;
   Backend& g = gpu(tf32);
-  const Conv2dParams p{c.stride, c.pad};
+  const Conv2dParams p{c.stride, c.pad, c.groups};
   const int r = static_cast<int>(c.w[2]);
   const Shape ys{c.x[0], c.w[0], window_output_size(c.x[2], r, c.stride, c.pad),
                  window_output_size(c.x[3], r, c.stride, c.pad)};
@@ -558,6 +578,78 @@ TEST_F(CudaTest, ReluForwardAndBackward) {
     // In place, as the layers may: y = relu(y).
     g.relu_forward(x.g, x.g);
     EXPECT_TRUE(Close(download(g, x.g), download(cpu(), y.c), kElementwiseRtol)) << "relu forward in place";
+  }
+}
+
+// Clip (ReLU6): comparisons only, no arithmetic, so the GPU matches the CPU bit for bit; values
+// exactly at the bounds pass no gradient.
+TEST_F(CudaTest, ClipForwardAndBackwardAreExact) {
+  Backend& g = gpu();
+  const float lo = 0.f, hi = 6.f;
+  for (const Shape& s : {Shape{8, 32, 28, 28}, Shape{1001}}) {
+    SCOPED_TRACE(s.str());
+    auto xv = normal(s.numel(), 4.f, 3.f);  // about a quarter below lo, a quarter above hi
+    for (std::size_t i = 0; i < xv.size(); i += 97) xv[i] = i / 97 % 2 == 0 ? lo : hi;  // exactly at the bounds
+    Both x = both(xv, s), dy = both(normal(s.numel()), s);
+    Both y = outputs(s);
+    cpu().clip_forward(x.c, y.c, lo, hi);
+    g.clip_forward(x.g, y.g, lo, hi);
+    EXPECT_TRUE(BitIdentical(download(g, y.g), download(cpu(), y.c))) << "clip forward";
+    Both dx = outputs(s);
+    cpu().clip_backward(y.c, dy.c, dx.c, lo, hi);
+    g.clip_backward(y.g, dy.g, dx.g, lo, hi);
+    EXPECT_TRUE(BitIdentical(download(g, dx.g), download(cpu(), dx.c))) << "clip backward";
+    // In place, as the layers may: x = clip(x), then dy = clip_backward(x, dy).
+    g.clip_forward(x.g, x.g, lo, hi);
+    EXPECT_TRUE(BitIdentical(download(g, x.g), download(cpu(), y.c))) << "clip forward in place";
+    g.clip_backward(x.g, dy.g, dy.g, lo, hi);
+    EXPECT_TRUE(BitIdentical(download(g, dy.g), download(cpu(), dx.c))) << "clip backward in place";
+  }
+}
+
+// Channel concatenation and its inverse are copies: bit for bit, every part's rows in place.
+TEST_F(CudaTest, ConcatAndSplitChannelsAreBitIdentical) {
+  Backend& g = gpu();
+  for (const auto& shapes : {std::vector<Shape>{Shape{2, 3, 4, 4}, Shape{2, 5, 4, 4}},
+                             std::vector<Shape>{Shape{3, 1, 5, 5}, Shape{3, 4, 5, 5}, Shape{3, 2, 5, 5}},
+                             std::vector<Shape>{Shape{4, 7}, Shape{4, 9}}}) {
+    std::vector<std::int64_t> dims = shapes[0].dims();
+    dims[1] = 0;
+    std::string what = "parts";
+    for (const Shape& s : shapes) dims[1] += s[1], what += " " + s.str();
+    const Shape whole(dims);
+    SCOPED_TRACE(what + " -> " + whole.str());
+
+    std::vector<Both> parts;
+    for (const Shape& s : shapes) parts.push_back(both(normal(s.numel()), s));
+    std::vector<const Tensor*> pc, pg;
+    for (const Both& part : parts) pc.push_back(&part.c), pg.push_back(&part.g);
+    Both y = outputs(whole);
+    cpu().concat_channels(pc, y.c);
+    g.concat_channels(pg, y.g);
+    EXPECT_TRUE(BitIdentical(download(g, y.g), download(cpu(), y.c))) << "concat_channels";
+
+    Both dy = both(normal(whole.numel()), whole);
+    std::vector<Both> dparts;
+    for (const Shape& s : shapes) dparts.push_back(outputs(s));
+    std::vector<Tensor*> dc, dg;
+    for (Both& part : dparts) dc.push_back(&part.c), dg.push_back(&part.g);
+    cpu().split_channels(dy.c, dc);
+    g.split_channels(dy.g, dg);
+    for (std::size_t i = 0; i < shapes.size(); ++i)
+      EXPECT_TRUE(BitIdentical(download(g, dparts[i].g), download(cpu(), dparts[i].c))) << "split_channels part " << i;
+
+    // Splitting the concatenation gives the parts back.
+    g.split_channels(y.g, dg);
+    for (std::size_t i = 0; i < shapes.size(); ++i)
+      EXPECT_TRUE(BitIdentical(download(g, dparts[i].g), download(g, parts[i].g))) << "split of concat, part " << i;
+
+    // Parts that do not fill the whole's rows, or of another batch size, are refused.
+    EXPECT_THROW(g.concat_channels({pg[0]}, y.g), InternalError);
+    dims[0] += 1;
+    Tensor taller = g.allocate(Shape(dims));
+    EXPECT_THROW(g.concat_channels(pg, taller), InternalError);
+    EXPECT_THROW(g.split_channels(taller, dg), InternalError);
   }
 }
 
@@ -703,6 +795,32 @@ TEST_F(CudaTest, SoftmaxCrossEntropyLossCorrectAndGradient) {
     EXPECT_EQ(g2.count, c.count);
     EXPECT_EQ(g2.correct, c.correct);
     EXPECT_NEAR(g2.loss_sum, c.loss_sum, kElementwiseRtol * std::abs(c.loss_sum));
+  }
+}
+
+// Label smoothing (PyTorch's CrossEntropyLoss(label_smoothing = 0.1)): the same row math
+// (compute/kernel_math.h) on both backends, so the same tolerance as without it.
+TEST_F(CudaTest, SoftmaxCrossEntropyWithLabelSmoothing) {
+  Backend& g = gpu();
+  const float smoothing = 0.1f;
+  for (auto [n, k] : {std::pair<std::int64_t, std::int64_t>{256, 10}, {1000, 10}, {7, 1000}, {1, 2}}) {
+    SCOPED_TRACE(std::to_string(n) + " x " + std::to_string(k));
+    Both logits = both(normal(n * k, 3.f), Shape{n, k}), y = both(labels(n, k), Shape{n});
+    Both d = outputs(Shape{n, k});
+    const float scale = 1.f / static_cast<float>(n);
+    LossStats c = cpu().softmax_cross_entropy(logits.c, y.c, &d.c, scale, smoothing);
+    LossStats gs = g.softmax_cross_entropy(logits.g, y.g, &d.g, scale, smoothing);
+    EXPECT_EQ(gs.count, c.count);
+    EXPECT_EQ(gs.correct, c.correct) << "argmax of the same floats";
+    EXPECT_NEAR(gs.loss_sum, c.loss_sum, kElementwiseRtol * std::abs(c.loss_sum));
+    EXPECT_TRUE(Match(d, kElementwiseRtol)) << "dlogits";
+    // Without the gradient: the same statistics.
+    LossStats g2 = g.softmax_cross_entropy(logits.g, y.g, nullptr, 1.f, smoothing);
+    EXPECT_EQ(g2.count, c.count);
+    EXPECT_EQ(g2.correct, c.correct);
+    EXPECT_NEAR(g2.loss_sum, c.loss_sum, kElementwiseRtol * std::abs(c.loss_sum));
+    // The smoothing is not ignored: the unsmoothed loss differs.
+    EXPECT_NE(g.softmax_cross_entropy(logits.g, y.g, nullptr, 1.f).loss_sum, gs.loss_sum);
   }
 }
 
@@ -1154,6 +1272,11 @@ TEST_F(CudaTest, OpsGivenACpuTensorThrowDeviceError) {
   EXPECT_THROW(g.copy(host, dev), DeviceError);
   EXPECT_THROW(g.copy_from_host(host.raw(), host), DeviceError);
   EXPECT_THROW(g.relu_forward(host, dev), DeviceError);
+  EXPECT_THROW(g.clip_forward(host, dev, 0.f, 6.f), DeviceError);
+  EXPECT_THROW(g.clip_backward(dev, dev, host, 0.f, 6.f), DeviceError);
+  Tensor whole = g.allocate(Shape{4, 8});
+  EXPECT_THROW(g.concat_channels({&dev, &host}, whole), DeviceError);
+  EXPECT_THROW(g.split_channels(whole, {&host, &dev}), DeviceError);
   EXPECT_THROW(g.sum_squares(host), DeviceError);
   EXPECT_THROW(g.all_finite(host), DeviceError);
   EXPECT_THROW(g.sgd_update(host, dev, nullptr, SgdHyper{}), DeviceError);

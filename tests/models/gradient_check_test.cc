@@ -13,6 +13,7 @@
 #include "compute/rng.h"
 #include "models/layer.h"
 #include "models/model.h"
+#include "models/model_file.h"
 
 namespace shoal {
 namespace {
@@ -211,13 +212,36 @@ TEST(GradientCheck, Flatten) {
   auto l = flatten();
   check_layer(*l, Shape{2, 3, 2, 2});
 }
-TEST(GradientCheck, BasicBlockIdentityShortcut) {
-  auto l = basic_block(3, 3, 1);
-  check_layer(*l, Shape{4, 3, 4, 4}, CheckOptions{InputKind::normal, 1e-2, 5e-2, 5e-3});
+TEST(GradientCheck, GroupedConvolution) {
+  ConvSpec c;
+  c.in = 4, c.out = 6, c.kernel = 3, c.stride = 1, c.pad = 1, c.groups = 2;
+  auto l = conv2d(c);
+  check_layer(*l, Shape{2, 4, 5, 5});
 }
-TEST(GradientCheck, BasicBlockProjectionShortcut) {
-  auto l = basic_block(2, 4, 2);
-  check_layer(*l, Shape{4, 2, 6, 6}, CheckOptions{InputKind::normal, 1e-2, 5e-2, 5e-3});
+TEST(GradientCheck, DepthwiseConvolutionStridedNoBias) {
+  ConvSpec c;
+  c.in = 5, c.out = 5, c.kernel = 3, c.stride = 2, c.pad = 1, c.groups = 5, c.bias = false;
+  auto l = conv2d(c);
+  check_layer(*l, Shape{3, 5, 7, 7});
+}
+TEST(GradientCheck, Relu6) {
+  // Inputs 0.05 apart around 0 and 6 (none within the step of a kink).
+  auto l = clip(0.f, 6.f);
+  check_layer(*l, Shape{2, 3, 5, 5}, CheckOptions{InputKind::separated, 1e-2, 2e-2, 2e-3});
+  auto wide = clip(-1.02f, 1.02f);  // kinks 0.02 from the nearest input
+  check_layer(*wide, Shape{4, 30}, CheckOptions{InputKind::separated, 1e-2, 2e-2, 2e-3});
+}
+TEST(GradientCheck, MaxPool3x3Stride2Padded) {
+  auto l = max_pool(3, 2, 1);
+  check_layer(*l, Shape{2, 3, 7, 7}, CheckOptions{InputKind::separated, 1e-2, 2e-2, 2e-3});
+}
+TEST(GradientCheck, AveragePool3x3Stride1Padded) {
+  auto l = avg_pool(3, 1, 1);
+  check_layer(*l, Shape{2, 2, 5, 5});
+}
+TEST(GradientCheck, Identity) {
+  auto l = identity();
+  check_layer(*l, Shape{3, 7});
 }
 
 TEST(GradientCheck, SoftmaxCrossEntropy) {
@@ -438,7 +462,7 @@ TEST(ModelZoo, ShapesAndParameterCounts) {
     EXPECT_EQ(m->forward(ctx, x).shape(), (Shape{2, 10})) << c.name;
   }
   EXPECT_THROW(build_model("vgg", Shape{1, 28, 28}, 10), ConfigError);
-  EXPECT_THROW(build_model("cnn", Shape{1, 30, 30}, 10), ConfigError);
+  EXPECT_THROW(build_model("resnet20", Shape{3, 32, 16}, 10), ConfigError) << "global pooling of a 8x4 map";
 }
 
 TEST(ModelZoo, InitialisationIsDeterministicPerSeed) {

@@ -9,6 +9,7 @@
 #include "telemetry/metrics_file.h"
 #include "data/source.h"
 #include "models/model.h"
+#include "models/model_file.h"
 #include "worker/progress.h"
 #include "worker/sync_allreduce.h"
 #include "worker/trainer.h"

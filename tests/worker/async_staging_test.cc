@@ -106,9 +106,15 @@ class LateCopyBackend final : public Backend {
   void dropout_backward(const Tensor& dy, const Tensor& mask, Tensor& dx) override {
     cpu_->dropout_backward(dy, mask, dx);
   }
-  LossStats softmax_cross_entropy(const Tensor& z, const Tensor& y, Tensor* dz, float scale) override {
-    return cpu_->softmax_cross_entropy(z, y, dz, scale);
+  LossStats softmax_cross_entropy(const Tensor& z, const Tensor& y, Tensor* dz, float scale, float smooth) override {
+    return cpu_->softmax_cross_entropy(z, y, dz, scale, smooth);
   }
+  void clip_forward(const Tensor& x, Tensor& y, float lo, float hi) override { cpu_->clip_forward(x, y, lo, hi); }
+  void clip_backward(const Tensor& y, const Tensor& dy, Tensor& dx, float lo, float hi) override {
+    cpu_->clip_backward(y, dy, dx, lo, hi);
+  }
+  void concat_channels(const std::vector<const Tensor*>& parts, Tensor& y) override { cpu_->concat_channels(parts, y); }
+  void split_channels(const Tensor& dy, const std::vector<Tensor*>& parts) override { cpu_->split_channels(dy, parts); }
   void add(const Tensor& a, const Tensor& b, Tensor& out) override { cpu_->add(a, b, out); }
   void axpy(float alpha, const Tensor& x, Tensor& y) override { cpu_->axpy(alpha, x, y); }
   void scale(Tensor& x, float alpha) override { cpu_->scale(x, alpha); }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "data/source.h"
+#include "models/model_file.h"
 
 namespace shoal {
 namespace {
