@@ -29,6 +29,7 @@
 #include "ps/server_role.h"
 #include "data/source.h"
 #include "data/writer.h"
+#include "models/model_file.h"
 #include "worker/train_job.h"
 #include "worker/worker_job.h"
 
@@ -52,6 +53,9 @@ const char* kUsage =
     "                    mpirun -np N, rank and world come from Open MPI and rank 0 runs\n"
     "                    the coordinator\n"
     "  config JOB.ini    check a job file and print the effective configuration\n"
+    "  model show NAME|FILE.yaml [--input 3x224x224] [--classes N]\n"
+    "                    a model's layers with output shapes, parameters and multiply-adds\n"
+    "                    (a zoo name or a model file, docs/models.md)\n"
     "  config --markdown print the settings table of docs/configuration.md\n"
     "  checkpoint inspect DIR\n"
     "                    print a checkpoint: its step, files with sizes and CRCs, range files\n"
@@ -331,6 +335,57 @@ int data_command(const std::vector<std::string>& args, const SettingsRegistry& r
   return 0;
 }
 
+// ---- shoal model show -------------------------------------------------------------------------
+
+const char* kModelUsage = "usage: shoal model show NAME|FILE.yaml [--input CxHxW] [--classes N]";
+
+int model_command(const std::vector<std::string>& args) {
+  SHOAL_REQUIRE(args.size() >= 2 && args[0] == "show", ConfigError, kModelUsage);
+  auto [text, origin] = model_source(args[1]);
+  ModelFileInfo info = read_model_info(text, origin);
+  Shape input = info.input.value_or(Shape{3, 224, 224});
+  std::int64_t classes = info.classes.value_or(1000);
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    std::string key = args[i], value;
+    if (auto eq = key.find('='); eq != std::string::npos) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+    } else {
+      SHOAL_REQUIRE(i + 1 < args.size(), ConfigError, "model show: " << key << " needs a value\n" << kModelUsage);
+      value = args[++i];
+    }
+    if (key == "--input") {
+      std::vector<std::int64_t> dims;
+      std::size_t start = 0;
+      while (start <= value.size()) {
+        std::size_t x = value.find('x', start);
+        const std::string part = value.substr(start, x == std::string::npos ? std::string::npos : x - start);
+        char* end = nullptr;
+        const long long v = std::strtoll(part.c_str(), &end, 10);
+        SHOAL_REQUIRE(!part.empty() && *end == '\0' && v >= 1 && v <= 1 << 20, ConfigError,
+                      "model show: --input " << value << " is not CxHxW, such as 3x224x224");
+        dims.push_back(v);
+        if (x == std::string::npos) break;
+        start = x + 1;
+      }
+      SHOAL_REQUIRE(dims.size() == 3, ConfigError, "model show: --input " << value << " is not CxHxW, such as 3x224x224");
+      input = Shape(dims);
+    } else if (key == "--classes") {
+      char* end = nullptr;
+      const long long v = std::strtoll(value.c_str(), &end, 10);
+      SHOAL_REQUIRE(!value.empty() && *end == '\0' && v >= 1 && v <= 1 << 24, ConfigError,
+                    "model show: --classes " << value << " is not a positive number");
+      classes = v;
+    } else {
+      SHOAL_THROW(ConfigError, "model show: unknown option '" << key << "'\n" << kModelUsage);
+    }
+  }
+  auto model = build_model_from_text(text, origin, input, classes);
+  model->declare();
+  std::printf("%s\n", model->summary().c_str());
+  return 0;
+}
+
 int run(int argc, char** argv) {
   SettingsRegistry registry;
   if (argc < 2) {
@@ -349,6 +404,7 @@ int run(int argc, char** argv) {
   if (command == "checkpoint") return checkpoint_command(args);
   if (command == "keys") return keys_command(args);
   if (command == "data") return data_command(args, registry);
+  if (command == "model") return model_command(args);
 
   Logger log(command, LogLevel::info);
   if (command == "config") {
