@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "models/model_file.h"
 
 extern char** environ;
 
@@ -226,9 +227,25 @@ const char* sync_backend_name(SyncBackend backend) {
 SettingsRegistry::SettingsRegistry() {
   constexpr std::int64_t kBig = 1'000'000'000'000LL;
   auto& s = settings_;
-  s.push_back(choice_setting(
-      "model", [](JobConfig & c) -> auto& { return c.model; }, {"mlp", "cnn", "cnn_bn", "resnet20"},
-      "model from the zoo (docs/models.md)"));
+  {
+    Setting m;
+    m.key = "model";
+    for (const auto& name : zoo_names()) m.kind += (m.kind.empty() ? "" : " \\| ") + name;
+    m.kind += " \\| FILE.yaml";
+    m.help = "a model of the zoo, or a model file (a path ending .yaml, or containing a /); docs/models.md";
+    m.set = [](JobConfig& c, const std::string& text) {
+      const std::string t = trim(text);
+      if (!is_model_path(t) && zoo_text(t) == nullptr) {
+        std::string list;
+        for (const auto& name : zoo_names()) list += (list.empty() ? "" : ", ") + name;
+        SHOAL_THROW(ConfigError, "model = '" << text << "' is not one of: " << list
+                                             << " (nor a model file: a path ending .yaml)");
+      }
+      c.model = t;
+    };
+    m.get = [](const JobConfig& c) { return c.model; };
+    s.push_back(std::move(m));
+  }
 
   s.push_back(enum_setting<DataFormat>(
       "data.format", [](JobConfig & c) -> auto& { return c.data.format; },

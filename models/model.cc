@@ -189,6 +189,12 @@ std::int64_t Model::macs() const {
   return total;
 }
 
+std::int64_t Model::activation_floats_per_sample() const {
+  std::int64_t total = 0;
+  for (const auto& n : nodes_) total += n.shape.numel();
+  return total;
+}
+
 namespace {
 std::string grouped(std::int64_t v) {  // 11689512 -> "11,689,512"
   std::string digits = std::to_string(v), out;

@@ -64,6 +64,7 @@ class Model {
   const ParameterSet& params() const { return params_; }
   std::vector<NodeSummary> nodes() const;  // after declare()
   std::int64_t macs() const;               // multiply-adds of one sample's forward pass
+  std::int64_t activation_floats_per_sample() const;  // every node's output, summed
   std::string summary() const;             // a table: node, layer, output shape, parameters, multiply-adds
 
  private:

@@ -536,7 +536,7 @@ class Reader {
     } catch (const ConfigError& error) {
       const std::string message = error.what();
       if (message.rfind(origin_, 0) == 0) throw;  // already names the place
-      fail(node, who + ": " + message);
+      fail(node, message.rfind(who, 0) == 0 ? message : who + ": " + message);
     }
     return full;
   }

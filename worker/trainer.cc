@@ -1,5 +1,7 @@
 #include "worker/trainer.h"
 
+#include <algorithm>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -43,7 +45,13 @@ Trainer::Trainer(Backend& backend, Model& model, Strategy& strategy, TrainerOpti
       options_(options),
       log_(std::move(log)),
       progress_(progress),
-      metrics_(metrics) {}
+      metrics_(metrics) {
+  // Evaluation keeps every layer's output of a batch: bound it to about 512 MiB (resnet18 at
+  // 224x224 holds 20 MiB of outputs a sample; cnn at 28x28 0.3 MiB, so its 1,000 stay).
+  const std::int64_t per_sample = std::max<std::int64_t>(1, model_.activation_floats_per_sample() * 4);
+  options_.eval_batch_size =
+      std::clamp<std::int64_t>((std::int64_t{512} << 20) / per_sample, 1, std::max<std::int64_t>(1, options_.eval_batch_size));
+}
 
 Trainer::~Trainer() {
   // The loaders' threads end before the buffers and sources they write into.

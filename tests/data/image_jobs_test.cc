@@ -204,6 +204,40 @@ TEST(Accuracy, ResNet20LearnsSevenRgbClassesAt48) {
   EXPECT_GT(json_number(end[0], "final_test_accuracy"), 0.40) << r.output;
 }
 
+// The zoo's ImageNet models on a small 64x64 RGB set (4 classes, 480 images, as above): the
+// loss falls over the epochs and the test accuracy ends beyond chance (25 %). One `shoal train`
+// per model through the same path as any model file.
+TEST(Accuracy, ResNet18AndMobileNetV2LearnFourRgbClassesAt64) {
+  TempDir dir;
+  TrainTestData fm = load_train_test("idx", "/usr/share/datasets/fashion-mnist", 3000, 1000);
+  write_image_folder(rgb_copy(fm.train, 64, 4, 480), dir.file("rgb/train"), ImageCodec::png);
+  write_image_folder(rgb_copy(fm.test, 64, 4, 200), dir.file("rgb/val"), ImageCodec::png);
+  struct Case {
+    const char* model;
+    const char* lr;
+  } cases[] = {{"resnet18", "0.05"}, {"mobilenet_v2", "0.05"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.model);
+    const std::string metrics = dir.file(std::string(c.model) + ".jsonl");
+    auto r = testing::run({kShoal, "train", kCnnJob, std::string("--model=") + c.model, "--data.format=folder",
+                           "--data.dir=" + dir.file("rgb"), "--train.epochs=3", "--train.batch_size=32",
+                           std::string("--optimizer.lr=") + c.lr, "--lr.warmup_epochs=0", "--threads=2",
+                           "--progress=off", "--metrics.file=" + metrics},
+                          {}, 900s);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto epochs = lines_with(read_file(metrics), "\"event\": \"epoch\"");
+    auto end = lines_with(read_file(metrics), "\"event\": \"end\"");
+    ASSERT_EQ(epochs.size(), 3u) << r.output;
+    ASSERT_EQ(end.size(), 1u) << r.output;
+    const double first = json_number(epochs.front(), "train_loss"), last = json_number(epochs.back(), "train_loss");
+    const double accuracy = json_number(end[0], "final_test_accuracy");
+    std::printf("%s, 4 classes, 64x64 RGB: train loss %.3f -> %.3f, test accuracy %.2f%%\n", c.model, first, last,
+                100 * accuracy);
+    EXPECT_LT(last, first) << r.output;
+    EXPECT_GT(accuracy, 0.40) << r.output;
+  }
+}
+
 // Streaming, not loading: the peak memory of a job on 10,000 images of 64 x 64 RGB (117 MiB of
 // pixels, 469 MiB as the floats a batch holds) is within 24 MiB of the same job on 1,000 of them.
 // Only the index grows (a file name and an offset per image); the pixels in memory at any time

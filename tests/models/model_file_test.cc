@@ -214,6 +214,40 @@ TEST(ModelFiles, ZooParameterCountsAreTorchvisions) {
   EXPECT_EQ(one->macs(), 8 * 5 * 5 * 4 * 9 + 8 * 5 * 5 * 5);
 }
 
+// resnet50 is built and takes a training step on the CPU: finite loss, every gradient finite
+// and some non-zero, every tensor of parameters moved.
+TEST(ModelFiles, ResNet50TakesATrainingStepOnTheCpu) {
+  auto backend = make_backend(BackendOptions{Device::cpu(), 2});
+  Backend& b = *backend;
+  auto model = build_model("resnet50", Shape{3, 64, 64}, 10);
+  model->build(b, 1);
+  EXPECT_EQ(model->params().parameter_count(), 25557032 - 2048 * 990 - 990);
+  auto before = to_host(b, model->params().values());
+  Tensor x = random_input(b, Shape{2, 3, 64, 64}, 5);
+  std::vector<std::int32_t> labels{2, 7};
+  Tensor y = b.allocate(Shape{2}, DType::i32);
+  b.copy_from_host(labels.data(), y);
+  LayerContext ctx{b, true, 1};
+  const Tensor& z = model->forward(ctx, x);
+  ASSERT_EQ(z.shape(), (Shape{2, 10}));
+  Tensor dz = b.allocate(z.shape());
+  LossStats loss = b.softmax_cross_entropy(z, y, &dz, 0.5f);
+  EXPECT_TRUE(std::isfinite(loss.loss_sum));
+  model->backward(ctx, dz);
+  EXPECT_TRUE(b.all_finite(model->params().grads()));
+  EXPECT_GT(b.sum_squares(model->params().grads()), 0);
+  b.axpy(-0.1f, model->params().grads(), model->params().values());
+  auto after = to_host(b, model->params().values());
+  int unchanged = 0;
+  for (const auto& p : model->params().parameters()) {
+    bool moved = false;
+    for (std::int64_t i = p->offset; i < p->offset + p->shape.numel() && !moved; ++i)
+      moved = after[static_cast<std::size_t>(i)] != before[static_cast<std::size_t>(i)];
+    if (!moved) ++unchanged, ADD_FAILURE() << p->name << " did not move";
+  }
+  EXPECT_EQ(unchanged, 0);
+}
+
 // Finite differences through an add (identity and projection), a concat, a depthwise
 // convolution, relu6 and a repeated block.
 TEST(ModelFiles, GradientsFlowThroughMergesAndBlocks) {
