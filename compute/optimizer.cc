@@ -30,13 +30,11 @@ OptimizerState Optimizer::make_state(Backend& backend, std::int64_t numel) const
   return state;
 }
 
-void Optimizer::apply(Backend& backend, Tensor& param, const Tensor& grad, OptimizerState& state, float lr) const {
-  SHOAL_ASSERT(static_cast<int>(state.slots.size()) == slot_count(),
-               "optimizer state has " << state.slots.size() << " slots, expected " << slot_count());
-  ++state.updates;
+void Optimizer::update(Backend& backend, Tensor& param, const Tensor& grad, std::vector<Tensor>& slots,
+                       std::int64_t updates, float lr, float weight_decay) const {
   if (config_.kind == OptimizerKind::sgd) {
-    SgdHyper h{lr, config_.momentum, config_.nesterov, config_.weight_decay};
-    backend.sgd_update(param, grad, state.slots.empty() ? nullptr : &state.slots[0], h);
+    SgdHyper h{lr, config_.momentum, config_.nesterov, weight_decay};
+    backend.sgd_update(param, grad, slots.empty() ? nullptr : &slots[0], h);
     return;
   }
   AdamHyper h;
@@ -44,10 +42,41 @@ void Optimizer::apply(Backend& backend, Tensor& param, const Tensor& grad, Optim
   h.beta1 = config_.beta1;
   h.beta2 = config_.beta2;
   h.eps = config_.eps;
-  h.weight_decay = config_.weight_decay;
+  h.weight_decay = weight_decay;
   h.decoupled = config_.kind == OptimizerKind::adamw;
-  h.step = state.updates;
-  backend.adam_update(param, grad, state.slots[0], state.slots[1], h);
+  h.step = updates;
+  backend.adam_update(param, grad, slots[0], slots[1], h);
+}
+
+void Optimizer::apply(Backend& backend, Tensor& param, const Tensor& grad, OptimizerState& state, float lr,
+                      std::int64_t offset) const {
+  SHOAL_ASSERT(static_cast<int>(state.slots.size()) == slot_count(),
+               "optimizer state has " << state.slots.size() << " slots, expected " << slot_count());
+  ++state.updates;
+  const std::int64_t n = param.numel(), end = offset + n;
+  bool excluded = false;
+  for (const auto& r : no_decay_) excluded = excluded || (r.begin < end && r.end > offset);
+  if (config_.weight_decay == 0 || !excluded) {
+    update(backend, param, grad, state.slots, state.updates, lr, config_.weight_decay);
+    return;
+  }
+  // Runs of elements with and without decay, each updated on its slices.
+  auto run = [&](std::int64_t from, std::int64_t to, float decay) {
+    if (to <= from) return;
+    Tensor p = param.flat_slice(from - offset, to - from);
+    std::vector<Tensor> slots;
+    for (auto& s : state.slots) slots.push_back(s.flat_slice(from - offset, to - from));
+    update(backend, p, grad.flat_slice(from - offset, to - from), slots, state.updates, lr, decay);
+  };
+  std::int64_t at = offset;
+  for (const auto& r : no_decay_) {
+    if (r.end <= at || r.begin >= end) continue;
+    run(at, std::max(at, r.begin), config_.weight_decay);
+    at = std::max(at, r.begin);
+    run(at, std::min(end, r.end), 0.f);
+    at = std::min(end, r.end);
+  }
+  run(at, end, config_.weight_decay);
 }
 
 }  // namespace shoal

@@ -21,6 +21,16 @@ struct OptimizerConfig {
   bool nesterov = false;
   float weight_decay = 0;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;  // adam, adamw
+  // Gradient clipping by global norm (0: off), applied by the trainer before the update
+  // (docs/configuration.md: after the all-reduce in sync jobs, on the worker in async ones).
+  float clip_norm = 0;
+  // false: no weight decay on biases and normalisation parameters (every 1-D parameter).
+  bool decay_bias_and_norm = true;
+};
+
+// Elements [begin, end) of a parameter arena.
+struct ElementRange {
+  std::int64_t begin = 0, end = 0;
 };
 
 // State for one slice: per-element slots (velocity, or Adam's m and v) and the update count.
@@ -38,11 +48,20 @@ class Optimizer {
   const char* slot_name(int slot) const;  // for checkpoints: "velocity", "adam_m", "adam_v"
   OptimizerState make_state(Backend& backend, std::int64_t numel) const;
 
-  // One update of param from grad with learning rate lr (the schedule is the caller's).
-  void apply(Backend& backend, Tensor& param, const Tensor& grad, OptimizerState& state, float lr) const;
+  // Elements of the arena that get no weight decay (sorted, disjoint).
+  void exclude_from_decay(std::vector<ElementRange> ranges) { no_decay_ = std::move(ranges); }
+
+  // One update of param from grad with learning rate lr (the schedule is the caller's). param
+  // holds the arena's elements from `offset` on (a parameter server's chunk), for the ranges
+  // excluded from weight decay.
+  void apply(Backend& backend, Tensor& param, const Tensor& grad, OptimizerState& state, float lr,
+             std::int64_t offset = 0) const;
 
  private:
+  void update(Backend& backend, Tensor& param, const Tensor& grad, std::vector<Tensor>& slots, std::int64_t updates,
+              float lr, float weight_decay) const;
   OptimizerConfig config_;
+  std::vector<ElementRange> no_decay_;
 };
 
 }  // namespace shoal

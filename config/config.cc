@@ -336,6 +336,13 @@ SettingsRegistry::SettingsRegistry() {
       "train.batch_size", [](JobConfig & c) -> auto& { return c.batch_size; }, 1, 65536,
       "samples per step (per worker in distributed jobs)"));
   s.push_back(int_setting(
+      "train.accumulate", [](JobConfig & c) -> auto& { return c.accumulate; }, 1, 4096,
+      "gradient accumulation: micro-batches of train.batch_size per optimizer step (sync: one all-reduce "
+      "per step; async: one push)"));
+  s.push_back(float_setting(
+      "train.label_smoothing", [](JobConfig & c) -> auto& { return c.label_smoothing; }, 0, 0.999, false,
+      "label smoothing e of the training loss: targets (1 - e) one-hot + e / classes"));
+  s.push_back(int_setting(
       "train.eval_batch_size", [](JobConfig & c) -> auto& { return c.eval_batch_size; }, 1, 65536,
       "samples per forward pass when evaluating"));
   s.push_back(int_setting(
@@ -355,6 +362,12 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(float_setting(
       "optimizer.weight_decay", [](JobConfig & c) -> auto& { return c.optimizer.weight_decay; }, 0, 1, false,
       "L2 penalty (decoupled for adamw)"));
+  s.push_back(bool_setting(
+      "optimizer.decay_bias_and_norm", [](JobConfig & c) -> auto& { return c.optimizer.decay_bias_and_norm; },
+      "false: no weight decay on biases and normalisation parameters (every 1-D parameter)"));
+  s.push_back(float_setting(
+      "optimizer.clip_norm", [](JobConfig & c) -> auto& { return c.optimizer.clip_norm; }, 0, 1e9, false,
+      "clip gradients to this global L2 norm (0: off); sync: after the all-reduce, async: on the worker"));
   s.push_back(float_setting(
       "optimizer.beta1", [](JobConfig & c) -> auto& { return c.optimizer.beta1; }, 0, 0.999999, false,
       "Adam first-moment decay"));

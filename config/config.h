@@ -33,6 +33,8 @@ struct JobConfig {
   std::int64_t epochs = 10;
   std::int64_t batch_size = 64;
   std::int64_t eval_batch_size = 1000;
+  std::int64_t accumulate = 1;  // micro-batches per optimizer step
+  double label_smoothing = 0;
   std::uint64_t seed = 1;
 
   std::string optimizer_name = "sgd";  // parsed into optimizer.kind

@@ -173,7 +173,8 @@ void Coordinator::publish_table() {
     t.total_elements = model_elements_;
     t.chunks.push_back(ChunkSpan{0, static_cast<std::uint32_t>(model_elements_)});
     t.train_samples = train_samples_;
-    t.steps_per_epoch = std::max<std::int64_t>(1, train_samples_ / (config_.batch_size * config_.workers));
+    t.steps_per_epoch =
+        std::max<std::int64_t>(1, train_samples_ / (config_.batch_size * config_.accumulate * config_.workers));
     t.restore = restored_from_;
     table_ = t;
     auto book = std::make_unique<SyncBook>(train_samples_, config_.epochs, static_cast<int>(config_.workers));
@@ -197,7 +198,7 @@ void Coordinator::publish_table() {
   t.train_samples = train_samples_;
   // Server-side schedules count updates: one per worker push, or one per averaged step when
   // synchronous.
-  std::int64_t batch = config_.batch_size * (config_.staleness == 0 ? config_.workers : 1);
+  std::int64_t batch = config_.batch_size * config_.accumulate * (config_.staleness == 0 ? config_.workers : 1);
   t.steps_per_epoch = std::max<std::int64_t>(1, (train_samples_ + batch - 1) / batch);
   table_ = t;
   book_ = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
@@ -479,7 +480,8 @@ void Coordinator::handle_lease_done(const Incoming& in, const Member& member, Cl
                      static_cast<std::int64_t>(d.getCorrect()),
                      std::isfinite(wait) && wait >= 0 && wait <= d.getSeconds() ? wait : 0.0};
     // Global steps: a sync job's ranks train one step together (rank 0 counts them).
-    if (!sync_ || member.rank == 0) steps_ += (stats.samples + config_.batch_size - 1) / config_.batch_size;
+    const std::int64_t step_samples = config_.batch_size * config_.accumulate;
+    if (!sync_ || member.rank == 0) steps_ += (stats.samples + step_samples - 1) / step_samples;
     if (recovering_ && missing_servers_.empty()) {
       // The job goes on: a shard completed after the loss was handled.
       const double seconds = seconds_between(recovering_->lost_at, now);

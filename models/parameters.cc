@@ -31,6 +31,19 @@ Parameter* ParameterSet::add_buffer(const std::string& name, const Shape& shape,
   return buffers_.back().get();
 }
 
+std::vector<ElementRange> ParameterSet::bias_and_norm_ranges() const {
+  std::vector<ElementRange> out;
+  for (const auto& p : parameters_) {
+    if (p->shape.rank() != 1) continue;
+    if (!out.empty() && out.back().end == p->offset) {
+      out.back().end += p->shape.numel();
+    } else {
+      out.push_back(ElementRange{p->offset, p->offset + p->shape.numel()});
+    }
+  }
+  return out;
+}
+
 const Parameter* ParameterSet::find(const std::string& name) const {
   for (const auto& p : parameters_)
     if (p->name == name) return p.get();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "compute/backend.h"
+#include "compute/optimizer.h"
 
 namespace shoal {
 
@@ -46,6 +47,9 @@ class ParameterSet {
   Tensor& buffer_values() { return buffer_values_; }
   std::int64_t parameter_count() const { return parameter_elements_; }
   const Parameter* find(const std::string& name) const;
+  // The arena's elements of every 1-D parameter (biases, normalisation scales and shifts),
+  // adjacent ones merged: what optimizer.decay_bias_and_norm = false exempts from decay.
+  std::vector<ElementRange> bias_and_norm_ranges() const;
 
  private:
   std::vector<std::unique_ptr<Parameter>> parameters_, buffers_;

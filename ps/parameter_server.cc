@@ -26,6 +26,7 @@ void ParameterServer::start(const std::string& id, const PartitionTable& table, 
   id_ = id;
   options_ = options;
   optimizer_ = std::make_unique<Optimizer>(options.optimizer);
+  optimizer_->exclude_from_decay(options.no_decay);
   if (options.threads > 1) pool_ = std::make_unique<UpdatePool>(options.threads);
   const ServerRange& range = table.servers.at(index);
   first_key_ = range.first_key;
@@ -187,7 +188,7 @@ void ParameterServer::answer_pull(const ParkedPull& pull) {
 void ParameterServer::apply(ChunkState& chunk, const Tensor& grad, float scale) {
   float lr = scale * options_.schedule.at(static_cast<std::int64_t>(chunk.state.updates));
   optimizer_->apply(backend_, store_.writable(static_cast<std::size_t>(&chunk - chunks_.data())), grad, chunk.state,
-                    lr);
+                    lr, chunk.span.offset);
 }
 
 void ParameterServer::apply_updates() {

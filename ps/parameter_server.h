@@ -52,6 +52,7 @@ struct ServerOptions {
   int threads = 1;  // chunks updated at once
   std::chrono::milliseconds pull_timeout{60000};
   OptimizerConfig optimizer;
+  std::vector<ElementRange> no_decay;  // optimizer.decay_bias_and_norm = false: the model's 1-D parameters
   LrSchedule schedule;
 };
 

@@ -113,7 +113,8 @@ void run_server_role(Network& network, const JobConfig& config, Logger log, cons
   SHOAL_REQUIRE(model->params().parameter_count() == table.total_elements, ProtocolError,
                 "the partition table covers " << table.total_elements << " values but model " << config.model << " has "
                                               << model->params().parameter_count());
-  const ServerOptions options = server_options(config, table);
+  ServerOptions options = server_options(config, table);
+  if (!config.optimizer.decay_bias_and_norm) options.no_decay = model->params().bias_and_norm_ranges();
   server.start(id, table, index, model->params().values().data<float>(), options);
   model.reset();
   SHOAL_LOG(log, info,

@@ -46,6 +46,7 @@ class AsyncPsStrategy final : public DistributedStrategy {
   void begin_step(Model& model, std::int64_t step) override;
   void gradients_ready(Model& model, const std::vector<Parameter*>& params) override;
   void end_step(Model& model, std::int64_t step, float lr) override;
+  bool sends_raw_gradients() const override { return true; }
 
   // Makes sure the model holds the parameters for the next step (waits for the pull).
   void await_parameters();

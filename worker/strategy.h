@@ -40,7 +40,13 @@ class Strategy {
   virtual SumAcrossRanks batch_norm_sum() { return {}; }
   // Position of this worker's batch in the global batch of the step (sync: per rank).
   virtual std::int64_t sample_offset() const { return 0; }
+  // True when gradients leave the worker as they are (async: pushed to the servers), so the
+  // trainer clips them (optimizer.clip_norm) after backward and before handing any over.
+  virtual bool sends_raw_gradients() const { return false; }
 };
+
+// Scales grads so their L2 norm is at most max_norm (0: no clipping); returns the norm before.
+double clip_by_global_norm(Backend& backend, Tensor& grads, float max_norm);
 
 // Single process: the optimizer updates the whole parameter arena in one call.
 class LocalStrategy final : public Strategy {

@@ -31,7 +31,9 @@ TrainJobResult run_train_job(const JobConfig& config, const Logger& log) {
 
   OptimizerConfig opt = config.optimizer;
   LocalStrategy strategy(*backend, *model, Optimizer(opt));
-  std::int64_t steps_per_epoch = (info.count + config.batch_size - 1) / config.batch_size;
+  // Optimizer steps: batches of train.batch_size, train.accumulate of them a step.
+  const std::int64_t batches = (info.count + config.batch_size - 1) / config.batch_size;
+  std::int64_t steps_per_epoch = (batches + config.accumulate - 1) / config.accumulate;
   TrainerOptions options = trainer_options(config, config.seed, steps_per_epoch);
 
   Progress progress(resolve_progress_mode(config.progress, stdout), stdout);

@@ -34,6 +34,9 @@ TrainerOptions trainer_options(const JobConfig& config, std::uint64_t seed, std:
   o.data_seed = config.seed;
   o.data_threads = config.data.threads;
   o.prefetch = config.data.prefetch;
+  o.accumulate = config.accumulate;
+  o.label_smoothing = static_cast<float>(config.label_smoothing);
+  o.clip_norm = config.optimizer.clip_norm;
   return o;
 }
 
@@ -99,22 +102,66 @@ void Trainer::use_batch(const BatchLoader::Batch& batch) {
   y_ = s.device_y;
 }
 
-LossStats Trainer::step_on(const BatchLoader::Batch& batch) {
-  if (batch.count == 0) return LossStats{};  // every sample of it was bad and skipped
+LossStats Trainer::step_on(const BatchLoader::Batch& batch, bool closes_step, std::int64_t step_samples) {
+  if (batch.count == 0) {  // every sample of it was bad and skipped
+    if (closes_step && in_step_) close_step(false);
+    return LossStats{};
+  }
   use_batch(batch);
-  strategy_.begin_step(model_, step_);
-  LayerContext ctx{backend_, true, hash_combine(options_.seed, 0x44524f50ULL + static_cast<std::uint64_t>(step_)),
-                   strategy_.batch_norm_sum(), strategy_.sample_offset()};
+  if (!in_step_) {
+    strategy_.begin_step(model_, step_);
+    in_step_ = true;
+  }
+  std::uint64_t seed = hash_combine(options_.seed, 0x44524f50ULL + static_cast<std::uint64_t>(step_));
+  if (micro_ > 0) seed = hash_combine(seed, static_cast<std::uint64_t>(micro_));  // dropout masks per micro-batch
+  LayerContext ctx{backend_, true, seed, strategy_.batch_norm_sum(), strategy_.sample_offset()};
   const Tensor& logits = model_.forward(ctx, x_);
   if (!dlogits_.defined() || !(dlogits_.shape() == logits.shape())) dlogits_ = backend_.allocate(logits.shape());
-  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, strategy_.loss_scale(batch.count));
+  float scale = strategy_.loss_scale(batch.count);
+  // Accumulating: each micro-batch's share of the mean over the whole step's samples.
+  if (options_.accumulate > 1)
+    scale *= static_cast<float>(batch.count) / static_cast<float>(std::max<std::int64_t>(1, step_samples));
+  LossStats stats = backend_.softmax_cross_entropy(logits, y_, &dlogits_, scale, options_.label_smoothing);
   SHOAL_REQUIRE(std::isfinite(stats.loss_sum), DivergedError,
                 "training diverged at step " << step_ << " (loss is not finite); lower optimizer.lr");
-  model_.backward(ctx, dlogits_,
-                  [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
+  // Gradients go to the strategy as backward produces them (overlapping communication) unless
+  // they must first be summed with earlier micro-batches' or clipped as a whole.
+  const bool hold = !closes_step || micro_ > 0 || (options_.clip_norm > 0 && strategy_.sends_raw_gradients());
+  if (hold) {
+    model_.backward(ctx, dlogits_);
+  } else {
+    model_.backward(ctx, dlogits_,
+                    [&](const std::vector<Parameter*>& ready) { strategy_.gradients_ready(model_, ready); });
+  }
+  if (!closes_step) {
+    Tensor& grads = model_.params().grads();
+    if (!grad_acc_.defined() || grad_acc_.numel() != grads.numel()) grad_acc_ = backend_.allocate(grads.shape());
+    if (micro_ == 0) {
+      backend_.copy(grads, grad_acc_);
+    } else {
+      backend_.axpy(1.f, grads, grad_acc_);
+    }
+    ++micro_;
+    return stats;
+  }
+  close_step(true);
+  return stats;
+}
+
+void Trainer::close_step(bool with_current) {
+  Tensor& grads = model_.params().grads();
+  if (micro_ > 0) {
+    if (with_current) {
+      backend_.axpy(1.f, grad_acc_, grads);
+    } else {
+      backend_.copy(grad_acc_, grads);
+    }
+  }
+  if (options_.clip_norm > 0 && strategy_.sends_raw_gradients()) clip_by_global_norm(backend_, grads, options_.clip_norm);
+  micro_ = 0;
+  in_step_ = false;
   strategy_.end_step(model_, step_, lr_at(step_));
   ++step_;
-  return stats;
 }
 
 LossStats Trainer::train_batch(const DataSource& data, std::span<const std::int64_t> samples, std::int64_t epoch) {
@@ -138,12 +185,19 @@ LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
   loader.start(std::move(requests));
   CancelOnExit cancel{loader};
   LossStats total;
+  micro_ = 0;  // a step left open by an exception is abandoned
+  in_step_ = false;
+  const std::size_t k = static_cast<std::size_t>(std::max<std::int64_t>(1, options_.accumulate));
   for (std::size_t i = 0; i < batches.size() && !stopped(); ++i) {
     auto start = std::chrono::steady_clock::now();
     wait_for_upload();
     BatchLoader::Batch batch = loader.next();
     if (before_step) before_step(i);
-    LossStats s = step_on(batch);
+    // Steps of k micro-batches from the first batch on; the last step may have fewer.
+    const std::size_t group = i / k * k, group_end = std::min(batches.size(), group + k);
+    std::int64_t step_samples = 0;
+    for (std::size_t j = group; j < group_end; ++j) step_samples += static_cast<std::int64_t>(batches[j].size());
+    LossStats s = step_on(batch, i + 1 == group_end, step_samples);
     epoch_seconds_ += seconds_since(start);
     epoch_wait_seconds_ += batch.wait_seconds;
     total_wait_seconds_ += batch.wait_seconds;
@@ -161,6 +215,7 @@ LossStats Trainer::train_batches(const DataSource& data, std::int64_t epoch,
                        static_cast<double>(epoch_stats_.correct) / static_cast<double>(epoch_stats_.count),
                        static_cast<double>(epoch_samples_) / std::max(epoch_seconds_, 1e-9));
   }
+  if (in_step_ && micro_ > 0) close_step(false);  // stopped inside a step: apply what it has
   wait_for_upload();
   return total;
 }

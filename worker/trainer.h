@@ -51,6 +51,9 @@ struct TrainerOptions {
   std::uint64_t data_seed = 1;    // the job's seed: random transforms are (data_seed, epoch, sample)
   std::int64_t data_threads = 2;  // decoding data sets: threads of the input pipeline
   std::int64_t prefetch = 4;      // batches loaded ahead
+  std::int64_t accumulate = 1;    // micro-batches per optimizer step
+  float label_smoothing = 0;
+  float clip_norm = 0;  // the trainer clips only for strategies that send raw gradients (async)
 };
 
 class Trainer {
@@ -118,7 +121,12 @@ class Trainer {
  private:
   // Places a loaded batch where the model reads it (the device, for a GPU backend).
   void use_batch(const BatchLoader::Batch& batch);
-  LossStats step_on(const BatchLoader::Batch& batch);
+  // One micro-batch; `closes_step`: the last of its optimizer step, whose micro-batches
+  // requested `step_samples` samples in all.
+  LossStats step_on(const BatchLoader::Batch& batch, bool closes_step, std::int64_t step_samples);
+  // Ends the optimizer step: the accumulated gradient (plus the current one's when
+  // `with_current`), clipped when the strategy sends raw gradients, handed to the strategy.
+  void close_step(bool with_current);
   BatchLoader& loader_for(const DataSource& data);
   void wait_for_upload();
 
@@ -135,6 +143,10 @@ class Trainer {
   std::int64_t rescaled_at_ = 0;
   const std::atomic<bool>* stop_ = nullptr;
   Tensor x_, y_, dlogits_;
+  // Gradient accumulation: the sum of this step's earlier micro-batches' gradients.
+  Tensor grad_acc_;
+  std::int64_t micro_ = 0;  // micro-batches in grad_acc_
+  bool in_step_ = false;    // begin_step called, end_step not yet
   // The input pipeline: threads for data sets that decode, the caller's thread for in-memory ones.
   std::unique_ptr<BatchLoader> loader_, inline_loader_;
   // Device backends: the loader's batches are pinned; each is copied up into one of two device

@@ -614,7 +614,7 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
                              << l.backend->describe());
   // Every rank draws the randomness one process with the global batch would (dropout).
   std::int64_t steps_per_epoch =
-      std::max<std::int64_t>(1, l.data.train->count() / (config_.batch_size * setup_.world.size));
+      std::max<std::int64_t>(1, l.data.train->count() / (config_.batch_size * config_.accumulate * setup_.world.size));
   TrainerOptions topts = trainer_options(config_, config_.seed, steps_per_epoch);
   trainer_.emplace(*l.backend, *l.model, *strategy_, topts, log_, progress_, no_metrics_);
   trainer_->set_stop_flag(stop_);
