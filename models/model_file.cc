@@ -11,7 +11,6 @@
 #include <sstream>
 
 #include "base/error.h"
-#include "compute/rng.h"
 
 namespace shoal {
 namespace {
@@ -530,7 +529,9 @@ class Reader {
       } else if (op == "dropout") {
         const double p = number(node, "p", v, std::nullopt, who);
         if (!(p >= 0 && p < 1)) fail(node["p"], who + ": p must lie in [0, 1)");
-        layer = dropout(static_cast<float>(p), hash_string(full));
+        // Masks from (seed, step, sample) and the layer's place among the model's dropout layers
+        // (1, 2, ...): the first is the salt the C++ cnn_bn used, so its runs are unchanged.
+        layer = dropout(static_cast<float>(p), ++dropouts_);
       }
       model_.add(full, std::move(layer), inputs[0]);
     } catch (const ConfigError& error) {
@@ -558,6 +559,7 @@ class Reader {
   std::string origin_;
   YAML::Node root_;
   Model& model_;
+  std::uint64_t dropouts_ = 0;
 };
 
 YAML::Node parse(const std::string& text, const std::string& origin) {

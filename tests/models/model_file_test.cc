@@ -34,9 +34,8 @@ Tensor random_input(Backend& b, const Shape& s, std::uint64_t seed) {
 
 // ---- the models the zoo files replaced ----------------------------------------------------------
 // models/model.cc before model files (commit 087f8c3), kept here as the reference the files
-// must reproduce: the same layers, parameter names, declaration order and arithmetic. One
-// change: dropout's mask salt was the constant 1 and is now a hash of the layer's name (every
-// dropout layer of a file gets its own masks), so the reference uses that salt.
+// must reproduce: the same layers, parameter names, declaration order, initialisation, dropout
+// masks and arithmetic.
 
 // The ResNet basic block as one composite layer, as it was.
 class ReferenceBasicBlock final : public Layer {
@@ -117,7 +116,7 @@ std::unique_ptr<Model> reference_model(const std::string& name, const Shape& sam
     m->add("fc1", linear(64 * (h / 4) * (w / 4), 128));
     if (bn) m->add("bn3", batch_norm(128));
     m->add("relu3", relu());
-    if (bn) m->add("drop", dropout(0.3f, hash_string("drop")));
+    if (bn) m->add("drop", dropout(0.3f, 1));
     m->add("fc2", linear(128, classes));
   } else {  // resnet20
     m->add("conv1", conv2d(c, 16, 3, 1, 1, false));
