@@ -40,7 +40,7 @@ TEST(Cli, TrainsAndWritesMetrics) {
   auto r = run(small_job(dir, "mlp"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("effective configuration"), std::string::npos);
-  EXPECT_NE(r.output.find("parameters: 6 tensors, 235146 values"), std::string::npos) << "model summary printed";
+  EXPECT_NE(r.output.find("total: 235,146 parameters in 6 tensors"), std::string::npos) << "model summary printed";
   EXPECT_NE(r.output.find("final test accuracy"), std::string::npos);
   auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
   ASSERT_EQ(epochs.size(), 2u);
