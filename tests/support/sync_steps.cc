@@ -35,7 +35,7 @@ class AloneWithSyncBatchNorm final : public Strategy {
 }  // namespace
 
 std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) {
-  const std::int64_t global = static_cast<std::int64_t>(run.batch) * run.world;
+  const std::int64_t global = static_cast<std::int64_t>(run.batch) * run.world * run.accumulate;
   const std::int64_t samples = global * run.steps;
   auto backend = make_backend(BackendOptions{Device::cpu(), 1});
   TrainTestData data = load_train_test("idx", "/usr/share/datasets/fashion-mnist", samples, 100);
@@ -68,6 +68,7 @@ std::vector<float> train_sync_steps(const SyncRun& run, Collective* collective) 
     trainer.train_shard(train_set, order, shard);
   } else {
     options.batch_size = run.batch;
+    options.accumulate = run.accumulate;
     SyncOptions so;
     so.bucket_bytes = run.bucket_bytes;
     so.timeout = std::chrono::duration<double>(60);

@@ -16,7 +16,8 @@ struct SyncRun {
   std::string model = "cnn";
   bool sync_batch_norm = false;
   int steps = 50;
-  int batch = 32;  // per rank; alone: batch * world
+  int batch = 32;  // per rank and micro-batch; alone: batch * world * accumulate
+  int accumulate = 1;  // train.accumulate of the ranks: micro-batches per step
   int world = 2;
   std::uint64_t seed = 1;
   float lr = 0.01f;                      // SGD, momentum 0.9
