@@ -13,15 +13,12 @@
 #include "models/layer.h"
 #include "models/model.h"
 #include "models/model_file.h"
+#include "tests/support/host_copy.h"
 
 namespace shoal {
 namespace {
 
-std::vector<float> to_host(Backend& b, const Tensor& t) {
-  std::vector<float> v(static_cast<std::size_t>(t.numel()));
-  b.copy_to_host(t, v.data());
-  return v;
-}
+using testing::to_host;
 
 Tensor random_input(Backend& b, const Shape& s, std::uint64_t seed) {
   Rng rng(seed);

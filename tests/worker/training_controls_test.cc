@@ -12,15 +12,12 @@
 #include "data/source.h"
 #include "models/model_file.h"
 #include "worker/trainer.h"
+#include "tests/support/host_copy.h"
 
 namespace shoal {
 namespace {
 
-std::vector<float> to_host(Backend& b, const Tensor& t) {
-  std::vector<float> v(static_cast<std::size_t>(t.numel()));
-  b.copy_to_host(t, v.data());
-  return v;
-}
+using testing::to_host;
 
 struct TrainedRun {
   std::vector<float> values;
