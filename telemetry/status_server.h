@@ -3,21 +3,17 @@
 //   GET /readyz   200 "ready" once the role is ready (registered; the coordinator: the job
 //                 assembled), 503 "not ready" before;
 //   GET /metrics  the Prometheus text format (version 0.0.4).
-// Anything else is 404, a method other than GET or HEAD 405. HTTP itself is cpp-httplib's
-// (Debian's libcpp-httplib): one serving thread and a listener, one request per connection,
-// short read and write timeouts so a slow client cannot hold the endpoint for long.
+// Anything else is 404, a method other than GET or HEAD 405. HTTP is the event-driven server of
+// http/server.h on one thread: idle, slow or byte-at-a-time clients hold a socket each, never
+// the thread, so a probe is answered at once however many of them are connected.
 #pragma once
 
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "base/log.h"
+#include "http/server.h"
 #include "telemetry/telemetry.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace shoal {
 
@@ -26,16 +22,15 @@ class StatusServer {
   // Listens on host:port (port 0: any free port, see port()) and serves until destroyed.
   // Throws ConfigError naming the address if it cannot listen.
   StatusServer(Telemetry& telemetry, const std::string& host, int port, Logger log);
-  ~StatusServer();  // stops listening and joins its threads
+  ~StatusServer();  // stops listening and joins its thread
   StatusServer(const StatusServer&) = delete;
   StatusServer& operator=(const StatusServer&) = delete;
 
-  int port() const { return port_; }
+  int port() const { return server_->port(); }
+  std::int64_t open_connections() const { return server_->open_connections(); }
 
  private:
-  std::unique_ptr<httplib::Server> server_;
-  std::thread listener_;
-  int port_ = 0;
+  std::unique_ptr<http::Server> server_;
 };
 
 }  // namespace shoal

@@ -7,10 +7,13 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -237,6 +240,69 @@ TEST(StatusServer, ScrapesWhileTheRoleUpdatesAndStopsPromptly) {
       last = seen;
     }
   }  // the destructor stops the server with a client's keep-alive connection still open
+}
+
+// What a liveness probe meets on a busy node: a thousand clients connected and silent, or sending
+// their request a byte at a time. The endpoint multiplexes them on its one thread, so a probe on
+// a new connection is answered at once (the bound: 100 ms).
+TEST(StatusServer, AThousandIdleAndTricklingClientsDoNotDelayAProbe) {
+  constexpr int kClients = 1000;
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  if (lim.rlim_max < 2 * kClients + 200)
+    GTEST_SKIP() << "the descriptor limit (" << lim.rlim_max << ") is below the " << 2 * kClients + 200
+                 << " this test needs for both ends of its connections";
+  Telemetry t;
+  StatusServer server(t, "127.0.0.1", 0, Logger("test", LogLevel::warn));  // raises the soft limit
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(server.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<int> fds;
+  struct Closer {
+    std::vector<int>& fds;
+    ~Closer() {
+      for (int fd : fds) close(fd);
+    }
+  } closer{fds};
+  for (int i = 0; i < kClients; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0) << "socket " << i;
+    fds.push_back(fd);
+    ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << "connect " << i;
+  }
+  // Half of them trickle a request, one byte per client per round, from a thread of their own.
+  const std::string request = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: " + std::string(200, 'p') + "\r\n\r\n";
+  std::atomic<bool> done{false};
+  std::atomic<int> rounds{0};
+  std::thread trickle([&] {
+    for (std::size_t b = 0; b < request.size() && !done.load(); ++b) {
+      for (int i = 0; i < kClients; i += 2) (void)send(fds[static_cast<std::size_t>(i)], &request[b], 1, MSG_NOSIGNAL);
+      ++rounds;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  struct Joiner {
+    std::atomic<bool>& done;
+    std::thread& thread;
+    ~Joiner() {
+      done = true;
+      thread.join();
+    }
+  } joiner{done, trickle};
+  while (rounds.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<double> ms;
+  for (int probe = 0; probe < 20; ++probe) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::string reply = raw_exchange(server.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                                           std::chrono::seconds(5));
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    ASSERT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << "probe " << probe << ": " << reply.substr(0, 100);
+  }
+  EXPECT_GE(server.open_connections(), kClients) << "the clients were not all connected while it probed";
+  std::sort(ms.begin(), ms.end());
+  EXPECT_LT(ms.back(), 100) << "slowest of 20 probes " << ms.back() << " ms (median " << ms[10] << " ms) with "
+                            << kClients << " idle and trickling clients";
 }
 
 }  // namespace
