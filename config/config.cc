@@ -231,15 +231,16 @@ SettingsRegistry::SettingsRegistry() {
     Setting m;
     m.key = "model";
     for (const auto& name : zoo_names()) m.kind += (m.kind.empty() ? "" : " \\| ") + name;
-    m.kind += " \\| FILE.yaml";
-    m.help = "a model of the zoo, or a model file (a path ending .yaml, or containing a /); docs/models.md";
+    m.kind += " \\| FILE.yaml \\| FILE.onnx";
+    m.help = "a model of the zoo, a model file (a path ending .yaml, or containing a /) or an ONNX file to start "
+             "from (a path ending .onnx); docs/models.md";
     m.set = [](JobConfig& c, const std::string& text) {
       const std::string t = trim(text);
       if (!is_model_path(t) && zoo_text(t) == nullptr) {
         std::string list;
         for (const auto& name : zoo_names()) list += (list.empty() ? "" : ", ") + name;
         SHOAL_THROW(ConfigError, "model = '" << text << "' is not one of: " << list
-                                             << " (nor a model file: a path ending .yaml)");
+                                             << " (nor a model file: a path ending .yaml, or an ONNX file: .onnx)");
       }
       c.model = t;
     };
@@ -546,6 +547,40 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(string_setting(
       "metrics.host", [](JobConfig & c) -> auto& { return c.metrics_host; },
       "address the HTTP status endpoint listens on (0.0.0.0: every interface; 127.0.0.1: this host only)"));
+  s.push_back(string_setting(
+      "serve.name", [](JobConfig & c) -> auto& { return c.serve.name; },
+      "shoal serve: the model's name in the URLs (/v2/models/NAME, /v1/models/NAME; empty: the model's own name)"));
+  s.push_back(int_setting(
+      "serve.port", [](JobConfig & c) -> auto& { return c.serve.port; }, 0, 65535,
+      "shoal serve: the HTTP port (0: any free port, logged); when not set, the PORT environment variable (Cloud "
+      "Run's) if present"));
+  s.push_back(string_setting(
+      "serve.host", [](JobConfig & c) -> auto& { return c.serve.host; },
+      "shoal serve: the address to listen on (0.0.0.0: every interface)"));
+  s.push_back(int_setting(
+      "serve.max_batch", [](JobConfig & c) -> auto& { return c.serve.max_batch; }, 1, 65536,
+      "shoal serve: most samples run through the model in one call (dynamic batching)"));
+  s.push_back(int_setting(
+      "serve.max_delay_us", [](JobConfig & c) -> auto& { return c.serve.max_delay_us; }, 0, 10000000,
+      "shoal serve: how long the oldest waiting request may wait for others to batch with, in microseconds"));
+  s.push_back(int_setting(
+      "serve.queue", [](JobConfig & c) -> auto& { return c.serve.queue; }, 1, 1 << 20,
+      "shoal serve: inference requests waiting at most; beyond it a request is answered 429 with Retry-After"));
+  s.push_back(float_setting(
+      "serve.timeout_seconds", [](JobConfig & c) -> auto& { return c.serve.timeout_seconds; }, 0, 3600, true,
+      "shoal serve: a request that has not started running this long after it arrived is answered 504"));
+  s.push_back(int_setting(
+      "serve.max_body_mib", [](JobConfig & c) -> auto& { return c.serve.max_body_mib; }, 1, 4096,
+      "shoal serve: largest request body in MiB; a larger one is answered 413 unread"));
+  s.push_back(float_setting(
+      "serve.drain_seconds", [](JobConfig & c) -> auto& { return c.serve.drain_seconds; }, 0, 3600, false,
+      "shoal serve: on SIGTERM, not ready at once, then requests in flight are answered and it exits 0 within this"));
+  s.push_back(float_setting(
+      "serve.poll_seconds", [](JobConfig & c) -> auto& { return c.serve.poll_seconds; }, 0, 3600, true,
+      "shoal serve: serving a checkpoint.dir, how often its LATEST is read for a newer checkpoint to swap in"));
+  s.push_back(int_setting(
+      "serve.http_threads", [](JobConfig & c) -> auto& { return c.serve.http_threads; }, 1, 256,
+      "shoal serve: threads that parse requests and write answers (the model runs on `threads` compute threads)"));
   s.push_back(enum_setting<ProgressSetting>(
       "progress", [](JobConfig & c) -> auto& { return c.progress; },
       {{"auto", ProgressSetting::auto_detect}, {"bar", ProgressSetting::bar}, {"lines", ProgressSetting::lines},

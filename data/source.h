@@ -45,6 +45,12 @@ class DataSource {
 
   // Whether loading a sample costs enough (decoding) to be worth threads.
   virtual bool decodes() const { return false; }
+  // The per-channel mean and std load() normalises with (pixel / 255 units): what an export
+  // records as the model's evaluation transform. Empty for a source that does not normalise.
+  virtual const Normalization& normalization() const {
+    static const Normalization none;
+    return none;
+  }
 
   // Samples skipped since the last call (bad input under on_bad_sample = skip).
   std::int64_t take_skipped() { return skipped_.exchange(0); }
@@ -61,6 +67,7 @@ class MemorySource final : public DataSource {
   MemorySource(Dataset data, Normalization norm);
   bool load(std::int64_t i, const SampleContext& ctx, float* x, std::int32_t* y) const override;
   const Dataset& data() const { return data_; }
+  const Normalization& normalization() const override { return norm_; }
 
  private:
   Dataset data_;
@@ -94,6 +101,7 @@ class ImageSource final : public DataSource {
   bool decodes() const override { return true; }
 
   void set_normalization(Normalization norm) { norm_ = std::move(norm); }
+  const Normalization& normalization() const override { return norm_; }
   const Index& index() const { return index_; }
   // The raw bytes of sample i (its file, or its member of a shard).
   std::vector<std::uint8_t> read_bytes(std::int64_t i) const;

@@ -83,7 +83,7 @@ struct Server::Impl {
   ServerOptions options;
   Handler handler;
   Logger log;
-  std::atomic<std::int64_t> connections{0};
+  std::atomic<std::int64_t> connections{0}, pending{0};
   std::shared_ptr<Gate> gate = std::make_shared<Gate>();
   int port = 0;
   net::io_context ioc;
@@ -166,6 +166,8 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!gate->open) return;
       net::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable { self->write(std::move(r)); });
     });
+    ++server_.pending;
+    pending_ = true;
     try {
       server_.handler(std::move(request), respond);
     } catch (const std::exception& e) {
@@ -193,6 +195,10 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     stream_.expires_after(seconds(server_.options.write_timeout_s));
     bhttp::async_write(stream_, res_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (self->pending_) {
+        self->pending_ = false;
+        --self->server_.pending;
+      }
       if (ec || !self->keep_alive_) {
         self->close();
         return;
@@ -214,6 +220,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bhttp::response<bhttp::string_body> res_;
   unsigned version_ = 11;
   bool keep_alive_ = false, head_ = false, first_ = true;
+  bool pending_ = false;  // a request handed to the handler, its answer not yet written
 };
 
 }  // namespace
@@ -274,5 +281,7 @@ void Server::stop_accepting() {
 }
 
 std::int64_t Server::open_connections() const { return impl_->connections.load(); }
+
+std::int64_t Server::pending_responses() const { return impl_->pending.load(); }
 
 }  // namespace shoal::http

@@ -90,6 +90,8 @@ class Server {
   // Returns at once; the destructor waits for the threads.
   void stop_accepting();
   std::int64_t open_connections() const;
+  // Requests handed to the handler whose answer is not yet written (or failed to be).
+  std::int64_t pending_responses() const;
 
   struct Impl;  // the serving state (server.cc): public so its sessions can reach it
 

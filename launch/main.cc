@@ -26,6 +26,7 @@
 #include "telemetry/status_server.h"
 #include "telemetry/telemetry.h"
 #include "launch/local_launcher.h"
+#include "launch/serve_commands.h"
 #include "ps/server_role.h"
 #include "data/source.h"
 #include "data/writer.h"
@@ -56,6 +57,13 @@ const char* kUsage =
     "  model show NAME|FILE.yaml [--input 3x224x224] [--classes N]\n"
     "                    a model's layers with output shapes, parameters and multiply-adds\n"
     "                    (a zoo name or a model file, docs/models.md)\n"
+    "  export CHECKPOINT [-o FILE.onnx] [--opset 11..17]\n"
+    "                    write a trained model as ONNX (docs/serving.md)\n"
+    "  predict MODEL IMAGE...  [--top K]\n"
+    "                    classify image files: one JSON line each (MODEL: .onnx or a checkpoint)\n"
+    "  serve MODEL [JOB.ini] [--serve.port=N ...]\n"
+    "                    serve a model over KServe v2 and TF Serving REST; a checkpoint.dir is\n"
+    "                    followed, each new checkpoint swapped in (docs/serving.md)\n"
     "  config --markdown print the settings table of docs/configuration.md\n"
     "  checkpoint inspect DIR\n"
     "                    print a checkpoint: its step, files with sizes and CRCs, range files\n"
@@ -407,6 +415,12 @@ int run(int argc, char** argv) {
   if (command == "model") return model_command(args);
 
   Logger log(command, LogLevel::info);
+  if (command == "export") return export_command(args, log);
+  if (command == "predict") return predict_command(args, log);
+  if (command == "serve") {
+    StopSignals signals;  // first, before any thread: SIGTERM drains (the entry blocked it)
+    return serve_command(args, registry, signals, log);
+  }
   if (command == "config") {
     if (args.size() == 1 && args[0] == "--markdown") {
       std::printf("%s", registry.markdown_table().c_str());
@@ -503,7 +517,8 @@ int main(int argc, char** argv) {
   // during start-up is pending instead of fatal. The roles keep them blocked (StopSignals turns
   // them into a stop request); every other command takes them as any program does.
   const std::string command = argc > 1 ? argv[1] : "";
-  if (command != "coordinator" && command != "ps" && command != "worker") shoal::unblock_stop_signals();
+  if (command != "coordinator" && command != "ps" && command != "worker" && command != "serve")
+    shoal::unblock_stop_signals();
   shoal::tune_allocator();
   try {
     return shoal::run(argc, argv);
