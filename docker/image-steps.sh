@@ -19,9 +19,12 @@ set -euo pipefail
 
 # What the binary needs at run time on Debian 12 (docs/dependencies.md): the libraries behind
 # its -dev packages, mpirun for jobs launched by mpirun, and the quickstart's data set.
+# libonnx1 and libprotobuf32: ONNX's library (libonnx-dev) behind `shoal export` and the .onnx
+# models `shoal serve` loads. (The GPU image needs no list: `bundle` carries what ldd finds.)
 runtime_packages=(
   libzmq5 libcapnp-0.9.2 libdnnl2 libboost-program-options1.74.0 libgomp1 libstdc++6 zlib1g
   libopenmpi3 openmpi-bin libgloo0 libcpp-httplib0.11 libturbojpeg0 libspng0 libyaml-cpp0.7
+  libonnx1 libprotobuf32
   dataset-fashion-mnist
 )
 

@@ -2,9 +2,13 @@
 """Every object of every rendered overlay of k8s/ (and the MPIJob's pod templates) checked
 against the Kubernetes API types, without a cluster: each object becomes a TypeScript object
 literal typed with its kind's interface from the npm package kubernetes-models, and the
-TypeScript compiler checks it. Object literals get TypeScript's excess-property check at every
+TypeScript compiler checks it. The serving manifests too: k8s/serving rendered (with and
+without its queue-depth Component), the Cloud Run Service against the Knative types of
+@kubernetes-models/knative, and the KServe InferenceService, for which no types are published:
+its metadata as an ObjectMeta, its predictor (less KServe's own scaling fields) as the PodSpec it
+inlines. Object literals get TypeScript's excess-property check at every
 depth, so an unknown or misspelt field anywhere fails, as do a wrong type, a missing required
-field and a value outside an enum. A planted misspelling checks that the check can fail.
+field and a value outside an enum. Planted misspellings check that the check can fail.
 
   api_types_test.py SOURCE_DIR WORK_DIR
 
@@ -17,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 SOURCE, WORK = sys.argv[1], sys.argv[2]
 OVERLAYS = ["cpu", "gke-gpu", "gke-mig", "gke-gcsfuse"]
@@ -28,9 +33,21 @@ TYPES = {
     ("v1", "PersistentVolumeClaim"): ("kubernetes-models/v1/PersistentVolumeClaim", "IPersistentVolumeClaim"),
     ("v1", "ServiceAccount"): ("kubernetes-models/v1/ServiceAccount", "IServiceAccount"),
     ("apps/v1", "StatefulSet"): ("kubernetes-models/apps/v1/StatefulSet", "IStatefulSet"),
+    ("apps/v1", "Deployment"): ("kubernetes-models/apps/v1/Deployment", "IDeployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"):
+        ("kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler", "IHorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"): ("kubernetes-models/policy/v1/PodDisruptionBudget", "IPodDisruptionBudget"),
+    # Cloud Run's YAML (k8s/serving/cloudrun/service.yaml).
+    ("serving.knative.dev/v1", "Service"): ("@kubernetes-models/knative/serving.knative.dev/v1/Service", "IService"),
 }
 POD_TEMPLATE = ("kubernetes-models/v1/PodTemplateSpec", "IPodTemplateSpec")
+POD_SPEC = ("kubernetes-models/v1/PodSpec", "IPodSpec")
+OBJECT_META = ("@kubernetes-models/apimachinery/apis/meta/v1/ObjectMeta", "IObjectMeta")
+# KServe's ComponentExtensionSpec (serving.kserve.io/v1beta1): the predictor's fields beside the
+# PodSpec it inlines.
+KSERVE_EXTENSION = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
+                    "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
+                    "labels", "annotations", "deploymentStrategy", "autoScaling"}
 
 
 def skip(reason):
@@ -76,20 +93,32 @@ def install():
         f.write(lock)
 
 
+def rendered(path, where):
+    out = subprocess.run(["kubectl", "kustomize", path], capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"kubectl kustomize {where}: {out.stderr}")
+    return [(where, o) for o in yaml.safe_load_all(out.stdout) if o]
+
+
+def loaded(*path):
+    with open(os.path.join(SOURCE, "k8s", *path)) as f:
+        return [("/".join(path), o) for o in yaml.safe_load_all(f) if o]
+
+
 def documents():
-    """(where, object) of every overlay and of the MPIJob example."""
+    """(where, object) of every overlay, the MPIJob example and the serving manifests."""
     for overlay in OVERLAYS:
-        out = subprocess.run(["kubectl", "kustomize", os.path.join(SOURCE, "k8s", "overlays", overlay)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            fail(f"kubectl kustomize k8s/overlays/{overlay}: {out.stderr}")
-        for o in yaml.safe_load_all(out.stdout):
-            if o:
-                yield f"overlays/{overlay}", o
-    with open(os.path.join(SOURCE, "k8s", "mpijob", "sync-mpijob.yaml")) as f:
-        for o in yaml.safe_load_all(f):
-            if o:
-                yield "mpijob/sync-mpijob.yaml", o
+        yield from rendered(os.path.join(SOURCE, "k8s", "overlays", overlay), f"overlays/{overlay}")
+    yield from loaded("mpijob", "sync-mpijob.yaml")
+    yield from rendered(os.path.join(SOURCE, "k8s", "serving"), "serving")
+    with tempfile.TemporaryDirectory() as tmp:  # with the Component turned on, as its comment says
+        copy = os.path.join(tmp, "serving")
+        shutil.copytree(os.path.join(SOURCE, "k8s", "serving"), copy)
+        with open(os.path.join(copy, "kustomization.yaml"), "a") as f:
+            f.write("components:\n  - queue-depth\n")
+        yield from [t for t in rendered(copy, "serving+queue-depth") if t[1]["kind"] == "HorizontalPodAutoscaler"]
+    yield from loaded("serving", "cloudrun", "service.yaml")
+    yield from loaded("serving", "kserve", "inferenceservice.yaml")
 
 
 def typed(where, o):
@@ -98,6 +127,15 @@ def typed(where, o):
     if o.get("kind") == "MPIJob":  # a custom resource: its pod templates are Kubernetes' own type
         for role, spec in o["spec"]["mpiReplicaSpecs"].items():
             yield POD_TEMPLATE + (spec["template"], f"{label} {role} template")
+        return
+    if o.get("kind") == "InferenceService":  # KServe's: no published types; its parts that are Kubernetes'
+        if o.get("apiVersion") != "serving.kserve.io/v1beta1" or sorted(o) != ["apiVersion", "kind", "metadata", "spec"]:
+            fail(f"{label}: not a serving.kserve.io/v1beta1 InferenceService of apiVersion, kind, metadata, spec")
+        yield OBJECT_META + (o["metadata"], f"{label} metadata")
+        for component, spec in o["spec"].items():
+            if component not in ("predictor", "transformer", "explainer"):
+                fail(f"{label}: spec.{component} is not a component of an InferenceService")
+            yield POD_SPEC + ({k: v for k, v in spec.items() if k not in KSERVE_EXTENSION}, f"{label} {component}")
         return
     key = (o.get("apiVersion"), o.get("kind"))
     if key not in TYPES:
@@ -143,15 +181,21 @@ planted = [POD_TEMPLATE + ({"spec": {"containers": [{"name": "c", "image": "i", 
                            "planted misspelling"),
            TYPES[("apps/v1", "StatefulSet")] + ({"apiVersion": "apps/v1", "kind": "StatefulSet",
                                                  "spec": {"selector": {}, "podManagementPolicy": "AllAtOnce",
-                                                          "template": {}}}, "planted enum")]
+                                                          "template": {}}}, "planted enum"),
+           TYPES[("serving.knative.dev/v1", "Service")] + ({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                                                            "spec": {"template": {"spec": {
+                                                                "containerConcurency": 8, "containers": []}}}},
+                                                           "planted Knative misspelling")]
 caught = check(planted, os.path.join(WORK, "planted"))
-if not any("imagePullPolicyy" in m for _, m in caught) or not any("AllAtOnce" in m for _, m in caught):
+if not all(any(word in m for _, m in caught) for word in ("imagePullPolicyy", "AllAtOnce", "containerConcurency")):
     fail(f"the planted mistakes were not reported: {caught}")
 
 items = [t for where, o in documents() for t in typed(where, o)]
 errors = check(items, os.path.join(WORK, "manifests"))
 if errors:
     fail("objects that are not valid Kubernetes API objects:\n" + "\n".join(f"  {l}: {m}" for l, m in errors))
-print(f"{len(items)} objects of {len(OVERLAYS)} overlays and the MPIJob match the Kubernetes API types "
-      f"(kubernetes-models, strict: no unknown fields); the planted mistakes were reported")
+print(f"{len(items)} objects of {len(OVERLAYS)} overlays, the MPIJob and k8s/serving (Deployment, Service, "
+      f"autoscalers, budget, the Cloud Run Service, the KServe InferenceService's metadata and predictor) match the "
+      f"Kubernetes API types (kubernetes-models and its Knative package, strict: no unknown fields); "
+      f"the planted mistakes were reported")
 print("PASS")
