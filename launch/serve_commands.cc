@@ -153,7 +153,7 @@ int serve_command(std::vector<std::string> args, const SettingsRegistry& registr
   SHOAL_REQUIRE(loaded.positional.empty(), ConfigError, "serve: unexpected operand '" << loaded.positional.front() << "'");
   JobConfig config = loaded.config;
   // Cloud Run (and Knative) tell the container its port in PORT.
-  if (loaded.sources["serve.port"] == "default") {
+  if (auto it = loaded.sources.find("serve.port"); it == loaded.sources.end() || it->second == "default") {
     if (const char* port = std::getenv("PORT"); port != nullptr && *port != '\0')
       config.serve.port = parse_int(port, "the PORT environment variable", 1, 65535);
   }

@@ -58,7 +58,7 @@ for stage in "${stages[@]}"; do
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
         shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests shoal_ps_client_tests \
-        shoal_data_tests
+        shoal_data_tests shoal_serve_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -69,7 +69,7 @@ for stage in "${stages[@]}"; do
       # launcher's world-restart test has an mpi case: it runs here too.)
       mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.|^SyncCheckpoint\.LauncherRestarts'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes)$|$mpi_tests"
+        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes)$|^Serve\.Http$|$mpi_tests"
       ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
         ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"
@@ -77,10 +77,10 @@ for stage in "${stages[@]}"; do
     tsan)
       configure "$dir" "-fsanitize=thread"
       cmake --build "$dir" --target shoal_inproc_cluster_tests shoal_collective_tests shoal_ps_concurrency_tests \
-        shoal_telemetry_tests shoal_comm_tests shoal_ps_client_tests shoal_data_tests
+        shoal_telemetry_tests shoal_comm_tests shoal_ps_client_tests shoal_data_tests shoal_serve_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export TSAN_OPTIONS="log_path=$here/../../$dir/reports/tsan:exitcode=66:halt_on_error=0:second_deadlock_stack=1:suppressions=$here/tsan.supp"
-      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.|^PsClient\.|^BatchLoader\.'
+      ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R '^Inproc|^FaultInjection\.|^GlooCollective\.|^Work\.|^ChunkStore\.|^UpdatePool\.|^Telemetry\.|^StatusServer\.|^Auth\.|^PsClient\.|^BatchLoader\.|^ServeBatcher\.|^ServeProtocol\.'
       check_reports "$dir"
       ;;
     *)
