@@ -15,9 +15,11 @@ packages=(
   capnproto libcapnp-dev                          # wire protocol (Cap'n Proto)
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
-  libcpp-httplib-dev                              # /healthz /readyz /metrics (metrics.port)
+  libcpp-httplib-dev                              # tests: an HTTP client (the test build needs it)
+  nlohmann-json3-dev                              # shoal serve: JSON bodies (HTTP: Boost.Beast, with Boost)
   libturbojpeg0-dev libspng-dev                   # image data sets: JPEG and PNG decoding
   libyaml-cpp-dev                                 # model files (YAML)
+  libonnx-dev                                     # ONNX export and import (with libprotobuf-dev)
   libgtest-dev                                    # tests (the build configures them)
   dataset-fashion-mnist                           # the main job's data
 )
@@ -25,6 +27,7 @@ test_packages=(
   iproute2                                        # tests: network namespaces (a pulled link)
   python3-yaml                                    # tests: the Kubernetes manifests
   python3-prometheus-client                       # tests: /metrics read by Prometheus' parser
+  python3-opencv                                  # tests: ONNX exports run by OpenCV's DNN module
 )
 tests=true
 [[ "${1:-}" == "--build" ]] && tests=false
@@ -32,7 +35,8 @@ $tests && packages+=("${test_packages[@]}")
 if [[ "${1:-}" == "--bench" ]]; then
   # Benchmark peers. Without an optimised BLAS, Debian's PyTorch falls back to the reference
   # BLAS and runs 10x slower: the comparison would flatter Shoal.
-  packages+=(python3-torch python3-numpy libopenblas0-pthread iperf3 python3-torchvision python3-pil)
+  packages+=(python3-torch python3-numpy libopenblas0-pthread iperf3 python3-torchvision python3-pil
+            wrk python3-flask gunicorn)  # bench/serve_throughput.py: wrk, and the Flask peer
 fi
 
 missing=()
