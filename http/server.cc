@@ -117,6 +117,25 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->header_limit(16 * 1024);
     stream_.expires_after(seconds(first_ ? server_.options.request_timeout_s : server_.options.idle_timeout_s));
     first_ = false;
+    // The header first: a client that sent `Expect: 100-continue` (curl does for bodies over
+    // 1 KiB) waits for a 100 before it sends the body.
+    bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec || self->parser_->is_done()) return self->on_read(ec);
+      const auto expect = self->parser_->get()[bhttp::field::expect];
+      if (beast::iequals(expect, "100-continue")) {
+        if (self->parser_->content_length() && *self->parser_->content_length() > self->server_.options.max_body)
+          return self->on_read(bhttp::error::body_limit);
+        self->continue_ = std::make_unique<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, 11);
+        return bhttp::async_write(self->stream_, *self->continue_, [self](beast::error_code ec2, std::size_t) {
+          if (ec2) return self->close();
+          self->read_body();
+        });
+      }
+      self->read_body();
+    });
+  }
+
+  void read_body() {
     bhttp::async_read(stream_, buffer_, *parser_,
                       [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
   }
@@ -218,6 +237,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bhttp::response<bhttp::string_body> res_;
+  std::unique_ptr<bhttp::response<bhttp::empty_body>> continue_;  // a 100 Continue being written
   unsigned version_ = 11;
   bool keep_alive_ = false, head_ = false, first_ = true;
   bool pending_ = false;  // a request handed to the handler, its answer not yet written

@@ -208,6 +208,22 @@ class Protocols(unittest.TestCase):
         self.assertAlmostEqual(line["score"], max(probs), places=5)
         self.assertEqual(len(line["top"]), 3)
 
+    def test_expect_100_continue_is_answered_before_the_body(self):
+        body = json.dumps(v2_fp32(normalise(self.images[2], self.meta))).encode()
+        c = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        c.sendall(b"POST /v2/models/cnn/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        self.assertTrue(c.recv(100).startswith(b"HTTP/1.1 100 Continue"))  # before any body byte was sent
+        c.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        c.close()
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
+
     def test_batches_of_several_samples(self):
         xs = [normalise(p, self.meta) for p in self.images]
         flat = [v for x in xs for v in x]
