@@ -518,7 +518,8 @@ SettingsRegistry::SettingsRegistry() {
 
   s.push_back(int_setting(
       "threads", [](JobConfig & c) -> auto& { return c.threads; }, 0, 4096,
-      "compute threads per process (0: all cores)"));
+      "compute threads per process (0: the CPUs it may use: its affinity mask and its cgroup's CPU quota, rounded "
+      "up; `shoal version` prints the count)"));
   s.push_back(choice_setting(
       "device", [](JobConfig & c) -> auto& { return c.device; }, {"auto", "cpu", "cuda"},
       "where to compute; auto picks cuda when a GPU and the CUDA backend are available (a process's GPU is its "

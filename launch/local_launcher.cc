@@ -1,4 +1,5 @@
 #include "launch/local_launcher.h"
+#include "base/cpus.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -166,7 +167,7 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
       if (a.rfind(key, 0) == 0) ours = true;
     if (!ours) passed.push_back(a);
   }
-  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  const long cores = usable_cpus();  // affinity and cgroup quota (base/cpus.h)
   const long worker_threads = config.threads > 0 ? config.threads : std::max(1L, cores / config.workers);
 
   auto command = [&](const std::string& role, int rank, long threads) {

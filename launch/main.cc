@@ -20,6 +20,7 @@
 #include "checkpoint/checkpoint.h"
 #include "config/config.h"
 #include "base/environment.h"
+#include "base/cpus.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "base/process.h"
@@ -405,6 +406,10 @@ int run(int argc, char** argv) {
   if (command == "help" || command == "--help" || command == "-h") return print_help(registry, nullptr);
   if (command == "version" || command == "--version") {
     std::printf("%s\n", build_description().c_str());
+    const CpuBudget cpus = cpu_budget();
+    std::printf("CPUs: %d for threads = 0 (affinity mask %d; %s)\n", cpus.usable, cpus.affinity,
+                cpus.quota ? ("cgroup quota " + std::to_string(*cpus.quota) + " from " + cpus.quota_from).c_str()
+                           : "no cgroup CPU quota");
     if (cuda_built()) std::printf("%s\n", describe_gpus().c_str());
     return 0;
   }

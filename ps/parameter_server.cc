@@ -1,4 +1,5 @@
 #include "ps/parameter_server.h"
+#include "base/cpus.h"
 #include "checkpoint/state_io.h"
 #include "compute/devices/devices.h"
 
@@ -538,7 +539,7 @@ ServerOptions server_options(const JobConfig& config, const PartitionTable& tabl
   options.optimizer = config.optimizer;
   options.lr_staleness = config.lr_staleness;
   options.threads =
-      config.threads > 0 ? static_cast<int>(config.threads) : static_cast<int>(std::thread::hardware_concurrency());
+      config.threads > 0 ? static_cast<int>(config.threads) : usable_cpus();
   // The trainer's schedule, to the step (compute/lr_schedule.h).
   options.schedule = make_lr_schedule(config.lr_schedule_settings(), table.steps_per_epoch, config.epochs);
   return options;

@@ -1,4 +1,5 @@
 #include "compute/cpu/cpu_backend.h"
+#include "base/cpus.h"
 
 #include <omp.h>
 
@@ -156,7 +157,7 @@ void elementwise(std::int64_t n, Body body) {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
-    threads_ = threads > 0 ? threads : omp_get_num_procs();
+    threads_ = threads > 0 ? threads : usable_cpus();  // affinity and cgroup quota (base/cpus.h)
     use_threads();
   }
 

@@ -1,5 +1,6 @@
 // The real `shoal` binary as a process: a short training run, reproducibility, exit codes and
 // messages for bad input, and the docs' settings table kept in sync with the registry.
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -132,6 +133,44 @@ TEST(Cli, ExampleJobFilesAreValid) {
     auto r = run({kShoal, "config", entry.path().string()});
     EXPECT_EQ(r.exit_code, 0) << entry.path() << "\n" << r.output;
   }
+}
+
+// threads = 0 in a real cgroup with a CPU quota of half a CPU: `shoal version` inside it counts
+// one CPU and names the quota's file (tests/base/cpus_test.cc has the table of file forms).
+TEST(Cli, ThreadsFollowTheCgroupCpuQuota) {
+  namespace fs = std::filesystem;
+  const std::string name = "shoal-test-" + std::to_string(getpid());
+  std::string dir, why;
+  auto write = [](const std::string& path, const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+    out.flush();
+    return static_cast<bool>(out);
+  };
+  std::error_code ec;
+  if (fs::exists("/sys/fs/cgroup/cgroup.controllers", ec)) {  // cgroup v2
+    dir = "/sys/fs/cgroup/" + name;
+    if (!fs::create_directory(dir, ec) || !write(dir + "/cpu.max", "50000 100000")) why = "cannot create a v2 cgroup with cpu.max at " + dir + " (not root, or the cpu controller is not delegated)";
+  } else {
+    std::string mount;
+    for (const char* m : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"})
+      if (fs::exists(std::string(m) + "/cpu.cfs_quota_us", ec)) mount = m;
+    dir = mount + "/" + name;
+    if (mount.empty()) why = "no cgroup v1 cpu controller is mounted";
+    else if (!fs::create_directory(dir, ec) || !write(dir + "/cpu.cfs_period_us", "100000") ||
+             !write(dir + "/cpu.cfs_quota_us", "50000"))
+      why = "cannot create a v1 cgroup with a CFS quota at " + dir + " (not root?)";
+  }
+  if (!why.empty()) {
+    fs::remove(dir, ec);
+    GTEST_SKIP() << why;
+  }
+  auto r = run({"/bin/sh", "-c", "echo $$ > " + dir + "/cgroup.procs && exec " + kShoal + " version"});
+  fs::remove(dir, ec);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("CPUs: 1 for threads = 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("cgroup quota 0.5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(name), std::string::npos) << r.output;
 }
 
 }  // namespace
