@@ -15,6 +15,8 @@
 #include "base/process.h"
 #include "checkpoint/checkpoint.h"
 #include "compute/backend.h"
+#include "config/config.h"
+#include "data/source.h"
 #include "models/onnx.h"
 #include "serve/inference.h"
 #include "serve/protocol.h"
@@ -89,15 +91,64 @@ int export_command(const std::vector<std::string>& args, const Logger& log) {
 }
 
 namespace {
-const char* kPredictUsage = "usage: shoal predict MODEL IMAGE... [--top K] [--batch N]  (MODEL: .onnx or a checkpoint)";
+const char* kPredictUsage =
+    "usage: shoal predict MODEL IMAGE... [--top K] [--batch N]\n"
+    "       shoal predict MODEL --data JOB.ini [--limit N] [--top K]   (the job's test set)\n"
+    "MODEL: an .onnx file or a checkpoint";
+
+// The test set of a job file, through the job's own loader: one line per sample with its true
+// label, then {"samples": N, "accuracy": A}.
+int predict_test_set(InferenceModel& model, const std::string& job, std::int64_t limit, std::int64_t k,
+                     std::int64_t batch, const Logger& log) {
+  SettingsRegistry registry;
+  const JobConfig config = load_config({job}, process_environment(), registry).config;
+  DataSources data = open_data(config.data, log);
+  const DataSource& test = *data.test;
+  SHOAL_REQUIRE(test.sample_size() == model.sample_size(), ConfigError,
+                job << ": its samples are " << test.info().channels << "x" << test.info().height << "x"
+                    << test.info().width << ", the model takes " << dims_text(model.meta().input));
+  const std::int64_t n = limit > 0 ? std::min(limit, test.count()) : test.count();
+  const std::int64_t size = model.sample_size(), classes = model.classes();
+  std::int64_t correct = 0, counted = 0;
+  for (std::int64_t first = 0; first < n; first += batch) {
+    const std::int64_t m = std::min(batch, n - first);
+    std::vector<float> x(static_cast<std::size_t>(m * size));
+    std::vector<std::int32_t> y(static_cast<std::size_t>(m));
+    std::vector<bool> ok(static_cast<std::size_t>(m));
+    for (std::int64_t i = 0; i < m; ++i)
+      ok[static_cast<std::size_t>(i)] = test.load(first + i, SampleContext{}, x.data() + i * size, &y[static_cast<std::size_t>(i)]);
+    std::vector<float> logits(static_cast<std::size_t>(m * classes));
+    model.predict(x.data(), m, logits.data());
+    for (std::int64_t i = 0; i < m; ++i) {
+      if (!ok[static_cast<std::size_t>(i)]) continue;
+      const SamplePrediction p = predict_sample(logits.data() + i * classes, model.meta(), k);
+      ++counted;
+      correct += p.label == y[static_cast<std::size_t>(i)];
+      nlohmann::json line{{"sample", first + i}, {"class", p.name}, {"index", p.label}, {"score", p.score},
+                          {"label", y[static_cast<std::size_t>(i)]}};
+      nlohmann::json top = nlohmann::json::array();
+      for (const auto& [name, score] : p.top) top.push_back({{"class", name}, {"score", score}});
+      line["top"] = std::move(top);
+      std::printf("%s\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    }
+  }
+  nlohmann::json end{{"samples", counted}, {"accuracy", counted ? static_cast<double>(correct) / static_cast<double>(counted) : 0.0}};
+  std::printf("%s\n", end.dump().c_str());
+  return 0;
+}
 }
 
 int predict_command(const std::vector<std::string>& args, const Logger& log) {
   std::string model_path;
   std::vector<std::string> files;
-  std::int64_t k = 5, batch = 64;
+  std::string job;
+  std::int64_t k = 5, batch = 64, limit = 0;
   for (std::size_t i = 0; i < args.size(); ++i) {
-    if (is_option(args[i], "--top")) {
+    if (is_option(args[i], "--data")) {
+      job = option_value(args, &i, "--data", kPredictUsage);
+    } else if (is_option(args[i], "--limit")) {
+      limit = parse_int(option_value(args, &i, "--limit", kPredictUsage), "--limit", 1, std::int64_t{1} << 40);
+    } else if (is_option(args[i], "--top")) {
       k = parse_int(option_value(args, &i, "--top", kPredictUsage), "--top", 1, 1 << 20);
     } else if (is_option(args[i], "--batch")) {
       batch = parse_int(option_value(args, &i, "--batch", kPredictUsage), "--batch", 1, 1 << 16);
@@ -106,8 +157,9 @@ int predict_command(const std::vector<std::string>& args, const Logger& log) {
       (model_path.empty() ? model_path : files.emplace_back()) = args[i];
     }
   }
-  SHOAL_REQUIRE(!model_path.empty() && !files.empty(), ConfigError, kPredictUsage);
+  SHOAL_REQUIRE(!model_path.empty() && (files.empty() != job.empty()), ConfigError, kPredictUsage);
   InferenceModel model(load_trained_model(model_path, log), cpu_backend());
+  if (!job.empty()) return predict_test_set(model, job, limit, k, batch, log);
   const ModelMeta& meta = model.meta();
   const std::int64_t size = model.sample_size(), classes = model.classes();
   for (std::size_t first = 0; first < files.size(); first += static_cast<std::size_t>(batch)) {

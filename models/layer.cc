@@ -29,6 +29,12 @@ Tensor& Layer::ensure(Backend& backend, Tensor& t, const Shape& shape) {
 namespace {
 
 class Conv2d final : public Layer {
+  LayerSpec spec() const override {
+    LayerSpec s;
+    s.kind = LayerSpec::conv, s.in = spec_.in, s.out = spec_.out, s.kernel = spec_.kernel, s.stride = spec_.stride;
+    s.pad = spec_.pad, s.groups = spec_.groups, s.bias = spec_.bias;
+    return s;
+  }
  public:
   explicit Conv2d(const ConvSpec& spec) : spec_(spec), params_conv_{spec.stride, spec.pad, spec.groups} {}
 
@@ -94,6 +100,11 @@ class Conv2d final : public Layer {
 class Linear final : public Layer {
  public:
   explicit Linear(const LinearSpec& spec) : spec_(spec) {}
+  LayerSpec spec() const override {
+    LayerSpec s;
+    s.kind = LayerSpec::linear, s.in = spec_.in, s.out = spec_.out, s.bias = spec_.bias;
+    return s;
+  }
   std::string describe() const override {
     return "linear " + std::to_string(spec_.in) + "->" + std::to_string(spec_.out) + (spec_.bias ? "" : " no bias");
   }
@@ -136,6 +147,7 @@ class Linear final : public Layer {
 class Relu final : public Layer {
  public:
   std::string describe() const override { return "relu"; }
+  LayerSpec spec() const override { return LayerSpec{LayerSpec::relu}; }
   Shape output_shape(const Shape& x) const override { return x; }
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
     Tensor& y = ensure(ctx.backend, y_, x.shape());
@@ -156,6 +168,11 @@ class Relu final : public Layer {
 class Clip final : public Layer {
  public:
   Clip(float lo, float hi) : lo_(lo), hi_(hi) {}
+  LayerSpec spec() const override {
+    LayerSpec s;
+    s.kind = LayerSpec::clip, s.lo = lo_, s.hi = hi_;
+    return s;
+  }
   std::string describe() const override {
     if (lo_ == 0.f && hi_ == 6.f) return "relu6";
     std::ostringstream d;
@@ -183,6 +200,7 @@ class Clip final : public Layer {
 class Identity final : public Layer {
  public:
   std::string describe() const override { return "identity"; }
+  LayerSpec spec() const override { return LayerSpec{LayerSpec::identity}; }
   Shape output_shape(const Shape& x) const override { return x; }
   const Tensor& forward(LayerContext&, const Tensor& x) override { return y_ = x; }
   const Tensor& backward(LayerContext&, const Tensor& dy, bool need_dx) override {
@@ -196,6 +214,13 @@ class Identity final : public Layer {
 class Pool final : public Layer {
  public:
   Pool(PoolParams p, bool global) : p_(p), global_(global) {}
+  LayerSpec spec() const override {
+    LayerSpec s;
+    if (global_) return LayerSpec{LayerSpec::global_avg_pool};
+    s.kind = p_.kind == PoolKind::max ? LayerSpec::max_pool : LayerSpec::avg_pool;
+    s.kernel = p_.kernel, s.stride = p_.stride, s.pad = p_.pad;
+    return s;
+  }
   std::string describe() const override {
     if (global_) return "global average pool";
     return std::string(p_.kind == PoolKind::max ? "max" : "average") + " pool " + std::to_string(p_.kernel) + "x" +
@@ -241,6 +266,11 @@ class BatchNorm final : public Layer {
  public:
   BatchNorm(std::int64_t channels, float momentum, float eps, float gamma)
       : channels_(channels), momentum_(momentum), eps_(eps), gamma_init_(gamma) {}
+  LayerSpec spec() const override {
+    LayerSpec s;
+    s.kind = LayerSpec::batch_norm, s.in = s.out = channels_, s.eps = eps_, s.momentum = momentum_;
+    return s;
+  }
   std::string describe() const override { return "batch norm " + std::to_string(channels_); }
   Shape output_shape(const Shape& x) const override {
     SHOAL_REQUIRE((x.rank() == 2 || x.rank() == 4) && x[1] == channels_, ConfigError,
@@ -387,6 +417,11 @@ class BatchNorm final : public Layer {
 class Dropout final : public Layer {
  public:
   Dropout(float p, std::uint64_t salt) : p_(p), salt_(salt) {}
+  LayerSpec spec() const override {
+    LayerSpec s;
+    s.kind = LayerSpec::dropout, s.p = p_;
+    return s;
+  }
   std::string describe() const override { return "dropout " + std::to_string(p_).substr(0, 4); }
   Shape output_shape(const Shape& x) const override { return x; }
   const Tensor& forward(LayerContext& ctx, const Tensor& x) override {
@@ -416,6 +451,7 @@ class Dropout final : public Layer {
 class Flatten final : public Layer {
  public:
   std::string describe() const override { return "flatten"; }
+  LayerSpec spec() const override { return LayerSpec{LayerSpec::flatten}; }
   Shape output_shape(const Shape& x) const override { return Shape{x[0], x.numel() / x[0]}; }
   const Tensor& forward(LayerContext&, const Tensor& x) override {
     in_shape_ = x.shape();

@@ -36,9 +36,22 @@ struct LayerContext {
 std::string dims_text(const Shape& shape);
 std::string per_sample_text(const Shape& batch_shape);
 
+// What a layer is, read-only: enough to write it out again (ONNX export, models/onnx.h).
+struct LayerSpec {
+  enum Kind { other, conv, linear, batch_norm, relu, clip, identity, flatten, global_avg_pool, max_pool, avg_pool,
+              dropout } kind = other;  // other: a layer defined outside layer.cc (tests)
+  std::int64_t in = 0, out = 0;       // conv, linear: widths; batch_norm: channels (both)
+  int kernel = 0, stride = 1, pad = 0, groups = 1;  // conv, max_pool, avg_pool
+  bool bias = false;                  // conv, linear
+  float lo = 0, hi = 0;               // clip (relu6: 0, 6)
+  float p = 0;                        // dropout
+  float eps = 0, momentum = 0;        // batch_norm
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
+  virtual LayerSpec spec() const { return {}; }
   virtual std::string describe() const = 0;  // "conv 1->32 3x3 pad 1"
   // The output shape for input shape x (with its batch dimension); throws ConfigError naming
   // both shapes when x does not fit this layer.

@@ -77,7 +77,7 @@ Shape Model::add_merge(const std::string& name, Merge kind, const std::vector<st
 }
 
 void Model::declare() {
-  SHOAL_ASSERT(!declared_, "model declared twice");
+  if (declared_) return;  // an imported model comes declared
   SHOAL_REQUIRE(!nodes_.empty(), ConfigError, "model " << name_ << " has no layers");
   for (auto& n : nodes_)
     if (n.layer) n.layer->declare(params_, n.name + ".");
@@ -88,7 +88,39 @@ void Model::build(Backend& backend, std::uint64_t seed) {
   SHOAL_ASSERT(!built_, "model built twice");
   if (!declared_) declare();
   params_.allocate(backend, seed);
+  if (has_initial_) {
+    SHOAL_REQUIRE(static_cast<std::int64_t>(initial_values_.size()) == params_.values().numel() &&
+                      static_cast<std::int64_t>(initial_buffers_.size()) == params_.buffer_values().numel(),
+                  ConfigError,
+                  "model " << name_ << ": the initial values hold " << initial_values_.size() << " parameters and "
+                           << initial_buffers_.size() << " buffer values, the model has "
+                           << params_.values().numel() << " and " << params_.buffer_values().numel());
+    if (!initial_values_.empty()) backend.copy_from_host(initial_values_.data(), params_.values());
+    if (!initial_buffers_.empty()) backend.copy_from_host(initial_buffers_.data(), params_.buffer_values());
+    std::vector<float>().swap(initial_values_);  // the arenas hold them now
+    std::vector<float>().swap(initial_buffers_);
+  }
   built_ = true;
+}
+
+void Model::set_initial_values(std::vector<float> values, std::vector<float> buffers) {
+  SHOAL_ASSERT(!built_, "initial values set after build()");
+  initial_values_ = std::move(values);
+  initial_buffers_ = std::move(buffers);
+  has_initial_ = true;
+}
+
+std::vector<Model::GraphNode> Model::graph() const {
+  std::vector<GraphNode> out;
+  for (const auto& n : nodes_) {
+    GraphNode g;
+    g.name = n.name;
+    g.layer = n.layer.get();
+    g.merge = n.merge;
+    for (int in : n.inputs) g.inputs.push_back(in < 0 ? std::string(kInput) : nodes_[in].name);
+    out.push_back(std::move(g));
+  }
+  return out;
 }
 
 const Tensor& Model::forward(LayerContext& ctx, const Tensor& x) {

@@ -49,10 +49,26 @@ class Model {
   bool has_node(const std::string& node) const;
 
   // Declares every parameter and buffer: names, shapes and offsets, no memory (the layout the
-  // coordinator partitions and records in checkpoints). Once; build() declares if needed.
+  // coordinator partitions and records in checkpoints). Again is a no-op; build() declares if needed.
   void declare();
-  // Declares every parameter, allocates the arenas and initialises them from `seed`.
+  // Declares every parameter, allocates the arenas and initialises them from `seed`, or with
+  // the values given to set_initial_values().
   void build(Backend& backend, std::uint64_t seed);
+  // Makes build() start from these arenas (parameters, then buffers, in declaration order; an
+  // imported ONNX model's weights) instead of the seeded initialisation. The sizes are checked
+  // when build() lays out the arenas.
+  void set_initial_values(std::vector<float> values, std::vector<float> buffers);
+  bool has_initial_values() const { return has_initial_; }
+
+  // A read-only view of the graph, one entry per node in the order they were added (inputs come
+  // first): what an exporter needs besides each layer's spec() and parameters().
+  struct GraphNode {
+    std::string name;
+    const Layer* layer = nullptr;     // null for a merge
+    Merge merge = Merge::none;
+    std::vector<std::string> inputs;  // node names, or kInput
+  };
+  std::vector<GraphNode> graph() const;
 
   const Tensor& forward(LayerContext& ctx, const Tensor& x);
   void backward(LayerContext& ctx, const Tensor& dlogits, const GradientsReady& ready = {});
@@ -91,6 +107,8 @@ class Model {
   std::vector<Node> nodes_;
   ParameterSet params_;
   bool declared_ = false, built_ = false;
+  bool has_initial_ = false;
+  std::vector<float> initial_values_, initial_buffers_;
 };
 
 }  // namespace shoal

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "models/onnx.h"
 
 namespace shoal {
 namespace {
@@ -627,10 +628,12 @@ bool is_model_path(const std::string& model) {
   auto ends_with = [&](const std::string& suffix) {
     return model.size() > suffix.size() && model.compare(model.size() - suffix.size(), suffix.size(), suffix) == 0;
   };
-  return model.find('/') != std::string::npos || ends_with(".yaml") || ends_with(".yml");
+  return model.find('/') != std::string::npos || ends_with(".yaml") || ends_with(".yml") || is_onnx_path(model);
 }
 
 std::pair<std::string, std::string> model_source(const std::string& model) {
+  SHOAL_REQUIRE(!is_onnx_path(model), ConfigError,
+                model << " is an ONNX model, not a model file (YAML): build_model() imports it (docs/models.md, ONNX)");
   if (is_model_path(model)) {
     std::ifstream in(model, std::ios::binary);
     SHOAL_REQUIRE(in, ConfigError, "model = " << model << ": cannot read the model file");
@@ -649,6 +652,18 @@ std::pair<std::string, std::string> model_source(const std::string& model) {
 }
 
 std::unique_ptr<Model> build_model(const std::string& model, const Shape& sample_shape, std::int64_t classes) {
+  if (is_onnx_path(model)) {
+    std::ifstream in(model, std::ios::binary);
+    SHOAL_REQUIRE(in, ConfigError, "model = " << model << ": cannot read the ONNX file");
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    ImportedModel imported = import_onnx(bytes.str(), model);
+    SHOAL_REQUIRE(imported.model->sample_shape() == sample_shape && imported.model->classes() == classes, ConfigError,
+                  model << ": the model takes " << dims_text(imported.model->sample_shape()) << " inputs and has "
+                        << imported.model->classes() << " classes, but the job's data is " << dims_text(sample_shape)
+                        << " with " << classes << " classes");
+    return std::move(imported.model);  // starts from the file's weights (Model::set_initial_values)
+  }
   auto [text, origin] = model_source(model);
   return build_model_from_text(text, origin, sample_shape, classes);
 }

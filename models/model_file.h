@@ -35,13 +35,16 @@ ModelFileInfo read_model_info(const std::string& text, const std::string& origin
 const std::vector<std::string>& zoo_names();
 const std::string* zoo_text(const std::string& name);  // null when not in the zoo
 
-// `model` is a zoo name or the path of a model file (anything with a '/' or ending .yaml/.yml).
+// `model` is a zoo name or the path of a model file (anything with a '/' or ending .yaml/.yml,
+// or an ONNX file ending .onnx).
 bool is_model_path(const std::string& model);
 // The text and origin ("zoo:resnet18" or the path) of `model`; throws ConfigError when the
 // name is not in the zoo or the file cannot be read.
 std::pair<std::string, std::string> model_source(const std::string& model);
 
-// Builds a zoo model or a model file's model for samples of `sample_shape` (C, H, W).
+// Builds a zoo model or a model file's model for samples of `sample_shape` (C, H, W). A path
+// ending .onnx is imported (models/onnx.h) and starts from the file's weights; its input shape
+// and class count must be the job's, else a ConfigError naming both.
 std::unique_ptr<Model> build_model(const std::string& model, const Shape& sample_shape, std::int64_t classes);
 
 }  // namespace shoal
