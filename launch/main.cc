@@ -8,6 +8,8 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <thread>
@@ -32,6 +34,7 @@
 #include "data/source.h"
 #include "data/writer.h"
 #include "models/model_file.h"
+#include "models/onnx.h"
 #include "worker/train_job.h"
 #include "worker/worker_job.h"
 
@@ -346,10 +349,20 @@ int data_command(const std::vector<std::string>& args, const SettingsRegistry& r
 
 // ---- shoal model show -------------------------------------------------------------------------
 
-const char* kModelUsage = "usage: shoal model show NAME|FILE.yaml [--input CxHxW] [--classes N]";
+const char* kModelUsage = "usage: shoal model show NAME|FILE.yaml [--input CxHxW] [--classes N] | shoal model show FILE.onnx";
 
 int model_command(const std::vector<std::string>& args) {
   SHOAL_REQUIRE(args.size() >= 2 && args[0] == "show", ConfigError, kModelUsage);
+  if (is_onnx_path(args[1])) {  // its shapes are the file's own
+    SHOAL_REQUIRE(args.size() == 2, ConfigError, "model show: an ONNX file has its own input and classes\n" << kModelUsage);
+    std::ifstream in(args[1], std::ios::binary);
+    SHOAL_REQUIRE(in, ConfigError, "model '" << args[1] << "' cannot be read");
+    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    ImportedModel imported = import_onnx(bytes, args[1]);
+    imported.model->declare();
+    std::printf("%s\n", imported.model->summary().c_str());
+    return 0;
+  }
   auto [text, origin] = model_source(args[1]);
   ModelFileInfo info = read_model_info(text, origin);
   Shape input = info.input.value_or(Shape{3, 224, 224});

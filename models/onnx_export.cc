@@ -3,6 +3,7 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -187,6 +188,18 @@ std::string export_onnx(const Model& model, const float* values, const float* bu
       }
       case LayerSpec::relu: w.node("Relu", n.name, inputs, out); break;
       case LayerSpec::clip: {
+        if (s.lo == 0 && s.hi > 0 && std::isfinite(s.hi)) {
+          // ReLU6 and the like as Relu(x) - Relu(x - hi): OpenCV 4.6 reads no Clip of opset 11 and
+          // later (min and max became inputs there), and every runtime has Relu and Sub. Exact
+          // for x <= 2 hi (Sterbenz), within half an ulp of x above. Import reads it back as a clip.
+          const std::string shifted = n.name + "/shifted", low = n.name + "/low", high = n.name + "/high";
+          w.scalar(n.name + ".max", s.hi);
+          w.node("Sub", shifted, {inputs[0], n.name + ".max"}, shifted);
+          w.node("Relu", low, {inputs[0]}, low);
+          w.node("Relu", high, {shifted}, high);
+          w.node("Sub", n.name, {low, high}, out);
+          break;
+        }
         w.scalar(n.name + ".min", s.lo);
         w.scalar(n.name + ".max", s.hi);
         w.node("Clip", n.name, {inputs[0], n.name + ".min", n.name + ".max"}, out);

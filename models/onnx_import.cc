@@ -301,8 +301,43 @@ void Importer::walk(std::int64_t classes) {
   tensors_[input.name()] = Model::kInput;
   names_.insert(Model::kInput);
 
+  // ReLU6 as Shoal exports it (onnx_export.cc): Sub(Relu(x), Relu(Sub(x, c))), c a positive
+  // scalar, each intermediate read once, is clip(x, 0, c): one layer, its three helpers skipped.
+  std::map<std::string, const onnx::NodeProto*> producer;
+  std::map<std::string, int> reads;
+  for (const auto& n : g.node()) {
+    for (const auto& o : n.output()) producer[o] = &n;
+    for (const auto& i : n.input()) ++reads[i];
+  }
+  auto made_by = [&](const std::string& tensor, const char* op) -> const onnx::NodeProto* {
+    auto it = producer.find(tensor);
+    return it != producer.end() && it->second->op_type() == op && it->second->domain().empty() ? it->second : nullptr;
+  };
+  std::set<const onnx::NodeProto*> fused;
+  std::map<const onnx::NodeProto*, std::pair<const onnx::NodeProto*, float>> relu6;  // the last Sub -> (Relu(x), c)
+  for (const auto& n : g.node()) {
+    if (n.op_type() != "Sub" || !n.domain().empty() || n.input_size() != 2) continue;
+    const onnx::NodeProto* low = made_by(n.input(0), "Relu");
+    const onnx::NodeProto* high = made_by(n.input(1), "Relu");
+    if (low == nullptr || high == nullptr || low->input_size() != 1 || high->input_size() != 1) continue;
+    const onnx::NodeProto* shifted = made_by(high->input(0), "Sub");
+    if (shifted == nullptr || shifted->input_size() != 2 || shifted->input(0) != low->input(0)) continue;
+    const Constant* c = constant(shifted->input(1));
+    if (c == nullptr || c->numel() != 1 || c->floats.empty() || !(c->floats[0] > 0)) continue;
+    if (reads[n.input(0)] != 1 || reads[n.input(1)] != 1 || reads[high->input(0)] != 1) continue;
+    fused.insert(low);
+    fused.insert(high);
+    fused.insert(shifted);
+    relu6[&n] = {low, c->floats[0]};
+  }
+
   for (const auto& n : g.node()) {
     const std::string& op = n.op_type();
+    if (fused.count(&n) != 0) continue;
+    if (auto it = relu6.find(&n); it != relu6.end()) {
+      add_layer(n, clip(0.f, it->second.second), source(*it->second.first, 0));
+      continue;
+    }
     if (!n.domain().empty() && n.domain() != "ai.onnx")
       fail_node(n, "op " + n.domain() + "." + op + " is not supported; Shoal imports " + kSupported);
     if (n.output_size() < 1 || n.output(0).empty()) fail_node(n, op + " without an output");

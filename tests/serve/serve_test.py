@@ -425,6 +425,55 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(s.stop(), 0)
 
 
+class Export(unittest.TestCase):
+    def test_an_export_serves_predicts_and_runs_in_opencv_as_the_checkpoint(self):
+        path = os.path.join(WORK, "fm.onnx")
+        r = subprocess.run([SHOAL, "export", CKPT, "-o", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("opset 11", r.stdout)
+        r = subprocess.run([SHOAL, "model", "show", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("conv", r.stdout)
+        # The test set through `shoal predict`: the same class and score from the file as from the checkpoint.
+        lines = {}
+        for model in (CKPT, path):
+            r = subprocess.run([SHOAL, "predict", model, "--data", JOB, "--limit", "300", "--top", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines[model] = [json.loads(l) for l in r.stdout.splitlines()]
+        self.assertEqual(len(lines[path]), 301)
+        for a, b in zip(lines[CKPT][:-1], lines[path][:-1]):
+            self.assertAlmostEqual(a["score"], b["score"], delta=1e-5)
+            tie = abs(a["top"][0]["score"] - a["top"][1]["score"]) < 1e-5
+            self.assertTrue(a["class"] == b["class"] or tie, (a, b))
+        self.assertAlmostEqual(lines[CKPT][-1]["accuracy"], lines[path][-1]["accuracy"], delta=1 / 300)
+        # Served: the file and the checkpoint answer alike, and OpenCV's DNN module computes the same logits.
+        a, b = Server(CKPT, "--serve.port=0"), Server(path, "--serve.port=0")
+        try:
+            meta = b.json("GET", "/v2/models/cnn")[2]
+            self.assertEqual(meta["versions"], a.json("GET", "/v2/models/cnn")[2]["versions"])
+            images = test_images(8)
+            x = [v for px in images for v in normalise(px, meta)]
+            la = a.json("POST", "/v2/models/cnn/infer", v2_fp32(x, 8))[2]["outputs"][0]["data"]
+            lb = b.json("POST", "/v2/models/cnn/infer", v2_fp32(x, 8))[2]["outputs"][0]["data"]
+            top = max(1.0, max(abs(v) for v in la))
+            self.assertLessEqual(max(abs(p - q) for p, q in zip(la, lb)) / top, 1e-5)
+        finally:
+            self.assertEqual(a.stop(), 0)
+            self.assertEqual(b.stop(), 0)
+        try:
+            import cv2
+            import numpy as np
+        except ImportError as e:
+            self.skipTest(f"OpenCV's Python module is not installed ({e}); the file was checked by `shoal` alone")
+        net = cv2.dnn.readNetFromONNX(path)
+        net.setInput(np.array(x, dtype=np.float32).reshape(8, 1, 28, 28))
+        lc = net.forward().ravel().tolist()
+        self.assertLessEqual(max(abs(p - q) for p, q in zip(la, lc)) / top, 1e-5)
+
+
 def hold_connections(port, n):
     """n connections: half silent, half sending a request a byte at a time (from a thread)."""
     socks = []
