@@ -564,6 +564,10 @@ SettingsRegistry::SettingsRegistry() {
   s.push_back(int_setting(
       "serve.max_delay_us", [](JobConfig & c) -> auto& { return c.serve.max_delay_us; }, 0, 10000000,
       "shoal serve: how long the oldest waiting request may wait for others to batch with, in microseconds"));
+  s.push_back(bool_setting(
+      "serve.always_wait", [](JobConfig & c) -> auto& { return c.serve.always_wait; },
+      "shoal serve: the oldest request always waits serve.max_delay_us for others (false: only while requests "
+      "arrive together, so a lone request runs at once)"));
   s.push_back(int_setting(
       "serve.queue", [](JobConfig & c) -> auto& { return c.serve.queue; }, 1, 1 << 20,
       "shoal serve: inference requests waiting at most; beyond it a request is answered 429 with Retry-After"));

@@ -32,6 +32,7 @@ struct ServeSettings {
   std::string host = "0.0.0.0";
   std::int64_t max_batch = 32;   // samples per model call
   std::int64_t max_delay_us = 2000;  // how long a request waits for others to batch with
+  bool always_wait = false;       // false: wait only while requests arrive together
   std::int64_t queue = 256;      // requests waiting; beyond it 429 with Retry-After
   double timeout_seconds = 10;   // a request not started by then is answered 504
   std::int64_t max_body_mib = 32;  // larger request bodies are answered 413

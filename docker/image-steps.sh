@@ -24,7 +24,7 @@ set -euo pipefail
 runtime_packages=(
   libzmq5 libcapnp-0.9.2 libdnnl2 libboost-program-options1.74.0 libgomp1 libstdc++6 zlib1g
   libopenmpi3 openmpi-bin libgloo0 libturbojpeg0 libspng0 libyaml-cpp0.7
-  libonnx1 libprotobuf32
+  libonnx1 libprotobuf32 libsimdjson14
   dataset-fashion-mnist
 )
 

@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -121,6 +122,12 @@ class Session : public std::enable_shared_from_this<Session> {
     // 1 KiB) waits for a 100 before it sends the body.
     bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec || self->parser_->is_done()) return self->on_read(ec);
+      if (const auto length = self->parser_->content_length(); length && *length > self->server_.options.max_body)
+        return self->on_read(bhttp::error::body_limit);  // refused before a byte of it is read
+      // Room for the body: Beast reads at most the buffer's spare capacity (512 bytes when it has
+      // none), so a 16 KB body took 32 reads. Up to 1 MiB at a time.
+      if (const auto length = self->parser_->content_length(); length && *length > 512)
+        self->buffer_.reserve(self->buffer_.size() + static_cast<std::size_t>(std::min<std::uint64_t>(*length, 1 << 20)));
       const auto expect = self->parser_->get()[bhttp::field::expect];
       if (beast::iequals(expect, "100-continue")) {
         if (self->parser_->content_length() && *self->parser_->content_length() > self->server_.options.max_body)
@@ -148,6 +155,7 @@ class Session : public std::enable_shared_from_this<Session> {
       r.body = "{\"error\": \"the request body is over the limit of " + std::to_string(server_.options.max_body) +
                " bytes\"}";
       keep_alive_ = false;
+      linger_ = true;
       write(std::move(r));
       return;
     }
@@ -161,6 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
       r.status = 400;
       r.body = "bad request: " + ec.message() + "\n";
       keep_alive_ = false;
+      linger_ = true;
       write(std::move(r));
       return;
     }
@@ -218,11 +227,29 @@ class Session : public std::enable_shared_from_this<Session> {
         self->pending_ = false;
         --self->server_.pending;
       }
+      if (!ec && self->linger_) return self->linger();
       if (ec || !self->keep_alive_) {
         self->close();
         return;
       }
       self->read();
+    });
+  }
+
+  // After an error answer to a client that may still be sending (a body over the limit): stop
+  // sending, then read and drop what still comes for up to two seconds, so the client reads the
+  // answer instead of a reset (a close with unread data sends RST).
+  void linger() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(std::chrono::seconds(2));
+    drain_.resize(16 * 1024);
+    drain();
+  }
+  void drain() {
+    stream_.async_read_some(net::buffer(drain_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->close();
+      self->drain();
     });
   }
 
@@ -241,6 +268,8 @@ class Session : public std::enable_shared_from_this<Session> {
   unsigned version_ = 11;
   bool keep_alive_ = false, head_ = false, first_ = true;
   bool pending_ = false;  // a request handed to the handler, its answer not yet written
+  bool linger_ = false;   // close after the answer by draining what the client still sends
+  std::vector<char> drain_;
 };
 
 }  // namespace

@@ -16,11 +16,11 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 int main(int argc, char** argv) {
-  (void)argc;
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
@@ -35,6 +35,11 @@ int main(int argc, char** argv) {
     return 4;  // ExitCode::io
   }
   path[n] = '\0';
+  // `shoal serve` shares its cores between the HTTP threads and the model's: OpenMP threads that
+  // spin between parallel regions (libgomp's default) took a third of the CPU from request
+  // parsing (docs/benchmarks.md, "Serving throughput"). libgomp reads this when it loads, so it
+  // is set here, before the program starts; a user's own setting wins.
+  if (argc > 1 && strcmp(argv[1], "serve") == 0) setenv("OMP_WAIT_POLICY", "passive", 0);
   char* slash = strrchr(path, '/');
   memcpy(slash != nullptr ? slash + 1 : path, kProgram, sizeof(kProgram));
   execv(path, argv);

@@ -16,7 +16,7 @@ packages=(
   libopenmpi-dev openmpi-bin                      # sync strategy and mpirun launch
   libgloo-dev                                     # sync strategy without mpirun (Gloo, TCP)
   libcpp-httplib-dev                              # tests: an HTTP client (the test build needs it)
-  nlohmann-json3-dev                              # shoal serve: JSON bodies (HTTP: Boost.Beast, with Boost)
+  nlohmann-json3-dev libsimdjson-dev              # shoal serve: JSON replies, request parsing (HTTP: Boost.Beast)
   libturbojpeg0-dev libspng-dev                   # image data sets: JPEG and PNG decoding
   libyaml-cpp-dev                                 # model files (YAML)
   libonnx-dev                                     # ONNX export and import (with libprotobuf-dev)

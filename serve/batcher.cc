@@ -66,7 +66,9 @@ void Batcher::run() {
   for (;;) {
     wake_.wait(lock, [&] { return stop_ || !queue_.empty(); });
     if (stop_) return;
-    // Gather: the oldest request waits up to max_delay for others on the same model.
+    // Gather: the oldest request waits up to max_delay for others on the same model, when
+    // requests are arriving together (or always, when so configured).
+    const bool gather = options_.always_wait || last_requests_ > 1 || queue_.size() > 1;
     const auto gather_until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.max_delay_us);
     auto samples_ready = [&] {
       std::int64_t n = 0;
@@ -76,7 +78,7 @@ void Batcher::run() {
       }
       return n;
     };
-    while (!stop_ && samples_ready() < options_.max_batch &&
+    while (gather && !stop_ && samples_ready() < options_.max_batch &&
            wake_.wait_until(lock, gather_until) != std::cv_status::timeout) {
     }
     if (stop_) return;
@@ -97,6 +99,7 @@ void Batcher::run() {
       queue_.pop_front();
     }
     running_ = static_cast<std::int64_t>(batch.size());
+    last_requests_ = batch.size();
     lock.unlock();
 
     for (Entry& e : expired) {

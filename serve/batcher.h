@@ -1,6 +1,7 @@
 // Dynamic batching for `shoal serve`: requests wait in a bounded queue; one thread takes the
-// oldest, gathers more for up to max_delay (until max_batch samples), runs them through the model
-// as one batch and answers each with its own rows. A request runs on the model that was current
+// oldest, gathers more for up to max_delay (until max_batch samples) while requests are arriving
+// together, runs them through the model as one batch and answers each with its own rows. A
+// lone request runs at once; under load, what arrives while the model runs is the next batch. A request runs on the model that was current
 // when it was submitted, so a hot swap never changes a request in flight; a request whose
 // deadline passes while it waits is answered `expired` without running.
 #pragma once
@@ -25,6 +26,9 @@ struct BatcherOptions {
   std::int64_t max_batch = 32;     // samples per model call (a larger request runs alone)
   std::int64_t max_delay_us = 2000;  // how long the oldest request may wait for company
   std::int64_t queue_limit = 256;  // requests waiting; beyond it submit() refuses (429)
+  // false: the oldest waits for company only while requests arrive together (the last batch
+  // held several, or several wait now), so a lone request runs at once; true: always.
+  bool always_wait = false;
 };
 
 struct InferenceResult {
@@ -69,6 +73,7 @@ class Batcher {
   std::deque<Entry> queue_;
   std::shared_ptr<InferenceModel> model_;
   std::int64_t running_ = 0;
+  std::size_t last_requests_ = 0;  // requests in the last batch
   bool stop_ = false;
   Gauge& depth_gauge_;
   Histogram& batch_sizes_;

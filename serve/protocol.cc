@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <simdjson.h>
 #include <sstream>
 
 #include "base/error.h"
@@ -32,26 +34,6 @@ std::vector<std::int64_t> model_shape(const ModelMeta& meta, std::int64_t n = -1
 std::string class_name(const ModelMeta& meta, std::int64_t c) {
   return c >= 0 && c < static_cast<std::int64_t>(meta.class_names.size()) ? meta.class_names[static_cast<std::size_t>(c)]
                                                                           : std::to_string(c);
-}
-
-json parse_json(const std::string& text, const char* what) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw BadRequest(std::string("malformed JSON in the ") + what + ": " + e.what());
-  }
-}
-
-// Appends the numbers of a (possibly nested) JSON array to out, naming the first bad element.
-void flatten_numbers(const json& value, const std::string& field, std::vector<float>* out, std::size_t limit) {
-  if (value.is_number()) {
-    if (out->size() >= limit) throw BadRequest(field + ": more values than the shape holds (" + std::to_string(limit) + ")");
-    out->push_back(value.get<float>());
-    return;
-  }
-  if (!value.is_array()) throw BadRequest(field + ": expected a number or an array of numbers, got " + value.type_name());
-  std::size_t i = 0;
-  for (const json& v : value) flatten_numbers(v, field + "[" + std::to_string(i++) + "]", out, limit);
 }
 
 // The encoded images of a BYTES tensor or TF Serving's {"b64": ...}, through the evaluation transform.
@@ -131,6 +113,80 @@ SamplePrediction predict_sample(const float* logits, const ModelMeta& meta, std:
 
 // ---- KServe v2 ---------------------------------------------------------------------------
 
+namespace {
+
+namespace dom = simdjson::dom;
+
+// The document's root, parsed with simdjson's DOM (a parser per thread: they are not shared).
+dom::element parse_document(const char* data, std::size_t size, const char* what) {
+  thread_local dom::parser parser;
+  dom::element doc;
+  if (const auto error = parser.parse(data, size, true).get(doc); error)
+    throw BadRequest(std::string("malformed JSON in the ") + what + ": " + simdjson::error_message(error));
+  return doc;
+}
+
+// A member of an object, or nullopt when absent.
+std::optional<dom::element> member(dom::object object, std::string_view key) {
+  dom::element value;
+  if (object.at_key(key).get(value)) return std::nullopt;
+  return value;
+}
+
+const char* type_name(dom::element e) {
+  switch (e.type()) {
+    case dom::element_type::ARRAY: return "an array";
+    case dom::element_type::OBJECT: return "an object";
+    case dom::element_type::STRING: return "a string";
+    case dom::element_type::BOOL: return "a boolean";
+    case dom::element_type::NULL_VALUE: return "null";
+    default: return "a number";
+  }
+}
+
+// Appends the numbers of a (possibly nested) array to out. The field's name is built only for
+// an error: per element it cost more than the number.
+void flatten_numbers(dom::element value, const std::string& field, const std::vector<std::size_t>& at,
+                     std::vector<float>* out, std::size_t limit) {
+  auto where = [&] {
+    std::string f = field;
+    for (std::size_t i : at) f += "[" + std::to_string(i) + "]";
+    return f;
+  };
+  double v = 0;
+  if (!value.get_double().get(v)) {
+    if (out->size() >= limit) throw BadRequest(where() + ": more values than the shape holds (" + std::to_string(limit) + ")");
+    out->push_back(static_cast<float>(v));
+    return;
+  }
+  dom::array array;
+  if (value.get_array().get(array))
+    throw BadRequest(where() + ": expected a number or an array of numbers, got " + type_name(value));
+  if (at.size() > 16) throw BadRequest(where() + ": nested deeper than 16 levels");
+  std::vector<std::size_t> inner = at;
+  inner.push_back(0);
+  for (dom::element e : array) {
+    double x = 0;
+    if (!e.get_double().get(x)) {  // the common case, without recursion
+      if (out->size() >= limit) {
+        throw BadRequest(field + ": more values than the shape holds (" + std::to_string(limit) + ")");
+      }
+      out->push_back(static_cast<float>(x));
+    } else {
+      flatten_numbers(e, field, inner, out, limit);
+    }
+    ++inner.back();
+  }
+}
+
+std::string as_string(dom::element e, const std::string& field, const char* expected) {
+  std::string_view text;
+  if (e.get_string().get(text)) throw BadRequest(field + ": expected " + expected + ", got " + type_name(e));
+  return std::string(text);
+}
+
+}  // namespace
+
 V2Request parse_v2_request(const std::string& body, const std::string& header_length, const ModelMeta& meta) {
   std::size_t json_size = body.size();
   if (!header_length.empty()) {
@@ -146,55 +202,62 @@ V2Request parse_v2_request(const std::string& body, const std::string& header_le
                        std::to_string(body.size()) + " bytes");
     json_size = static_cast<std::size_t>(v);
   }
-  const json doc = parse_json(body.substr(0, json_size), "request");
-  if (!doc.is_object()) throw BadRequest("the request must be a JSON object with \"inputs\"");
+  const dom::element root = parse_document(body.data(), json_size, "request");
+  dom::object doc;
+  if (root.get_object().get(doc)) throw BadRequest("the request must be a JSON object with \"inputs\"");
   V2Request req;
-  if (doc.contains("id")) {
-    if (!doc["id"].is_string()) throw BadRequest("id: expected a string");
-    req.id = doc["id"].get<std::string>();
-  }
-  if (doc.contains("parameters")) {
-    const json& p = doc["parameters"];
-    if (!p.is_object()) throw BadRequest("parameters: expected an object");
-    if (p.contains("binary_data_output")) {
-      if (!p["binary_data_output"].is_boolean()) throw BadRequest("parameters.binary_data_output: expected true or false");
-      req.binary_output = p["binary_data_output"].get<bool>();
+  if (auto id = member(doc, "id")) req.id = as_string(*id, "id", "a string");
+  if (auto p = member(doc, "parameters")) {
+    dom::object params;
+    if (p->get_object().get(params)) throw BadRequest("parameters: expected an object");
+    if (auto b = member(params, "binary_data_output")) {
+      bool flag = false;
+      if (b->get_bool().get(flag)) throw BadRequest("parameters.binary_data_output: expected true or false");
+      req.binary_output = flag;
     }
   }
-  if (doc.contains("outputs")) {
-    if (!doc["outputs"].is_array()) throw BadRequest("outputs: expected an array of {\"name\": ...}");
+  if (auto outputs = member(doc, "outputs")) {
+    dom::array list;
+    if (outputs->get_array().get(list)) throw BadRequest("outputs: expected an array of {\"name\": ...}");
     std::size_t i = 0;
-    for (const json& o : doc["outputs"]) {
+    for (dom::element o : list) {
       const std::string field = "outputs[" + std::to_string(i++) + "]";
-      if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
+      dom::object out;
+      std::string_view name;
+      if (o.get_object().get(out) || out.at_key("name").get_string().get(name))
         throw BadRequest(field + ": expected {\"name\": \"logits\" | \"probabilities\" | \"label\"}");
-      const std::string name = o["name"].get<std::string>();
       if (name != "logits" && name != "probabilities" && name != "label")
-        throw BadRequest(field + ".name: '" + name + "' is not an output of this model (logits, probabilities, label)");
-      if (o.contains("parameters") && o["parameters"].is_object() && o["parameters"].contains("binary_data") &&
-          o["parameters"]["binary_data"].is_boolean() && o["parameters"]["binary_data"].get<bool>())
-        req.binary_output = true;
-      req.outputs.push_back(name);
+        throw BadRequest(field + ".name: '" + std::string(name) +
+                         "' is not an output of this model (logits, probabilities, label)");
+      bool binary = false;
+      if (auto p = member(out, "parameters"))
+        if (!p->at_key("binary_data").get_bool().get(binary) && binary) req.binary_output = true;
+      req.outputs.emplace_back(name);
     }
   }
-  if (!doc.contains("inputs") || !doc["inputs"].is_array() || doc["inputs"].size() != 1)
+  dom::array inputs;
+  auto inputs_member = member(doc, "inputs");
+  if (!inputs_member || inputs_member->get_array().get(inputs) || inputs.size() != 1)
     throw BadRequest("inputs: expected an array of one tensor {\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": " +
                      shape_text(model_shape(meta)) + ", \"data\": [...]}");
-  const json& t = doc["inputs"][0];
-  if (!t.is_object()) throw BadRequest("inputs[0]: expected an object");
-  if (!t.contains("name") || !t["name"].is_string() || t["name"].get<std::string>() != "input")
-    throw BadRequest("inputs[0].name: expected \"input\"");
-  if (!t.contains("datatype") || !t["datatype"].is_string())
+  dom::object t;
+  if (inputs.at(0).get_object().get(t)) throw BadRequest("inputs[0]: expected an object");
+  std::string_view name;
+  if (t.at_key("name").get_string().get(name) || name != "input") throw BadRequest("inputs[0].name: expected \"input\"");
+  std::string_view datatype_view;
+  if (t.at_key("datatype").get_string().get(datatype_view))
     throw BadRequest("inputs[0].datatype: expected \"FP32\", \"UINT8\" or \"BYTES\"");
-  const std::string datatype = t["datatype"].get<std::string>();
+  const std::string datatype(datatype_view);
   if (datatype != "FP32" && datatype != "UINT8" && datatype != "BYTES")
     throw BadRequest("inputs[0].datatype: '" + datatype + "' is not accepted; expected FP32 or UINT8 of shape " +
                      shape_text(model_shape(meta)) + ", or BYTES of shape [-1] (encoded JPEG or PNG images)");
-  if (!t.contains("shape") || !t["shape"].is_array()) throw BadRequest("inputs[0].shape: expected an array of integers");
+  dom::array shape_array;
+  if (t.at_key("shape").get_array().get(shape_array)) throw BadRequest("inputs[0].shape: expected an array of integers");
   std::vector<std::int64_t> shape;
-  for (const json& d : t["shape"]) {
-    if (!d.is_number_integer()) throw BadRequest("inputs[0].shape: expected an array of integers");
-    shape.push_back(d.get<std::int64_t>());
+  for (dom::element d : shape_array) {
+    std::int64_t v = 0;
+    if (!d.is_int64() || d.get_int64().get(v)) throw BadRequest("inputs[0].shape: expected an array of integers");
+    shape.push_back(v);
   }
   const bool bytes = datatype == "BYTES";
   const std::vector<std::int64_t> want = bytes ? std::vector<std::int64_t>{-1} : model_shape(meta);
@@ -207,19 +270,26 @@ V2Request parse_v2_request(const std::string& body, const std::string& header_le
   const std::int64_t count = checked_count(shape, "inputs[0].shape");
 
   // The binary extension: the tensor's bytes follow the JSON header.
-  const json* params = t.contains("parameters") && t["parameters"].is_object() ? &t["parameters"] : nullptr;
-  const bool binary = params != nullptr && params->contains("binary_data_size");
+  std::optional<dom::element> data = member(t, "data");
+  std::optional<std::uint64_t> binary_size;
+  if (auto p = member(t, "parameters")) {
+    dom::object params;
+    if (!p->get_object().get(params))
+      if (auto size = member(params, "binary_data_size")) {
+        std::uint64_t k = 0;
+        if (size->get_uint64().get(k)) throw BadRequest("inputs[0].parameters.binary_data_size: expected a byte count");
+        binary_size = k;
+      }
+  }
+  const bool binary = binary_size.has_value();
   std::string_view blob;
   if (binary) {
-    const json& size = (*params)["binary_data_size"];
-    if (!size.is_number_unsigned()) throw BadRequest("inputs[0].parameters.binary_data_size: expected a byte count");
-    const std::size_t k = size.get<std::size_t>();
-    if (k != body.size() - json_size)
-      throw BadRequest("inputs[0].parameters.binary_data_size: " + std::to_string(k) + " bytes, but " +
+    if (*binary_size != body.size() - json_size)
+      throw BadRequest("inputs[0].parameters.binary_data_size: " + std::to_string(*binary_size) + " bytes, but " +
                        std::to_string(body.size() - json_size) + " follow the JSON header");
     blob = std::string_view(body).substr(json_size);
-    if (t.contains("data")) throw BadRequest("inputs[0]: both data and parameters.binary_data_size");
-  } else if (!t.contains("data")) {
+    if (data) throw BadRequest("inputs[0]: both data and parameters.binary_data_size");
+  } else if (!data) {
     throw BadRequest("inputs[0].data: missing (or send it binary: parameters.binary_data_size)");
   }
 
@@ -234,7 +304,7 @@ V2Request parse_v2_request(const std::string& body, const std::string& header_le
       std::memcpy(in.x.data(), blob.data(), blob.size());  // little-endian, as this host
     } else {
       in.x.reserve(static_cast<std::size_t>(count));
-      flatten_numbers(t["data"], "inputs[0].data", &in.x, static_cast<std::size_t>(count));
+      flatten_numbers(*data, "inputs[0].data", {}, &in.x, static_cast<std::size_t>(count));
       if (in.x.size() != static_cast<std::size_t>(count))
         throw BadRequest("inputs[0].data: " + std::to_string(in.x.size()) + " values, the shape " + shape_text(shape) +
                          " holds " + std::to_string(count));
@@ -251,10 +321,12 @@ V2Request parse_v2_request(const std::string& body, const std::string& header_le
       pixels.assign(blob.begin(), blob.end());
     } else {
       std::vector<float> values;
-      flatten_numbers(t["data"], "inputs[0].data", &values, static_cast<std::size_t>(count));
+      values.reserve(static_cast<std::size_t>(count));
+      flatten_numbers(*data, "inputs[0].data", {}, &values, static_cast<std::size_t>(count));
       if (values.size() != static_cast<std::size_t>(count))
         throw BadRequest("inputs[0].data: " + std::to_string(values.size()) + " values, the shape " +
                          shape_text(shape) + " holds " + std::to_string(count));
+      pixels.reserve(values.size());
       for (float v : values) {
         if (!(v >= 0 && v <= 255) || v != std::floor(v)) throw BadRequest("inputs[0].data: UINT8 values are integers 0 to 255");
         pixels.push_back(static_cast<std::uint8_t>(v));
@@ -279,15 +351,19 @@ V2Request parse_v2_request(const std::string& body, const std::string& header_le
       }
       if (at != blob.size()) throw BadRequest("inputs[0]: " + std::to_string(blob.size() - at) + " bytes after the last element");
     } else {
-      const json& data = t["data"];
-      if (!data.is_array() || static_cast<std::int64_t>(data.size()) != n)
+      dom::array list;
+      if (data->get_array().get(list) || static_cast<std::int64_t>(list.size()) != n)
         throw BadRequest("inputs[0].data: expected " + std::to_string(n) + " base64 strings (encoded JPEG or PNG)");
-      for (std::int64_t s = 0; s < n; ++s) {
-        const std::string field = "inputs[0].data[" + std::to_string(s) + "]";
-        const json& e = data[static_cast<std::size_t>(s)];
-        const json* text = e.is_object() && e.contains("b64") ? &e["b64"] : &e;
-        if (!text->is_string()) throw BadRequest(field + ": expected a base64 string of an encoded JPEG or PNG");
-        add_image(base64_decode(text->get<std::string>(), field), meta, field, &in);
+      std::int64_t s = 0;
+      for (dom::element e : list) {
+        const std::string field = "inputs[0].data[" + std::to_string(s++) + "]";
+        dom::element text = e;
+        dom::object wrapped;
+        if (!e.get_object().get(wrapped)) {
+          if (wrapped.at_key("b64").get(text)) throw BadRequest(field + ": expected a base64 string of an encoded JPEG or PNG");
+        }
+        add_image(base64_decode(as_string(text, field, "a base64 string of an encoded JPEG or PNG"), field), meta, field,
+                  &in);
       }
     }
   }
@@ -375,22 +451,26 @@ std::string v2_model_metadata(const ModelMeta& meta, const std::string& model_na
 namespace {
 
 // One instance: numbers, {"b64": ...}, or an object holding one of those.
-void add_instance(const json& value, const ModelMeta& meta, const std::string& field, ParsedInput* in) {
-  const json* v = &value;
+void add_instance(dom::element value, const ModelMeta& meta, const std::string& field, ParsedInput* in) {
+  dom::element v = value;
   std::string where = field;
-  if (v->is_object() && !v->contains("b64")) {
-    if (v->size() != 1) throw BadRequest(field + ": expected one named input, got " + std::to_string(v->size()));
-    where += "." + v->begin().key();
-    v = &v->begin().value();
+  dom::object object;
+  if (!v.get_object().get(object) && !member(object, "b64")) {
+    if (object.size() != 1) throw BadRequest(field + ": expected one named input, got " + std::to_string(object.size()));
+    for (auto [key, inner] : object) {
+      where += "." + std::string(key);
+      v = inner;
+    }
   }
-  if (v->is_object()) {
-    if (!(*v)["b64"].is_string()) throw BadRequest(where + ".b64: expected a base64 string");
-    add_image(base64_decode((*v)["b64"].get<std::string>(), where + ".b64"), meta, where, in);
+  if (!v.get_object().get(object)) {
+    auto b64 = member(object, "b64");
+    if (!b64) throw BadRequest(where + ": expected numbers or {\"b64\": ...}");
+    add_image(base64_decode(as_string(*b64, where + ".b64", "a base64 string"), where + ".b64"), meta, where, in);
     return;
   }
   const std::size_t size = static_cast<std::size_t>(meta.input.numel());
   const std::size_t before = in->x.size();
-  flatten_numbers(*v, where, &in->x, before + size);
+  flatten_numbers(v, where, {}, &in->x, before + size);
   if (in->x.size() - before != size)
     throw BadRequest(where + ": " + std::to_string(in->x.size() - before) + " values, the model takes " +
                      dims_text(meta.input) + " = " + std::to_string(size) + " per instance (or {\"b64\": ...})");
@@ -402,23 +482,30 @@ void add_instance(const json& value, const ModelMeta& meta, const std::string& f
 }  // namespace
 
 TfRequest parse_tf_request(const std::string& body, const ModelMeta& meta) {
-  const json doc = parse_json(body, "request");
-  if (!doc.is_object()) throw BadRequest("the request must be a JSON object with \"instances\" or \"inputs\"");
-  const bool rows = doc.contains("instances"), cols = doc.contains("inputs");
-  if (rows == cols) throw BadRequest("expected exactly one of \"instances\" (row form) and \"inputs\" (column form)");
+  const dom::element root = parse_document(body.data(), body.size(), "request");
+  dom::object doc;
+  if (root.get_object().get(doc)) throw BadRequest("the request must be a JSON object with \"instances\" or \"inputs\"");
+  const auto instances = member(doc, "instances"), inputs = member(doc, "inputs");
+  if (instances.has_value() == inputs.has_value())
+    throw BadRequest("expected exactly one of \"instances\" (row form) and \"inputs\" (column form)");
   TfRequest req;
-  req.columns = cols;
-  const json* list = &doc[rows ? "instances" : "inputs"];
-  std::string field = rows ? "instances" : "inputs";
-  if (cols && list->is_object()) {
-    if (list->size() != 1) throw BadRequest("inputs: expected one named input, got " + std::to_string(list->size()));
-    field += "." + list->begin().key();
-    list = &list->begin().value();
+  req.columns = inputs.has_value();
+  dom::element list = instances ? *instances : *inputs;
+  std::string field = instances ? "instances" : "inputs";
+  dom::object named;
+  if (req.columns && !list.get_object().get(named)) {
+    if (named.size() != 1) throw BadRequest("inputs: expected one named input, got " + std::to_string(named.size()));
+    for (auto [key, inner] : named) {
+      field += "." + std::string(key);
+      list = inner;
+    }
   }
-  if (!list->is_array() || list->empty() || static_cast<std::int64_t>(list->size()) > kMaxSamples)
+  dom::array rows;
+  if (list.get_array().get(rows) || rows.size() == 0 || static_cast<std::int64_t>(rows.size()) > kMaxSamples)
     throw BadRequest(field + ": expected a list of 1 to " + std::to_string(kMaxSamples) + " instances, each " +
                      dims_text(meta.input) + " numbers or {\"b64\": \"<JPEG or PNG>\"}");
-  for (std::size_t i = 0; i < list->size(); ++i) add_instance((*list)[i], meta, field + "[" + std::to_string(i) + "]", &req.input);
+  std::size_t i = 0;
+  for (dom::element row : rows) add_instance(row, meta, field + "[" + std::to_string(i++) + "]", &req.input);
   return req;
 }
 

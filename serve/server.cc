@@ -67,6 +67,7 @@ ModelServer::ModelServer(const JobConfig& config, const std::string& model_path,
   bo.max_batch = config_.serve.max_batch;
   bo.max_delay_us = config_.serve.max_delay_us;
   bo.queue_limit = config_.serve.queue;
+  bo.always_wait = config_.serve.always_wait;
   batcher_ = std::make_unique<Batcher>(bo, std::move(model), telemetry_.metrics);
 
   http::ServerOptions ho;

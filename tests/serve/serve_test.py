@@ -309,7 +309,7 @@ class Limits(unittest.TestCase):
 
     def test_a_full_queue_is_429_with_retry_after_and_a_late_request_504(self):
         # One request waits 1.5 s for company (the queue holds one): the next is refused at once.
-        s = Server(CKPT, "--serve.port=0", "--serve.queue=1", "--serve.max_delay_us=1500000",
+        s = Server(CKPT, "--serve.port=0", "--serve.queue=1", "--serve.max_delay_us=1500000", "--serve.always_wait",
                    "--serve.max_batch=64", "--serve.timeout_seconds=0.5")
         try:
             x = v2_fp32([0.0] * 784)
@@ -359,7 +359,7 @@ class Limits(unittest.TestCase):
 
 class Lifecycle(unittest.TestCase):
     def test_sigterm_answers_the_request_in_flight_then_exits_0(self):
-        s = Server(CKPT, "--serve.port=0", "--serve.max_delay_us=1000000", "--serve.max_batch=64",
+        s = Server(CKPT, "--serve.port=0", "--serve.max_delay_us=1000000", "--serve.max_batch=64", "--serve.always_wait",
                    "--serve.drain_seconds=10")
         x = v2_fp32([0.0] * 784)
         kept = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)

@@ -211,7 +211,7 @@ TEST(ServeBatcher, BatchedRowsEqualTheModelAlone) {
   for (std::size_t k = 0; k < x.size(); ++k) x[k] = static_cast<float>(k % 13) / 13.f;
   std::vector<float> alone(30);
   model->predict(x.data(), 3, alone.data());
-  Batcher batcher(BatcherOptions{64, 200000, 16}, model, metrics);  // gathers until all three are in
+  Batcher batcher(BatcherOptions{64, 200000, 16, true}, model, metrics);  // gathers until all three are in
   std::vector<std::promise<InferenceResult>> answers(3);
   for (int i = 0; i < 3; ++i) {
     InferenceJob job;
@@ -225,6 +225,25 @@ TEST(ServeBatcher, BatchedRowsEqualTheModelAlone) {
     InferenceResult r = answers[static_cast<std::size_t>(i)].get_future().get();
     ASSERT_EQ(r.status, InferenceResult::Status::ok);
     for (int c = 0; c < 10; ++c) EXPECT_NEAR(r.logits[static_cast<std::size_t>(c)], alone[static_cast<std::size_t>(i * 10 + c)], 1e-5);
+  }
+}
+
+// A lone request does not wait for company that is not coming: with max_delay a whole 5 s, it is
+// answered long before (the gather waits only while requests arrive together).
+TEST(ServeBatcher, ALoneRequestRunsAtOnce) {
+  MetricsRegistry metrics;
+  Batcher batcher(BatcherOptions{64, 5'000'000, 16}, mlp(3), metrics);
+  for (int i = 0; i < 3; ++i) {
+    std::promise<InferenceResult> answer;
+    InferenceJob job;
+    job.input.assign(784, 0.5f);
+    job.n = 1;
+    job.deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    job.done = [&answer](InferenceResult&& r) { answer.set_value(std::move(r)); };
+    ASSERT_TRUE(batcher.submit(job));
+    auto future = answer.get_future();
+    ASSERT_EQ(future.wait_for(std::chrono::milliseconds(2500)), std::future_status::ready) << "request " << i;
+    EXPECT_EQ(future.get().status, InferenceResult::Status::ok);
   }
 }
 
