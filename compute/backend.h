@@ -86,6 +86,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string describe() const = 0;  // library versions, threads
+  // Compute threads from now on (CPU; at most the count it was made with): a serving batch of one
+  // sample runs faster on one thread than split across cores. No-op where it means nothing.
+  virtual void limit_threads(int /*threads*/) {}
 
   // Memory.
   virtual Tensor allocate(const Shape& shape, DType dtype = DType::f32) = 0;  // zero-filled

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 
 namespace shoal {
 
@@ -66,8 +67,11 @@ void Batcher::run() {
   for (;;) {
     wake_.wait(lock, [&] { return stop_ || !queue_.empty(); });
     if (stop_) return;
-    // Gather: the oldest request waits up to max_delay for others on the same model, when
-    // requests are arriving together (or always, when so configured).
+    // Gather: the oldest request waits up to max_delay for others on the same model while
+    // requests arrive together: until as many wait as the last batch held (n clients that each
+    // send again once answered make batches of n, and none waits for an n+1st that is not
+    // coming), or max_batch samples. Always until max_batch or max_delay, when so configured.
+    const std::size_t expect = options_.always_wait ? std::numeric_limits<std::size_t>::max() : last_requests_;
     const bool gather = options_.always_wait || last_requests_ > 1 || queue_.size() > 1;
     const auto gather_until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.max_delay_us);
     auto samples_ready = [&] {
@@ -78,7 +82,7 @@ void Batcher::run() {
       }
       return n;
     };
-    while (gather && !stop_ && samples_ready() < options_.max_batch &&
+    while (gather && !stop_ && samples_ready() < options_.max_batch && queue_.size() < std::max<std::size_t>(expect, 2) &&
            wake_.wait_until(lock, gather_until) != std::cv_status::timeout) {
     }
     if (stop_) return;

@@ -158,8 +158,11 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
     threads_ = threads > 0 ? threads : usable_cpus();  // affinity and cgroup quota (base/cpus.h)
+    max_threads_ = threads_;
     use_threads();
   }
+
+  void limit_threads(int threads) override { threads_ = std::clamp(threads, 1, max_threads_); }
 
   Device device() const override { return Device::cpu(); }
 
@@ -848,6 +851,7 @@ class CpuBackend final : public Backend {
   dnnl::engine engine_;
   dnnl::stream stream_;
   int threads_ = 1;
+  int max_threads_ = 1;
 
   // OpenMP's thread count is per calling thread (omp_set_num_threads), and oneDNN reads it
   // when a primitive runs: a backend made on one thread and used on another (a parameter
