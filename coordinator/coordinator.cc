@@ -415,18 +415,22 @@ void Coordinator::handle_lease_request(const Incoming& in, const Member& member,
     socket_.send(in.peer, out);
     return;
   }
-  if (!over && !sync_ &&
-      ((checkpoint && (checkpoint->draining || book_->finished())) || !missing_servers_.empty())) {
-    grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
-    socket_.send(in.peer, out);
-    return;
-  }
+  // A checkpoint that has cut the servers' state waits for one worker to write the batch-norm
+  // buffers: asked before the wait below, which holds every worker while the job's last
+  // checkpoint is cut (that wait came first, and a model with batch norm never had its last
+  // checkpoint: it was abandoned after cluster.request_timeout_seconds).
   if (!over && checkpoints_->wants_buffers_holder()) {
     auto order = grant.initSaveBuffers();
     order.setStep(static_cast<std::uint64_t>(checkpoints_->current()->step));
     order.setDir(checkpoints_->current()->dir);
     checkpoints_->set_buffers_holder(sender);
     at_boundary_[sender] = false;
+    socket_.send(in.peer, out);
+    return;
+  }
+  if (!over && !sync_ &&
+      ((checkpoint && (checkpoint->draining || book_->finished())) || !missing_servers_.empty())) {
+    grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
     socket_.send(in.peer, out);
     return;
   }

@@ -101,7 +101,15 @@ const char* kPredictUsage =
 int predict_test_set(InferenceModel& model, const std::string& job, std::int64_t limit, std::int64_t k,
                      std::int64_t batch, const Logger& log) {
   SettingsRegistry registry;
-  const JobConfig config = load_config({job}, process_environment(), registry).config;
+  JobConfig config = load_config({job}, process_environment(), registry).config;
+  // The model's own normalisation, not the one the job file would measure now (another
+  // train_limit measures another mean): the inputs it was trained and evaluated on.
+  const ModelMeta& meta = model.meta();
+  config.data.normalize = meta.normalize;
+  if (meta.normalize && !meta.mean.empty()) {
+    config.data.mean.assign(meta.mean.begin(), meta.mean.end());
+    config.data.stddev.assign(meta.stddev.begin(), meta.stddev.end());
+  }
   DataSources data = open_data(config.data, log);
   const DataSource& test = *data.test;
   SHOAL_REQUIRE(test.sample_size() == model.sample_size(), ConfigError,

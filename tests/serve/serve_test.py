@@ -474,6 +474,28 @@ class Export(unittest.TestCase):
         self.assertLessEqual(max(abs(p - q) for p, q in zip(la, lc)) / top, 1e-5)
 
 
+class BatchNormModel(unittest.TestCase):
+    def test_an_async_jobs_last_checkpoint_of_a_batch_norm_model_is_written_and_predicts_as_the_job(self):
+        # The job's last checkpoint used to wait for a worker to write the batch-norm buffers while
+        # every worker was told to wait for the job's end: abandoned after 60 s, nothing to serve.
+        ckpt = os.path.join(WORK, "bn")
+        started = time.monotonic()
+        r = subprocess.run([SHOAL, "launch", JOB, "--local", "--model=cnn_bn", "--train.epochs=1",
+                            "--checkpoint.dir=" + ckpt] + TRAIN, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:])
+        self.assertNotIn("abandoned", r.stdout)
+        self.assertLess(time.monotonic() - started, 45, "the job waited for its last checkpoint")
+        accuracy = float(re.search(r"final test accuracy: ([0-9.]+)%", r.stdout).group(1)) / 100
+        with open(os.path.join(ckpt, "LATEST")) as f:
+            latest = f.read().strip()
+        self.assertIn("buffers", open(os.path.join(ckpt, latest, "MANIFEST")).read())
+        r = subprocess.run([SHOAL, "predict", ckpt, "--data", JOB, "--limit", "1000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertAlmostEqual(json.loads(r.stdout.splitlines()[-1])["accuracy"], accuracy, delta=0.002)
+
+
 def hold_connections(port, n):
     """n connections: half silent, half sending a request a byte at a time (from a thread)."""
     socks = []
