@@ -7,7 +7,11 @@
 #         `cnn` and a step of resnet50, nor the equivalence and same-seed runs: pure
 #         arithmetic, nor
 #         the manifest checks, which run only `shoal config`, nor the peak-memory comparison,
-#         which the sanitizer's own memory would blur; the StatefulSet simulation stays);
+#         which the sanitizer's own memory would blur, nor, for CI's time, the StatefulSet
+#         simulation (its restarts are the Elastic tests' here), the Prometheus scrape of a
+#         training job (the status server is under both sanitizers in shoal_telemetry_tests)
+#         and `shoal serve` over HTTP (its server, batcher and parsers are in
+#         shoal_serve_tests, under both));
 #   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected)
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
@@ -69,7 +73,7 @@ for stage in "${stages[@]}"; do
       # launcher's world-restart test has an mpi case: it runs here too.)
       mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.|^SyncCheckpoint\.LauncherRestarts'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes)$|^Serve\.Http$|$mpi_tests"
+        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes|StatefulSetSimulation)$|^Serve\.Http$|^MetricsEndpoint\.|$mpi_tests"
       ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
         ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"
