@@ -182,11 +182,11 @@ void ModelServer::handle(http::Request&& req, http::Responder respond) {
         200, "{\"name\": \"shoal\", \"version\": \"" SHOAL_VERSION "\", \"extensions\": [\"binary_tensor_data\"]}"));
   }
   const std::shared_ptr<InferenceModel> model = batcher_->model();
-  if (path == v2_model || starts_with(path, v2_model + "/versions/") && path.find("/infer") == std::string::npos) {
+  if (path == v2_model || (starts_with(path, v2_model + "/versions/") && path.find("/infer") == std::string::npos)) {
     if (!get) return method_not_allowed("GET, HEAD");
     return counted(json_response(200, v2_model_metadata(model->meta(), name_)));
   }
-  if (path == v2_model + "/infer" || starts_with(path, v2_model + "/versions/") && path.ends_with("/infer")) {
+  if (path == v2_model + "/infer" || (starts_with(path, v2_model + "/versions/") && path.ends_with("/infer"))) {
     if (!post) return method_not_allowed("POST");
     return infer(std::move(req), counted, false);
   }
@@ -195,7 +195,7 @@ void ModelServer::handle(http::Request&& req, http::Responder respond) {
     return counted(json_response(200, path.ends_with("/metadata") ? v2_model_metadata(model->meta(), name_)
                                                                    : tf_model_status(model->meta())));
   }
-  if (path == v1_model + ":predict" || starts_with(path, v1_model + "/versions/") && path.ends_with(":predict")) {
+  if (path == v1_model + ":predict" || (starts_with(path, v1_model + "/versions/") && path.ends_with(":predict"))) {
     if (!post) return method_not_allowed("POST");
     return infer(std::move(req), counted, true);
   }
