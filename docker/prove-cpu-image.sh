@@ -62,6 +62,16 @@ in_root "$work/runtime" /home/shoal 10001:10001 shoal version
 in_root "$work/runtime" /home/shoal 10001:10001 shoal launch --local /opt/shoal/examples/fashion_mnist_async.ini \
   --model=mlp --train.epochs=1 --data.train_limit=6000 --checkpoint.dir=/home/shoal/ckpt | tail -3
 in_root "$work/runtime" /home/shoal 10001:10001 shoal keys generate /home/shoal/keys --servers 2 --workers 2
+echo "== the image serves: shoal export, shoal predict, shoal serve (ready, then SIGTERM drains and exits 0)"
+in_root "$work/runtime" /home/shoal 10001:10001 "shoal export /home/shoal/ckpt -o /home/shoal/model.onnx && \
+  shoal predict /home/shoal/model.onnx --data /opt/shoal/examples/fashion_mnist_async.ini --limit 200 | tail -1"
+in_root "$work/runtime" /home/shoal 10001:10001 '
+  shoal serve /home/shoal/model.onnx --serve.port=18099 --serve.host=127.0.0.1 >serve.out 2>serve.err & pid=$!
+  for i in $(seq 100); do grep -q "on port" serve.out 2>/dev/null && break; sleep 0.1; done
+  exec 3<>/dev/tcp/127.0.0.1/18099
+  printf "GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" >&3
+  head -1 <&3
+  kill -TERM $pid; wait $pid; echo "shoal serve exited $?"'
 
 if ldd "$src/build/shoal-main" 2>/dev/null | grep -q libcudart; then
   echo "== the GPU image's bundle: a fresh root with only the bundle, Open MPI and CUDA's libraries"
