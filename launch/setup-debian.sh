@@ -19,7 +19,7 @@ packages=(
   nlohmann-json3-dev libsimdjson-dev              # shoal serve: JSON replies, request parsing (HTTP: Boost.Beast)
   libturbojpeg0-dev libspng-dev                   # image data sets: JPEG and PNG decoding
   libyaml-cpp-dev                                 # model files (YAML)
-  libonnx-dev                                     # ONNX export and import (with libprotobuf-dev)
+  libonnx-dev libprotobuf-dev                     # ONNX export and import (libonnx-dev does not pull in protobuf's headers)
   libgtest-dev                                    # tests (the build configures them)
   dataset-fashion-mnist                           # the main job's data
 )
