@@ -3,7 +3,7 @@
 against the Kubernetes API types, without a cluster: each object becomes a TypeScript object
 literal typed with its kind's interface from the npm package kubernetes-models, and the
 TypeScript compiler checks it. The serving manifests too: k8s/serving rendered (with and
-without its queue-depth Component), the Cloud Run Service against the Knative types of
+without its queue-depth overlay, k8s/serving-queue-depth), the Cloud Run Service against the Knative types of
 @kubernetes-models/knative, and the KServe InferenceService, for which no types are published:
 its metadata as an ObjectMeta, its predictor (less KServe's own scaling fields) as the PodSpec it
 inlines. Object literals get TypeScript's excess-property check at every
@@ -111,12 +111,8 @@ def documents():
         yield from rendered(os.path.join(SOURCE, "k8s", "overlays", overlay), f"overlays/{overlay}")
     yield from loaded("mpijob", "sync-mpijob.yaml")
     yield from rendered(os.path.join(SOURCE, "k8s", "serving"), "serving")
-    with tempfile.TemporaryDirectory() as tmp:  # with the Component turned on, as its comment says
-        copy = os.path.join(tmp, "serving")
-        shutil.copytree(os.path.join(SOURCE, "k8s", "serving"), copy)
-        with open(os.path.join(copy, "kustomization.yaml"), "a") as f:
-            f.write("components:\n  - queue-depth\n")
-        yield from [t for t in rendered(copy, "serving+queue-depth") if t[1]["kind"] == "HorizontalPodAutoscaler"]
+    yield from [t for t in rendered(os.path.join(SOURCE, "k8s", "serving-queue-depth"), "serving-queue-depth")
+                if t[1]["kind"] == "HorizontalPodAutoscaler"]
     yield from loaded("serving", "cloudrun", "service.yaml")
     yield from loaded("serving", "kserve", "inferenceservice.yaml")
 

@@ -9,7 +9,7 @@ ConfigMap, is a configuration `shoal config` accepts (a renamed setting or a typ
 fails here, not in a pod).
 
 The serving manifests (k8s/serving: `shoal serve` as a Deployment, Service, HorizontalPodAutoscaler
-and PodDisruptionBudget; its queue-depth Component; the KServe InferenceService; the Cloud Run
+and PodDisruptionBudget; its queue-depth overlay (k8s/serving-queue-depth); the KServe InferenceService; the Cloud Run
 Service) are checked for what serving needs: the probes on the v2 health paths at the port the
 server listens on, a restricted security context, a grace period longer than the drain, an
 autoscaler aimed at the Deployment, a disruption budget that lets a drain proceed, the model
@@ -220,7 +220,7 @@ def model_mount(container):
 
 
 class Serving(unittest.TestCase):
-    """k8s/serving (and its Component queue-depth/), k8s/serving/kserve, k8s/serving/cloudrun."""
+    """k8s/serving (and its overlay k8s/serving-queue-depth), k8s/serving/kserve, k8s/serving/cloudrun."""
 
     def check_serve_container(self, container, where):
         """What every `shoal serve` container needs; returns (its options, the port it listens on)."""
@@ -333,13 +333,8 @@ class Serving(unittest.TestCase):
         for k, v in pdb["spec"]["selector"]["matchLabels"].items():
             self.assertEqual(labels.get(k), v, "the budget covers other pods")
 
-    def test_the_queue_depth_component_scales_on_the_custom_metric(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = os.path.join(tmp, "serving")
-            shutil.copytree(os.path.join(SOURCE, "k8s", "serving"), copy)
-            with open(os.path.join(copy, "kustomization.yaml"), "a") as f:
-                f.write("components:\n  - queue-depth\n")
-            objects = render_dir(copy)
+    def test_the_queue_depth_overlay_scales_on_the_custom_metric(self):
+        objects = render_dir(os.path.join(SOURCE, "k8s", "serving-queue-depth"))
         hpa = by_kind(objects, "HorizontalPodAutoscaler")["shoal-serve"]
         metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
         self.assertEqual(sorted(metrics), ["Pods", "Resource"], "CPU and the queue")
