@@ -11,7 +11,8 @@
 #         simulation (its restarts are the Elastic tests' here), the Prometheus scrape of a
 #         training job (the status server is under both sanitizers in shoal_telemetry_tests)
 #         and `shoal serve` over HTTP (its server, batcher and parsers are in
-#         shoal_serve_tests, under both));
+#         shoal_serve_tests, under both), nor the ONNX runtime comparisons and round trips
+#         (arithmetic and other runtimes; the ONNX import's refusals and damaged files stay));
 #   tsan  ThreadSanitizer: the in-process cluster tests (every role a thread, faults injected)
 #         the collectives (Gloo worlds, ranks as threads) and the parameter server under
 #         concurrent clients (its chunk store hands buffers between threads), and the status
@@ -62,7 +63,7 @@ for stage in "${stages[@]}"; do
       cmake --build "$dir" --target shoal shoal_unit_tests shoal_process_tests shoal_inproc_cluster_tests \
         shoal_collective_tests shoal_sync_process_tests shoal_sync_steps shoal_sync_tests shoal_ps_concurrency_tests \
         shoal_telemetry_tests shoal_comm_tests shoal_checkpoint_tests shoal_cuda_module_tests shoal_ps_client_tests \
-        shoal_data_tests shoal_serve_tests
+        shoal_data_tests shoal_serve_tests shoal_onnx_tests
       rm -rf "$dir/reports" && mkdir -p "$dir/reports"
       export ASAN_OPTIONS="log_path=$here/../../$dir/reports/asan:exitcode=66:detect_leaks=1"
       export LSAN_OPTIONS="suppressions=$here/lsan.supp"
@@ -73,7 +74,7 @@ for stage in "${stages[@]}"; do
       # launcher's world-restart test has an mpi case: it runs here too.)
       mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.|^SyncCheckpoint\.LauncherRestarts'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes|StatefulSetSimulation)$|^Serve\.Http$|^MetricsEndpoint\.|$mpi_tests"
+        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes|StatefulSetSimulation)$|^Serve\.Http$|^MetricsEndpoint\.|^Onnx\.(Zoo|ExportImportExport|ATorch|JobsWith)|$mpi_tests"
       ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
         ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"
