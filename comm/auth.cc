@@ -69,7 +69,9 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-CurveKeyPair read_keypair(const std::string& path) {
+// `public_only`: a server.pub (the public half of server.key, all a client needs) has no
+// secret line, and must not have one.
+CurveKeyPair read_keypair(const std::string& path, bool public_only = false) {
   std::istringstream in(read_text(path));
   CurveKeyPair keys;
   std::string line;
@@ -92,6 +94,11 @@ CurveKeyPair read_keypair(const std::string& path) {
                   path << ":" << number << ": the " << name << " key is not a 40-character Z85 CURVE key");
     (name == "public" ? keys.public_key : keys.secret_key) = value;
   }
+  if (public_only) {
+    SHOAL_REQUIRE(!keys.public_key.empty() && keys.secret_key.empty(), ConfigError,
+                  path << ": needs the public key only ('public = KEY')");
+    return keys;
+  }
   SHOAL_REQUIRE(!keys.public_key.empty() && !keys.secret_key.empty(), ConfigError,
                 path << ": needs both a public and a secret key");
   char derived[41];
@@ -113,27 +120,50 @@ bool valid_member_name(const std::string& name) {
 
 }  // namespace
 
-void generate_job_keys(const std::string& dir, int servers, int workers) {
+void generate_job_keys(const std::string& dir, int servers, int workers, bool per_role) {
   SHOAL_REQUIRE(servers >= 0 && servers <= 10000 && workers >= 1 && workers <= 100000, ConfigError,
                 "keys generate: --servers must be in [0, 10000] and --workers in [1, 100000]");
   std::error_code ec;
   fs::create_directories(dir, ec);
   SHOAL_REQUIRE(!ec, IoError, dir << ": cannot create: " << ec.message());
-  SHOAL_REQUIRE(!fs::exists(fs::path(dir) / "members"), ConfigError,
-                dir << " already holds a job's keys (members): remove it first, or use another directory");
+  for (const char* done : {"members", "coordinator/members", "ps/members", "worker/members"})
+    SHOAL_REQUIRE(!fs::exists(fs::path(dir) / done), ConfigError,
+                  dir << " already holds a job's keys (" << done << "): remove it first, or use another directory");
   std::vector<std::string> names{"coordinator"};
   for (int s = 0; s < servers; ++s) names.push_back("ps." + std::to_string(s));
   for (int w = 0; w < workers; ++w) names.push_back("worker." + std::to_string(w));
-  write_private((fs::path(dir) / "server.key").string(), key_file_text("the job's listening sockets", new_keypair()),
-                0640);
+  // Per role: coordinator/, ps/ and worker/ each hold only their own members' secret keys, and
+  // worker/ (workers only connect) the public half of server.key, so that a worker's pod can
+  // act neither as a server nor as another role's member.
+  auto folder_of = [&](const std::string& name) {
+    if (!per_role) return fs::path(dir);
+    return fs::path(dir) / name.substr(0, name.find('.'));
+  };
+  const std::vector<std::string> roles =
+      per_role ? std::vector<std::string>{"coordinator", "ps", "worker"} : std::vector<std::string>{""};
+  for (const auto& role : roles) {
+    fs::create_directories(fs::path(dir) / role, ec);
+    SHOAL_REQUIRE(!ec, IoError, (fs::path(dir) / role).string() << ": cannot create: " << ec.message());
+  }
+  const CurveKeyPair server = new_keypair();
+  for (const auto& role : roles) {
+    if (role == "worker")
+      write_private((fs::path(dir) / role / "server.pub").string(),
+                    "# Shoal CURVE public key of the job's listening sockets (Z85): all a worker needs.\n"
+                    "public = " + server.public_key + "\n",
+                    0644);
+    else
+      write_private((fs::path(dir) / role / "server.key").string(),
+                    key_file_text("the job's listening sockets", server), 0640);
+  }
   std::string members = "# The members of a Shoal job and their CURVE public keys (shoal keys generate).\n";
   for (const auto& name : names) {
     CurveKeyPair keys = new_keypair();
-    write_private((fs::path(dir) / (name + ".key")).string(), key_file_text(name, keys), 0640);
+    write_private((folder_of(name) / (name + ".key")).string(), key_file_text(name, keys), 0640);
     members += name + " " + keys.public_key + "\n";
   }
   // Last: its presence says the directory is complete.
-  write_private((fs::path(dir) / "members").string(), members, 0644);
+  for (const auto& role : roles) write_private((fs::path(dir) / role / "members").string(), members, 0644);
 }
 
 JobKeys load_job_keys(const std::string& dir, const std::string& member) {
@@ -141,7 +171,10 @@ JobKeys load_job_keys(const std::string& dir, const std::string& member) {
   JobKeys keys;
   keys.directory = dir;
   keys.member = member;
-  keys.server = read_keypair((fs::path(dir) / "server.key").string());
+  // A worker of a per-role key folder has only server.pub: it can connect, not serve.
+  const fs::path server_key = fs::path(dir) / "server.key", server_pub = fs::path(dir) / "server.pub";
+  keys.server = !fs::exists(server_key) && fs::exists(server_pub) ? read_keypair(server_pub.string(), true)
+                                                                  : read_keypair(server_key.string());
   keys.own = read_keypair((fs::path(dir) / (member + ".key")).string());
   const std::string path = (fs::path(dir) / "members").string();
   std::istringstream in(read_text(path));

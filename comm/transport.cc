@@ -139,6 +139,10 @@ Socket::Socket(Network& network, zmq::socket_type type, Logger log)
   socket_.set(zmq::sockopt::maxmsgsize, std::int64_t{1} << 31);  // no frame over 2 GiB
   if (const JobKeys* keys = network.curve()) {
     if (type == zmq::socket_type::router) {
+      SHOAL_REQUIRE(!keys->server.secret_key.empty(), ConfigError,
+                    "auth.keys " << keys->directory << " has server.pub but not server.key, so " << keys->member
+                                 << " cannot serve (the coordinator's and servers' folders hold server.key; a sync "
+                                    "job's rank 0 hosts the coordinator: give sync ranks the whole key folder)");
       socket_.set(zmq::sockopt::curve_server, true);
       socket_.set(zmq::sockopt::curve_secretkey, keys->server.secret_key);
       socket_.set(zmq::sockopt::zap_domain, "shoal");

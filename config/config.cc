@@ -1,5 +1,8 @@
 #include "config/config.h"
 
+#include <algorithm>
+#include <vector>
+#include <map>
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <charconv>
@@ -664,6 +667,115 @@ bool is_kubernetes_service_link(const std::string& name, const std::string& valu
   return false;
 }
 
+namespace {
+
+// Edit distance with transpositions (optimal string alignment), capped: enough to tell a typo.
+std::size_t typo_distance(const std::string& a, const std::string& b) {
+  const std::size_t n = a.size(), m = b.size();
+  std::vector<std::vector<std::size_t>> d(n + 1, std::vector<std::size_t>(m + 1));
+  for (std::size_t i = 0; i <= n; ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= m; ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= n; ++i)
+    for (std::size_t j = 1; j <= m; ++j) {
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[n][m];
+}
+
+std::string without_underscores(std::string s) {
+  s.erase(std::remove(s.begin(), s.end(), '_'), s.end());
+  return s;
+}
+
+}  // namespace
+
+namespace {
+
+bool is_job_wide(const std::string& key) {
+  auto starts = [&](const char* prefix) { return key.rfind(prefix, 0) == 0; };
+  if (key == "model" || key == "strategy" || key == "cluster.servers" || key == "checkpoint.every_steps") return true;
+  if (starts("data."))  // the paths may be mounted elsewhere; threads and prefetch are the process's
+    return key != "data.dir" && key != "data.train" && key != "data.test" && key != "data.threads" &&
+           key != "data.prefetch";
+  if (starts("train.") || starts("optimizer.") || starts("lr.")) return true;
+  return key == "sync.backend" || key == "sync.bucket_mib" || key == "sync.batch_norm" || key == "sync.elastic" ||
+         key == "async.staleness" || key == "async.lr_staleness" || key == "async.chunk_kib";
+}
+
+std::map<std::string, std::string> settings_lines(const std::string& text) {
+  std::map<std::string, std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto eq = line.find(" = ");
+    if (eq != std::string::npos) lines[line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return lines;
+}
+
+}  // namespace
+
+std::string job_settings_text(const JobConfig& config, const SettingsRegistry& registry) {
+  std::string text;
+  for (const auto& s : registry.settings())
+    if (is_job_wide(s.key)) text += s.key + " = " + s.get(config) + "\n";
+  return text;
+}
+
+std::uint64_t settings_digest(const std::string& text) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+std::string first_setting_difference(const std::string& mine, const std::string& theirs, const std::string& where) {
+  const auto a = settings_lines(mine), b = settings_lines(theirs);
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : a)
+    if (auto it = b.find(key); it == b.end() || it->second != value) keys.push_back(key);
+  for (const auto& [key, value] : b)
+    if (!a.count(key)) keys.push_back(key);
+  if (keys.empty()) return "";
+  // The first in the order the lines were written (the registry's), not alphabetical.
+  std::string first = keys.front();
+  std::size_t first_at = std::string::npos;
+  for (const auto& key : keys) {
+    auto at = mine.find(key + " = ");
+    if (at == std::string::npos) at = theirs.find(key + " = ");
+    if (at < first_at) {
+      first_at = at;
+      first = key;
+    }
+  }
+  auto value = [](const std::map<std::string, std::string>& m, const std::string& key) {
+    auto it = m.find(key);
+    return it == m.end() ? std::string("(not a setting)") : "'" + it->second + "'";
+  };
+  std::string out = first + " = " + value(a, first) + " here, " + value(b, first) + " " + where;
+  if (keys.size() > 1) out += " (and " + std::to_string(keys.size() - 1) + " more)";
+  return out;
+}
+
+std::string nearest_env_name(const std::string& name, const SettingsRegistry& registry) {
+  std::string best;
+  std::size_t best_distance = 3;  // at most two edits, or the same letters without the underscores
+  for (const auto& s : registry.settings()) {
+    const std::string env = SettingsRegistry::env_name(s.key);
+    std::size_t distance = typo_distance(name, env);
+    if (without_underscores(name) == without_underscores(env)) distance = std::min<std::size_t>(distance, 1);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = env;
+    }
+  }
+  return best;
+}
+
 std::vector<std::string> process_environment() {
   std::vector<std::string> env;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) env.emplace_back(*e);
@@ -719,8 +831,17 @@ LoadedConfig load_config(const std::vector<std::string>& args, const std::vector
       if (SettingsRegistry::env_name(s.key) == name) match = &s;
     // Kubernetes' own (a Service named shoal-metrics makes SHOAL_METRICS_PORT=tcp://...): ignored.
     if (is_kubernetes_service_link(name, value)) continue;
-    SHOAL_REQUIRE(match != nullptr, ConfigError,
-                  "environment variable " << name << " does not name a setting (see shoal --help)");
+    if (match == nullptr) {
+      // A typo of a setting is an error (the job would run without it); any other SHOAL_* name
+      // (a user's own script's) a warning.
+      const std::string near = nearest_env_name(name, registry);
+      SHOAL_REQUIRE(near.empty(), ConfigError,
+                    "environment variable " << name << " does not name a setting: did you mean " << near
+                                            << "? (see shoal --help)");
+      loaded.warnings.push_back("environment variable " + name +
+                                " names no setting and is ignored (a SHOAL_* name close to a setting's is an error)");
+      continue;
+    }
     if (values.count(match->key)) continue;  // the command line wins
     values[match->key] = value;
     loaded.sources[match->key] = "env " + name;

@@ -150,13 +150,29 @@ struct LoadedConfig {
   bool help = false;
   std::string config_path;
   std::vector<std::string> positional;  // command-specific operands after the config file
+  std::vector<std::string> warnings;    // what the caller should log: SHOAL_* names of no setting
 
   // "key = value   (source)" lines, one per key.
   std::string describe(const SettingsRegistry& registry) const;
 };
 
+// The settings every process of a job must share (the model, the data and its transforms, the
+// training and optimizer settings, the strategy's), "key = value" per line in registry order;
+// a process's own (paths, ports, threads, device, rank, timeouts) are not among them. Sent at
+// registration: a member whose lines differ from the coordinator's is refused.
+std::string job_settings_text(const JobConfig& config, const SettingsRegistry& registry);
+std::uint64_t settings_digest(const std::string& text);  // FNV-1a, 64 bits
+// "train.batch_size = 64 here, 32 at the coordinator" for the first line that differs (and how
+// many more do), or "" when they agree.
+std::string first_setting_difference(const std::string& mine, const std::string& theirs, const std::string& where);
+
+// The setting's environment name within two edits of `name` (or equal to it without the
+// underscores), or "": a typo, where a name far from every setting is someone else's variable.
+std::string nearest_env_name(const std::string& name, const SettingsRegistry& registry);
+
 // Parses `args` (after the subcommand): [CONFIG] [--key=value | --key value]... [--help].
-// `environment` is a list of "NAME=value" strings (normally environ); only SHOAL_* are read.
+// `environment` is a list of "NAME=value" strings (normally environ); only SHOAL_* are read. A
+// SHOAL_* name of no setting is a ConfigError when it is close to one (a typo), else a warning.
 LoadedConfig load_config(const std::vector<std::string>& args, const std::vector<std::string>& environment,
                          const SettingsRegistry& registry);
 

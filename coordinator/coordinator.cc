@@ -72,6 +72,8 @@ std::int64_t position_step(const std::string& position, const std::string& dir) 
 Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, MetricsWriter& metrics)
     : network_(network),
       config_(config),
+      settings_text_(job_settings_text(config, SettingsRegistry())),
+      settings_digest_(settings_digest(settings_text_)),
       log_(std::move(log)),
       metrics_(metrics),
       socket_(network, config.coordinator_address, log_),
@@ -258,6 +260,8 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
       return handle_checkpoint_files(in);
     case K::PREEMPT:
       return handle_preempt(in, now);
+    case K::SYNC_CUT:
+      return handle_sync_cut(in, *member);
     case K::EVAL_DONE:
       return handle_eval_done(in, now);
     default:
@@ -275,6 +279,18 @@ void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
   // so copies queued while the coordinator was not up do not register the process again.
   if (const Member* m = members_.registered_by(reg.getNonce())) return reply_register(in, *m);
   if (over) return reply_job_over(in);
+  // A member started with other job-wide settings (a ConfigMap edited, and not every process
+  // restarted) would train another job: refused, naming the first setting that differs.
+  if (reg.hasSettings() && reg.getSettings().size() > 0 && reg.getSettingsDigest() != settings_digest_) {
+    const std::string difference = first_setting_difference(reg.getSettings().cStr(), settings_text_, "at the coordinator");
+    if (!difference.empty()) {
+      SHOAL_LOG(log_, error, "refused " << in.sender() << ": its settings differ from the job's: " << difference);
+      reply_error(in, wire::ErrorCode::SETTINGS_DIFFER,
+                  "this process's settings differ from the job's (every process of a job must be started with the "
+                  "same job file): " + difference);
+      return;
+    }
+  }
   if (!in.user.empty()) {
     // auth.keys: a member registers as the rank its key is, and as nothing else.
     const std::string claimed = std::string(role_name(reg.getRole())) + "." + std::to_string(reg.getRank());
@@ -709,9 +725,10 @@ void Coordinator::after_checkpoint_ended() {
   if (!terminating_ || end_ || checkpoints_->current()) return;
   preempted_ = true;
   const CheckpointDriver::Outcome& o = checkpoints_->last_outcome();
-  end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(steps_) +
-                            (o.written ? " after checkpoint " + o.what
-                                       : "; the last checkpoint could not be written (" + o.what + ")"));
+  end_job(ExitCode::ok, "stopped on SIGTERM at step " + std::to_string(stop_step_ >= 0 ? stop_step_ : steps_) +
+                            (!checkpoints_->enabled() ? std::string(" (no checkpoint.dir: nothing kept)")
+                             : o.written              ? " after checkpoint " + o.what
+                                                      : "; the last checkpoint could not be written (" + o.what + ")"));
 }
 
 void Coordinator::order_snapshot(const std::string& server, std::int64_t step, const std::string& dir) {
@@ -816,6 +833,52 @@ bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_p
   }
   const CheckpointDriver::InProgress* c = checkpoints_->current();
   return c != nullptr && c->sync_epoch == next - 1;
+}
+
+void Coordinator::handle_sync_cut(const Incoming& in, const Member& member) {
+  auto cut = in.envelope().getBody().getSyncCut();
+  if (!sync_ || !world_ || member.role != wire::Role::WORKER || member.rank != 0) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST, "only rank 0 of a sync job cuts a checkpoint mid-epoch");
+    return;
+  }
+  const auto step = static_cast<std::int64_t>(cut.getStep());
+  const auto epoch = static_cast<std::int64_t>(cut.getEpoch());
+  const auto position = static_cast<std::int64_t>(cut.getPosition());
+  if (epoch < 1 || epoch > config_.epochs || position < 0 || position > train_samples_) {
+    reply_error(in, wire::ErrorCode::BAD_REQUEST,
+                "a cut at epoch " + std::to_string(epoch) + ", position " + std::to_string(position) +
+                    " is outside the job");
+    return;
+  }
+  if (cut.getStop() && !terminating_) {
+    terminating_ = true;
+    stop_step_ = step;  // after_checkpoint_ended ends the job (exit 0) once the cut is written
+    SHOAL_LOG(log_, warn,
+              "a rank was asked to stop (SIGTERM): the world agreed to stop after step "
+                  << step << " (epoch " << epoch << ", " << position << " samples in)"
+                  << (checkpoints_->enabled() ? "; checkpointing it" : "; no checkpoint.dir, so nothing is kept"));
+  }
+  Outgoing out("coordinator", in.request_id());
+  auto grant = out.body().initLeaseGrant();
+  if (checkpoints_->enabled() && !checkpoints_->current()) {
+    checkpoints_->begin(step);
+    const std::string body =
+        world_->book().save_within(epoch, position, static_cast<std::int64_t>(cut.getSamples()), cut.getLossSum(),
+                                   static_cast<std::int64_t>(cut.getCorrect()));
+    if (checkpoints_->cut(step, body, {}, nullptr, /*buffers=*/true)) {
+      checkpoints_->set_buffers_holder(in.sender());
+      auto order = grant.initSaveBuffers();
+      order.setStep(static_cast<std::uint64_t>(step));
+      order.setDir(checkpoints_->current()->dir);
+      socket_.send(in.peer, out);
+      return;
+    }
+  }
+  // None taken: checkpoints off, the newest already holds this step, or one is being completed
+  // (a stop then ends the job when it is).
+  grant.setWait(0);
+  socket_.send(in.peer, out);
+  after_checkpoint_ended();
 }
 
 void Coordinator::server_gone(const std::string& id, const std::string& how, Clock::time_point now) {

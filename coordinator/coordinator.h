@@ -115,6 +115,9 @@ class Coordinator : private SnapshotOrders {
   // A parameter server got SIGTERM (wire `preempt`): a checkpoint is cut, the job pauses at the cut,
   // and once the server has written its files it is told to go (docs/checkpoint-format.md).
   void handle_preempt(const Incoming& in, Clock::time_point now);
+  // Sync rank 0 between two steps of an epoch: a checkpoint cut there (every_steps or seconds),
+  // or, when the world agreed to stop (SIGTERM), the last one before the job ends with exit 0.
+  void handle_sync_cut(const Incoming& in, const Member& member);
   // Elastic sync: `lost` leaves the world; the members form a new one.
   void reform_world(const std::string& lost);
   // The world changed (`lost` left or `joined` entered): a new table version, logged.
@@ -128,6 +131,8 @@ class Coordinator : private SnapshotOrders {
 
   Network& network_;
   const JobConfig& config_;
+  const std::string settings_text_;  // job_settings_text(config_): what every member must share
+  const std::uint64_t settings_digest_;
   Logger log_;
   MetricsWriter& metrics_;
   ServerSocket socket_;
@@ -170,6 +175,7 @@ class Coordinator : private SnapshotOrders {
   const std::atomic<bool>* term_ = nullptr;
   bool terminating_ = false;
   bool preempted_ = false;  // the job stopped on SIGTERM (exit 0, to be resumed)
+  std::int64_t stop_step_ = -1;  // sync: the step the world agreed to stop at
 };
 
 }  // namespace shoal

@@ -1,6 +1,10 @@
 #include "coordinator/sync_book.h"
 
 #include <algorithm>
+#include <ostream>
+#include <optional>
+#include <functional>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -148,13 +152,13 @@ std::int64_t SyncBook::boundary() const {
   return s % 2 == 0 ? s / 2 : -1;
 }
 
-std::string SyncBook::save() const {
-  const std::int64_t done = boundary();
-  SHOAL_ASSERT(done >= 0, "a sync position cut between epoch boundaries");
-  std::ostringstream out;
-  out << "kind sync\nsamples " << samples_ << "\nepochs_done " << done << "\n";
+namespace {
+
+void write_done_epochs(std::ostream& out, std::int64_t samples, std::int64_t done,
+                       const std::function<const EpochReport&(std::int64_t)>& report) {
+  out << "kind sync\nsamples " << samples << "\nepochs_done " << done << "\n";
   for (std::int64_t e = 1; e <= done; ++e) {
-    const EpochReport& r = epochs_progress_.at(e).report;
+    const EpochReport& r = report(e);
     char line[256];
     std::snprintf(line, sizeof(line),
                   "epoch %lld loss_sum %a correct %lld samples %lld test_loss %a test_accuracy %a\n",
@@ -162,6 +166,38 @@ std::string SyncBook::save() const {
                   static_cast<long long>(r.samples_done), r.test_loss, r.test_accuracy);
     out << line;
   }
+}
+
+}  // namespace
+
+std::string SyncBook::save() const {
+  const std::int64_t done = boundary();
+  SHOAL_ASSERT(done >= 0, "a sync position cut between epoch boundaries");
+  std::ostringstream out;
+  write_done_epochs(out, samples_, done, [&](std::int64_t e) -> const EpochReport& { return epochs_progress_.at(e).report; });
+  return out.str();
+}
+
+std::string SyncBook::save_within(std::int64_t epoch, std::int64_t position, std::int64_t samples, double loss_sum,
+                                  std::int64_t correct) const {
+  SHOAL_ASSERT(epoch >= 1 && position >= 0 && position <= samples_, "a sync cut outside the job");
+  std::ostringstream out;
+  write_done_epochs(out, samples_, epoch - 1,
+                    [&](std::int64_t e) -> const EpochReport& { return epochs_progress_.at(e).report; });
+  // A job resumed from an earlier cut of this epoch holds that cut's statistics (the ranks report
+  // theirs at the epoch's end): the new cut carries both.
+  if (auto it = epochs_progress_.find(epoch); it != epochs_progress_.end()) {
+    samples += it->second.report.samples_done;
+    loss_sum += it->second.report.loss_sum;
+    correct += it->second.report.correct;
+  }
+  samples = std::min(samples, position);
+  correct = std::min(correct, samples);
+  char line[256];
+  std::snprintf(line, sizeof(line), "in_epoch %lld position %lld samples %lld loss_sum %a correct %lld\n",
+                static_cast<long long>(epoch), static_cast<long long>(position), static_cast<long long>(samples),
+                loss_sum, static_cast<long long>(correct));
+  out << line;
   return out.str();
 }
 
@@ -171,10 +207,28 @@ std::vector<EpochReport> SyncBook::restore(const std::string& text, TimePoint no
   std::string line;
   std::map<std::string, std::string> head;
   std::vector<EpochReport> done;
+  struct Within {
+    std::int64_t epoch, position, samples;
+    double loss_sum;
+    std::int64_t correct;
+  };
+  std::optional<Within> within;
   while (std::getline(in, line)) {
     std::istringstream words(line);
     std::string key;
     if (!(words >> key)) continue;
+    if (key == "in_epoch") {
+      long long e = -1, at = -1, samples = -1, correct = -1;
+      std::string k1, k2, k3, k4, loss;
+      SHOAL_REQUIRE((words >> e >> k1 >> at >> k2 >> samples >> k3 >> loss >> k4 >> correct) && k1 == "position" &&
+                        k2 == "samples" && k3 == "loss_sum" && k4 == "correct" && e >= 1 && e <= epochs_ &&
+                        at >= 0 && at <= samples_ && samples >= 0 && samples <= samples_ && correct >= 0 &&
+                        correct <= samples,
+                    CheckpointError, "position: malformed or out-of-range in_epoch line '" << line << "'");
+      within = Within{e, at, samples, std::strtod(loss.c_str(), nullptr), correct};
+      SHOAL_REQUIRE(std::isfinite(within->loss_sum), CheckpointError, "position: in_epoch loss_sum is not finite");
+      continue;
+    }
     if (key != "epoch") {
       std::string value;
       words >> value;
@@ -215,6 +269,17 @@ std::vector<EpochReport> SyncBook::restore(const std::string& text, TimePoint no
   }
   first_stage_ = 2 * epochs_done;
   next_report_ = epochs_done + 1;
+  if (within) {
+    SHOAL_REQUIRE(within->epoch == epochs_done + 1, CheckpointError,
+                  "position: cut in epoch " << within->epoch << " after " << epochs_done << " epochs done");
+    // The samples trained before the cut count towards the epoch's report; the ranks report the
+    // rest (they resume at the position, docs/checkpoint-format.md).
+    EpochReport& r = epoch(within->epoch).report;
+    r.samples_done = r.samples_processed = within->samples;
+    r.loss_sum = within->loss_sum;
+    r.correct = within->correct;
+    r.started = now;
+  }
   return done;
 }
 

@@ -40,6 +40,10 @@ class SyncBook final : public WorkBook {
   std::int64_t next_train_epoch(const std::string& worker) const;
   // The data position as text (a checkpoint's `position`): the epochs done and their reports.
   std::string save() const override;
+  // The data position between two steps of epoch `epoch` (every rank at that step): the epochs
+  // before it, and `position` samples of it trained, with their statistics for the whole world.
+  std::string save_within(std::int64_t epoch, std::int64_t position, std::int64_t samples, double loss_sum,
+                          std::int64_t correct) const;
   // A rank lost in an elastic job (sync.elastic): the world is one smaller; an epoch that waited
   // only for it is complete (the survivors report the samples of its completed steps).
   void remove(const std::string& worker, TimePoint now);
@@ -51,7 +55,8 @@ class SyncBook final : public WorkBook {
   // so it trains the rest of that epoch with the others).
   void add(const std::string& worker);
   // Takes a checkpoint's position before any rank asked for work: every rank starts after its
-  // last epoch. Throws CheckpointError when malformed or not a sync job's. Returns the epochs
+  // last epoch, or in the epoch it was cut in (its samples so far count towards its report: the
+  // ranks train and report the rest). Throws CheckpointError when malformed or not a sync job's. Returns the epochs
   // done, for the job's report.
   std::vector<EpochReport> restore(const std::string& text, TimePoint now) override;
 

@@ -122,6 +122,7 @@ void rank_from_hostname(JobConfig& config) {
 LoadedConfig load_and_report(const std::vector<std::string>& args, const SettingsRegistry& registry, Logger& log) {
   LoadedConfig loaded = load_config(args, process_environment(), registry);
   log = log.with_level(parse_log_level(loaded.config.log_level));
+  for (const auto& warning : loaded.warnings) log.write(LogLevel::warn, warning);
   return loaded;
 }
 
@@ -186,11 +187,14 @@ std::string describe_updates(const std::vector<std::pair<std::int64_t, std::int6
 }
 
 const char* kKeysUsage =
-    "usage: shoal keys generate DIR [--servers N] [--workers N]\n"
+    "usage: shoal keys generate DIR [--servers N] [--workers N] [--per-role]\n"
     "  writes DIR/server.key, DIR/<member>.key for the coordinator, ps.0 .. ps.N-1 and\n"
     "  worker.0 .. worker.N-1 (default: cluster.servers and cluster.workers' defaults, 2 each;\n"
     "  make keys for more workers than the job starts with if workers may join later), and\n"
-    "  DIR/members. A job with auth.keys = DIR admits only these members (docs/authentication.md).";
+    "  DIR/members. A job with auth.keys = DIR admits only these members (docs/authentication.md).\n"
+    "  --per-role: DIR/coordinator/, DIR/ps/ and DIR/worker/ instead, each with only its role's\n"
+    "  secret keys (worker/ has server.pub, the public half of server.key): one Kubernetes Secret\n"
+    "  per role, so that no pod can act as a member of another role (async jobs).";
 
 int keys_command(const std::vector<std::string>& args) {
   if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
@@ -200,8 +204,13 @@ int keys_command(const std::vector<std::string>& args) {
   SHOAL_REQUIRE(args.size() >= 2 && args[0] == "generate", ConfigError, kKeysUsage);
   const JobConfig defaults;
   long long servers = defaults.servers, workers = defaults.workers;
+  bool per_role = false;
   for (std::size_t i = 2; i < args.size(); ++i) {
     std::string name = args[i], value;
+    if (name == "--per-role") {
+      per_role = true;
+      continue;
+    }
     if (auto eq = name.find('='); eq != std::string::npos) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
@@ -219,9 +228,9 @@ int keys_command(const std::vector<std::string>& args) {
     (name == "--servers" ? servers : workers) = n;
   }
   generate_job_keys(args[1], static_cast<int>(std::clamp(servers, -1LL, 1000000LL)),
-                    static_cast<int>(std::clamp(workers, -1LL, 1000000LL)));
-  std::printf("wrote the CURVE keys of the coordinator, %lld servers and %lld workers to %s\n", servers, workers,
-              args[1].c_str());
+                    static_cast<int>(std::clamp(workers, -1LL, 1000000LL)), per_role);
+  std::printf("wrote the CURVE keys of the coordinator, %lld servers and %lld workers to %s%s\n", servers, workers,
+              args[1].c_str(), per_role ? " (coordinator/, ps/, worker/: one folder per role)" : "");
   return 0;
 }
 

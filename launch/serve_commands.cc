@@ -218,6 +218,7 @@ int serve_command(std::vector<std::string> args, const SettingsRegistry& registr
       config.serve.port = parse_int(port, "the PORT environment variable", 1, 65535);
   }
   Logger serve_log = log;
+  for (const auto& warning : loaded.warnings) serve_log.write(LogLevel::warn, warning);
   ModelServer server(config, model_path, serve_log);
   std::printf("serving '%s' on port %d\n", server.model_name().c_str(), server.port());
   std::fflush(stdout);

@@ -72,6 +72,8 @@ void run_server_role(Network& network, const JobConfig& config, Logger log, cons
   ParameterServer server(network, config.node_address, *backend, log);
   Seconds timeout(config.request_timeout_seconds);
   ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
+  const std::string settings = job_settings_text(config, SettingsRegistry());
+  control.set_job_settings(settings, settings_digest(settings));
   auto registered =
       control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
                             ParameterServer::advertised(server.endpoint(), config.node_advertise, this_host_fqdn()),

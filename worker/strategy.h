@@ -24,6 +24,13 @@ class StopRequested final : public ControlSignal {
   const char* what() const noexcept override { return "the worker was asked to stop"; }
 };
 
+// A sync world agreed to stop between two steps (a rank got SIGTERM; rank 0 has had the step
+// checkpointed): every rank ends its epoch there and waits for the job's end (exit 0).
+class WorldStops final : public ControlSignal {
+ public:
+  const char* what() const noexcept override { return "the world agreed to stop"; }
+};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;

@@ -128,6 +128,18 @@ void SyncAllReduceStrategy::wait_all() {
 void SyncAllReduceStrategy::end_step(Model& model, std::int64_t step, float lr) {
   ready_from_ = 0;  // every gradient is final
   launch_ready();
+  if (options_.stop != nullptr) {
+    // The previous step's vote (issued before this step's buckets, so it is in by now), then
+    // this step's: after the last bucket, in the same order on every rank.
+    if (vote_work_) {
+      guarded([&] { wait(*vote_work_); });
+      vote_work_.reset();
+      if (vote_[0] > 0.5f) stop_agreed_ = true;
+    }
+    vote_[0] = options_.stop->load() ? 1.f : 0.f;
+    vote_work_ = collective_->all_reduce(vote_, ReduceOp::sum, "all-reduce of the stop vote (step " +
+                                                                   std::to_string(clock_) + ")");
+  }
   wait_all();
   local_->end_step(model, step, lr);
   ++clock_;
@@ -141,11 +153,30 @@ void add(LossStats& to, const LossStats& s) {
 }
 }  // namespace
 
+void SyncAllReduceStrategy::resume_within(std::int64_t epoch, std::int64_t position) {
+  epoch_ = epoch;
+  position_ = epoch_from_ = position;
+  earlier_ = LossStats{};
+  segment_ = LossStats{};
+  stage_ = 2 * (epoch - 1);
+  resume_ = true;
+}
+
+void SyncAllReduceStrategy::between_steps(const Trainer& trainer) {
+  if (!trainer.at_step_boundary()) return;
+  if (options_.between_steps) {
+    SyncOptions::BetweenSteps at{epoch_, position_, trainer.step(), epoch_from_, earlier_, stop_agreed_};
+    add(at.so_far, segment_);
+    options_.between_steps(at);
+  }
+  if (stop_agreed_) throw WorldStops{};
+}
+
 LossStats SyncAllReduceStrategy::train(Trainer& trainer, const DataSource& data, const std::vector<std::int64_t>& order,
                                        const DataShard& shard) {
   if (!(resume_ && shard.epoch == epoch_)) {  // a new epoch (not the rest of one after a new world)
     epoch_ = shard.epoch;
-    position_ = shard.begin;
+    position_ = epoch_from_ = shard.begin;
     earlier_ = LossStats{};
   }
   resume_ = false;
@@ -165,6 +196,9 @@ LossStats SyncAllReduceStrategy::train(Trainer& trainer, const DataSource& data,
       data, shard.epoch, batches,
       [&](std::size_t i) {
         if (i > 0) position_ += steps[i - 1].global;  // step i - 1 was trained
+        // Between two steps (or, when the world agreed to stop at the end of the last epoch's
+        // last step, before this epoch's first): the hook and the stop.
+        if (i > 0 || stop_agreed_) between_steps(trainer);
         set_global_step(steps[i].global, steps[i].offset);
         done = i + 1;
       },
@@ -179,6 +213,7 @@ LossStats SyncAllReduceStrategy::train(Trainer& trainer, const DataSource& data,
 
 void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, int previous_size, int previous_rank) {
   for (auto& b : buckets_) b.work.reset();  // issued on the old world: never completed
+  vote_work_.reset();
   launched_ = 0;
   ready_from_ = model_.params().parameter_count();
   collective_ = &collective;
@@ -294,7 +329,7 @@ void SyncAllReduceStrategy::adopt(Collective& collective, Trainer& trainer, int 
     // The source was mid-epoch while this member was between epochs (it had not started it), or
     // this member has just joined.
     epoch_ = source.epoch;
-    position_ = source.position;
+    position_ = epoch_from_ = source.position;
     earlier_ = LossStats{};
     segment_ = LossStats{};
     resume_ = true;
@@ -333,7 +368,8 @@ EvalResult SyncAllReduceStrategy::evaluate(Trainer& trainer, const DataSource& t
 void SyncAllReduceStrategy::leave() {
   // Nothing to tell peers: a rank that leaves ends a sync job (the coordinator says so to
   // the others). Whatever is still in flight cannot complete.
-  if (launched_ > 0) collective_->abort("this rank left the job");
+  if (launched_ > 0 || vote_work_) collective_->abort("this rank left the job");
+  vote_work_.reset();
 }
 
 }  // namespace shoal

@@ -9,6 +9,7 @@
 // when a tail step gives ranks unequal batches.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -31,6 +32,20 @@ struct SyncOptions {
   // Elastic (sync.elastic): a collective that fails at once (a peer's connection closed) is not
   // the end yet: the watch is polled this long for the coordinator's verdict (a new world).
   std::chrono::duration<double> verdict_wait{0.0};
+  // The process's stop flag (SIGTERM). Every step each rank votes it in a one-element
+  // all-reduce, launched after the step's last gradient bucket and read at the end of the next
+  // step (so it never waits on the step's path); once any rank voted, every rank stops at the
+  // same step boundary (WorldStops), after `between_steps` saw it with `stop`. Null: no vote.
+  const std::atomic<bool>* stop = nullptr;
+  // Called between two steps of an epoch, on every rank: where the epoch stands (rank 0 cuts a
+  // checkpoint there when one is due, and when the world stops).
+  struct BetweenSteps {
+    std::int64_t epoch = 0, position = 0, step = 0;
+    std::int64_t from = 0;  // where `so_far` starts (the epoch's start, or where it was resumed)
+    LossStats so_far;       // this rank's statistics of the epoch's steps from `from` to `position`
+    bool stop = false;
+  };
+  std::function<void(const BetweenSteps&)> between_steps;
 };
 
 class SyncAllReduceStrategy final : public DistributedStrategy {
@@ -77,6 +92,10 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   std::uint64_t clock() const override { return clock_; }
   std::string describe() const override;
 
+  // A checkpoint of a sync job cut mid-epoch: the next train() of `epoch` goes on from
+  // `position` (the samples before it were trained, and are reported, before the cut).
+  void resume_within(std::int64_t epoch, std::int64_t position);
+
   // The global samples of the step about to run (train() sets it; tests may too).
   void set_global_step(std::int64_t samples, std::int64_t offset) {
     global_samples_ = samples;
@@ -89,6 +108,8 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
     WorkHandle work;
   };
   void launch_ready();
+  // Between two steps of train(): the hook, and the world's agreement to stop.
+  void between_steps(const Trainer& trainer);
   void wait(Work& work);
   void wait_all();
   // A collective failed at once: waits (polling the watch) for the verdict, else rethrows.
@@ -112,12 +133,17 @@ class SyncAllReduceStrategy final : public DistributedStrategy {
   // plan started from, and the position after the last completed global step. Statistics of
   // earlier plans (before a re-formed world) and of the current one.
   std::int64_t epoch_ = -1, shard_end_ = 0, segment_from_ = 0, position_ = 0;
+  std::int64_t epoch_from_ = 0;  // where earlier_ + segment_ start: the epoch's start, or a resumed cut
   LossStats earlier_, segment_;
   bool resume_ = false;  // adopt(): the next train() of epoch_ goes on from position_
   bool adopted_ = false;
   // How far this rank's state is, in the coordinator's stages: 2(e-1) training epoch e, 2e-1
   // trained it (the whole plan), 2e evaluated it; -1 nothing yet. adopt() takes the source's.
   std::int64_t stage_ = -1;
+  // The stop vote: its one element, the all-reduce in flight, and whether the world agreed.
+  std::vector<float> vote_ = std::vector<float>(1, 0.f);
+  WorkHandle vote_work_;
+  bool stop_agreed_ = false;
 };
 
 }  // namespace shoal

@@ -90,6 +90,8 @@ class Trainer {
   double total_data_wait_seconds() const { return total_wait_seconds_; }
 
   std::int64_t step() const { return step_; }
+  // Between two optimizer steps (not between two micro-batches of one: train.accumulate).
+  bool at_step_boundary() const { return !in_step_; }
   // Resuming from a checkpoint: the learning-rate schedule and dropout go on from this step.
   void set_step(std::int64_t step) { step_ = step; }
   // An elastic sync world went from n to n' ranks (the global batch shrank by f = n'/n): from the

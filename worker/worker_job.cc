@@ -103,7 +103,13 @@ std::vector<float> to_host(Backend& backend, const Tensor& t) {
 // A worker's part of a checkpoint: async, its batch-norm buffers (the servers hold the rest);
 // rank 0 of a sync job, the whole state every rank holds: parameters, optimizer state,
 // buffers, and the trainer's step (the learning-rate schedule and dropout are functions of it).
-void save_state(JobContext& job, const LeaseTask& task) {
+// `within` (sync, cut mid-epoch): the epoch and the samples of it trained, recorded in `trainer`
+// so that every rank resumes there.
+struct WithinEpoch {
+  std::int64_t epoch = 0, position = 0;
+};
+
+void save_state(JobContext& job, const LeaseTask& task, std::optional<WithinEpoch> within = std::nullopt) {
   auto started = std::chrono::steady_clock::now();
   std::vector<float> buffers = to_host(*job.backend, job.model->params().buffer_values());
   CheckpointReport report{task.step, {}, 0, 0};
@@ -127,8 +133,10 @@ void save_state(JobContext& job, const LeaseTask& task) {
     // elastic world was rescaled (the schedule then advanced n'/n per step).
     char schedule[64];
     std::snprintf(schedule, sizeof(schedule), "schedule %a\n", job.trainer.schedule_position(job.trainer.step()));
-    report.files.push_back(write_file_atomic(
-        task.dir, checkpoint_file::kTrainer, "step " + std::to_string(job.trainer.step()) + "\n" + std::string(schedule)));
+    std::string text = "step " + std::to_string(job.trainer.step()) + "\n" + std::string(schedule);
+    if (within)
+      text += "within_epoch " + std::to_string(within->epoch) + " position " + std::to_string(within->position) + "\n";
+    report.files.push_back(write_file_atomic(task.dir, checkpoint_file::kTrainer, text));
   }
   report.write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   job.control.report_checkpoint(report);
@@ -152,8 +160,8 @@ void restore_buffers(const std::string& dir, Backend& backend, Model& model, con
 
 // Resuming a sync job: every rank takes the whole state rank 0 wrote (the world may have
 // another size now: the state does not depend on it).
-void restore_sync_state(const std::string& dir, Backend& backend, Model& model, DistributedStrategy& strategy,
-                        Trainer& trainer, const Logger& log) {
+std::optional<WithinEpoch> restore_sync_state(const std::string& dir, Backend& backend, Model& model,
+                                              DistributedStrategy& strategy, Trainer& trainer, const Logger& log) {
   Manifest manifest = read_manifest(dir);
   auto ranges = list_ranges(dir, manifest);
   const std::int64_t n = model.params().parameter_count();
@@ -184,7 +192,22 @@ void restore_sync_state(const std::string& dir, Backend& backend, Model& model, 
     trainer.set_schedule_scaling({1, 1, position, step});
   }
   restore_buffers(dir, backend, model, log);
-  SHOAL_LOG(log, info, "restored the parameters, optimizer state and step " << step << " from " << dir);
+  // Cut mid-epoch: where the epoch stood.
+  std::optional<WithinEpoch> within;
+  if (auto at = text.find("\nwithin_epoch "); at != std::string::npos) {
+    long long epoch = -1, position = -1;
+    SHOAL_REQUIRE(std::sscanf(text.c_str() + at + 1, "within_epoch %lld position %lld", &epoch, &position) == 2 &&
+                      epoch >= 1 && position >= 0,
+                  CheckpointError, dir << "/trainer: expected 'within_epoch E position P' with E >= 1 and P >= 0");
+    within = WithinEpoch{epoch, position};
+  }
+  SHOAL_LOG(log, info,
+            "restored the parameters, optimizer state and step "
+                << step << " from " << dir
+                << (within ? " (cut in epoch " + std::to_string(within->epoch) + ", " + std::to_string(within->position) +
+                                 " samples in: it goes on from there)"
+                           : std::string()));
+  return within;
 }
 
 // The one job loop of every distributed worker: ask the coordinator for work until the job is
@@ -302,6 +325,29 @@ void run_job_loop(JobContext& job) {
         if (!take_new_table()) return leave("while waiting for the job's new table");
       }
     }
+  } catch (const WorldStops&) {
+    // Every rank stops at this step; rank 0 had it checkpointed, and the coordinator ends the
+    // job once the checkpoint is complete. Wait for that end (bounded: the write, then the
+    // MANIFEST).
+    SHOAL_LOG(log, warn,
+              "the world agreed to stop (SIGTERM) after step " << trainer.step() << "; waiting for the job's end");
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              Seconds(2 * config.request_timeout_seconds + config.dead_after_seconds));
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto end = heartbeat.job_end()) {
+        if (end->code != ExitCode::ok) throw_job_failure(*end);
+        SHOAL_LOG(log, info, "stopping: " << end->reason);
+        return;
+      }
+      heartbeat.check();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    SHOAL_THROW(TimeoutError, "the world stopped at step " << trainer.step()
+                                                            << " but the job did not end within "
+                                                            << 2 * config.request_timeout_seconds +
+                                                                   config.dead_after_seconds
+                                                            << " s (was its checkpoint written?)");
   } catch (const JobOver&) {
     SHOAL_LOG(log, info, "stopping: the job is over (it ended while this worker waited for its peers)");
   } catch (const StopRequested&) {
@@ -411,6 +457,8 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
   control.set_device(l.backend->device().str());
+  const std::string settings = job_settings_text(config, SettingsRegistry());
+  control.set_job_settings(settings, settings_digest(settings));
   auto joined = join_job(control, config, static_cast<int>(config.node_rank), log, stop);
   if (!joined) return;
   if (telemetry != nullptr) telemetry->ready = true;
@@ -474,7 +522,12 @@ class SyncWorkerRun {
         stop_(stop),
         telemetry_(telemetry),
         startup_(config.startup_timeout_seconds),
-        job_watch_(job_watch(heartbeat)) {}
+        job_watch_(job_watch(heartbeat)),
+        // SIGTERM: the world agrees on a step, rank 0 checkpoints it and every rank exits 0; in
+        // an elastic world a rank other than 0 (which hosts the coordinator) leaves instead, and
+        // the others go on without it.
+        agree_on_stop_(!config.sync_elastic || setup.world.rank == 0),
+        last_cut_(std::chrono::steady_clock::now()) {}
 
   // Forms the world of `joined` (the table this rank joined with), takes its state and trains
   // until the job is over. False: stopped while waiting for a table, before training.
@@ -498,6 +551,9 @@ class SyncWorkerRun {
   bool reform();
   // The world of generation `table` for this rank: the setup with the table's rank and size.
   SyncSetup world_of(const PartitionTable& table) const;
+  // Between two steps of an epoch (every rank): rank 0 has a checkpoint cut there when one is
+  // due (checkpoint.every_steps, every_seconds) and when the world agreed to stop.
+  void cut_between_steps(const SyncOptions::BetweenSteps& at);
 
   const JobConfig& config_;
   const SyncSetup& setup_;
@@ -518,11 +574,17 @@ class SyncWorkerRun {
   MetricsWriter no_metrics_;
   std::optional<SyncAllReduceStrategy> strategy_;  // made once the first world is formed
   std::optional<Trainer> trainer_;
+  const bool agree_on_stop_;
+  const std::atomic<bool> never_stops_{false};  // the vote of a rank that leaves on its own instead
+  bool training_ = false;                       // the job loop runs (a stop is then the world's)
+  JobContext* job_ = nullptr;
+  std::chrono::steady_clock::time_point last_cut_;
 };
 
 void SyncWorkerRun::watch() const {
   job_watch_();
-  if (stop_ != nullptr && stop_->load()) throw StopRequested{};
+  // Once training, a stop of a rank that agrees on it is the world's (the vote), not this wait's.
+  if (stop_ != nullptr && stop_->load() && !(agree_on_stop_ && training_)) throw StopRequested{};
   if (config_.sync_elastic && heartbeat_.table_version() > world_version_) throw TableChanged{};
 }
 
@@ -594,6 +656,37 @@ bool SyncWorkerRun::reform() {
   return true;
 }
 
+void SyncWorkerRun::cut_between_steps(const SyncOptions::BetweenSteps& at) {
+  if (collective_->rank() != 0 || job_ == nullptr) return;
+  const auto now = std::chrono::steady_clock::now();
+  const bool due = !config_.checkpoint_dir.empty() &&
+                   ((config_.checkpoint_every_steps > 0 && at.step > 0 && at.step % config_.checkpoint_every_steps == 0) ||
+                    (config_.checkpoint_every_seconds > 0 &&
+                     std::chrono::duration<double>(now - last_cut_).count() >= config_.checkpoint_every_seconds));
+  if (!due && !at.stop) return;
+  // The epoch's statistics so far, for the whole world: this rank's, scaled to every rank's
+  // samples (the others' are not gathered: an estimate, as after an elastic change).
+  SyncCutRequest cut;
+  cut.step = at.step;
+  cut.epoch = at.epoch;
+  cut.position = at.position;
+  cut.stop = at.stop;
+  cut.samples = std::max<std::int64_t>(0, at.position - at.from);
+  if (at.so_far.count > 0) {
+    const double scale = static_cast<double>(cut.samples) / static_cast<double>(at.so_far.count);
+    cut.loss_sum = at.so_far.loss_sum * scale;
+    cut.correct = std::min<std::int64_t>(
+        cut.samples, static_cast<std::int64_t>(std::llround(static_cast<double>(at.so_far.correct) * scale)));
+  }
+  last_cut_ = now;
+  if (auto order = control_.sync_cut(cut)) {
+    save_state(*job_, *order, WithinEpoch{at.epoch, at.position});
+    SHOAL_LOG(log_, info,
+              "checkpoint of step " << at.step << " cut in epoch " << at.epoch << ", " << at.position
+                                    << " samples in, written to " << order->dir);
+  }
+}
+
 bool SyncWorkerRun::run(const PartitionTable& joined) {
   PartitionTable first = joined;
   if (!form_first_world(first)) return false;
@@ -606,6 +699,8 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
   options.sync_batch_norm = config_.sync_batch_norm == BatchNormMode::sync;
   options.batch_size = config_.batch_size;
   options.watch = [this] { watch(); };
+  options.stop = agree_on_stop_ && stop_ != nullptr ? stop_ : &never_stops_;
+  options.between_steps = [this](const SyncOptions::BetweenSteps& at) { cut_between_steps(at); };
   if (config_.sync_elastic)  // the coordinator's verdict on a lost rank comes within a liveness period
     options.verdict_wait = Seconds(config_.dead_after_seconds + 2 * config_.heartbeat_seconds + 1);
   strategy_.emplace(*l.backend, *l.model, Optimizer(config_.optimizer), *collective_, log_, options);
@@ -617,7 +712,7 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
       std::max<std::int64_t>(1, l.data.train->count() / (config_.batch_size * config_.accumulate * setup_.world.size));
   TrainerOptions topts = trainer_options(config_, config_.seed, steps_per_epoch);
   trainer_.emplace(*l.backend, *l.model, *strategy_, topts, log_, progress_, no_metrics_);
-  trainer_->set_stop_flag(stop_);
+  trainer_->set_stop_flag(agree_on_stop_ ? nullptr : stop_);
   const bool new_rank = joins_running_world && first.previous_ranks[static_cast<std::size_t>(first.world_rank)] < 0;
   has_state_ = !new_rank;
   if (joins_running_world) {
@@ -635,11 +730,12 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
                   << "; took the state of the most advanced member in " << seconds << " s; at step "
                   << trainer_->step());
   } else if (!first.restore.empty()) {
-    restore_sync_state(first.restore, *l.backend, *l.model, *strategy_, *trainer_, log_);
+    if (auto within = restore_sync_state(first.restore, *l.backend, *l.model, *strategy_, *trainer_, log_))
+      strategy_->resume_within(within->epoch, within->position);
   }
   JobContext job{config_,
                  log_,
-                 stop_,
+                 agree_on_stop_ ? nullptr : stop_,
                  control_,
                  heartbeat_,
                  *strategy_,
@@ -649,6 +745,8 @@ bool SyncWorkerRun::run(const PartitionTable& joined) {
                  l.model.get(),
                  config_.sync_elastic ? std::function<bool()>([this] { return reform(); }) : std::function<bool()>(),
                  telemetry_};
+  job_ = &job;
+  training_ = true;
   try {
     run_job_loop(job);
   } catch (const CollectiveError&) {
@@ -708,6 +806,8 @@ void run_sync_worker(Network& network, JobConfig config, Logger log, const std::
   ControlClient control(network, config.coordinator_address, "worker.starting-" + std::to_string(getpid()), log,
                         timeout);
   control.set_device(l.backend->device().str());
+  const std::string settings = job_settings_text(config, SettingsRegistry());
+  control.set_job_settings(settings, settings_digest(settings));
   auto joined = join_job(control, config, setup.world.rank, log, stop);
   if (!joined) return;
   if (telemetry != nullptr) telemetry->ready = true;

@@ -20,6 +20,7 @@ enum ErrorCode {
   notReady @2;        # try again shortly (e.g. the partition table is not published yet)
   timeout @3;         # a bounded wait expired on the server
   shuttingDown @4;    # the job is over
+  settingsDiffer @5;  # registration: the member's job-wide settings are not the coordinator's
 }
 
 struct Envelope {
@@ -53,6 +54,9 @@ struct Envelope {
     preempt @26 :Void;                    # server -> coordinator: SIGTERM; may I go now? (asked again
                                           # after each checkpointFiles until the answer is go)
     preemptReply @27 :PreemptReply;
+    syncCut @28 :SyncCut;                 # sync rank 0 -> coordinator: a checkpoint at this step,
+                                          # mid-epoch (answered by a leaseGrant: saveBuffers, or
+                                          # wait when none is taken)
   }
 }
 
@@ -63,6 +67,9 @@ struct Register {
   device @3 :Text;
   nonce @4 :UInt64;     # random, fixed for the life of the process: every retry of one process's
                         # registration carries the same nonce and gets the same reply
+  settings @5 :Text;    # the settings every member must share, "key = value" per line
+                        # (job_settings_text); empty: not checked
+  settingsDigest @6 :UInt64;  # their FNV-1a digest: equal digests, equal settings
 }
 
 struct RegisterReply {
@@ -135,6 +142,19 @@ struct LeaseGrant {
     finished @3 :JobEnd;  # the job is over (successfully or not)
     saveBuffers @4 :SnapshotOrder;  # write this worker's batch-norm buffers into a checkpoint
   }
+}
+
+# A sync job's checkpoint between two steps of an epoch (docs/sync-training.md, Checkpoints):
+# every rank holds the same state, so rank 0 alone writes it, where the coordinator says.
+struct SyncCut {
+  step @0 :UInt64;        # the trainer's step (global steps taken)
+  epoch @1 :UInt32;       # the epoch being trained
+  position @2 :UInt64;    # its samples trained so far (whole global steps)
+  samples @3 :UInt64;     # the partial epoch's statistics (rank 0's, scaled to the world)
+  lossSum @4 :Float64;
+  correct @5 :UInt64;
+  stop @6 :Bool;          # the world agreed to stop here (a rank got SIGTERM): once it is written,
+                          # the job ends (exit 0) and is resumed from it
 }
 
 struct LeaseDone {

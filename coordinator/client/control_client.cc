@@ -110,6 +110,8 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
     reg.setAddress(address);
     reg.setDevice(device_);
     reg.setNonce(nonce_);
+    reg.setSettings(settings_);
+    reg.setSettingsDigest(settings_digest_);
     ++attempts;
     try {
       // The answer to any attempt will do: they are one registration (the nonce), and the
@@ -122,6 +124,8 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
       throw_if_job_failed(reply);
       if (reply.kind() == wire::Envelope::Body::ERROR) {
         auto err = reply.envelope().getBody().getError();
+        SHOAL_REQUIRE(err.getCode() != wire::ErrorCode::SETTINGS_DIFFER, ConfigError,
+                      "the coordinator refused registration: " << err.getMessage().cStr());
         if (err.getCode() != wire::ErrorCode::NOT_READY)
           SHOAL_THROW(ProtocolError, "the coordinator refused registration: " << err.getMessage().cStr());
       }
@@ -188,21 +192,11 @@ std::optional<PartitionTable> ControlClient::fetch_table(Seconds deadline, const
   return std::nullopt;
 }
 
-LeaseTask ControlClient::request_lease() {
-  Outgoing msg = make();
-  msg.body().setLeaseRequest();
-  Incoming reply = request(msg, timeout_);
-  throw_if_dropped(reply, sender_);
+namespace {
+
+// A lease grant's task (a lease request's answer, and a sync cut's).
+LeaseTask task_of_grant(const Incoming& reply) {
   LeaseTask task;
-  if (reply.kind() == wire::Envelope::Body::ERROR) {
-    auto err = reply.envelope().getBody().getError();
-    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) {
-      task.kind = LeaseTask::finished;
-      task.job_end = job_end_from_wire(err.getEnd());
-      return task;
-    }
-    SHOAL_THROW(ProtocolError, "lease refused: " << err.getMessage().cStr());
-  }
   SHOAL_REQUIRE(reply.kind() == wire::Envelope::Body::LEASE_GRANT, ProtocolError,
                 "expected a lease grant, got " << kind_name(reply.kind()));
   auto grant = reply.envelope().getBody().getLeaseGrant();
@@ -238,6 +232,46 @@ LeaseTask ControlClient::request_lease() {
     default:
       SHOAL_THROW(ProtocolError, "unknown lease grant kind");
   }
+  return task;
+}
+
+}  // namespace
+
+LeaseTask ControlClient::request_lease() {
+  Outgoing msg = make();
+  msg.body().setLeaseRequest();
+  Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
+  LeaseTask task;
+  if (reply.kind() == wire::Envelope::Body::ERROR) {
+    auto err = reply.envelope().getBody().getError();
+    if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) {
+      task.kind = LeaseTask::finished;
+      task.job_end = job_end_from_wire(err.getEnd());
+      return task;
+    }
+    SHOAL_THROW(ProtocolError, "lease refused: " << err.getMessage().cStr());
+  }
+  return task_of_grant(reply);
+}
+
+std::optional<LeaseTask> ControlClient::sync_cut(const SyncCutRequest& cut) {
+  Outgoing msg = make();
+  auto c = msg.body().initSyncCut();
+  c.setStep(static_cast<std::uint64_t>(cut.step));
+  c.setEpoch(static_cast<std::uint32_t>(cut.epoch));
+  c.setPosition(static_cast<std::uint64_t>(cut.position));
+  c.setSamples(static_cast<std::uint64_t>(cut.samples));
+  c.setLossSum(cut.loss_sum);
+  c.setCorrect(static_cast<std::uint64_t>(cut.correct));
+  c.setStop(cut.stop);
+  Incoming reply = request(msg, timeout_);
+  throw_if_dropped(reply, sender_);
+  throw_if_job_failed(reply);
+  if (reply.kind() == wire::Envelope::Body::ERROR)
+    SHOAL_THROW(ProtocolError, "checkpoint cut refused: " << reply.envelope().getBody().getError().getMessage().cStr());
+  LeaseTask task = task_of_grant(reply);
+  if (task.kind != LeaseTask::save_buffers) return std::nullopt;
   return task;
 }
 

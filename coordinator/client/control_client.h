@@ -49,6 +49,14 @@ struct LeaseTask {
   std::string dir;
 };
 
+// Sync rank 0 asks for a checkpoint between two steps of an epoch (SyncCut in shoal.capnp).
+struct SyncCutRequest {
+  std::int64_t step = 0, epoch = 0, position = 0;
+  std::int64_t samples = 0, correct = 0;  // the partial epoch's statistics, for the whole world
+  double loss_sum = 0;
+  bool stop = false;  // the world agreed to stop here
+};
+
 // Files of a checkpoint one process wrote, for the coordinator's MANIFEST.
 struct CheckpointReport {
   std::int64_t step = 0;
@@ -71,6 +79,10 @@ class ControlClient {
   // Waits until the coordinator publishes the partition table; nothing if `stop` turned true.
   std::optional<PartitionTable> fetch_table(Seconds deadline, const std::atomic<bool>* stop = nullptr);
   LeaseTask request_lease();
+  // Sync rank 0: a checkpoint at this step, mid-epoch. The order to write it (save_buffers:
+  // the step and directory), or nothing when the coordinator takes none now (checkpoints off,
+  // or one still being completed).
+  std::optional<LeaseTask> sync_cut(const SyncCutRequest& cut);
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
                     double seconds, double data_wait_seconds = 0);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
@@ -96,6 +108,13 @@ class ControlClient {
   const std::string& id() const { return sender_; }
   // What this process computes on, as registered ("cpu", "cuda:1").
   void set_device(std::string device) { device_ = std::move(device); }
+  // The settings every member must share (job_settings_text), sent at registration: the
+  // coordinator refuses a member whose settings differ, and register_node throws ConfigError
+  // naming the first that does.
+  void set_job_settings(std::string text, std::uint64_t digest) {
+    settings_ = std::move(text);
+    settings_digest_ = digest;
+  }
 
   // One request and its reply (matched by request id; stray replies are discarded). An error
   // reply becomes the returned message; no reply in time throws TimeoutError.
@@ -114,6 +133,8 @@ class ControlClient {
   std::uint64_t next_request_ = 1;
   std::uint64_t nonce_;
   std::string device_ = "cpu";
+  std::string settings_;
+  std::uint64_t settings_digest_ = 0;
 };
 
 // The coordinator's store as a RendezvousStore (for forming Gloo and NCCL worlds). Uses the

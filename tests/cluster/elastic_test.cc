@@ -233,7 +233,7 @@ TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenG
                                     "--data.test_limit=500",
                                     "--threads=1",
                                     "--checkpoint.dir=" + dir.path(),
-                                    "--checkpoint.every_steps=1"};
+                                    "--checkpoint.every_steps=20"};
   };
   TempDir whole, killed, dir;
   auto uninterrupted = testing::run(job(whole, 2, 3), {}, 300s);
@@ -266,6 +266,67 @@ TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenG
   EXPECT_EQ(json_number(epochs[0], "samples_done"), 3000) << epochs[0];
 }
 
+// Sync preemption: SIGTERM to one rank mid-epoch. Every rank votes its stop flag in each step,
+// so the world agrees on a step; rank 0 has that step checkpointed (mid-epoch: the trainer file
+// records the epoch and the samples of it trained) and every process exits 0 within 10 s. The
+// job started again resumes there and ends bit for bit as an uninterrupted run, with every sample
+// of the cut epoch counted once.
+TEST(SyncCheckpoint, SigtermToARankStopsTheWorldAtOneCheckpointedStepAndItResumesThereBitForBit) {
+  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
+  auto job = [&](const TempDir& dir) {
+    return std::vector<std::string>{kShoal,
+                                    "launch",
+                                    sync_job,
+                                    "--local",
+                                    "--sync.backend=gloo",
+                                    "--model=mlp",
+                                    "--train.epochs=2",
+                                    "--data.train_limit=6000",
+                                    "--data.test_limit=500",
+                                    "--threads=1",
+                                    "--checkpoint.dir=" + dir.path(),
+                                    "--checkpoint.every_steps=30",
+                                    "--metrics.file=" + dir.file("metrics.jsonl")};
+  };
+  TempDir whole, stopped;
+  auto uninterrupted = testing::run(job(whole), {}, 300s);
+  ASSERT_EQ(uninterrupted.exit_code, 0) << uninterrupted.output;
+  std::string expected_name;
+  const std::vector<float> expected = newest_values(whole.path(), &expected_name);
+  {
+    Subprocess first(job(stopped));
+    // The first cut of every_steps (step 30 of 94 in epoch 1): training is under way.
+    ASSERT_TRUE(wait_for(first, "cut in epoch 1", 120s)) << first.output();
+    const auto sent = std::chrono::steady_clock::now();
+    kill(pid_of(first.output(), "worker.1"), SIGTERM);
+    EXPECT_EQ(first.wait(30s), 0) << first.output();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+    std::printf("SIGTERM to rank 1 -> every process exited with the checkpoint durable in %.2f s\n", seconds);
+    EXPECT_LT(seconds, 10 * kSlowdown) << first.output();
+    EXPECT_NE(first.output().find("the world agreed to stop after step"), std::string::npos) << first.output();
+    EXPECT_EQ(first.output().find("lost worker"), std::string::npos) << first.output();
+  }
+  std::string latest = read_file(stopped.file("LATEST"));
+  latest.erase(latest.find_last_not_of(" \n") + 1);
+  const std::string trainer = read_file(stopped.file(latest + "/trainer"));
+  EXPECT_NE(trainer.find("within_epoch "), std::string::npos) << latest << ": " << trainer;
+  EXPECT_NE(latest, expected_name) << "the stop came before the job's end";
+  auto again = testing::run(job(stopped), {}, 300s);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resuming from " + stopped.file(latest)), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("samples in: it goes on from there"), std::string::npos) << again.output;
+  std::string name;
+  const std::vector<float> resumed = newest_values(stopped.path(), &name);
+  EXPECT_EQ(name, expected_name);
+  ASSERT_EQ(expected.size(), resumed.size());
+  EXPECT_EQ(std::memcmp(expected.data(), resumed.data(), expected.size() * sizeof(float)), 0)
+      << "the job resumed mid-epoch differs from the uninterrupted one";
+  // Every epoch counts every sample once, the cut one included (its first part from the cut).
+  auto epochs = lines_with(read_file(stopped.file("metrics.jsonl")), "\"event\": \"epoch\"");
+  ASSERT_FALSE(epochs.empty());
+  for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+}
+
 // `shoal launch --local` restarts a sync world whose rank died, as a whole, from the last
 // checkpoint (launch.max_restarts times at most): with mpi (Open MPI cannot shrink a world),
 // with gloo when the job is not elastic, and with sync.elastic when the lost rank is rank 0 (it
@@ -287,7 +348,7 @@ TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankD
                                     "--data.test_limit=500",
                                     "--threads=1",
                                     "--checkpoint.dir=" + dir.path(),
-                                    "--checkpoint.every_steps=1",
+                                    "--checkpoint.every_steps=20",
                                     "--metrics.file=" + dir.file("metrics.jsonl")};
   };
   TempDir whole;

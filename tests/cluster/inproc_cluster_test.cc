@@ -19,6 +19,7 @@ using K = wire::Envelope::Body;
 
 constexpr auto kJobTime = 120s;
 constexpr int kOk = 0;
+constexpr int kConfigError = 2;
 constexpr int kTimeout = static_cast<int>(ExitCode::timeout);
 constexpr int kPeerLost = static_cast<int>(ExitCode::peer_lost);
 
@@ -70,6 +71,32 @@ TEST(InprocCluster, ExplicitRanksSurviveDuplicatedRegistrations) {
   c.start_all();  // start_worker(i) gives node.rank = i
   expect_everyone(c, kOk);
   EXPECT_GE(faults.applied(0), 2);
+}
+
+// A worker started with another job file (a ConfigMap edited, a rolling restart half done) is
+// refused at registration with a configuration error naming the first setting that differs;
+// the job goes on with the others. A setting of the process's own (threads) is no difference.
+TEST(InprocCluster, WorkerWithOtherJobSettingsIsRefusedNamingTheFirstThatDiffers) {
+  JobConfig job = small_job();
+  InprocCluster c(job);
+  c.start_coordinator();
+  for (int i = 0; i < job.servers; ++i) c.start_server(i);
+  c.start_worker(0, [](JobConfig& w) { w.threads = 1; });
+  c.start_worker(1, [](JobConfig& w) {
+    w.batch_size *= 2;
+    w.optimizer.lr *= 3;
+  });
+  EXPECT_EQ(c.wait("worker.1", 30s), kConfigError) << c.log().text();
+  const std::string why = c.failure("worker.1");
+  EXPECT_NE(why.find("train.batch_size = '" + std::to_string(job.batch_size * 2) + "' here, '" +
+                     std::to_string(job.batch_size) + "' at the coordinator (and 1 more)"),
+            std::string::npos)
+      << why;
+  EXPECT_TRUE(c.log().wait_for({"[coordinator", "refused worker.starting-", "train.batch_size"}, 0ms)) << c.log().text();
+  // The refused process never became a member; the right one still can.
+  c.start_worker(1);
+  expect_everyone(c, kOk);
+  EXPECT_EQ(c.log().count({"registered worker."}), 2) << c.log().text();
 }
 
 TEST(InprocCluster, ReorderedAndDelayedPullRepliesStillTrain) {

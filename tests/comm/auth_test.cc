@@ -199,6 +199,70 @@ TEST(Auth, CurveAdmitsMembersAsThemselvesAndRefusesEveryoneElse) {
   EXPECT_TRUE(receive_all(server, std::chrono::milliseconds(300)).empty());
 }
 
+// --per-role: each role's folder holds only its own secret keys; a worker with server.pub
+// connects to a server as itself, and cannot serve.
+TEST(Auth, PerRoleFoldersHoldOnlyTheirRolesSecretsAndWorkersCanConnectButNotServe) {
+  TempDir dir;
+  generate_job_keys(dir.path.string(), 2, 2, true);
+  EXPECT_FALSE(fs::exists(dir.path / "members"));  // no flat folder
+  auto files = [&](const char* role) {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir.path / role)) names.push_back(entry.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  EXPECT_EQ(files("coordinator"), (std::vector<std::string>{"coordinator.key", "members", "server.key"}));
+  EXPECT_EQ(files("ps"), (std::vector<std::string>{"members", "ps.0.key", "ps.1.key", "server.key"}));
+  EXPECT_EQ(files("worker"), (std::vector<std::string>{"members", "server.pub", "worker.0.key", "worker.1.key"}));
+  const JobKeys coordinator = load_job_keys((dir.path / "coordinator").string(), "coordinator");
+  const JobKeys ps = load_job_keys((dir.path / "ps").string(), "ps.1");
+  const JobKeys worker = load_job_keys((dir.path / "worker").string(), "worker.0");
+  EXPECT_EQ(worker.server.public_key, ps.server.public_key);
+  EXPECT_EQ(coordinator.server.secret_key, ps.server.secret_key);
+  EXPECT_TRUE(worker.server.secret_key.empty());
+  EXPECT_EQ(worker.members, ps.members);
+  EXPECT_EQ(worker.members.size(), 5u);
+  // A worker's folder cannot make a coordinator, a server or another role's member.
+  EXPECT_THROW(load_job_keys((dir.path / "worker").string(), "ps.0"), ConfigError);
+  EXPECT_THROW(load_job_keys((dir.path / "ps").string(), "coordinator"), ConfigError);
+  EXPECT_THROW(generate_job_keys(dir.path.string(), 1, 1, true), ConfigError);  // already there
+  // server.pub with a secret line is refused, naming the file.
+  {
+    TempDir bad;
+    generate_job_keys(bad.path.string(), 1, 1, true);
+    const fs::path pub = bad.path / "worker" / "server.pub";
+    std::ifstream in(bad.path / "ps" / "server.key");
+    write(pub, std::string(std::istreambuf_iterator<char>(in), {}));
+    try {
+      load_job_keys((bad.path / "worker").string(), "worker.0");
+      ADD_FAILURE() << "a server.pub with a secret key was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("server.pub"), std::string::npos) << e.what();
+    }
+  }
+
+  const Logger log("test", LogLevel::warn);
+  Network server_net;
+  use_job_keys(server_net, (dir.path / "ps").string(), "ps.0", log, nullptr);
+  ServerSocket server(server_net, "tcp://127.0.0.1:0", log);
+  Network worker_net;
+  use_job_keys(worker_net, (dir.path / "worker").string(), "worker.1", log, nullptr);
+  ClientSocket client(worker_net, server.endpoint(), log);
+  send_heartbeat(client, "worker.1");
+  std::vector<Incoming> got;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (got.empty() && std::chrono::steady_clock::now() < deadline)
+    for (auto& in : receive_all(server, std::chrono::milliseconds(50))) got.push_back(std::move(in));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].user, "worker.1");
+  try {
+    ServerSocket refused(worker_net, "tcp://127.0.0.1:0", log);
+    ADD_FAILURE() << "a worker with only server.pub could serve";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("server.pub"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace shoal
 

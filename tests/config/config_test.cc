@@ -113,43 +113,58 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // Kubernetes' service-link variables for Services named shoal-* are ignored, by name and value;
-// a variable that has the shape of one but not its value, or names no setting, is still refused.
-TEST(Config, KubernetesServiceLinkVariablesAreIgnoredAndTyposStillRefused) {
+// a SHOAL_* name close to a setting's (a typo) is refused naming the setting; any other SHOAL_*
+// name (a user's script's own, or a service link's shape with another value) is a warning.
+TEST(Config, KubernetesServiceLinkVariablesAreIgnoredTyposRefusedAndOtherNamesWarned) {
+  enum Outcome { ignored, refused, warned };
   struct Case {
     std::string name, value;
-    bool service_link;
+    Outcome outcome;
+    std::string suggestion = "";
   };
   const std::vector<Case> cases{
-      {"SHOAL_COORDINATOR_SERVICE_HOST", "10.96.0.12", true},
-      {"SHOAL_COORDINATOR_SERVICE_PORT", "5555", true},
-      {"SHOAL_COORDINATOR_SERVICE_PORT_CONTROL", "5555", true},
-      {"SHOAL_COORDINATOR_PORT", "tcp://10.96.0.12:5555", true},
-      {"SHOAL_COORDINATOR_PORT_5555_TCP", "tcp://10.96.0.12:5555", true},
-      {"SHOAL_COORDINATOR_PORT_5555_TCP_PROTO", "tcp", true},
-      {"SHOAL_COORDINATOR_PORT_5555_TCP_PORT", "5555", true},
-      {"SHOAL_COORDINATOR_PORT_5555_TCP_ADDR", "10.96.0.12", true},
-      {"SHOAL_SERVICE_HOST", "10.96.0.3", true},  // a Service named `shoal`
-      {"SHOAL_PS_PORT", "tcp://[fd00::7]:6000", true},
-      {"SHOAL_PS_SERVICE_HOST", "fd00::7", true},
-      {"SHOAL_TRAIN_EPOCHZ", "3", false},         // a typo
-      {"SHOAL_COORDINATOR_PORT", "5555", false},  // the shape, not the value
-      {"SHOAL_COORDINATOR_SERVICE_HOST", "coordinator", false},
-      {"SHOAL_COORDINATOR_PORT_5555_TCP_PROTO", "http", false},
-      {"SHOAL_COORDINATOR_PORTS", "tcp://10.96.0.12:5555", false},
+      {"SHOAL_COORDINATOR_SERVICE_HOST", "10.96.0.12", ignored},
+      {"SHOAL_COORDINATOR_SERVICE_PORT", "5555", ignored},
+      {"SHOAL_COORDINATOR_SERVICE_PORT_CONTROL", "5555", ignored},
+      {"SHOAL_COORDINATOR_PORT", "tcp://10.96.0.12:5555", ignored},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP", "tcp://10.96.0.12:5555", ignored},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_PROTO", "tcp", ignored},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_PORT", "5555", ignored},
+      {"SHOAL_COORDINATOR_PORT_5555_TCP_ADDR", "10.96.0.12", ignored},
+      {"SHOAL_SERVICE_HOST", "10.96.0.3", ignored},  // a Service named `shoal`
+      {"SHOAL_PS_PORT", "tcp://[fd00::7]:6000", ignored},
+      {"SHOAL_PS_SERVICE_HOST", "fd00::7", ignored},
+      {"SHOAL_TRAIN_EPOCHZ", "3", refused, "SHOAL_TRAIN_EPOCHS"},  // typos
+      {"SHOAL_TRIAN_EPOCHS", "3", refused, "SHOAL_TRAIN_EPOCHS"},
+      {"SHOAL_TRAINEPOCHS", "3", refused, "SHOAL_TRAIN_EPOCHS"},
+      {"SHOAL_OPTIMIZER_LR_", "0.1", refused, "SHOAL_OPTIMIZER_LR"},
+      {"SHOAL_CHECKPOINT_EVERY_STEP", "10", refused, "SHOAL_CHECKPOINT_EVERY_STEPS"},
+      {"SHOAL_HOME", "/opt/shoal", warned},  // a user's script's own
+      {"SHOAL_RUN_ID", "exp-17", warned},
+      {"SHOAL_COORDINATOR_PORT", "5555", warned},  // the shape of a service link, not its value
+      {"SHOAL_COORDINATOR_SERVICE_HOST", "coordinator", warned},
+      {"SHOAL_COORDINATOR_PORTS", "tcp://10.96.0.12:5555", warned},
   };
   SettingsRegistry registry;
   for (const auto& c : cases) {
-    EXPECT_EQ(is_kubernetes_service_link(c.name, c.value), c.service_link) << c.name << "=" << c.value;
+    EXPECT_EQ(is_kubernetes_service_link(c.name, c.value), c.outcome == ignored) << c.name << "=" << c.value;
     const std::vector<std::string> env{c.name + "=" + c.value, "SHOAL_TRAIN_EPOCHS=5"};
-    if (c.service_link) {
+    if (c.outcome != refused) {
       LoadedConfig loaded = load_config({}, env, registry);
       EXPECT_EQ(loaded.config.epochs, 5) << c.name;
+      if (c.outcome == ignored) {
+        EXPECT_TRUE(loaded.warnings.empty()) << c.name;
+      } else {
+        ASSERT_EQ(loaded.warnings.size(), 1u) << c.name;
+        EXPECT_NE(loaded.warnings[0].find(c.name), std::string::npos) << loaded.warnings[0];
+      }
     } else {
       try {
         load_config({}, env, registry);
         ADD_FAILURE() << c.name << "=" << c.value << " was accepted";
       } catch (const ConfigError& e) {
         EXPECT_NE(std::string(e.what()).find(c.name), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("did you mean " + c.suggestion + "?"), std::string::npos) << e.what();
       }
     }
   }

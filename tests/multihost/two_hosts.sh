@@ -17,7 +17,7 @@
 # and every SHOAL_* variable of the caller's environment, each named with its own -x (Open
 # MPI 4.1's -x takes no wildcard: `-x 'SHOAL_*'` reaches only the ranks on mpirun's host).
 # -x VAR[=VALUE] forwards more. The harness's own names do not start with SHOAL_ because shoal
-# rejects a SHOAL_* variable that names no setting. A Shoal job can bind the test interface with
+# refuses a SHOAL_* variable close to a setting's name and warns about any other. A Shoal job can bind the test interface with
 #   two_hosts.sh -- sh -c 'SHOAL_SYNC_INTERFACE=$TWO_HOSTS_IFACE exec shoal worker JOB.ini'
 # (without it, shoal picks the first interface that is up and not loopback: the same here).
 # --mpirun-arg ARG adds one argument to mpirun (repeat it; e.g. --mpirun-arg --tag-output).

@@ -238,9 +238,10 @@ void InprocCluster::stop_server(int rank) {
   *server_stops_.at(rank) = true;
 }
 
-void InprocCluster::start_worker(int rank) {
+void InprocCluster::start_worker(int rank, const std::function<void(JobConfig&)>& edit) {
   JobConfig c = config_;
   c.node_rank = rank;
+  if (edit) edit(c);
   std::atomic<bool>* stop;
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,7 +65,8 @@ class InprocCluster {
   // `startup_timeout_seconds` (when > 0) overrides the job's for the coordinator alone.
   void start_coordinator(double startup_timeout_seconds = 0);
   void start_server(int rank);
-  void start_worker(int rank);
+  // `edit` (optional) changes this worker's settings: a process started with another job file.
+  void start_worker(int rank, const std::function<void(JobConfig&)>& edit = {});
   void start_all();  // coordinator, then every server and worker of the config
   // What SIGTERM does to a `shoal worker` process.
   void stop_worker(int rank);
