@@ -13,6 +13,7 @@
 #include "collective/mpi/collective_mpi.h"
 #include "base/environment.h"
 #include "base/error.h"
+#include "compute/devices/mig.h"
 #ifdef SHOAL_WITH_CUDA
 #include "collective/nccl/collective_nccl.h"
 #endif
@@ -40,9 +41,10 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
   if (cuda_device) {
     // NCCL cannot all-reduce between MIG instances (of one GPU or of several): a sync job's
     // ranks on MIG slices would fail in their first collective, or hang.
-    auto mig = mig_device_from_environment();
+    auto mig = mig_slice();
     SHOAL_REQUIRE(!mig, ConfigError,
-                  "strategy = sync on a MIG slice (" << *mig
+                  "strategy = sync on a MIG slice (" << mig->id << (mig->name.empty() ? "" : ", " + mig->name) << "; "
+                                                     << mig->how
                                                      << "): NCCL cannot all-reduce between MIG instances; run "
                                                         "an async job (strategy = async, parameter servers) on "
                                                         "MIG slices, or give each sync rank a whole GPU");

@@ -3,12 +3,14 @@
 // environment variables it reads, checked.
 #include "compute/devices/device_select.h"
 
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <optional>
 #include <string>
 
+#include "compute/devices/mig.h"
 #include "config/config.h"
 #include "base/environment.h"
 #include "base/error.h"
@@ -93,6 +95,34 @@ TEST_F(LocalRankEnvironment, AMalformedValueIsAConfigErrorNamingTheVariable) {
       EXPECT_NE(std::string(e.what()).find("LOCAL_RANK"), std::string::npos) << e.what();
     }
   }
+}
+
+// GKE's device plugin names no MIG-<uuid> in the environment: the driver (NVML, loaded at run
+// time) says whether a GPU is in MIG mode and which instance this process reaches. A stand-in
+// for libnvidia-ml.so.1 answers as FAKE_NVML says; every successful init is shut down again.
+TEST(Mig, NvmlSaysWhetherAGpuIsInMigModeAndWhichInstanceThisProcessReaches) {
+  void* keep = dlopen(SHOAL_FAKE_NVML, RTLD_NOW | RTLD_LOCAL);  // keeps its counters loaded
+  ASSERT_NE(keep, nullptr) << dlerror();
+  auto calls = reinterpret_cast<int (*)()>(dlsym(keep, "fake_nvml_calls"));
+  auto open_inits = reinterpret_cast<int (*)()>(dlsym(keep, "fake_nvml_open_inits"));
+  ASSERT_TRUE(calls != nullptr && open_inits != nullptr);
+  setenv("FAKE_NVML", "mig", 1);
+  auto slice = mig_slice_from_nvml(SHOAL_FAKE_NVML);
+  ASSERT_TRUE(slice.has_value());
+  EXPECT_EQ(slice->id, "MIG-0c3a7e1f-1111-2222-3333-444455556666");
+  EXPECT_EQ(slice->name, "NVIDIA H100 80GB HBM3 MIG 1g.10gb");
+  EXPECT_EQ(slice->how, "NVML: GPU 0 (NVIDIA H100 80GB HBM3) is in MIG mode");
+  EXPECT_EQ(open_inits(), 0);
+  setenv("FAKE_NVML", "whole", 1);
+  EXPECT_FALSE(mig_slice_from_nvml(SHOAL_FAKE_NVML).has_value());
+  setenv("FAKE_NVML", "no-init", 1);
+  EXPECT_FALSE(mig_slice_from_nvml(SHOAL_FAKE_NVML).has_value());
+  EXPECT_EQ(open_inits(), 0);
+  EXPECT_GE(calls(), 10);
+  // No driver (this machine, a CPU node): no MIG, no error.
+  EXPECT_FALSE(mig_slice_from_nvml("/nonexistent/libnvidia-ml.so.1").has_value());
+  unsetenv("FAKE_NVML");
+  dlclose(keep);
 }
 
 // A MIG slice is how the NVIDIA device plugin (and GKE's gpu-partition-size) hands a container
