@@ -150,7 +150,8 @@ void generate_job_keys(const std::string& dir, int servers, int workers, bool pe
     if (role == "worker")
       write_private((fs::path(dir) / role / "server.pub").string(),
                     "# Shoal CURVE public key of the job's listening sockets (Z85): all a worker needs.\n"
-                    "public = " + server.public_key + "\n",
+                    "public = " +
+                        server.public_key + "\n",
                     0644);
     else
       write_private((fs::path(dir) / role / "server.key").string(),

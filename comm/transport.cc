@@ -5,8 +5,8 @@
 #include <thread>
 
 #include "base/error.h"
-#include "telemetry/telemetry.h"
 #include "base/tsan.h"
+#include "telemetry/telemetry.h"
 
 namespace shoal {
 

@@ -1,8 +1,6 @@
 #include "config/config.h"
 
 #include <algorithm>
-#include <vector>
-#include <map>
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <charconv>
@@ -10,8 +8,10 @@
 #include <cstdlib>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <regex>
 #include <sstream>
+#include <vector>
 
 #include "base/error.h"
 #include "models/model_file.h"
@@ -202,8 +202,9 @@ void check_data_spec(const DataSpec& d) {
   SHOAL_REQUIRE(d.resize == 0 || d.size > 0, ConfigError, "data.resize needs data.size (the side of the centre crop)");
   SHOAL_REQUIRE(d.resize == 0 || d.resize >= d.size, ConfigError,
                 "data.resize = " << d.resize << " is smaller than data.size = " << d.size);
-  SHOAL_REQUIRE(d.mean.size() == d.stddev.size(), ConfigError,
-                "data.mean has " << d.mean.size() << " values and data.std " << d.stddev.size() << " (one per channel)");
+  SHOAL_REQUIRE(
+      d.mean.size() == d.stddev.size(), ConfigError,
+      "data.mean has " << d.mean.size() << " values and data.std " << d.stddev.size() << " (one per channel)");
   for (double v : d.stddev) SHOAL_REQUIRE(v > 0, ConfigError, "data.std = " << v << ": every value must be above 0");
   SHOAL_REQUIRE(d.mean.empty() || d.mean.size() == 1 || d.mean.size() == 3, ConfigError,
                 "data.mean has " << d.mean.size() << " values: one per channel (1 or 3)");
@@ -235,8 +236,9 @@ SettingsRegistry::SettingsRegistry() {
     m.key = "model";
     for (const auto& name : zoo_names()) m.kind += (m.kind.empty() ? "" : " \\| ") + name;
     m.kind += " \\| FILE.yaml \\| FILE.onnx";
-    m.help = "a model of the zoo, a model file (a path ending .yaml, or containing a /) or an ONNX file to start "
-             "from (a path ending .onnx); docs/models.md";
+    m.help =
+        "a model of the zoo, a model file (a path ending .yaml, or containing a /) or an ONNX file to start "
+        "from (a path ending .onnx); docs/models.md";
     m.set = [](JobConfig& c, const std::string& text) {
       const std::string t = trim(text);
       if (!is_model_path(t) && zoo_text(t) == nullptr) {
@@ -253,7 +255,9 @@ SettingsRegistry::SettingsRegistry() {
 
   s.push_back(enum_setting<DataFormat>(
       "data.format", [](JobConfig & c) -> auto& { return c.data.format; },
-      {{"idx", DataFormat::idx}, {"cifar10", DataFormat::cifar10}, {"folder", DataFormat::folder},
+      {{"idx", DataFormat::idx},
+       {"cifar10", DataFormat::cifar10},
+       {"folder", DataFormat::folder},
        {"tar", DataFormat::tar}},
       "idx (MNIST, Fashion-MNIST), cifar10 (binary version), folder (DIR/train/<class>/*.jpg|png) or tar "
       "(WebDataset-style shards: k.jpg|png + k.cls); docs/data.md"));
@@ -265,8 +269,7 @@ SettingsRegistry::SettingsRegistry() {
       "data.train", [](JobConfig & c) -> auto& { return c.data.train; },
       "tar: the training shards, /data/train-{000000..000127}.tar (brace ranges) or a comma-separated list"));
   s.push_back(string_setting(
-      "data.test", [](JobConfig & c) -> auto& { return c.data.test; },
-      "tar: the test shards, as data.train"));
+      "data.test", [](JobConfig & c) -> auto& { return c.data.test; }, "tar: the test shards, as data.train"));
   s.push_back(int_setting(
       "data.train_limit", [](JobConfig & c) -> auto& { return c.data.train_limit; }, 0, kBig,
       "use only N training samples (0: all): the first N of idx and cifar10, N spread evenly over an image data set"));
@@ -275,7 +278,8 @@ SettingsRegistry::SettingsRegistry() {
       "use only N test samples (0: all), as data.train_limit"));
   s.push_back(int_setting(
       "data.classes", [](JobConfig & c) -> auto& { return c.data.classes; }, 0, 1 << 24,
-      "tar: the class count (0: the lines of classes.txt beside the first training shard, else the largest label + 1)"));
+      "tar: the class count (0: the lines of classes.txt beside the first training shard, else the largest label + "
+      "1)"));
   s.push_back(int_setting(
       "data.channels", [](JobConfig & c) -> auto& { return c.data.channels; }, 0, 3,
       "folder, tar: 1 (grayscale) or 3 (RGB); every image is converted (0: 1 if the first training image is gray, "
@@ -480,7 +484,9 @@ SettingsRegistry::SettingsRegistry() {
       "the model and gradients are all-reduced (docs/sync-training.md)"));
   s.push_back(enum_setting<SyncBackend>(
       "sync.backend", [](JobConfig & c) -> auto& { return c.sync_backend; },
-      {{"auto", SyncBackend::auto_select}, {"mpi", SyncBackend::mpi}, {"gloo", SyncBackend::gloo},
+      {{"auto", SyncBackend::auto_select},
+       {"mpi", SyncBackend::mpi},
+       {"gloo", SyncBackend::gloo},
        {"nccl", SyncBackend::nccl}},
       "sync jobs: the collective library; auto picks nccl on GPUs, mpi under mpirun, gloo otherwise"));
   s.push_back(float_setting(
@@ -591,7 +597,9 @@ SettingsRegistry::SettingsRegistry() {
       "shoal serve: threads that parse requests and write answers (the model runs on `threads` compute threads)"));
   s.push_back(enum_setting<ProgressSetting>(
       "progress", [](JobConfig & c) -> auto& { return c.progress; },
-      {{"auto", ProgressSetting::auto_detect}, {"bar", ProgressSetting::bar}, {"lines", ProgressSetting::lines},
+      {{"auto", ProgressSetting::auto_detect},
+       {"bar", ProgressSetting::bar},
+       {"lines", ProgressSetting::lines},
        {"off", ProgressSetting::off}},
       "progress display: a live line on a terminal, plain lines otherwise (auto)"));
 }
@@ -679,7 +687,8 @@ std::size_t typo_distance(const std::string& a, const std::string& b) {
     for (std::size_t j = 1; j <= m; ++j) {
       const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   return d[n][m];
 }

@@ -18,27 +18,27 @@
 namespace shoal {
 
 // Modes, parsed once when the configuration is loaded (compare these, never their names).
-enum class StrategyKind { async, sync };  // strategy
-enum class JobEndAction { exit, wait };   // cluster.on_job_end
-enum class SyncBackend { auto_select, mpi, gloo, nccl };  // sync.backend
-enum class BatchNormMode { local, sync };  // sync.batch_norm
-enum class LrStaleness { none, inverse };  // async.lr_staleness
+enum class StrategyKind { async, sync };                      // strategy
+enum class JobEndAction { exit, wait };                       // cluster.on_job_end
+enum class SyncBackend { auto_select, mpi, gloo, nccl };      // sync.backend
+enum class BatchNormMode { local, sync };                     // sync.batch_norm
+enum class LrStaleness { none, inverse };                     // async.lr_staleness
 enum class ProgressSetting { auto_detect, bar, lines, off };  // progress (auto: bar on a terminal)
 
 // `shoal serve` (serve.*, docs/serving.md).
 struct ServeSettings {
-  std::string name;              // the model's name in URLs ("": the model's own name)
-  std::int64_t port = 8080;      // PORT (Cloud Run's convention) wins when serve.port is not set
+  std::string name;          // the model's name in URLs ("": the model's own name)
+  std::int64_t port = 8080;  // PORT (Cloud Run's convention) wins when serve.port is not set
   std::string host = "0.0.0.0";
-  std::int64_t max_batch = 32;   // samples per model call
+  std::int64_t max_batch = 32;       // samples per model call
   std::int64_t max_delay_us = 2000;  // how long a request waits for others to batch with
-  bool always_wait = false;       // false: wait only while requests arrive together
-  std::int64_t queue = 256;      // requests waiting; beyond it 429 with Retry-After
-  double timeout_seconds = 10;   // a request not started by then is answered 504
-  std::int64_t max_body_mib = 32;  // larger request bodies are answered 413
-  double drain_seconds = 10;     // SIGTERM: not ready, requests in flight answered, exit 0 within this
-  double poll_seconds = 2;       // a checkpoint.dir served: how often LATEST is read
-  std::int64_t http_threads = 2;  // threads parsing requests and writing answers
+  bool always_wait = false;          // false: wait only while requests arrive together
+  std::int64_t queue = 256;          // requests waiting; beyond it 429 with Retry-After
+  double timeout_seconds = 10;       // a request not started by then is answered 504
+  std::int64_t max_body_mib = 32;    // larger request bodies are answered 413
+  double drain_seconds = 10;         // SIGTERM: not ready, requests in flight answered, exit 0 within this
+  double poll_seconds = 2;           // a checkpoint.dir served: how often LATEST is read
+  std::int64_t http_threads = 2;     // threads parsing requests and writing answers
 };
 
 struct JobConfig {

@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <sstream>
 
+#include "base/error.h"
 #include "checkpoint/state_io.h"
 #include "coordinator/partitioner.h"
 #include "coordinator/sync_book.h"
-#include "base/error.h"
 #include "data/source.h"
 #include "models/model.h"
 #include "models/model_file.h"
@@ -126,8 +126,8 @@ void Coordinator::resume_from_checkpoint() {
   }
   SHOAL_REQUIRE(read_whole_file(dir + "/" + checkpoint_file::kLayout) == layout_, CheckpointError,
                 dir << " holds another model or data set: its layout file (model, input, classes, tensors) differs "
-                       "from this job's model " << config_.model << " on its data (shoal checkpoint inspect " << dir
-                    << ")");
+                       "from this job's model "
+                    << config_.model << " on its data (shoal checkpoint inspect " << dir << ")");
   restored_position_ = read_whole_file(dir + "/" + checkpoint_file::kPosition);
   steps_ = position_step(restored_position_, dir);
   checkpoints_->restored(steps_, dir);
@@ -282,12 +282,14 @@ void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
   // A member started with other job-wide settings (a ConfigMap edited, and not every process
   // restarted) would train another job: refused, naming the first setting that differs.
   if (reg.hasSettings() && reg.getSettings().size() > 0 && reg.getSettingsDigest() != settings_digest_) {
-    const std::string difference = first_setting_difference(reg.getSettings().cStr(), settings_text_, "at the coordinator");
+    const std::string difference =
+        first_setting_difference(reg.getSettings().cStr(), settings_text_, "at the coordinator");
     if (!difference.empty()) {
       SHOAL_LOG(log_, error, "refused " << in.sender() << ": its settings differ from the job's: " << difference);
       reply_error(in, wire::ErrorCode::SETTINGS_DIFFER,
                   "this process's settings differ from the job's (every process of a job must be started with the "
-                  "same job file): " + difference);
+                  "same job file): " +
+                      difference);
       return;
     }
   }
@@ -382,8 +384,7 @@ void Coordinator::handle_table_request(const Incoming& in) {
     return;
   }
   if (!missing_servers_.empty()) {
-    reply_error(in, wire::ErrorCode::NOT_READY,
-                "the job is paused until " + *missing_servers_.begin() + " is back");
+    reply_error(in, wire::ErrorCode::NOT_READY, "the job is paused until " + *missing_servers_.begin() + " is back");
     return;
   }
   table_->live_workers = members_.live_workers();
@@ -444,8 +445,7 @@ void Coordinator::handle_lease_request(const Incoming& in, const Member& member,
     socket_.send(in.peer, out);
     return;
   }
-  if (!over && !sync_ &&
-      ((checkpoint && (checkpoint->draining || book_->finished())) || !missing_servers_.empty())) {
+  if (!over && !sync_ && ((checkpoint && (checkpoint->draining || book_->finished())) || !missing_servers_.empty())) {
     grant.setWait(20);  // no new work while a checkpoint drains the job, or while it is paused
     socket_.send(in.peer, out);
     return;
@@ -827,8 +827,7 @@ bool Coordinator::sync_checkpoint_holds(const std::string& worker, Clock::time_p
   if (next > decided_epoch_ && !checkpoints_->current()) {
     decided_epoch_ = next;
     // After the last epoch: the trained model, unless the newest checkpoint already holds it.
-    const bool last =
-        next == config_.epochs + 1 && checkpoints_->enabled() && steps_ != checkpoints_->newest_step();
+    const bool last = next == config_.epochs + 1 && checkpoints_->enabled() && steps_ != checkpoints_->newest_step();
     if (next > 1 && (checkpoint_due() || last)) checkpoints_->begin(steps_, next - 1);
   }
   const CheckpointDriver::InProgress* c = checkpoints_->current();
@@ -845,9 +844,9 @@ void Coordinator::handle_sync_cut(const Incoming& in, const Member& member) {
   const auto epoch = static_cast<std::int64_t>(cut.getEpoch());
   const auto position = static_cast<std::int64_t>(cut.getPosition());
   if (epoch < 1 || epoch > config_.epochs || position < 0 || position > train_samples_) {
-    reply_error(in, wire::ErrorCode::BAD_REQUEST,
-                "a cut at epoch " + std::to_string(epoch) + ", position " + std::to_string(position) +
-                    " is outside the job");
+    reply_error(
+        in, wire::ErrorCode::BAD_REQUEST,
+        "a cut at epoch " + std::to_string(epoch) + ", position " + std::to_string(position) + " is outside the job");
     return;
   }
   if (cut.getStop() && !terminating_) {
@@ -862,9 +861,8 @@ void Coordinator::handle_sync_cut(const Incoming& in, const Member& member) {
   auto grant = out.body().initLeaseGrant();
   if (checkpoints_->enabled() && !checkpoints_->current()) {
     checkpoints_->begin(step);
-    const std::string body =
-        world_->book().save_within(epoch, position, static_cast<std::int64_t>(cut.getSamples()), cut.getLossSum(),
-                                   static_cast<std::int64_t>(cut.getCorrect()));
+    const std::string body = world_->book().save_within(epoch, position, static_cast<std::int64_t>(cut.getSamples()),
+                                                        cut.getLossSum(), static_cast<std::int64_t>(cut.getCorrect()));
     if (checkpoints_->cut(step, body, {}, nullptr, /*buffers=*/true)) {
       checkpoints_->set_buffers_holder(in.sender());
       auto order = grant.initSaveBuffers();
@@ -902,8 +900,8 @@ void Coordinator::server_lost(const std::string& id, Clock::time_point now, bool
   if (keep_checkpoint) {
     SHOAL_LOG(log_, warn,
               "parameter server " << id << " is preempted (SIGTERM): the job pauses at the cut of checkpoint "
-                                  << checkpoints_->current()->name << " until it is back, and it restores from there; " << released
-                                  << " leased shard(s) back in the queue");
+                                  << checkpoints_->current()->name << " until it is back, and it restores from there; "
+                                  << released << " leased shard(s) back in the queue");
     return;
   }
   SHOAL_LOG(log_, error,
@@ -1177,14 +1175,15 @@ CoordinatorResult Coordinator::run() {
         final_checkpoint_ = true;
         checkpoints_->begin(steps_);
       }
-      const bool sync_last_pending = sync_ && checkpoints_->enabled() && decided_epoch_ <= config_.epochs &&
-                                     steps_ != checkpoints_->newest_step();
+      const bool sync_last_pending =
+          sync_ && checkpoints_->enabled() && decided_epoch_ <= config_.epochs && steps_ != checkpoints_->newest_step();
       if (!checkpoints_->current() && !sync_last_pending) end_job(ExitCode::ok, "every epoch is done");
     }
     if (!end_) continue;
     // Every member hears how the job ended (in its next heartbeat, lease or table request);
     // one that never asks again is not waited for past two liveness periods.
-    if (!end_deadline) end_deadline = now + 2 * seconds_to_duration(config_.dead_after_seconds + config_.heartbeat_seconds);
+    if (!end_deadline)
+      end_deadline = now + 2 * seconds_to_duration(config_.dead_after_seconds + config_.heartbeat_seconds);
     // "Told" means the reply was sent, not that it arrived: keep answering for two more
     // heartbeat periods, so a reply still on its way is delivered and a process whose
     // heartbeat crossed ours hears the job's end, instead of finding the coordinator gone.

@@ -13,21 +13,21 @@
 #include <string>
 #include <zmq.hpp>
 
+#include "base/log.h"
+#include "checkpoint/checkpoint.h"
+#include "comm/partition.h"
+#include "comm/transport.h"
+#include "config/config.h"
 #include "coordinator/checkpoint_driver.h"
+#include "coordinator/client/control_client.h"
 #include "coordinator/elastic_world.h"
 #include "coordinator/failure_policy.h"
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
 #include "coordinator/rendezvous_table.h"
 #include "coordinator/sync_book.h"
-#include "checkpoint/checkpoint.h"
-#include "config/config.h"
-#include "coordinator/client/control_client.h"
-#include "base/log.h"
 #include "telemetry/metrics_file.h"
-#include "comm/partition.h"
 #include "telemetry/telemetry.h"
-#include "comm/transport.h"
 
 namespace shoal {
 
@@ -143,8 +143,8 @@ class Coordinator : private SnapshotOrders {
   bool sync_;
   std::int64_t servers_wanted_;
   std::unique_ptr<WorkBook> book_;
-  RendezvousTable store_;                               // the rendezvous store (sync jobs)
-  std::map<std::string, bool> told_;                    // members told that the job is over
+  RendezvousTable store_;             // the rendezvous store (sync jobs)
+  std::map<std::string, bool> told_;  // members told that the job is over
   Clock::time_point started_;
   std::atomic<bool> stop_{false};
   CoordinatorResult result_;
@@ -163,7 +163,7 @@ class Coordinator : private SnapshotOrders {
   Telemetry* telemetry_ = nullptr;
   std::string restored_from_;
   std::string restored_position_;
-  std::set<std::string> missing_servers_;  // lost and not back yet: the job is paused
+  std::set<std::string> missing_servers_;    // lost and not back yet: the job is paused
   std::set<std::string> preempting_;         // servers that got SIGTERM, waiting for a checkpoint's cut
   std::set<std::string> preempted_servers_;  // paused at a cut: go once their files are in
   Clock::time_point paused_since_;
@@ -174,7 +174,7 @@ class Coordinator : private SnapshotOrders {
   std::optional<Recovery> recovering_;  // a process was lost: until the next completed shard
   const std::atomic<bool>* term_ = nullptr;
   bool terminating_ = false;
-  bool preempted_ = false;  // the job stopped on SIGTERM (exit 0, to be resumed)
+  bool preempted_ = false;       // the job stopped on SIGTERM (exit 0, to be resumed)
   std::int64_t stop_step_ = -1;  // sync: the step the world agreed to stop at
 };
 

@@ -1,11 +1,11 @@
 #include "coordinator/sync_book.h"
 
 #include <algorithm>
-#include <ostream>
-#include <optional>
-#include <functional>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <optional>
+#include <ostream>
 #include <sstream>
 
 #include "base/error.h"
@@ -174,7 +174,8 @@ std::string SyncBook::save() const {
   const std::int64_t done = boundary();
   SHOAL_ASSERT(done >= 0, "a sync position cut between epoch boundaries");
   std::ostringstream out;
-  write_done_epochs(out, samples_, done, [&](std::int64_t e) -> const EpochReport& { return epochs_progress_.at(e).report; });
+  write_done_epochs(out, samples_, done,
+                    [&](std::int64_t e) -> const EpochReport& { return epochs_progress_.at(e).report; });
   return out.str();
 }
 
@@ -221,9 +222,8 @@ std::vector<EpochReport> SyncBook::restore(const std::string& text, TimePoint no
       long long e = -1, at = -1, samples = -1, correct = -1;
       std::string k1, k2, k3, k4, loss;
       SHOAL_REQUIRE((words >> e >> k1 >> at >> k2 >> samples >> k3 >> loss >> k4 >> correct) && k1 == "position" &&
-                        k2 == "samples" && k3 == "loss_sum" && k4 == "correct" && e >= 1 && e <= epochs_ &&
-                        at >= 0 && at <= samples_ && samples >= 0 && samples <= samples_ && correct >= 0 &&
-                        correct <= samples,
+                        k2 == "samples" && k3 == "loss_sum" && k4 == "correct" && e >= 1 && e <= epochs_ && at >= 0 &&
+                        at <= samples_ && samples >= 0 && samples <= samples_ && correct >= 0 && correct <= samples,
                     CheckpointError, "position: malformed or out-of-range in_epoch line '" << line << "'");
       within = Within{e, at, samples, std::strtod(loss.c_str(), nullptr), correct};
       SHOAL_REQUIRE(std::isfinite(within->loss_sum), CheckpointError, "position: in_epoch loss_sum is not finite");

@@ -13,6 +13,9 @@ RUN /opt/shoal/image-steps.sh runtime-debian
 # shoal (the entry: blocks SIGINT/SIGTERM, then runs shoal-main beside it) and the program.
 COPY --from=build /src/build/shoal /src/build/shoal-main /usr/local/bin/
 COPY examples /opt/shoal/examples
+# ssh for an MPIJob (k8s/mpijob): the workers' sshd, run as the user shoal, and the launcher's client.
+COPY docker/sshd_config /etc/ssh/shoal_sshd_config
+COPY docker/ssh_config /etc/ssh/ssh_config.d/shoal.conf
 USER 10001:10001
 WORKDIR /home/shoal
 ENTRYPOINT ["shoal"]

@@ -22,8 +22,13 @@ RUN docker/image-steps.sh build && docker/image-steps.sh bundle /opt/shoal
 
 ARG CUDA_VERSION
 FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu24.04
+# mpirun, and ssh for an MPIJob (k8s/mpijob): its workers run sshd as the user shoal, its
+# launcher's mpirun starts the ranks through ssh (docker/sshd_config, docker/ssh_config).
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin \
+    openssh-server openssh-client \
     && rm -rf /var/lib/apt/lists/*
+COPY docker/sshd_config /etc/ssh/shoal_sshd_config
+COPY docker/ssh_config /etc/ssh/ssh_config.d/shoal.conf
 COPY --from=build /opt/shoal /opt/shoal
 COPY --from=build /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist
 COPY examples /opt/shoal/examples

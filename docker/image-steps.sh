@@ -21,17 +21,21 @@ set -euo pipefail
 # its -dev packages, mpirun for jobs launched by mpirun, and the quickstart's data set.
 # libonnx1 and libprotobuf32: ONNX's library (libonnx-dev) behind `shoal export` and the .onnx
 # models `shoal serve` loads. (The GPU image needs no list: `bundle` carries what ldd finds.)
+# openssh-server and openssh-client: an MPIJob's workers run sshd and its launcher's mpirun
+# reaches them with ssh (docker/sshd_config, docker/ssh_config, k8s/mpijob).
 runtime_packages=(
   libzmq5 libcapnp-0.9.2 libdnnl2 libboost-program-options1.74.0 libgomp1 libstdc++6 zlib1g
   libopenmpi3 openmpi-bin libgloo0 libturbojpeg0 libspng0 libyaml-cpp0.7
   libonnx1 libprotobuf32 libsimdjson14
+  openssh-server openssh-client
   dataset-fashion-mnist
 )
 
 add_user() {
-  # The manifests run every container as 10001:10001 (runAsNonRoot).
+  # The manifests run every container as 10001:10001 (runAsNonRoot). A real shell: sshd runs
+  # the commands of mpirun's remote starts (an MPIJob's orted) with the user's login shell.
   getent group shoal >/dev/null || groupadd --gid 10001 shoal
-  getent passwd shoal >/dev/null || useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin shoal
+  getent passwd shoal >/dev/null || useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash shoal
 }
 
 case "${1:-}" in
@@ -65,8 +69,15 @@ case "${1:-}" in
     ;;
   runtime-debian)
     export DEBIAN_FRONTEND=noninteractive
+    # openssh-server's scripts would start a system sshd where an init runs (a build root):
+    # services are not started during the image's build.
+    no_services=false
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && no_services=true
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${runtime_packages[@]}" >/dev/null
+    ! $no_services || rm -f /usr/sbin/policy-rc.d
     rm -rf /var/lib/apt/lists/*
     add_user
     ;;

@@ -49,13 +49,15 @@ mkdir -p "$work/build/src"
 git -C "$src" archive HEAD | tar -x -C "$work/build/src"
 in_root "$work/build" /src 0:0 docker/image-steps.sh build -DSHOAL_CUDA=OFF
 
-echo "== runtime stage (FROM debian:12-slim): RUN docker/image-steps.sh runtime-debian; COPY the binary, examples"
+echo "== runtime stage (FROM debian:12-slim): RUN docker/image-steps.sh runtime-debian; COPY the binary, examples, ssh configs"
 fresh_root "$work/runtime"
 mkdir -p "$work/runtime/opt/shoal"
 cp "$work/build/src/docker/image-steps.sh" "$work/runtime/opt/shoal/image-steps.sh"
 in_root "$work/runtime" / 0:0 /opt/shoal/image-steps.sh runtime-debian
 install -m 0755 "$work/build/src/build/shoal" "$work/build/src/build/shoal-main" "$work/runtime/usr/local/bin/"
 cp -r "$work/build/src/examples" "$work/runtime/opt/shoal/examples"
+install -m 0644 "$work/build/src/docker/sshd_config" "$work/runtime/etc/ssh/shoal_sshd_config"
+install -m 0644 "$work/build/src/docker/ssh_config" "$work/runtime/etc/ssh/ssh_config.d/shoal.conf"
 
 echo "== the image, as its user 10001: shoal version, then a local job"
 in_root "$work/runtime" /home/shoal 10001:10001 shoal version

@@ -15,26 +15,26 @@
 #include <thread>
 #include <vector>
 
-#include "coordinator/coordinator.h"
-#include "compute/devices/devices.h"
-#include "comm/auth.h"
-#include "compute/backend.h"
-#include "checkpoint/checkpoint.h"
-#include "config/config.h"
-#include "base/environment.h"
 #include "base/cpus.h"
+#include "base/environment.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "base/process.h"
-#include "telemetry/status_server.h"
-#include "telemetry/telemetry.h"
-#include "launch/local_launcher.h"
-#include "launch/serve_commands.h"
-#include "ps/server_role.h"
+#include "checkpoint/checkpoint.h"
+#include "comm/auth.h"
+#include "compute/backend.h"
+#include "compute/devices/devices.h"
+#include "config/config.h"
+#include "coordinator/coordinator.h"
 #include "data/source.h"
 #include "data/writer.h"
+#include "launch/local_launcher.h"
+#include "launch/serve_commands.h"
 #include "models/model_file.h"
 #include "models/onnx.h"
+#include "ps/server_role.h"
+#include "telemetry/status_server.h"
+#include "telemetry/telemetry.h"
 #include "worker/train_job.h"
 #include "worker/worker_job.h"
 
@@ -338,7 +338,8 @@ int data_command(const std::vector<std::string>& args, const SettingsRegistry& r
     } catch (const std::exception&) {
       per_shard = 0;
     }
-    SHOAL_REQUIRE(per_shard > 0, ConfigError, "data write: SAMPLES_PER_SHARD '" << operands[3] << "' is not a positive number");
+    SHOAL_REQUIRE(per_shard > 0, ConfigError,
+                  "data write: SAMPLES_PER_SHARD '" << operands[3] << "' is not a positive number");
   }
   const std::string dir = operands[1];
   TrainTestData data = load_train_test(data_format_name(spec.format), spec.dir, spec.train_limit, spec.test_limit);
@@ -358,12 +359,15 @@ int data_command(const std::vector<std::string>& args, const SettingsRegistry& r
 
 // ---- shoal model show -------------------------------------------------------------------------
 
-const char* kModelUsage = "usage: shoal model show NAME|FILE.yaml [--input CxHxW] [--classes N] | shoal model show FILE.onnx";
+const char* kModelUsage =
+    "usage: shoal model show NAME|FILE.yaml [--input CxHxW] [--classes N] | shoal model show FILE.onnx";
 
 int model_command(const std::vector<std::string>& args) {
   SHOAL_REQUIRE(args.size() >= 2 && args[0] == "show", ConfigError, kModelUsage);
   if (is_onnx_path(args[1])) {  // its shapes are the file's own
-    SHOAL_REQUIRE(args.size() == 2, ConfigError, "model show: an ONNX file has its own input and classes\n" << kModelUsage);
+    SHOAL_REQUIRE(args.size() == 2, ConfigError,
+                  "model show: an ONNX file has its own input and classes\n"
+                      << kModelUsage);
     std::ifstream in(args[1], std::ios::binary);
     SHOAL_REQUIRE(in, ConfigError, "model '" << args[1] << "' cannot be read");
     const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -399,7 +403,8 @@ int model_command(const std::vector<std::string>& args) {
         if (x == std::string::npos) break;
         start = x + 1;
       }
-      SHOAL_REQUIRE(dims.size() == 3, ConfigError, "model show: --input " << value << " is not CxHxW, such as 3x224x224");
+      SHOAL_REQUIRE(dims.size() == 3, ConfigError,
+                    "model show: --input " << value << " is not CxHxW, such as 3x224x224");
       input = Shape(dims);
     } else if (key == "--classes") {
       char* end = nullptr;

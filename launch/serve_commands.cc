@@ -29,7 +29,8 @@ namespace {
 namespace fs = std::filesystem;
 
 // "--key value" or "--key=value" at args[*i]; advances *i past the value.
-std::string option_value(const std::vector<std::string>& args, std::size_t* i, const std::string& key, const char* usage) {
+std::string option_value(const std::vector<std::string>& args, std::size_t* i, const std::string& key,
+                         const char* usage) {
   const std::string& a = args[*i];
   if (a.size() > key.size() && a.compare(0, key.size() + 1, key + "=") == 0) return a.substr(key.size() + 1);
   SHOAL_REQUIRE(*i + 1 < args.size(), ConfigError, key << " needs a value\n" << usage);
@@ -54,7 +55,8 @@ BackendOptions cpu_backend() {
   return options;
 }
 
-const char* kExportUsage = "usage: shoal export CHECKPOINT|MODEL.onnx [-o FILE.onnx] [--opset 11..17] [--probabilities]";
+const char* kExportUsage =
+    "usage: shoal export CHECKPOINT|MODEL.onnx [-o FILE.onnx] [--opset 11..17] [--probabilities]";
 
 }  // namespace
 
@@ -72,7 +74,8 @@ int export_command(const std::vector<std::string>& args, const Logger& log) {
       options.probabilities = true;
     } else {
       SHOAL_REQUIRE(args[i].rfind("-", 0) != 0 && from.empty(), ConfigError,
-                    "export: unexpected '" << args[i] << "'\n" << kExportUsage);
+                    "export: unexpected '" << args[i] << "'\n"
+                                           << kExportUsage);
       from = args[i];
     }
   }
@@ -124,7 +127,8 @@ int predict_test_set(InferenceModel& model, const std::string& job, std::int64_t
     std::vector<std::int32_t> y(static_cast<std::size_t>(m));
     std::vector<bool> ok(static_cast<std::size_t>(m));
     for (std::int64_t i = 0; i < m; ++i)
-      ok[static_cast<std::size_t>(i)] = test.load(first + i, SampleContext{}, x.data() + i * size, &y[static_cast<std::size_t>(i)]);
+      ok[static_cast<std::size_t>(i)] =
+          test.load(first + i, SampleContext{}, x.data() + i * size, &y[static_cast<std::size_t>(i)]);
     std::vector<float> logits(static_cast<std::size_t>(m * classes));
     model.predict(x.data(), m, logits.data());
     for (std::int64_t i = 0; i < m; ++i) {
@@ -132,7 +136,10 @@ int predict_test_set(InferenceModel& model, const std::string& job, std::int64_t
       const SamplePrediction p = predict_sample(logits.data() + i * classes, model.meta(), k);
       ++counted;
       correct += p.label == y[static_cast<std::size_t>(i)];
-      nlohmann::json line{{"sample", first + i}, {"class", p.name}, {"index", p.label}, {"score", p.score},
+      nlohmann::json line{{"sample", first + i},
+                          {"class", p.name},
+                          {"index", p.label},
+                          {"score", p.score},
                           {"label", y[static_cast<std::size_t>(i)]}};
       nlohmann::json top = nlohmann::json::array();
       for (const auto& [name, score] : p.top) top.push_back({{"class", name}, {"score", score}});
@@ -140,11 +147,12 @@ int predict_test_set(InferenceModel& model, const std::string& job, std::int64_t
       std::printf("%s\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
   }
-  nlohmann::json end{{"samples", counted}, {"accuracy", counted ? static_cast<double>(correct) / static_cast<double>(counted) : 0.0}};
+  nlohmann::json end{{"samples", counted},
+                     {"accuracy", counted ? static_cast<double>(correct) / static_cast<double>(counted) : 0.0}};
   std::printf("%s\n", end.dump().c_str());
   return 0;
 }
-}
+}  // namespace
 
 int predict_command(const std::vector<std::string>& args, const Logger& log) {
   std::string model_path;
@@ -161,7 +169,9 @@ int predict_command(const std::vector<std::string>& args, const Logger& log) {
     } else if (is_option(args[i], "--batch")) {
       batch = parse_int(option_value(args, &i, "--batch", kPredictUsage), "--batch", 1, 1 << 16);
     } else {
-      SHOAL_REQUIRE(args[i].rfind("-", 0) != 0, ConfigError, "predict: unknown option '" << args[i] << "'\n" << kPredictUsage);
+      SHOAL_REQUIRE(args[i].rfind("-", 0) != 0, ConfigError,
+                    "predict: unknown option '" << args[i] << "'\n"
+                                                << kPredictUsage);
       (model_path.empty() ? model_path : files.emplace_back()) = args[i];
     }
   }
@@ -182,7 +192,8 @@ int predict_command(const std::vector<std::string>& args, const Logger& log) {
     std::vector<float> logits((last - first) * static_cast<std::size_t>(classes));
     model.predict(x.data(), static_cast<std::int64_t>(last - first), logits.data());
     for (std::size_t f = first; f < last; ++f) {
-      const SamplePrediction p = predict_sample(logits.data() + (f - first) * static_cast<std::size_t>(classes), meta, k);
+      const SamplePrediction p =
+          predict_sample(logits.data() + (f - first) * static_cast<std::size_t>(classes), meta, k);
       nlohmann::json line{{"file", files[f]}, {"class", p.name}, {"index", p.label}, {"score", p.score}};
       nlohmann::json top = nlohmann::json::array();
       for (const auto& [name, score] : p.top) top.push_back({{"class", name}, {"score", score}});
@@ -210,7 +221,8 @@ int serve_command(std::vector<std::string> args, const SettingsRegistry& registr
                 "usage: shoal serve MODEL [JOB.ini] [--serve.port=N ...]  (MODEL: an .onnx file, a ckpt-<step> "
                 "directory, or a checkpoint.dir to follow; docs/serving.md)");
   LoadedConfig loaded = load_config(args, process_environment(), registry);
-  SHOAL_REQUIRE(loaded.positional.empty(), ConfigError, "serve: unexpected operand '" << loaded.positional.front() << "'");
+  SHOAL_REQUIRE(loaded.positional.empty(), ConfigError,
+                "serve: unexpected operand '" << loaded.positional.front() << "'");
   JobConfig config = loaded.config;
   // Cloud Run (and Knative) tell the container its port in PORT.
   if (auto it = loaded.sources.find("serve.port"); it == loaded.sources.end() || it->second == "default") {
@@ -223,11 +235,12 @@ int serve_command(std::vector<std::string> args, const SettingsRegistry& registr
   std::printf("serving '%s' on port %d\n", server.model_name().c_str(), server.port());
   std::fflush(stdout);
   while (!signals.requested().load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(config.serve.drain_seconds));
-  SHOAL_LOG(log, info, "signal " << signals.signal() << ": not ready; answering the requests in flight (at most "
-                                 << config.serve.drain_seconds << " s)");
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                             std::chrono::duration<double>(config.serve.drain_seconds));
+  SHOAL_LOG(log, info,
+            "signal " << signals.signal() << ": not ready; answering the requests in flight (at most "
+                      << config.serve.drain_seconds << " s)");
   const bool drained = server.drain(deadline);
   if (!drained) SHOAL_LOG(log, warn, "serve.drain_seconds passed with requests unanswered; exiting anyway");
   SHOAL_LOG(log, info, "stopped");

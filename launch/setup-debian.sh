@@ -28,6 +28,8 @@ test_packages=(
   python3-yaml                                    # tests: the Kubernetes manifests
   python3-prometheus-client                       # tests: /metrics read by Prometheus' parser
   python3-opencv                                  # tests: ONNX exports run by OpenCV's DNN module
+  openssh-server openssh-client                   # tests: the MPIJob's workers' sshd and its launcher's ssh
+  python3-jsonschema                              # tests: JobSet and MPIJob objects against their CRD schemas
 )
 tests=true
 [[ "${1:-}" == "--build" ]] && tests=false
@@ -65,4 +67,11 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The tests run sshd themselves, in network namespaces. Installing openssh-server on a machine
+# that runs systemd also enables and starts a system ssh daemon on port 22: when this script
+# installed it, that daemon is stopped and disabled again, so the machine listens on nothing new.
+if [[ " ${missing[*]} " == *" openssh-server "* && -d /run/systemd/system ]]; then
+  $sudo systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  echo "setup: openssh-server is installed for the tests only; its system service is left disabled"
+fi
 echo "setup: done"

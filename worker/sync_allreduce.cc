@@ -137,8 +137,8 @@ void SyncAllReduceStrategy::end_step(Model& model, std::int64_t step, float lr) 
       if (vote_[0] > 0.5f) stop_agreed_ = true;
     }
     vote_[0] = options_.stop->load() ? 1.f : 0.f;
-    vote_work_ = collective_->all_reduce(vote_, ReduceOp::sum, "all-reduce of the stop vote (step " +
-                                                                   std::to_string(clock_) + ")");
+    vote_work_ = collective_->all_reduce(vote_, ReduceOp::sum,
+                                         "all-reduce of the stop vote (step " + std::to_string(clock_) + ")");
   }
   wait_all();
   local_->end_step(model, step, lr);

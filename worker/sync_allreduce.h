@@ -14,8 +14,8 @@
 #include <memory>
 #include <vector>
 
-#include "collective/collective.h"
 #include "base/log.h"
+#include "collective/collective.h"
 #include "compute/optimizer.h"
 #include "worker/distributed.h"
 

@@ -8,12 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "coordinator/coordinator.h"
-#include "collective/gloo/collective_gloo.h"
-#include "collective/mpi/collective_mpi.h"
 #include "base/environment.h"
 #include "base/error.h"
+#include "collective/gloo/collective_gloo.h"
+#include "collective/mpi/collective_mpi.h"
 #include "compute/devices/mig.h"
+#include "coordinator/coordinator.h"
 #ifdef SHOAL_WITH_CUDA
 #include "collective/nccl/collective_nccl.h"
 #endif
@@ -61,14 +61,14 @@ SyncSetup resolve_sync_setup(const JobConfig& config, bool cuda_device) {
                 "sync.backend = " << sync_backend_name(s.backend)
                                   << " all-reduces host memory, but this worker computes on a GPU: use sync.backend = "
                                      "nccl (or auto), or device = cpu");
-  SHOAL_REQUIRE(!config.sync_elastic || s.backend == SyncBackend::gloo, ConfigError,
-                "sync.elastic needs sync.backend = gloo, not "
-                    << sync_backend_name(s.backend)
-                    << (s.backend == SyncBackend::mpi
-                            ? " (Open MPI 4 cannot shrink a world: a lost rank ends the world, and "
-                              "shoal launch restarts it from the last checkpoint)"
-                            : " (in-place re-forming over NCCL is not built yet: shoal launch restarts "
-                              "the world from the last checkpoint)"));
+  SHOAL_REQUIRE(
+      !config.sync_elastic || s.backend == SyncBackend::gloo, ConfigError,
+      "sync.elastic needs sync.backend = gloo, not "
+          << sync_backend_name(s.backend)
+          << (s.backend == SyncBackend::mpi ? " (Open MPI 4 cannot shrink a world: a lost rank ends the world, and "
+                                              "shoal launch restarts it from the last checkpoint)"
+                                            : " (in-place re-forming over NCCL is not built yet: shoal launch restarts "
+                                              "the world from the last checkpoint)"));
   if (auto env = mpi::world_from_environment()) {
     s.world = *env;
   } else {

@@ -12,15 +12,15 @@
 #include <string>
 #include <vector>
 
-#include "compute/lr_schedule.h"
 #include "base/log.h"
-#include "config/config.h"
-#include "telemetry/metrics_file.h"
+#include "compute/lr_schedule.h"
 #include "compute/optimizer.h"
+#include "config/config.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/source.h"
 #include "models/model.h"
+#include "telemetry/metrics_file.h"
 #include "worker/progress.h"
 #include "worker/strategy.h"
 
@@ -165,7 +165,6 @@ class Trainer {
   double epoch_seconds_ = 0, epoch_wait_seconds_ = 0, total_wait_seconds_ = 0;
   std::int64_t epoch_skipped_ = 0;
 };
-
 
 // A worker's trainer options for a job: batch sizes, the seed of its randomness (dropout), and the
 // job's learning-rate schedule for epochs of `steps_per_epoch` steps (the parameter servers build

@@ -1,5 +1,4 @@
 #include "worker/worker_job.h"
-#include "compute/devices/devices.h"
 
 #include <unistd.h>
 
@@ -10,13 +9,14 @@
 #include <optional>
 #include <thread>
 
+#include "base/error.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/state_io.h"
 #include "collective/mpi/collective_mpi.h"
-#include "coordinator/client/control_client.h"
 #include "compute/devices/device_select.h"
-#include "base/error.h"
+#include "compute/devices/devices.h"
 #include "compute/rng.h"
+#include "coordinator/client/control_client.h"
 #include "data/dataset.h"
 #include "models/model_file.h"
 #include "worker/async_ps.h"
@@ -113,8 +113,8 @@ void save_state(JobContext& job, const LeaseTask& task, std::optional<WithinEpoc
   auto started = std::chrono::steady_clock::now();
   std::vector<float> buffers = to_host(*job.backend, job.model->params().buffer_values());
   CheckpointReport report{task.step, {}, 0, 0};
-  report.files.push_back(write_file_atomic(task.dir, checkpoint_file::kBuffers,
-                                           Pieces{{buffers.data(), buffers.size() * sizeof(float)}}));
+  report.files.push_back(
+      write_file_atomic(task.dir, checkpoint_file::kBuffers, Pieces{{buffers.data(), buffers.size() * sizeof(float)}}));
   if (OptimizerState* state = job.strategy.optimizer_state()) {
     const Optimizer& optimizer = *job.strategy.optimizer();
     const std::vector<float> values = to_host(*job.backend, job.model->params().values());
@@ -204,8 +204,8 @@ std::optional<WithinEpoch> restore_sync_state(const std::string& dir, Backend& b
   SHOAL_LOG(log, info,
             "restored the parameters, optimizer state and step "
                 << step << " from " << dir
-                << (within ? " (cut in epoch " + std::to_string(within->epoch) + ", " + std::to_string(within->position) +
-                                 " samples in: it goes on from there)"
+                << (within ? " (cut in epoch " + std::to_string(within->epoch) + ", " +
+                                 std::to_string(within->position) + " samples in: it goes on from there)"
                            : std::string()));
   return within;
 }
@@ -331,9 +331,9 @@ void run_job_loop(JobContext& job) {
     // MANIFEST).
     SHOAL_LOG(log, warn,
               "the world agreed to stop (SIGTERM) after step " << trainer.step() << "; waiting for the job's end");
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              Seconds(2 * config.request_timeout_seconds + config.dead_after_seconds));
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               Seconds(2 * config.request_timeout_seconds + config.dead_after_seconds));
     while (std::chrono::steady_clock::now() < deadline) {
       if (auto end = heartbeat.job_end()) {
         if (end->code != ExitCode::ok) throw_job_failure(*end);
@@ -343,11 +343,10 @@ void run_job_loop(JobContext& job) {
       heartbeat.check();
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    SHOAL_THROW(TimeoutError, "the world stopped at step " << trainer.step()
-                                                            << " but the job did not end within "
-                                                            << 2 * config.request_timeout_seconds +
-                                                                   config.dead_after_seconds
-                                                            << " s (was its checkpoint written?)");
+    SHOAL_THROW(TimeoutError, "the world stopped at step "
+                                  << trainer.step() << " but the job did not end within "
+                                  << 2 * config.request_timeout_seconds + config.dead_after_seconds
+                                  << " s (was its checkpoint written?)");
   } catch (const JobOver&) {
     SHOAL_LOG(log, info, "stopping: the job is over (it ended while this worker waited for its peers)");
   } catch (const StopRequested&) {
@@ -486,8 +485,8 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   MetricsWriter no_metrics;
   // Dropout differs per worker.
   Trainer trainer(*l.backend, *l.model, strategy,
-                  trainer_options(config, hash_combine(config.seed, hash_string(id)), joined->table.steps_per_epoch), log,
-                  progress, no_metrics);
+                  trainer_options(config, hash_combine(config.seed, hash_string(id)), joined->table.steps_per_epoch),
+                  log, progress, no_metrics);
   trainer.set_stop_flag(stop);
   auto take_new_table = [&]() -> bool {
     SHOAL_LOG(log, warn, "a parameter server was lost: dropping the work in hand and waiting for the new table");
@@ -659,10 +658,11 @@ bool SyncWorkerRun::reform() {
 void SyncWorkerRun::cut_between_steps(const SyncOptions::BetweenSteps& at) {
   if (collective_->rank() != 0 || job_ == nullptr) return;
   const auto now = std::chrono::steady_clock::now();
-  const bool due = !config_.checkpoint_dir.empty() &&
-                   ((config_.checkpoint_every_steps > 0 && at.step > 0 && at.step % config_.checkpoint_every_steps == 0) ||
-                    (config_.checkpoint_every_seconds > 0 &&
-                     std::chrono::duration<double>(now - last_cut_).count() >= config_.checkpoint_every_seconds));
+  const bool due =
+      !config_.checkpoint_dir.empty() &&
+      ((config_.checkpoint_every_steps > 0 && at.step > 0 && at.step % config_.checkpoint_every_steps == 0) ||
+       (config_.checkpoint_every_seconds > 0 &&
+        std::chrono::duration<double>(now - last_cut_).count() >= config_.checkpoint_every_seconds));
   if (!due && !at.stop) return;
   // The epoch's statistics so far, for the whole world: this rank's, scaled to every rank's
   // samples (the others' are not gathered: an estimate, as after an elastic change).

@@ -111,8 +111,8 @@ Incoming Incoming::decode(std::string peer, std::vector<zmq::message_t> frames) 
                   ProtocolError, "malformed sender id");
     auto body = in.root_.getBody();
     auto kind = body.which();
-    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::SYNC_CUT),
-                  ProtocolError, "unknown message kind " << static_cast<unsigned>(kind));
+    SHOAL_REQUIRE(static_cast<unsigned>(kind) <= static_cast<unsigned>(wire::Envelope::Body::SYNC_CUT), ProtocolError,
+                  "unknown message kind " << static_cast<unsigned>(kind));
     // The rendezvous store (sync jobs): bounded, printable keys and small values.
     auto check_key = [](capnp::Text::Reader key) {
       std::string k = key.cStr();

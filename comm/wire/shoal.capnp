@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 6;
+const protocolVersion :UInt16 = 7;
 
 enum Role {
   coordinator @0;

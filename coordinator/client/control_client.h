@@ -18,10 +18,10 @@
 #include <thread>
 #include <vector>
 
-#include "checkpoint/checkpoint.h"
-#include "collective/collective.h"
 #include "base/error.h"
 #include "base/log.h"
+#include "checkpoint/checkpoint.h"
+#include "collective/collective.h"
 #include "comm/partition.h"
 #include "comm/transport.h"
 

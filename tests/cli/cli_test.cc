@@ -1,7 +1,7 @@
 // The real `shoal` binary as a process: a short training run, reproducibility, exit codes and
 // messages for bad input, and the docs' settings table kept in sync with the registry.
-#include <unistd.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -79,7 +79,11 @@ TEST(Cli, BadInputGivesOneLineErrorAndDocumentedExitCode) {
   std::vector<BadRun> cases = {
       {"unknown key in job file", {"train", dir.file("bad.ini")}, {}, 2, "unknown key 'train.learning_rate'"},
       {"out of range option", {"train", "--train.batch_size=0"}, {}, 2, "train.batch_size = 0 is out of range"},
-      {"unknown environment key", {"train"}, {{"SHOAL_BATCH", "3"}}, 2, "SHOAL_BATCH"},
+      {"a typo of a setting in the environment",
+       {"train"},
+       {{"SHOAL_TRAIN_BATCH_SIZ", "3"}},
+       2,
+       "did you mean SHOAL_TRAIN_BATCH_SIZE?"},
       {"unknown command", {"trian"}, {}, 2, "unknown command 'trian'"},
       {"missing data", {"train", "--data.dir=/nonexistent"}, {}, 3, "not found in '/nonexistent'"},
       {"corrupt data", {"train", "--data.dir=" + dir.path()}, {}, 3, "truncated IDX header"},
@@ -150,13 +154,15 @@ TEST(Cli, ThreadsFollowTheCgroupCpuQuota) {
   std::error_code ec;
   if (fs::exists("/sys/fs/cgroup/cgroup.controllers", ec)) {  // cgroup v2
     dir = "/sys/fs/cgroup/" + name;
-    if (!fs::create_directory(dir, ec) || !write(dir + "/cpu.max", "50000 100000")) why = "cannot create a v2 cgroup with cpu.max at " + dir + " (not root, or the cpu controller is not delegated)";
+    if (!fs::create_directory(dir, ec) || !write(dir + "/cpu.max", "50000 100000"))
+      why = "cannot create a v2 cgroup with cpu.max at " + dir + " (not root, or the cpu controller is not delegated)";
   } else {
     std::string mount;
     for (const char* m : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"})
       if (fs::exists(std::string(m) + "/cpu.cfs_quota_us", ec)) mount = m;
     dir = mount + "/" + name;
-    if (mount.empty()) why = "no cgroup v1 cpu controller is mounted";
+    if (mount.empty())
+      why = "no cgroup v1 cpu controller is mounted";
     else if (!fs::create_directory(dir, ec) || !write(dir + "/cpu.cfs_period_us", "100000") ||
              !write(dir + "/cpu.cfs_quota_us", "50000"))
       why = "cannot create a v1 cgroup with a CFS quota at " + dir + " (not root?)";

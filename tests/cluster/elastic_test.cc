@@ -213,27 +213,42 @@ std::vector<float> newest_values(const std::string& root, std::string* name) {
   return values;
 }
 
+// A small sync job (mlp, Gloo unless `extra` says otherwise) under `shoal launch --local`,
+// checkpointing into `dir`; `extra` adds (or, given later, overrides) settings.
+std::vector<std::string> sync_launch(const TempDir& dir, const std::vector<std::string>& extra) {
+  std::vector<std::string> argv{kShoal,
+                                "launch",
+                                std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini",
+                                "--local",
+                                "--model=mlp",
+                                "--data.test_limit=500",
+                                "--threads=1",
+                                "--checkpoint.dir=" + dir.path()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+// The newest checkpoint under `root` is `expected_name` and holds exactly `expected`.
+void expect_final_parameters(const std::string& root, const std::string& expected_name,
+                             const std::vector<float>& expected, const char* what) {
+  std::string name;
+  const std::vector<float> values = newest_values(root, &name);
+  EXPECT_EQ(name, expected_name) << what;
+  ASSERT_EQ(values.size(), expected.size()) << what;
+  EXPECT_EQ(std::memcmp(expected.data(), values.data(), expected.size() * sizeof(float)), 0)
+      << what << ": the parameters differ from the uninterrupted job's";
+}
+
 // Sync jobs (Gloo) checkpoint at epoch boundaries, rank 0 writing the state every rank holds, and
 // the trained model at the end. Killed with SIGKILL after the first checkpoint and started again,
 // the job resumes from LATEST and ends with parameters bit for bit those of an uninterrupted run:
 // every rank's data order and dropout are functions of the seed, the epoch and the step, which
 // the checkpoint holds. The same checkpoint then resumes with 3 ranks instead of 2.
 TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenGoesOnWithThreeRanks) {
-  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
   auto job = [&](const TempDir& dir, int ranks, int epochs) {
-    return std::vector<std::string>{kShoal,
-                                    "launch",
-                                    sync_job,
-                                    "--local",
-                                    "--sync.backend=gloo",
-                                    "--model=mlp",
-                                    "--cluster.workers=" + std::to_string(ranks),
-                                    "--train.epochs=" + std::to_string(epochs),
-                                    "--data.train_limit=3000",
-                                    "--data.test_limit=500",
-                                    "--threads=1",
-                                    "--checkpoint.dir=" + dir.path(),
-                                    "--checkpoint.every_steps=20"};
+    return sync_launch(
+        dir, {"--sync.backend=gloo", "--cluster.workers=" + std::to_string(ranks),
+              "--train.epochs=" + std::to_string(epochs), "--data.train_limit=3000", "--checkpoint.every_steps=20"});
   };
   TempDir whole, killed, dir;
   auto uninterrupted = testing::run(job(whole, 2, 3), {}, 300s);
@@ -272,21 +287,9 @@ TEST(SyncCheckpoint, KilledAndStartedAgainEndsBitForBitAsAnUninterruptedRunThenG
 // job started again resumes there and ends bit for bit as an uninterrupted run, with every sample
 // of the cut epoch counted once.
 TEST(SyncCheckpoint, SigtermToARankStopsTheWorldAtOneCheckpointedStepAndItResumesThereBitForBit) {
-  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
   auto job = [&](const TempDir& dir) {
-    return std::vector<std::string>{kShoal,
-                                    "launch",
-                                    sync_job,
-                                    "--local",
-                                    "--sync.backend=gloo",
-                                    "--model=mlp",
-                                    "--train.epochs=2",
-                                    "--data.train_limit=6000",
-                                    "--data.test_limit=500",
-                                    "--threads=1",
-                                    "--checkpoint.dir=" + dir.path(),
-                                    "--checkpoint.every_steps=30",
-                                    "--metrics.file=" + dir.file("metrics.jsonl")};
+    return sync_launch(dir, {"--sync.backend=gloo", "--train.epochs=2", "--data.train_limit=6000",
+                             "--checkpoint.every_steps=30", "--metrics.file=" + dir.file("metrics.jsonl")});
   };
   TempDir whole, stopped;
   auto uninterrupted = testing::run(job(whole), {}, 300s);
@@ -315,12 +318,7 @@ TEST(SyncCheckpoint, SigtermToARankStopsTheWorldAtOneCheckpointedStepAndItResume
   ASSERT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("resuming from " + stopped.file(latest)), std::string::npos) << again.output;
   EXPECT_NE(again.output.find("samples in: it goes on from there"), std::string::npos) << again.output;
-  std::string name;
-  const std::vector<float> resumed = newest_values(stopped.path(), &name);
-  EXPECT_EQ(name, expected_name);
-  ASSERT_EQ(expected.size(), resumed.size());
-  EXPECT_EQ(std::memcmp(expected.data(), resumed.data(), expected.size() * sizeof(float)), 0)
-      << "the job resumed mid-epoch differs from the uninterrupted one";
+  expect_final_parameters(stopped.path(), expected_name, expected, "the job resumed mid-epoch");
   // Every epoch counts every sample once, the cut one included (its first part from the cut).
   auto epochs = lines_with(read_file(stopped.file("metrics.jsonl")), "\"event\": \"epoch\"");
   ASSERT_FALSE(epochs.empty());
@@ -334,22 +332,10 @@ TEST(SyncCheckpoint, SigtermToARankStopsTheWorldAtOneCheckpointedStepAndItResume
 // the job ends with parameters bit for bit those of an uninterrupted run (2 ranks: an all-reduce
 // of two terms is the same sum in any order and with any backend).
 TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankDies) {
-  const std::string sync_job = std::string(SHOAL_SOURCE_DIR) + "/examples/fashion_mnist_sync.ini";
   auto job = [&](const TempDir& dir, const std::string& backend, bool elastic) {
-    return std::vector<std::string>{kShoal,
-                                    "launch",
-                                    sync_job,
-                                    "--local",
-                                    "--sync.backend=" + backend,
-                                    "--sync.elastic=" + std::string(elastic ? "true" : "false"),
-                                    "--model=mlp",
-                                    "--train.epochs=3",
-                                    "--data.train_limit=15000",
-                                    "--data.test_limit=500",
-                                    "--threads=1",
-                                    "--checkpoint.dir=" + dir.path(),
-                                    "--checkpoint.every_steps=20",
-                                    "--metrics.file=" + dir.file("metrics.jsonl")};
+    return sync_launch(dir, {"--sync.backend=" + backend, "--sync.elastic=" + std::string(elastic ? "true" : "false"),
+                             "--train.epochs=3", "--data.train_limit=15000", "--checkpoint.every_steps=20",
+                             "--metrics.file=" + dir.file("metrics.jsonl")});
   };
   TempDir whole;
   auto uninterrupted = testing::run(job(whole, "gloo", false), {}, 300s);
@@ -384,12 +370,7 @@ TEST(SyncCheckpoint, LauncherRestartsTheSyncWorldFromTheLastCheckpointWhenARankD
         << all;
     EXPECT_NE(all.find("restarting the sync world (1 of 3), resuming from ckpt-"), std::string::npos) << all;
     EXPECT_NE(all.find("resuming from " + dir.path() + "/ckpt-"), std::string::npos) << all;
-    std::string name;
-    const std::vector<float> resumed = newest_values(dir.path(), &name);
-    EXPECT_EQ(name, expected_name);
-    ASSERT_EQ(resumed.size(), expected.size());
-    EXPECT_EQ(std::memcmp(expected.data(), resumed.data(), expected.size() * sizeof(float)), 0)
-        << "the restarted job's parameters differ from the uninterrupted job's";
+    expect_final_parameters(dir.path(), expected_name, expected, "the restarted world");
     // Every epoch was completed once with every sample (the interrupted epoch 2 only in the
     // restarted world).
     auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");

@@ -92,7 +92,8 @@ TEST(InprocCluster, WorkerWithOtherJobSettingsIsRefusedNamingTheFirstThatDiffers
                      std::to_string(job.batch_size) + "' at the coordinator (and 1 more)"),
             std::string::npos)
       << why;
-  EXPECT_TRUE(c.log().wait_for({"[coordinator", "refused worker.starting-", "train.batch_size"}, 0ms)) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"[coordinator", "refused worker.starting-", "train.batch_size"}, 0ms))
+      << c.log().text();
   // The refused process never became a member; the right one still can.
   c.start_worker(1);
   expect_everyone(c, kOk);

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/checkpoint.h"
 #include "base/error.h"
+#include "checkpoint/checkpoint.h"
 #include "comm/transport.h"
 #include "tests/support/subprocess.h"
 

@@ -10,10 +10,10 @@
 #include <optional>
 #include <string>
 
-#include "compute/devices/mig.h"
-#include "config/config.h"
 #include "base/environment.h"
 #include "base/error.h"
+#include "compute/devices/mig.h"
+#include "config/config.h"
 #include "worker/sync_world.h"
 
 namespace shoal {

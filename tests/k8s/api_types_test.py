@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Every object of every rendered overlay of k8s/ (and the MPIJob's pod templates) checked
-against the Kubernetes API types, without a cluster: each object becomes a TypeScript object
+"""Every object of every rendered overlay of k8s/ (the StatefulSets, the Indexed Jobs, the
+JobSet's Job templates, the MPIJob's pod templates) checked against the Kubernetes API types,
+without a cluster: each object becomes a TypeScript object
 literal typed with its kind's interface from the npm package kubernetes-models, and the
 TypeScript compiler checks it. The serving manifests too: k8s/serving rendered (with and
 without its queue-depth overlay, k8s/serving-queue-depth), the Cloud Run Service against the Knative types of
@@ -24,7 +25,10 @@ import sys
 import tempfile
 
 SOURCE, WORK = sys.argv[1], sys.argv[2]
-OVERLAYS = ["cpu", "gke-gpu", "gke-mig", "gke-gcsfuse"]
+# Every overlay of the three deployments (tests/k8s/manifests_test.py: DEPLOYMENTS).
+OVERLAYS = ["overlays/cpu", "overlays/gke-gpu", "overlays/gke-mig", "overlays/gke-gcsfuse",
+            "jobs/overlays/cpu", "jobs/overlays/gke-gpu", "jobs/overlays/gke-mig", "jobs/overlays/gpu-operator-mig",
+            "jobset/overlays/cpu", "jobset/overlays/gke-gpu"]
 # kind -> (module of kubernetes-models, interface)
 TYPES = {
     ("v1", "Service"): ("kubernetes-models/v1/Service", "IService"),
@@ -34,6 +38,7 @@ TYPES = {
     ("v1", "ServiceAccount"): ("kubernetes-models/v1/ServiceAccount", "IServiceAccount"),
     ("apps/v1", "StatefulSet"): ("kubernetes-models/apps/v1/StatefulSet", "IStatefulSet"),
     ("apps/v1", "Deployment"): ("kubernetes-models/apps/v1/Deployment", "IDeployment"),
+    ("batch/v1", "Job"): ("kubernetes-models/batch/v1/Job", "IJob"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"):
         ("kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler", "IHorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"): ("kubernetes-models/policy/v1/PodDisruptionBudget", "IPodDisruptionBudget"),
@@ -41,6 +46,7 @@ TYPES = {
     ("serving.knative.dev/v1", "Service"): ("@kubernetes-models/knative/serving.knative.dev/v1/Service", "IService"),
 }
 POD_TEMPLATE = ("kubernetes-models/v1/PodTemplateSpec", "IPodTemplateSpec")
+JOB_TEMPLATE = ("kubernetes-models/batch/v1/JobTemplateSpec", "IJobTemplateSpec")
 POD_SPEC = ("kubernetes-models/v1/PodSpec", "IPodSpec")
 OBJECT_META = ("@kubernetes-models/apimachinery/apis/meta/v1/ObjectMeta", "IObjectMeta")
 # KServe's ComponentExtensionSpec (serving.kserve.io/v1beta1): the predictor's fields beside the
@@ -108,7 +114,7 @@ def loaded(*path):
 def documents():
     """(where, object) of every overlay, the MPIJob example and the serving manifests."""
     for overlay in OVERLAYS:
-        yield from rendered(os.path.join(SOURCE, "k8s", "overlays", overlay), f"overlays/{overlay}")
+        yield from rendered(os.path.join(SOURCE, "k8s", overlay), overlay)
     yield from loaded("mpijob", "sync-mpijob.yaml")
     yield from rendered(os.path.join(SOURCE, "k8s", "serving"), "serving")
     yield from [t for t in rendered(os.path.join(SOURCE, "k8s", "serving-queue-depth"), "serving-queue-depth")
@@ -120,6 +126,10 @@ def documents():
 def typed(where, o):
     """(module, interface, value, label) for each part of `o` that has a type here."""
     label = f"{where}: {o.get('kind')} {o.get('metadata', {}).get('name')}"
+    if o.get("kind") == "JobSet":  # a custom resource (tests/k8s/crd_schema_test.py checks it whole):
+        for job in o["spec"]["replicatedJobs"]:  # its Job templates are Kubernetes' own type
+            yield JOB_TEMPLATE + (job["template"], f"{label} {job['name']} template")
+        return
     if o.get("kind") == "MPIJob":  # a custom resource: its pod templates are Kubernetes' own type
         for role, spec in o["spec"]["mpiReplicaSpecs"].items():
             yield POD_TEMPLATE + (spec["template"], f"{label} {role} template")
@@ -178,19 +188,22 @@ planted = [POD_TEMPLATE + ({"spec": {"containers": [{"name": "c", "image": "i", 
            TYPES[("apps/v1", "StatefulSet")] + ({"apiVersion": "apps/v1", "kind": "StatefulSet",
                                                  "spec": {"selector": {}, "podManagementPolicy": "AllAtOnce",
                                                           "template": {}}}, "planted enum"),
+           JOB_TEMPLATE + ({"spec": {"template": {}, "podFailurePolicy": {"rules": [
+               {"action": "FailJobSet", "onExitCodes": {"operator": "In", "values": [2]}}]}}},
+                           "planted Job enum"),
            TYPES[("serving.knative.dev/v1", "Service")] + ({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
                                                             "spec": {"template": {"spec": {
                                                                 "containerConcurency": 8, "containers": []}}}},
                                                            "planted Knative misspelling")]
 caught = check(planted, os.path.join(WORK, "planted"))
-if not all(any(word in m for _, m in caught) for word in ("imagePullPolicyy", "AllAtOnce", "containerConcurency")):
+if not all(any(word in m for _, m in caught) for word in ("imagePullPolicyy", "AllAtOnce", "containerConcurency", "FailJobSet")):
     fail(f"the planted mistakes were not reported: {caught}")
 
 items = [t for where, o in documents() for t in typed(where, o)]
 errors = check(items, os.path.join(WORK, "manifests"))
 if errors:
     fail("objects that are not valid Kubernetes API objects:\n" + "\n".join(f"  {l}: {m}" for l, m in errors))
-print(f"{len(items)} objects of {len(OVERLAYS)} overlays, the MPIJob and k8s/serving (Deployment, Service, "
+print(f"{len(items)} objects of {len(OVERLAYS)} overlays (StatefulSets, Indexed Jobs, the JobSet's Job templates), the MPIJob and k8s/serving (Deployment, Service, "
       f"autoscalers, budget, the Cloud Run Service, the KServe InferenceService's metadata and predictor) match the "
       f"Kubernetes API types (kubernetes-models and its Knative package, strict: no unknown fields); "
       f"the planted mistakes were reported")

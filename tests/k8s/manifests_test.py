@@ -1,12 +1,28 @@
 #!/usr/bin/python3
 """The Kubernetes manifests (k8s/), rendered as `kubectl kustomize` renders them, checked for
-what a Shoal job needs: every overlay renders; every StatefulSet has its headless Service that
-publishes not-ready addresses, starts its pods in parallel, and mounts the job's ConfigMap and
-the shared checkpoint volume; the GPU and MIG overlays ask for GPUs where GKE gives them; the
-gcsfuse overlay mounts a bucket of tar shards read-only in every pod; and
-every container's command line and SHOAL_* environment, with the job file from the rendered
-ConfigMap, is a configuration `shoal config` accepts (a renamed setting or a typo in a manifest
-fails here, not in a pod).
+what a Shoal job needs, in each of its three deployments: the Indexed Jobs (k8s/jobs), the
+JobSet (k8s/jobset) and the StatefulSets (k8s/base), every overlay of each.
+
+  - every overlay renders; every pod resolves its peers (headless Services, or the JobSet's);
+    the job file and the shared checkpoint claim are mounted; each role mounts its own Secret
+    of keys (shoal-keys-coordinator, -ps, -worker) where auth.keys points;
+  - every container's command line and environment (env, envFrom, the downward API as each
+    kind of pod gets it), with the job file from the rendered ConfigMap, is a configuration
+    `shoal config` accepts, whose cluster.servers and cluster.workers are the deployment's pod
+    counts, and whose rank is the pod's;
+  - Jobs (plain and the JobSet's): Indexed, restartPolicy Never, a podFailurePolicy that fails
+    the Job on exactly the exit codes docs/checkpoint-format.md says not to restart, ignores
+    disruptions, and counts the rest against backoffLimitPerIndex; processes that exit at the
+    job's end (cluster.on_job_end = exit); the JobSet succeeds with its coordinator and fails
+    on a Job failed by that policy; the StatefulSets wait instead (they restart what exits);
+  - every pod template of every rendered object (training and serving) meets Kubernetes'
+    "restricted" Pod Security Standard (tests/k8s/pod_security.py), and every container puts
+    its last log lines in its termination message on failure;
+  - spot pods stop within GKE's 15 s; no memory-backed /dev/shm for asynchronous workers; no
+    port declared that nothing listens on; a coordinator disruption budget that protects it;
+    Filestore claims at the tier's minimum; MIG partitions that GKE offers;
+  - the GPU and MIG overlays ask for GPUs where GKE and the GPU Operator give them; the gcsfuse
+    overlay mounts a bucket of tar shards read-only in every pod.
 
 The serving manifests (k8s/serving: `shoal serve` as a Deployment, Service, HorizontalPodAutoscaler
 and PodDisruptionBudget; its queue-depth overlay (k8s/serving-queue-depth); the KServe InferenceService; the Cloud Run
@@ -19,6 +35,7 @@ project has, so its structure is checked here, field by field.
 
     tests/k8s/manifests_test.py SHOAL_BINARY SOURCE_DIR
 """
+import functools
 import os
 import re
 import shutil
@@ -33,21 +50,50 @@ except ImportError:
     print("SKIPPED: Python's yaml module is missing (Debian: python3-yaml; launch/setup-debian.sh installs it)")
     sys.exit(77)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pod_security  # noqa: E402
+import workloads  # noqa: E402
+from workloads import by_kind  # noqa: E402
+
 SHOAL = sys.argv[1] if len(sys.argv) > 1 else "build/shoal"
 SOURCE = sys.argv[2] if len(sys.argv) > 2 else "."
-OVERLAYS = ["cpu", "gke-gpu", "gke-mig", "gke-gcsfuse"]
+# Every overlay of every deployment: (path under k8s/, the kind of its workloads).
+DEPLOYMENTS = {
+    "jobs/overlays/cpu": "Job", "jobs/overlays/gke-gpu": "Job", "jobs/overlays/gke-mig": "Job",
+    "jobs/overlays/gpu-operator-mig": "Job",
+    "jobset/overlays/cpu": "JobSet", "jobset/overlays/gke-gpu": "JobSet",
+    "overlays/cpu": "StatefulSet", "overlays/gke-gpu": "StatefulSet", "overlays/gke-mig": "StatefulSet",
+    "overlays/gke-gcsfuse": "StatefulSet",
+}
+# The serving manifests, for the checks every pod template gets.
+OTHER_RENDERED = ["serving", "serving-queue-depth"]
+# (Not Cloud Run's Service: Cloud Run is no Kubernetes cluster, admits no such fields, and
+# runs every container in its own sandbox.)
+OTHER_FILES = [("serving", "kserve", "inferenceservice.yaml")]
+# GKE's MIG partition sizes by accelerator (docs/deploy-gke.md, "MIG").
+GKE_MIG_PARTITIONS = {
+    "nvidia-tesla-a100": {"1g.5gb": 7, "2g.10gb": 3, "3g.20gb": 2, "7g.40gb": 1},
+    "nvidia-a100-80gb": {"1g.10gb": 7, "2g.20gb": 3, "3g.40gb": 2, "7g.80gb": 1},
+    "nvidia-h100-80gb": {"1g.10gb": 7, "1g.20gb": 4, "2g.20gb": 3, "3g.40gb": 2, "7g.80gb": 1},
+}
+SPOT_GRACE_SECONDS = 15  # GKE's share of a spot VM's 30 s notice for ordinary pods
 
 
-def render(overlay):
-    return render_dir(os.path.join(SOURCE, "k8s", "overlays", overlay))
+def render(deployment):
+    return render_dir(os.path.join(SOURCE, "k8s", deployment))
+
+
+@functools.lru_cache(maxsize=None)
+def rendered(path):
+    try:
+        return yaml.safe_dump_all(workloads.render(path))
+    except RuntimeError as e:
+        raise AssertionError(str(e))
 
 
 def render_dir(path):
-    kubectl = shutil.which("kubectl")
-    out = subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {path} failed: {out.stderr}")
-    return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    """The objects `kubectl kustomize path` renders (rendered once per run; a fresh copy each call)."""
+    return [d for d in yaml.safe_load_all(rendered(path)) if d]
 
 
 def load(*path):
@@ -55,108 +101,293 @@ def load(*path):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-def by_kind(objects, kind):
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+def permanent_exit_codes():
+    """The codes docs/checkpoint-format.md's "Exit codes for supervisors" says not to restart
+    (other than 0): what a Job's podFailurePolicy must fail on."""
+    with open(os.path.join(SOURCE, "docs", "checkpoint-format.md")) as f:
+        text = f.read().split("### Exit codes for supervisors", 1)[1].split("\n### ", 1)[0]
+    codes = set()
+    for row in re.findall(r"^\| ([\d, +n]+) \| [^|]+ \| (.+?) \|$", text, re.M):
+        numbers = {int(n) for n in re.findall(r"\b\d+\b", row[0]) if "+" not in row[0]}
+        if row[1].startswith("no"):
+            codes |= numbers
+    codes.discard(0)
+    return codes
+
+
+def job_specs(objects):
+    """(where, Job spec) of every Job, plain or a JobSet's replicated Job."""
+    for o in objects:
+        if o["kind"] == "Job":
+            yield f"Job {o['metadata']['name']}", o["spec"]
+        elif o["kind"] == "JobSet":
+            for job in o["spec"]["replicatedJobs"]:
+                yield f"JobSet {o['metadata']['name']} {job['name']}", job["template"]["spec"]
+
+
+def is_spot(pod_spec):
+    return (pod_spec.get("nodeSelector", {}).get("cloud.google.com/gke-spot") == "true"
+            or any(t.get("key") == "cloud.google.com/gke-spot" for t in pod_spec.get("tolerations", [])))
+
+
+def shoal_config(args, env, job_ini):
+    """`shoal config` of a container's args (the job file from the rendered ConfigMap) and env."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job_file = os.path.join(tmp, "job.ini")
+        with open(job_file, "w") as f:
+            f.write(job_ini)
+        args = [job_file if a == "/etc/shoal/job.ini" else a for a in args]
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+        full.update(env)
+        return subprocess.run([SHOAL, "config"] + args[1:], env=full, capture_output=True, text=True)
+
+
+def setting(described, key):
+    m = re.search(rf"^ *{re.escape(key)} += (\S*)", described, re.M)
+    return m.group(1) if m else None
 
 
 class Manifests(unittest.TestCase):
-    def test_every_overlay_renders_a_consistent_job(self):
-        for overlay in OVERLAYS:
-            with self.subTest(overlay=overlay):
-                objects = render(overlay)
+    def test_every_deployment_renders_a_consistent_job(self):
+        for deployment, kind in DEPLOYMENTS.items():
+            with self.subTest(deployment=deployment):
+                objects = render(deployment)
                 for o in objects:
                     self.assertTrue(o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o)
-                sets, services = by_kind(objects, "StatefulSet"), by_kind(objects, "Service")
-                maps, claims = by_kind(objects, "ConfigMap"), by_kind(objects, "PersistentVolumeClaim")
-                self.assertEqual(sorted(sets), ["shoal-coordinator", "shoal-ps", "shoal-worker"])
-                self.assertEqual(len(by_kind(objects, "PodDisruptionBudget")), 3)
-                claim = claims["shoal-checkpoints"]
+                self.assertEqual(sorted({o["kind"] for o in objects if o["kind"] in ("Job", "JobSet", "StatefulSet")}),
+                                 [kind], "one kind of workload per deployment")
+                services, maps = by_kind(objects, "Service"), by_kind(objects, "ConfigMap")
+                claim = by_kind(objects, "PersistentVolumeClaim")["shoal-checkpoints"]
                 self.assertEqual(claim["spec"]["accessModes"], ["ReadWriteMany"], "every pod writes its part")
-                for name, s in sets.items():
-                    spec, pod = s["spec"], s["spec"]["template"]["spec"]
-                    self.assertEqual(spec["podManagementPolicy"], "Parallel", name)
-                    self.assertNotIn("volumeClaimTemplates", spec, f"{name}: kustomize v2's commonLabels bug")
-                    service = services[spec["serviceName"]]
-                    self.assertEqual(service["spec"]["clusterIP"], "None", name)
-                    self.assertTrue(service["spec"]["publishNotReadyAddresses"], name)
-                    labels = spec["template"]["metadata"]["labels"]
-                    for k, v in service["spec"]["selector"].items():
-                        self.assertEqual(labels.get(k), v, f"{name}: its Service selects other pods")
-                    self.assertGreaterEqual(pod["terminationGracePeriodSeconds"], 20, "room for the SIGTERM checkpoint")
-                    self.assertTrue(pod["securityContext"]["runAsNonRoot"], name)
-                    volumes = {v["name"]: v for v in pod["volumes"]}
-                    self.assertIn(volumes["job"]["configMap"]["name"], maps, f"{name}: the job's ConfigMap")
+                self.assertEqual(len(by_kind(objects, "PodDisruptionBudget")), 3)
+                pods = workloads.shoal_pods(objects)
+                self.assertEqual([p.role for p in pods][:1], ["coordinator"])
+                self.assertEqual(sum(p.role == "coordinator" for p in pods), 1)
+                for pod in pods:
+                    where = f"{deployment} {pod.name}"
+                    labels = pod.labels
+                    if kind == "StatefulSet":
+                        set_spec = pod.owner["spec"]
+                        self.assertEqual(set_spec["podManagementPolicy"], "Parallel", where)
+                        self.assertNotIn("volumeClaimTemplates", set_spec, f"{where}: kustomize v2's commonLabels bug")
+                    if kind != "JobSet":  # the JobSet makes its own headless Service
+                        service = services[pod.subdomain]
+                        self.assertEqual(service["spec"]["clusterIP"], "None", where)
+                        self.assertTrue(service["spec"]["publishNotReadyAddresses"], where)
+                        for k, v in service["spec"]["selector"].items():
+                            self.assertEqual(labels.get(k), v, f"{where}: its Service selects other pods")
+                    else:
+                        network = pod.owner["spec"]["network"]
+                        self.assertTrue(network["enableDNSHostnames"], where)
+                        self.assertIs(network.get("publishNotReadyAddresses", True), True, where)
+                    self.assertTrue(pod.spec["securityContext"]["runAsNonRoot"], where)
+                    volumes = {v["name"]: v for v in pod.spec["volumes"]}
+                    self.assertIn(volumes["job"]["configMap"]["name"], maps, f"{where}: the job's ConfigMap")
                     self.assertEqual(volumes["checkpoints"]["persistentVolumeClaim"]["claimName"], "shoal-checkpoints")
-                workers = sets["shoal-worker"]["spec"]["template"]["spec"]
-                container = workers["containers"][0]
-                if overlay.startswith("gke-"):
-                    self.assertEqual(container["resources"]["limits"]["nvidia.com/gpu"], 1)
-                    self.assertIn("cloud.google.com/gke-accelerator", workers["nodeSelector"])
-                    self.assertTrue(container["image"].startswith("shoal-gpu"), container["image"])
+                    for source in pod.container.get("envFrom", []):
+                        self.assertIn(source["configMapRef"]["name"], maps, f"{where}: envFrom a ConfigMap that exists")
+                workers = [p for p in pods if p.role == "worker"]
+                spec, container = workers[0].spec, workers[0].container
+                limits = container.get("resources", {}).get("limits", {})
+                if "gke-" in deployment:
+                    self.assertEqual(limits["nvidia.com/gpu"], 1)
+                    self.assertIn("cloud.google.com/gke-accelerator", spec["nodeSelector"])
                     self.assertEqual(claim["spec"].get("storageClassName"), "standard-rwx", "Filestore on GKE")
+                if "gke-" in deployment or "gpu-operator" in deployment:
+                    self.assertTrue(container["image"].startswith("shoal-gpu"), container["image"])
                 else:
                     self.assertTrue(container["image"].startswith("shoal-cpu"), container["image"])
-                if overlay == "gke-gpu":
-                    self.assertEqual(workers["nodeSelector"]["cloud.google.com/gke-spot"], "true")
-                    self.assertIn("cloud.google.com/gke-spot", [t["key"] for t in workers["tolerations"]])
-                if overlay == "gke-gcsfuse":
+                if deployment.endswith("gke-gpu"):
+                    self.assertEqual(spec["nodeSelector"]["cloud.google.com/gke-spot"], "true")
+                    self.assertIn("cloud.google.com/gke-spot", [t["key"] for t in spec["tolerations"]])
+                if deployment.endswith("gpu-operator-mig"):
+                    # The GPU Operator's mixed strategy: the slice's profile is the resource's name.
+                    [resource] = [r for r in limits if r.startswith("nvidia.com/")]
+                    self.assertRegex(resource, r"^nvidia\.com/mig-\d+g\.\d+gb$")
+                    self.assertEqual(limits[resource], 1)
+                if deployment.endswith("gke-mig"):
+                    # GKE's device plugin: one nvidia.com/gpu per slice, on nodes labelled with
+                    # a partition size GKE offers for that accelerator.
+                    partitions = GKE_MIG_PARTITIONS[spec["nodeSelector"]["cloud.google.com/gke-accelerator"]]
+                    self.assertIn(spec["nodeSelector"]["cloud.google.com/gke-gpu-partition-size"], partitions)
+                if deployment.endswith("gke-gcsfuse"):
                     # Every process reads the data (the coordinator and servers: the index and
                     # shape), from the bucket mounted read-only by the Cloud Storage FUSE CSI
                     # driver, as a service account that exists.
                     accounts = by_kind(objects, "ServiceAccount")
-                    for name, s in sets.items():
-                        pod = s["spec"]["template"]
-                        self.assertEqual(pod["metadata"]["annotations"]["gke-gcsfuse/volumes"], "true", name)
-                        self.assertIn(pod["spec"]["serviceAccountName"], accounts, name)
-                        data = {v["name"]: v for v in pod["spec"]["volumes"]}["data"]["csi"]
-                        self.assertEqual(data["driver"], "gcsfuse.csi.storage.gke.io", name)
-                        self.assertTrue(data["readOnly"], name)
-                        mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
-                        self.assertTrue(mounts["/data"]["readOnly"], name)
-                        self.assertEqual(env_of(pod["spec"]["containers"][0])["SHOAL_DATA_FORMAT"], "tar", name)
-                if overlay == "gke-mig":
-                    self.assertIn("cloud.google.com/gke-gpu-partition-size", workers["nodeSelector"])
-                    self.assertEqual(int(sets["shoal-worker"]["spec"]["replicas"]),
-                                     int(env_of(container)["SHOAL_CLUSTER_WORKERS"]))
+                    for pod in pods:
+                        self.assertEqual(pod.template["metadata"]["annotations"]["gke-gcsfuse/volumes"], "true")
+                        self.assertIn(pod.spec["serviceAccountName"], accounts, pod.name)
+                        data = {v["name"]: v for v in pod.spec["volumes"]}["data"]["csi"]
+                        self.assertEqual(data["driver"], "gcsfuse.csi.storage.gke.io", pod.name)
+                        self.assertTrue(data["readOnly"], pod.name)
+                        mounts = {m["mountPath"]: m for m in pod.container["volumeMounts"]}
+                        self.assertTrue(mounts["/data"]["readOnly"], pod.name)
+                        self.assertEqual(workloads.container_env(pod.container, objects, pod)["SHOAL_DATA_FORMAT"],
+                                         "tar", pod.name)
 
     def test_every_container_runs_a_configuration_shoal_accepts(self):
-        for overlay in OVERLAYS:
-            objects = render(overlay)
-            job = next(iter(by_kind(objects, "ConfigMap").values()))["data"]["job.ini"]
-            with tempfile.TemporaryDirectory() as tmp:
-                job_file = os.path.join(tmp, "job.ini")
-                with open(job_file, "w") as f:
-                    f.write(job)
-                for name, s in by_kind(objects, "StatefulSet").items():
-                    with self.subTest(overlay=overlay, statefulset=name):
-                        container = s["spec"]["template"]["spec"]["containers"][0]
-                        args = [job_file if a == "/etc/shoal/job.ini" else a for a in container["args"]]
-                        self.assertIn(args[0], ["coordinator", "ps", "worker"])
-                        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-                        env.update(env_of(container, pod_index="1"))
-                        out = subprocess.run([SHOAL, "config"] + args[1:], env=env, capture_output=True, text=True)
-                        self.assertEqual(out.returncode, 0, f"{overlay}/{name}: {out.stderr}")
-                        described = out.stdout
-                        for key, value in env_of(container, pod_index="1").items():
+        # Every pod's command line and environment, as its controller and the kubelet give them:
+        # a setting a manifest names wrongly fails here, not in a pod; the job's size is the
+        # deployment's pod counts; each rank is its pod's; each role has its own keys.
+        for deployment, kind in DEPLOYMENTS.items():
+            objects = render(deployment)
+            job_ini = by_kind(objects, "ConfigMap")
+            job_ini = next(m for m in job_ini.values() if "job.ini" in m.get("data", {}))["data"]["job.ini"]
+            pods = workloads.shoal_pods(objects)
+            counts = {role: sum(p.role == role for p in pods) for role in workloads.ROLES}
+            coordinator = pods[0]
+            for pod in pods:
+                with self.subTest(deployment=deployment, pod=pod.name):
+                    container = pod.container
+                    self.assertEqual(container["args"][0], pod.role)
+                    env = workloads.container_env(container, objects, pod)
+                    out = shoal_config(container["args"], env, job_ini)
+                    self.assertEqual(out.returncode, 0, f"{deployment}/{pod.name}: {out.stderr}")
+                    described = out.stdout
+                    for key in env:
+                        if key.startswith("SHOAL_"):
                             self.assertIn(f"(env {key})", described, f"{key} is not used")
-                        if name == "shoal-ps":
-                            self.assertRegex(described, r"node\.rank +?= 1 ")
-                        # The probes reach the port the process serves its status on.
-                        port = re.search(r"^ *metrics\.port += (-?\d+) ", described, re.M)
-                        self.assertIsNotNone(port, described)
-                        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-                        self.assertEqual(ports.get("metrics"), int(port.group(1)), f"{name}: metrics port")
-                        # The keys auth.keys names are the Secret's, mounted read-only.
-                        keys = re.search(r"^ *auth\.keys += (\S+) ", described, re.M)
-                        self.assertIsNotNone(keys, f"{name}: auth.keys is not set")
-                        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-                        self.assertIn(keys.group(1), mounts, f"{name}: auth.keys is not mounted")
-                        volumes = {v["name"]: v for v in s["spec"]["template"]["spec"]["volumes"]}
-                        volume = volumes[mounts[keys.group(1)]["name"]]
-                        self.assertEqual(volume["secret"]["secretName"], "shoal-keys", name)
-                        self.assertTrue(mounts[keys.group(1)]["readOnly"], name)
-                        self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
-                        self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"})
+                    # cluster.servers and cluster.workers are this deployment's pod counts.
+                    self.assertEqual(int(setting(described, "cluster.servers")), counts["ps"],
+                                     f"{deployment}: cluster.servers is not the servers' pod count")
+                    self.assertEqual(int(setting(described, "cluster.workers")), counts["worker"],
+                                     f"{deployment}: cluster.workers is not the workers' pod count")
+                    if pod.role != "coordinator":
+                        self.assertEqual(int(setting(described, "node.rank")), pod.index, "the rank is the pod's")
+                        self.assertEqual(setting(described, "cluster.coordinator"),
+                                         f"tcp://{coordinator.fqdn}:7600", "the coordinator's pod, by its name")
+                    # Jobs and JobSets complete when every process exits 0 at the job's end; a
+                    # StatefulSet would restart them: its processes wait.
+                    self.assertEqual(setting(described, "cluster.on_job_end"),
+                                     "wait" if kind == "StatefulSet" else "exit", deployment)
+                    # The probes reach the port the process serves its status on.
+                    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                    self.assertEqual(ports.get("metrics"), int(setting(described, "metrics.port")), "metrics port")
+                    self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
+                    self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"})
+                    # The keys auth.keys names are the role's own Secret, mounted read-only.
+                    keys = setting(described, "auth.keys")
+                    self.assertTrue(keys, "auth.keys is not set")
+                    volume, mount = workloads.volume_of(pod.spec, container, keys)
+                    self.assertIsNotNone(volume, f"auth.keys ({keys}) is not mounted")
+                    self.assertEqual(volume["secret"]["secretName"], f"shoal-keys-{pod.role}",
+                                     "each role mounts only its own keys")
+                    self.assertTrue(mount["readOnly"])
+
+    def test_jobs_end_as_jobs_and_fail_on_permanent_errors(self):
+        permanent = permanent_exit_codes()
+        self.assertEqual(permanent, {2, 3, 5, 7, 8, 9, 10}, "docs/checkpoint-format.md's table, as parsed")
+        for deployment, kind in DEPLOYMENTS.items():
+            if kind == "StatefulSet":
+                continue
+            objects = render(deployment)
+            specs = list(job_specs(objects))
+            self.assertEqual(len(specs), 3, deployment)
+            for where, spec in specs:
+                with self.subTest(deployment=deployment, job=where):
+                    self.assertEqual(spec["completionMode"], "Indexed", "ranks are completion indexes")
+                    self.assertEqual(spec["parallelism"], spec["completions"], "every rank at once")
+                    self.assertEqual(spec["template"]["spec"]["restartPolicy"], "Never",
+                                     "a podFailurePolicy needs restartPolicy Never")
+                    self.assertGreaterEqual(spec["backoffLimitPerIndex"], 1, "a crash starts its index again")
+                    self.assertEqual(spec.get("maxFailedIndexes"), 0, "an index out of retries fails the Job")
+                    self.assertEqual(spec.get("podReplacementPolicy", "Failed"), "Failed", "never two pods of a rank")
+                    rules = spec["podFailurePolicy"]["rules"]
+                    fail = [r for r in rules if r["action"] == "FailJob"]
+                    self.assertEqual(len(fail), 1)
+                    self.assertEqual(fail[0]["onExitCodes"]["operator"], "In")
+                    self.assertEqual(fail[0]["onExitCodes"].get("containerName"), "shoal")
+                    self.assertEqual(set(fail[0]["onExitCodes"]["values"]), permanent,
+                                     "FailJob on exactly the codes not to restart")
+                    ignore = [r for r in rules if r["action"] == "Ignore"]
+                    self.assertEqual([c["type"] for r in ignore for c in r.get("onPodConditions", [])],
+                                     ["DisruptionTarget"], "preemption and eviction are not counted")
+                    self.assertFalse([r for r in rules if r["action"] == "Count" or
+                                      (r.get("onExitCodes", {}).get("operator") == "NotIn")],
+                                     "every other failure is counted by default")
+                    for c in spec["template"]["spec"]["containers"]:
+                        self.assertEqual(c.get("terminationMessagePolicy"), "FallbackToLogsOnError",
+                                         "the error line as the termination message")
+            for jobset in by_kind(objects, "JobSet").values():
+                spec = jobset["spec"]
+                self.assertEqual(spec["successPolicy"], {"operator": "All", "targetReplicatedJobs": ["coordinator"]})
+                rules = spec["failurePolicy"]["rules"]
+                self.assertEqual(rules[0]["action"], "FailJobSet")
+                self.assertEqual(rules[0]["onJobFailureReasons"], ["PodFailurePolicy"],
+                                 "a Job failed by a permanent exit code fails the set")
+                self.assertGreaterEqual(spec["failurePolicy"].get("maxRestarts", 0), 1)
+                self.assertEqual(spec["coordinator"]["replicatedJob"], "coordinator")
+
+    def test_every_pod_template_meets_the_restricted_pod_security_standard(self):
+        # The check itself catches each kind of mistake.
+        good = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False,
+                                                                "capabilities": {"drop": ["ALL"]}}}],
+                "volumes": [{"name": "v", "emptyDir": {}}]}
+        self.assertEqual(pod_security.violations(good), [])
+        planted = {"hostPath": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
+                   "allowPrivilegeEscalation": {"containers": [{"name": "c", "securityContext": {
+                       "capabilities": {"drop": ["ALL"]}}}]},
+                   "drop: must include ALL": {"containers": [{"name": "c", "securityContext": {
+                       "allowPrivilegeEscalation": False}}]},
+                   "seccompProfile": {"securityContext": {"runAsNonRoot": True}},
+                   "runAsNonRoot": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}},
+                   "hostNetwork": {"hostNetwork": True},
+                   "privileged": {"containers": [dict(good["containers"][0], securityContext=dict(
+                       good["containers"][0]["securityContext"], privileged=True))]},
+                   "SYS_ADMIN": {"containers": [dict(good["containers"][0], securityContext=dict(
+                       good["containers"][0]["securityContext"], capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}))]}}
+        for word, change in planted.items():
+            bad = dict(good, **change)
+            self.assertTrue(any(word in p for p in pod_security.violations(bad)), f"{word}: {pod_security.violations(bad)}")
+        checked = 0
+        sources = [(d, render(d)) for d in DEPLOYMENTS] + [(d, render(d)) for d in OTHER_RENDERED]
+        sources += [("/".join(p), load("k8s", *p)) for p in OTHER_FILES]
+        for source, objects in sources:
+            for o in objects:
+                for where, meta, spec in workloads.pod_templates(o):
+                    checked += 1
+                    with self.subTest(source=source, template=where):
+                        self.assertEqual(pod_security.violations(spec, meta), [])
+        self.assertGreaterEqual(checked, 3 * len(DEPLOYMENTS) + 3)
+
+    def test_what_gke_and_the_nodes_allow(self):
+        for deployment, kind in DEPLOYMENTS.items():
+            with self.subTest(deployment=deployment):
+                objects = render(deployment)
+                pods = workloads.shoal_pods(objects)
+                for pod in pods:
+                    grace = pod.spec.get("terminationGracePeriodSeconds", 30)
+                    if is_spot(pod.spec):
+                        # A spot VM's pods get 15 s of its 30 s notice: asking for more is a lie.
+                        self.assertLessEqual(grace, SPOT_GRACE_SECONDS, f"{pod.name}: spot")
+                    else:
+                        self.assertGreaterEqual(grace, 20, f"{pod.name}: room for the SIGTERM checkpoint")
+                    # Asynchronous workers never use NCCL: no memory-backed /dev/shm counting
+                    # against their memory.
+                    for v in pod.spec["volumes"]:
+                        self.assertNotEqual(v.get("emptyDir", {}).get("medium"), "Memory", f"{pod.name}: {v['name']}")
+                    # On failure, the last log lines (Shoal's error) are the termination message.
+                    self.assertEqual(pod.container.get("terminationMessagePolicy"), "FallbackToLogsOnError", pod.name)
+                    # Workers listen on nothing but their status port.
+                    if pod.role == "worker":
+                        self.assertEqual([p["name"] for p in pod.container["ports"]], ["metrics"], pod.name)
+                for service in by_kind(objects, "Service").values():
+                    if service["spec"]["selector"].get("app.kubernetes.io/component") == "worker":
+                        self.assertEqual([p["name"] for p in service["spec"]["ports"]], ["metrics"])
+                # The coordinator's budget protects it: one replica, no voluntary eviction.
+                budget = next(b for b in by_kind(objects, "PodDisruptionBudget").values()
+                              if b["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/component": "coordinator"})
+                self.assertTrue(budget["spec"].get("maxUnavailable") == 0 or budget["spec"].get("minAvailable", 0) >= 1,
+                                budget["spec"])
+                # Under Jobs a drained server exits 0 and its index counts as done: no eviction.
+                servers = by_kind(objects, "PodDisruptionBudget")["shoal-ps"]["spec"]
+                self.assertEqual(servers["maxUnavailable"], 1 if kind == "StatefulSet" else 0, deployment)
+                # Filestore's Basic HDD tier (standard-rwx) starts at 1 TiB.
+                claim = by_kind(objects, "PersistentVolumeClaim")["shoal-checkpoints"]
+                if claim["spec"].get("storageClassName") == "standard-rwx":
+                    self.assertIn(claim["spec"]["resources"]["requests"]["storage"], ("1Ti", "1024Gi"))
 
     def test_the_mpijob_example_launches_a_sync_job_shoal_accepts(self):
         path = os.path.join(SOURCE, "k8s", "mpijob", "sync-mpijob.yaml")
@@ -283,12 +514,12 @@ class Serving(unittest.TestCase):
         self.assertIn("startupProbe", container)
         self.check_restricted(pod, container, "Deployment")
         self.assertIs(pod.get("automountServiceAccountToken"), False, "it needs no API access")
-        # The model: the training job's checkpoint claim (k8s/base), read-only, followed.
+        # The model: the training job's checkpoint claim (k8s/common), read-only, followed.
         mount = model_mount(container)
         self.assertIsNotNone(mount, f"{container['args'][1]} is on no volume")
         self.assertTrue(mount["readOnly"])
         claim = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["persistentVolumeClaim"]
-        self.assertEqual(claim["claimName"], "shoal-checkpoints", "the claim of k8s/base")
+        self.assertEqual(claim["claimName"], "shoal-checkpoints", "the claim of k8s/common")
         self.assertTrue(claim["readOnly"])
         for kind in ("requests", "limits"):
             self.assertIn("cpu", container["resources"][kind], kind)

@@ -74,7 +74,7 @@ for stage in "${stages[@]}"; do
       # launcher's world-restart test has an mpi case: it runs here too.)
       mpi_tests='^SyncLaunch\.|^SyncFailure\.Mpi|^MultiHost\.|^SyncCheckpoint\.LauncherRestarts'
       ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" --timeout 900 \
-        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes|StatefulSetSimulation)$|^Serve\.Http$|^MetricsEndpoint\.|^Onnx\.(Zoo|ExportImportExport|ATorch|JobsWith)|$mpi_tests"
+        -E "^Accuracy\.|^ImageMemory\.|^ModelFileJobs\.TheWorkedExample|^Trainer\.LossFallsOnRealData|^ModelFiles\.ResNet50|SameSeedGivesTheSameMetrics|SameSeedSameRun|^SyncEquivalence\.|^K8s\.(Manifests|ApiTypes|StatefulSetSimulation|JobSimulation|CrdSchemas|MpiJob|MpiJobSsh)$|^Serve\.Http$|^MetricsEndpoint\.|^Onnx\.(Zoo|ExportImportExport|ATorch|JobsWith)|$mpi_tests"
       ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" \
         ctest --test-dir "$dir" --output-on-failure -j 1 --timeout 900 -R "$mpi_tests"
       check_reports "$dir"

@@ -4,11 +4,11 @@
 #include <filesystem>
 #include <fstream>
 
-#include "coordinator/coordinator.h"
 #include "base/error.h"
+#include "coordinator/coordinator.h"
 #include "data/dataset.h"
-#include "telemetry/metrics_file.h"
 #include "ps/server_role.h"
+#include "telemetry/metrics_file.h"
 #include "worker/worker_job.h"
 
 namespace shoal::testing {
@@ -106,10 +106,10 @@ void write_idx(const std::string& path, const std::vector<std::uint32_t>& dims, 
 }
 
 void write_subset(const Dataset& d, const std::string& dir, const std::string& prefix) {
-  write_idx(dir + "/" + prefix + "-images-idx3-ubyte",
-            {static_cast<std::uint32_t>(d.count), static_cast<std::uint32_t>(d.height),
-             static_cast<std::uint32_t>(d.width)},
-            d.pixels.data(), d.pixels.size());
+  write_idx(
+      dir + "/" + prefix + "-images-idx3-ubyte",
+      {static_cast<std::uint32_t>(d.count), static_cast<std::uint32_t>(d.height), static_cast<std::uint32_t>(d.width)},
+      d.pixels.data(), d.pixels.size());
   std::vector<std::uint8_t> labels(d.labels.begin(), d.labels.end());
   write_idx(dir + "/" + prefix + "-labels-idx1-ubyte", {static_cast<std::uint32_t>(d.count)}, labels.data(),
             labels.size());
@@ -123,8 +123,8 @@ void write_subset(const Dataset& d, const std::string& dir, const std::string& p
 std::string dataset_subset(const std::string& source, std::int64_t train, std::int64_t test) {
   namespace fs = std::filesystem;
   const fs::path root(SHOAL_TEST_DATA_CACHE);
-  const fs::path dir = root / ("idx-" + std::to_string(std::hash<std::string>{}(source)) + "-" +
-                               std::to_string(train) + "-" + std::to_string(test));
+  const fs::path dir = root / ("idx-" + std::to_string(std::hash<std::string>{}(source)) + "-" + std::to_string(train) +
+                               "-" + std::to_string(test));
   std::error_code ec;
   if (fs::exists(dir / "t10k-labels-idx1-ubyte", ec)) return dir.string();
   fs::create_directories(root, ec);
@@ -137,7 +137,7 @@ std::string dataset_subset(const std::string& source, std::int64_t train, std::i
   if (ec) fs::remove_all(pattern, ec);
   return dir.string();
 }
-}
+}  // namespace
 
 InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
     : config_(std::move(config)),

@@ -17,10 +17,10 @@
 #include <thread>
 #include <vector>
 
-#include "config/config.h"
-#include "comm/fault_injection.h"
 #include "base/log.h"
+#include "comm/fault_injection.h"
 #include "comm/transport.h"
+#include "config/config.h"
 
 namespace shoal {
 class Coordinator;

@@ -15,7 +15,6 @@ using namespace std::chrono_literals;
 using testing::InprocCluster;
 using K = wire::Envelope::Body;
 
-
 JobConfig sync_job() {
   JobConfig c = testing::small_job();
   c.strategy = StrategyKind::sync;
