@@ -145,6 +145,7 @@ def main():
     parser.add_argument("--work", default=None, help="a folder for the jobs (default: a temporary one)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="shoal-preemption-")
+    os.makedirs(work, exist_ok=True)
     rows = []
     for model in args.models.split(","):
         for case in args.cases.split(","):
