@@ -242,6 +242,16 @@ TEST(StatusServer, ScrapesWhileTheRoleUpdatesAndStopsPromptly) {
   }  // the destructor stops the server with a client's keep-alive connection still open
 }
 
+// Time bounds hold for the plain build. Under a sanitizer every instruction runs a few times
+// slower, and the server's one thread shares two cores with this test's trickling thread and
+// another test: there the bound is three times the target (once, under ASan beside another test,
+// the slowest of 20 probes took 150 ms with a median of 0.3 ms), as in the process tests.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double kSlowdown = 3;
+#else
+constexpr double kSlowdown = 1;
+#endif
+
 // What a liveness probe meets on a busy node: a thousand clients connected and silent, or sending
 // their request a byte at a time. The endpoint multiplexes them on its one thread, so a probe on
 // a new connection is answered at once (the bound: 100 ms).
@@ -307,7 +317,7 @@ TEST(StatusServer, AThousandIdleAndTricklingClientsDoNotDelayAProbe) {
   }
   EXPECT_GE(server.open_connections(), kClients) << "the clients were not all connected while it probed";
   std::sort(ms.begin(), ms.end());
-  EXPECT_LT(ms.back(), 100) << "slowest of 20 probes " << ms.back() << " ms (median " << ms[10] << " ms) with "
+  EXPECT_LT(ms.back(), 100 * kSlowdown) << "slowest of 20 probes " << ms.back() << " ms (median " << ms[10] << " ms) with "
                             << kClients << " idle and trickling clients";
 }
 
