@@ -713,13 +713,14 @@ bool is_job_wide(const std::string& key) {
          key == "async.staleness" || key == "async.lr_staleness" || key == "async.chunk_kib";
 }
 
-std::map<std::string, std::string> settings_lines(const std::string& text) {
-  std::map<std::string, std::string> lines;
+// "key = value" lines in the order they were written.
+std::vector<std::pair<std::string, std::string>> settings_lines(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> lines;
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     const auto eq = line.find(" = ");
-    if (eq != std::string::npos) lines[line.substr(0, eq)] = line.substr(eq + 3);
+    if (eq != std::string::npos) lines.emplace_back(line.substr(0, eq), line.substr(eq + 3));
   }
   return lines;
 }
@@ -744,28 +745,20 @@ std::uint64_t settings_digest(const std::string& text) {
 
 std::string first_setting_difference(const std::string& mine, const std::string& theirs, const std::string& where) {
   const auto a = settings_lines(mine), b = settings_lines(theirs);
-  std::vector<std::string> keys;
-  for (const auto& [key, value] : a)
-    if (auto it = b.find(key); it == b.end() || it->second != value) keys.push_back(key);
-  for (const auto& [key, value] : b)
-    if (!a.count(key)) keys.push_back(key);
-  if (keys.empty()) return "";
-  // The first in the order the lines were written (the registry's), not alphabetical.
-  std::string first = keys.front();
-  std::size_t first_at = std::string::npos;
-  for (const auto& key : keys) {
-    auto at = mine.find(key + " = ");
-    if (at == std::string::npos) at = theirs.find(key + " = ");
-    if (at < first_at) {
-      first_at = at;
-      first = key;
-    }
-  }
+  const std::map<std::string, std::string> mine_by_key(a.begin(), a.end()), theirs_by_key(b.begin(), b.end());
   auto value = [](const std::map<std::string, std::string>& m, const std::string& key) {
     auto it = m.find(key);
     return it == m.end() ? std::string("(not a setting)") : "'" + it->second + "'";
   };
-  std::string out = first + " = " + value(a, first) + " here, " + value(b, first) + " " + where;
+  // In the order this process wrote them (the registry's), then the ones only the other has.
+  std::vector<std::string> keys;
+  for (const auto& [key, v] : a)
+    if (auto it = theirs_by_key.find(key); it == theirs_by_key.end() || it->second != v) keys.push_back(key);
+  for (const auto& [key, v] : b)
+    if (!mine_by_key.count(key)) keys.push_back(key);
+  if (keys.empty()) return "";
+  std::string out = keys.front() + " = " + value(mine_by_key, keys.front()) + " here, " +
+                    value(theirs_by_key, keys.front()) + " " + where;
   if (keys.size() > 1) out += " (and " + std::to_string(keys.size() - 1) + " more)";
   return out;
 }
