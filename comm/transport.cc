@@ -1,6 +1,7 @@
 #include "comm/transport.h"
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <thread>
 
@@ -399,10 +400,19 @@ std::optional<Incoming> Socket::receive(std::chrono::milliseconds timeout) {
 ServerSocket::ServerSocket(Network& network, const std::string& address, Logger log)
     : Socket(network, zmq::socket_type::router, std::move(log)) {
   has_routing_frame_ = true;
-  try {
-    socket_.bind(zmq_bind_address(address));
-  } catch (const zmq::error_t& e) {
-    SHOAL_THROW(IoError, "cannot listen on " << address << ": " << e.what());
+  // A process started again at once (a restarted coordinator) may find its address still held
+  // for a moment: ZeroMQ closes a socket's listener in its I/O thread, after the socket is gone.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      socket_.bind(zmq_bind_address(address));
+      break;
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EADDRINUSE && attempt < 40) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      SHOAL_THROW(IoError, "cannot listen on " << address << ": " << e.what());
+    }
   }
   endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
 }

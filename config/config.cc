@@ -430,6 +430,11 @@ SettingsRegistry::SettingsRegistry() {
       "async jobs: a worker that holds work and is the slowest, but has not finished a step for this long (a "
       "hung device) while its heartbeats go on, is treated as dead (0: never)"));
   s.push_back(float_setting(
+      "cluster.coordinator_grace_seconds", [](JobConfig & c) -> auto& { return c.coordinator_grace_seconds; }, 0, 86400,
+      false,
+      "async jobs with checkpoint.dir: how long servers and workers keep working without the coordinator while a "
+      "restarted one takes the job over (0: they exit once it is silent for cluster.dead_after_seconds)"));
+  s.push_back(float_setting(
       "cluster.lease_timeout_seconds", [](JobConfig & c) -> auto& { return c.lease_timeout_seconds; }, 0.1, 86400,
       false, "a leased data shard not finished in this time goes back to the queue"));
   s.push_back(string_setting(

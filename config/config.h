@@ -89,6 +89,9 @@ struct JobConfig {
   double request_timeout_seconds = 60.0;
   double startup_timeout_seconds = 120.0;
   double stall_seconds = 300.0;
+  // Async jobs with checkpoint.dir: servers and workers keep working this long without the
+  // coordinator, waiting for a restarted one to take the job over (0: they exit with it).
+  double coordinator_grace_seconds = 60.0;
   JobEndAction on_job_end = JobEndAction::exit;  // exit | wait (a StatefulSet's pods: stay until deleted)
 
   // Checkpoints (docs/checkpoint-format.md) and restarts.
@@ -112,6 +115,9 @@ struct JobConfig {
   ProgressSetting progress = ProgressSetting::auto_detect;
 
   bool sync() const { return strategy == StrategyKind::sync; }
+  // Servers and workers outlive their coordinator and take up with a restarted one (async jobs:
+  // its state lives beside the checkpoints; a sync job's coordinator dies with rank 0).
+  bool coordinator_failover() const { return !sync() && !checkpoint_dir.empty() && coordinator_grace_seconds > 0; }
   // The learning-rate schedule's settings (lr.*, with optimizer.lr as its base rate).
   LrScheduleSettings lr_schedule_settings() const {
     return {lr_schedule, optimizer.lr, warmup_epochs, step_epochs, lr_gamma, lr_min};

@@ -55,7 +55,10 @@ std::string config_ini(const JobConfig& config) {
   return out;
 }
 
-std::int64_t position_step(const std::string& position, const std::string& dir) {
+// Beside the checkpoints: the job's live data position (failover, write_live_state).
+constexpr const char* kLiveStateFile = "coordinator-state";
+
+std::int64_t position_step(const std::string& position, const std::string& file) {
   std::istringstream in(position);
   std::string key;
   long long step = -1;
@@ -63,7 +66,7 @@ std::int64_t position_step(const std::string& position, const std::string& dir) 
     if (key == "step" && (in >> step)) break;
     in.ignore(1 << 20, '\n');
   }
-  SHOAL_REQUIRE(step >= 0, CheckpointError, dir << "/position has no step");
+  SHOAL_REQUIRE(step >= 0, CheckpointError, file << " has no step");
   return step;
 }
 
@@ -104,6 +107,126 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
                 "checkpoint.resume is empty: it is auto, never or the path of a checkpoint directory");
   const bool named = config.checkpoint_resume != "auto" && config.checkpoint_resume != "never";
   if (!config.checkpoint_dir.empty() || named) resume_from_checkpoint();
+  if (!sync_ && !config.checkpoint_dir.empty()) {
+    live_state_path_ = (std::filesystem::path(config.checkpoint_dir) / kLiveStateFile).string();
+    std::error_code ec;
+    if (std::filesystem::exists(live_state_path_, ec)) {
+      try {
+        std::string text = read_whole_file(live_state_path_);
+        position_step(text, live_state_path_);
+        taken_over_ = std::move(text);
+        SHOAL_LOG(log_, warn,
+                  "found " << live_state_path_
+                           << ": this coordinator was restarted while the job ran; it takes the job over once its "
+                              "members have registered again");
+      } catch (const Error& e) {
+        SHOAL_LOG(log_, warn, "not taking over from " << live_state_path_ << ": " << e.what());
+      }
+    }
+  }
+}
+
+void Coordinator::write_live_state() {
+  if (live_state_path_.empty() || !book_) return;
+  const std::string text = "format 1\nstep " + std::to_string(steps_) + "\nseed " + std::to_string(config_.seed) +
+                           "\ntable_version " + std::to_string(table_ ? table_->version : 0) + "\n" + book_->save();
+  try {
+    std::error_code ec;
+    std::filesystem::create_directories(config_.checkpoint_dir, ec);
+    write_file_atomic(config_.checkpoint_dir, kLiveStateFile, text);
+  } catch (const Error& e) {
+    // Training goes on; a restarted coordinator would take the job over from an older position
+    // (shards done since then are trained again) or, without the file, not at all.
+    SHOAL_LOG(log_, error, "cannot write the job's live state: " << e.what());
+  }
+}
+
+void Coordinator::note_rejoin(wire::Register::Reader reg, const std::string& id) {
+  if (reg.getRole() == wire::Role::SERVER) {
+    ++servers_kept_state_;
+  } else if (reg.hasHeld() && reg.getHeld().getKind() != wire::HeldWork::Kind::NONE) {
+    auto h = reg.getHeld();
+    held_[id] = HeldWork{h.getKind() == wire::HeldWork::Kind::SHARD ? HeldWork::shard : HeldWork::evaluation,
+                         static_cast<std::int64_t>(h.getEpoch()), static_cast<std::int64_t>(h.getIndex())};
+  }
+  rejoined_table_version_ = std::max<std::uint64_t>(rejoined_table_version_, reg.getTableVersion());
+}
+
+bool Coordinator::takeover_assembled(Clock::time_point now) const {
+  // Every server (a server's state is the job's); the workers that are back once the others had
+  // a liveness period to knock (one that comes later joins the running job).
+  const std::size_t servers = members_.count(wire::Role::SERVER, true),
+                    workers = members_.count(wire::Role::WORKER, true);
+  if (servers < static_cast<std::size_t>(servers_wanted_) || workers == 0) return false;
+  return workers >= static_cast<std::size_t>(config_.workers) ||
+         now - started_ > seconds_to_duration(config_.dead_after_seconds);
+}
+
+void Coordinator::take_over(Clock::time_point now) {
+  // A server that kept its state holds the job's parameters as trained up to now: the live
+  // position (every shard reported done, up to this moment) goes with them. No server kept its
+  // state (the whole job was restarted): the newest checkpoint, as any restart.
+  const bool live = servers_kept_state_ > 0;
+  if (live) {
+    if (checkpoints_->newest_step() < 0) {
+      if (auto found = find_resumable(config_.checkpoint_dir, [](const std::string&, const std::string&) {})) {
+        const std::string position = *found + "/" + checkpoint_file::kPosition;
+        checkpoints_->restored(position_step(read_whole_file(position), position), *found);
+      }
+    }
+    restored_position_ = *taken_over_;
+    steps_ = position_step(restored_position_, live_state_path_);
+    restored_from_ = checkpoints_->newest_dir();
+  }
+  publish_table();
+  // The members work with the table they had: the same servers in the same order make the same
+  // table, so it keeps its version. A server started afresh moved: a newer one, and the workers
+  // drop the work in hand (as after the loss of a server).
+  const bool moved = servers_fresh_ > 0 || !live;
+  table_->version = std::max<std::uint64_t>(1, rejoined_table_version_ + (moved ? 1 : 0));
+  table_->restore = checkpoints_->newest_dir();
+  // Reports that came before the takeover first: a shard reported is done, not held.
+  int replayed = 0;
+  if (live) {
+    for (const Deferred& d : deferred_) {
+      const Member* m = members_.find(d.worker);
+      if (m == nullptr) continue;
+      if (d.evaluation)
+        record_evaluation(d.worker, d.shard.epoch, d.loss, d.accuracy, d.eval_samples);
+      else
+        record_shard(*m, d.shard, now);
+      ++replayed;
+    }
+  }
+  std::string held;
+  if (live && !moved) {
+    for (const auto& [worker, work] : held_) {
+      if (!members_.find(worker) || !members_.find(worker)->alive) continue;
+      const bool taken = book_->hold(worker, work.kind == HeldWork::evaluation, work.epoch, work.index, now);
+      held += " " + worker + (work.kind == HeldWork::evaluation ? " evaluates epoch " : " trains epoch ") +
+              std::to_string(work.epoch) +
+              (work.kind == HeldWork::evaluation ? "" : " shard " + std::to_string(work.index)) +
+              (taken ? ";" : " (already done);");
+    }
+  }
+  deferred_.clear();
+  SHOAL_LOG(log_, warn,
+            "took the job over " << static_cast<long long>(1000 * seconds_between(started_, now)) << " ms after start: "
+                                 << servers_kept_state_ << " server(s) kept their state, " << servers_fresh_
+                                 << " started afresh; " << members_.count(wire::Role::WORKER, true) << " worker(s); "
+                                 << (live ? "it goes on from the live position at step " + std::to_string(steps_) +
+                                                (replayed ? " (" + std::to_string(replayed) +
+                                                                " report(s) that came "
+                                                                "first counted)"
+                                                          : std::string())
+                                          : std::string("no server kept the job's state: it goes on from ") +
+                                                (restored_from_.empty() ? std::string("the start") : restored_from_))
+                                 << (held.empty() ? std::string() : ";" + held));
+  took_over_ = now;
+  metrics_.write({{"event", std::string("takeover")},
+                  {"live", static_cast<std::int64_t>(live)},
+                  {"step", steps_},
+                  {"seconds", seconds_between(started_, now)}});
 }
 
 void Coordinator::resume_from_checkpoint() {
@@ -129,7 +252,7 @@ void Coordinator::resume_from_checkpoint() {
                        "from this job's model "
                     << config_.model << " on its data (shoal checkpoint inspect " << dir << ")");
   restored_position_ = read_whole_file(dir + "/" + checkpoint_file::kPosition);
-  steps_ = position_step(restored_position_, dir);
+  steps_ = position_step(restored_position_, dir + "/" + checkpoint_file::kPosition);
   checkpoints_->restored(steps_, dir);
   restored_from_ = dir;
 }
@@ -205,11 +328,11 @@ void Coordinator::publish_table() {
   table_ = t;
   book_ = std::make_unique<LeaseBook>(train_samples_, config_.shard_size, config_.epochs,
                                       seconds_to_duration(config_.lease_timeout_seconds));
-  if (!restored_from_.empty()) {
+  if (!restored_position_.empty()) {
     for (const EpochReport& r : book_->restore(restored_position_, Clock::now()))
       result_.final_test_accuracy = r.test_accuracy;
     table_->restore = restored_from_;
-    SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
+    if (!taken_over_) SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
   }
   std::string layout;
   for (const auto& s : t.servers)
@@ -235,6 +358,13 @@ void Coordinator::handle(Incoming& in, Clock::time_point now) {
   // Heartbeats and lease requests carry the job's end in their own replies.
   if (end_ && member != nullptr && in.kind() != K::HEARTBEAT && in.kind() != K::LEASE_REQUEST)
     return reply_job_over(in);
+  if (member == nullptr && taken_over_) {
+    // A member of the job this coordinator took over: it registers again, then asks again.
+    if (end_) return reply_job_over(in);
+    reply_error(in, wire::ErrorCode::COORDINATOR_RESTARTED,
+                "the coordinator was restarted while the job ran: register again (" + sender + ")");
+    return;
+  }
   if (member == nullptr || !member->alive) {
     socket_.reject("unknown sender", kind_name(in.kind()) + std::string(" from '") + sender + "'");
     reply_error(in, wire::ErrorCode::UNKNOWN_SENDER, sender + " is not a live member of this job");
@@ -344,6 +474,20 @@ void Coordinator::handle_register(const Incoming& in, Clock::time_point now) {
     const Member& m = members_.add(reg.getRole(), reg.getRank(), reg.getAddress().cStr(), now);
     members_.remember(reg.getNonce(), m.id);
     reply_register(in, m);
+    if (taken_over_) {
+      if (reg.getRejoin()) note_rejoin(reg, m.id);
+      if (!reg.getRejoin() && server) ++servers_fresh_;
+      if (reg.getRejoin() && book_ && held_.count(m.id)) {  // back after the takeover
+        const HeldWork& work = held_[m.id];
+        book_->hold(m.id, work.kind == HeldWork::evaluation, work.epoch, work.index, now);
+      }
+      SHOAL_LOG(log_, info,
+                (reg.getRejoin() ? "registered again: " : "registered afresh: ")
+                    << m.id << (m.address.empty() ? "" : " at " + m.address) << " ("
+                    << members_.count(wire::Role::SERVER, true) << "/" << config_.servers << " servers, "
+                    << members_.count(wire::Role::WORKER, true) << "/" << config_.workers << " workers)");
+      return;
+    }
     if (sync_)
       SHOAL_LOG(log_, info,
                 "registered " << m.id << " as rank " << m.rank << " (" << members_.count(wire::Role::WORKER, true)
@@ -418,6 +562,12 @@ void Coordinator::handle_table_request(const Incoming& in) {
 void Coordinator::handle_lease_request(const Incoming& in, const Member& member, Clock::time_point now) {
   const std::string sender = in.sender();
   const bool over = end_.has_value();
+  if (member.role == wire::Role::WORKER && !book_ && taken_over_ && !over) {
+    Outgoing out("coordinator", in.request_id());
+    out.body().initLeaseGrant().setWait(20);  // every member is not back yet
+    socket_.send(in.peer, out);
+    return;
+  }
   if (member.role != wire::Role::WORKER || !book_) {
     reply_error(in, wire::ErrorCode::NOT_READY, "no leases before the job starts");
     return;
@@ -489,39 +639,61 @@ void Coordinator::handle_lease_request(const Incoming& in, const Member& member,
 }
 
 void Coordinator::handle_lease_done(const Incoming& in, const Member& member, Clock::time_point now) {
-  auto body = in.envelope().getBody();
-  const std::string sender = in.sender();
-  members_.progressed(sender, now);
-  auto d = body.getLeaseDone();
-  if (book_) {
-    // A wait longer than the shard's time (or not a number) is a confused worker: not counted.
-    const double wait = d.getDataWaitSeconds();
-    ShardStats stats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(),
-                     static_cast<std::int64_t>(d.getCorrect()),
-                     std::isfinite(wait) && wait >= 0 && wait <= d.getSeconds() ? wait : 0.0};
-    // Global steps: a sync job's ranks train one step together (rank 0 counts them).
-    const std::int64_t step_samples = config_.batch_size * config_.accumulate;
-    if (!sync_ || member.rank == 0) steps_ += (stats.samples + step_samples - 1) / step_samples;
-    if (recovering_ && missing_servers_.empty()) {
-      // The job goes on: a shard completed after the loss was handled.
-      const double seconds = seconds_between(recovering_->lost_at, now);
-      SHOAL_LOG(log_, info,
-                "recovered from the loss of " << recovering_->who << " in " << seconds
-                                              << " s (from its last sign of life to the next completed shard)");
-      metrics_.write({{"event", std::string("recovery")},
-                      {"lost", recovering_->who},
-                      {"seconds", seconds},
-                      {"elapsed", seconds_between(started_, now)}});
-      recovering_.reset();
-    }
-    if (!book_->complete(sender, d.getEpoch(), d.getIndex(), stats, d.getSeconds(), now))
-      SHOAL_LOG(
-          log_, debug,
-          sender << " finished epoch " << d.getEpoch() << " shard " << d.getIndex() << ", which was already done");
-  }
+  auto d = in.envelope().getBody().getLeaseDone();
+  members_.progressed(member.id, now);
+  // A wait longer than the shard's time (or not a number) is a confused worker: not counted.
+  const double wait = d.getDataWaitSeconds();
+  ShardDone done{
+      d.getEpoch(), d.getIndex(),
+      ShardStats{static_cast<std::int64_t>(d.getSamples()), d.getLossSum(), static_cast<std::int64_t>(d.getCorrect()),
+                 std::isfinite(wait) && wait >= 0 && wait <= d.getSeconds() ? wait : 0.0},
+      d.getSeconds(), d.getResent()};
+  if (book_)
+    record_shard(member, done, now);
+  else if (taken_over_)
+    deferred_.push_back(Deferred{member.id, false, done, 0, 0, 0});  // counted at the takeover
   Outgoing out("coordinator", in.request_id());
   out.body().setAck();
   socket_.send(in.peer, out);
+}
+
+void Coordinator::record_shard(const Member& member, const ShardDone& done, Clock::time_point now) {
+  const std::string& sender = member.id;
+  const ShardStats& stats = done.stats;
+  // A report sent again after a failover, of a shard the live state had as done: the first copy
+  // was counted before the coordinator died (its acknowledgement was lost with it).
+  if (done.resent && book_->shard_done(done.epoch, done.index)) return;
+  // Global steps: a sync job's ranks train one step together (rank 0 counts them).
+  const std::int64_t step_samples = config_.batch_size * config_.accumulate;
+  if (!sync_ || member.rank == 0) steps_ += (stats.samples + step_samples - 1) / step_samples;
+  if (took_over_) {
+    const double seconds = seconds_between(started_, now);
+    SHOAL_LOG(log_, info,
+              "the job goes on under this coordinator: the first shard since the takeover completed "
+                  << static_cast<long long>(1000 * seconds) << " ms after it started");
+    metrics_.write({{"event", std::string("recovery")},
+                    {"lost", std::string("coordinator")},
+                    {"seconds", seconds},
+                    {"elapsed", seconds}});
+    took_over_.reset();
+  }
+  if (recovering_ && missing_servers_.empty()) {
+    // The job goes on: a shard completed after the loss was handled.
+    const double seconds = seconds_between(recovering_->lost_at, now);
+    SHOAL_LOG(log_, info,
+              "recovered from the loss of " << recovering_->who << " in " << seconds
+                                            << " s (from its last sign of life to the next completed shard)");
+    metrics_.write({{"event", std::string("recovery")},
+                    {"lost", recovering_->who},
+                    {"seconds", seconds},
+                    {"elapsed", seconds_between(started_, now)}});
+    recovering_.reset();
+  }
+  if (!book_->complete(sender, done.epoch, done.index, stats, done.seconds, now))
+    SHOAL_LOG(log_, debug,
+              sender << " finished epoch " << done.epoch << " shard " << done.index << ", which was already done");
+  else
+    write_live_state();
 }
 
 void Coordinator::handle_leave(const Incoming& in, const Member& member, Clock::time_point now) {
@@ -566,20 +738,28 @@ void Coordinator::handle_store_get(const Incoming& in) {
 }
 
 void Coordinator::handle_eval_done(const Incoming& in, Clock::time_point now) {
-  auto body = in.envelope().getBody();
   const std::string sender = in.sender();
   members_.progressed(sender, now);
-  auto d = body.getEvalDone();
-  // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
-  // its own evaluation was cut short by the change) passes it with no samples: its stage
-  // moves on, the epoch's result stays the one the world computed.
-  if (book_ && sync_ && d.getSamples() == 0)
-    book_->pass_evaluation(sender, d.getEpoch());
-  else if (book_)
-    book_->evaluated(sender, d.getEpoch(), d.getLoss(), d.getAccuracy());
+  auto d = in.envelope().getBody().getEvalDone();
+  if (book_)
+    record_evaluation(sender, d.getEpoch(), d.getLoss(), d.getAccuracy(), static_cast<std::int64_t>(d.getSamples()));
+  else if (taken_over_)
+    deferred_.push_back(Deferred{sender, true, ShardDone{d.getEpoch(), 0, {}, 0}, d.getLoss(), d.getAccuracy(),
+                                 static_cast<std::int64_t>(d.getSamples())});
   Outgoing out("coordinator", in.request_id());
   out.body().setAck();
   socket_.send(in.peer, out);
+}
+
+void Coordinator::record_evaluation(const std::string& worker, std::int64_t epoch, double loss, double accuracy,
+                                    std::int64_t samples) {
+  // Elastic sync: a rank whose world had already evaluated this epoch (it joined after, or
+  // its own evaluation was cut short by the change) passes it with no samples: its stage
+  // moves on, the epoch's result stays the one the world computed.
+  if (sync_ && samples == 0)
+    book_->pass_evaluation(worker, epoch);
+  else if (book_->evaluated(worker, epoch, loss, accuracy))
+    write_live_state();
 }
 
 void Coordinator::worker_gone(const std::string& id, const std::string& how) {
@@ -1133,6 +1313,7 @@ CoordinatorResult Coordinator::run() {
   std::optional<Clock::time_point> end_deadline, told_at;
   while (true) {
     auto in = socket_.receive(std::chrono::milliseconds(20));
+    SHOAL_REQUIRE(!vanish_, InternalError, "the coordinator vanished (a test's kill -9)");
     auto now = Clock::now();
     if (in) {
       try {
@@ -1144,9 +1325,16 @@ CoordinatorResult Coordinator::run() {
     if (stop_) end_job(ExitCode::timeout, "the coordinator was stopped before the job finished");
     check_liveness(now);
     if (!table_ && !end_) {
-      if (members_.count(wire::Role::SERVER, true) == static_cast<std::size_t>(servers_wanted_) &&
-          members_.count(wire::Role::WORKER, true) == static_cast<std::size_t>(config_.workers)) {
-        publish_table();
+      const bool assembled =
+          taken_over_ ? takeover_assembled(now)
+                      : members_.count(wire::Role::SERVER, true) == static_cast<std::size_t>(servers_wanted_) &&
+                            members_.count(wire::Role::WORKER, true) == static_cast<std::size_t>(config_.workers);
+      if (assembled) {
+        if (taken_over_)
+          take_over(now);
+        else
+          publish_table();
+        write_live_state();
         metrics_.write({{"event", std::string("start")},
                         {"model", config_.model},
                         {"parameters", model_elements_},
@@ -1189,6 +1377,11 @@ CoordinatorResult Coordinator::run() {
     // heartbeat crossed ours hears the job's end, instead of finding the coordinator gone.
     if (everyone_told() && !told_at) told_at = now;
     if ((told_at && now > *told_at + 2 * seconds_to_duration(config_.heartbeat_seconds)) || now > *end_deadline) break;
+  }
+  // Every member was told the job is over: nothing to take over any more.
+  if (!live_state_path_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(live_state_path_, ec);
   }
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());

@@ -59,6 +59,9 @@ class Coordinator : private SnapshotOrders {
   // Gauges of the job for the status endpoint (members, generation, steps, epochs, checkpoint
   // age), updated by run()'s loop; ready once the job has assembled. Set before run().
   void set_telemetry(Telemetry* telemetry) { telemetry_ = telemetry; }
+  // Tests: stops at once, telling nobody and writing nothing more, as kill -9 stops the process
+  // (run() throws InternalError within 20 ms).
+  void vanish() { vanish_ = true; }
 
  private:
   // One message: the sender checked, then one handler per kind.
@@ -72,6 +75,16 @@ class Coordinator : private SnapshotOrders {
   void handle_store_set(const Incoming& in);
   void handle_store_get(const Incoming& in);
   void handle_eval_done(const Incoming& in, Clock::time_point now);
+  // A finished shard or evaluation, counted in the book (and the live state).
+  struct ShardDone {
+    std::int64_t epoch = 0, index = 0;
+    ShardStats stats;
+    double seconds = 0;
+    bool resent = false;  // sent again after a failover
+  };
+  void record_shard(const Member& member, const ShardDone& done, Clock::time_point now);
+  void record_evaluation(const std::string& worker, std::int64_t epoch, double loss, double accuracy,
+                         std::int64_t samples);
   void publish_table();
   void reply_error(const Incoming& in, wire::ErrorCode code, const std::string& message);
   void check_liveness(Clock::time_point now);
@@ -129,6 +142,20 @@ class Coordinator : private SnapshotOrders {
   // Elastic sync: ranks that registered with the running job join the world at a safe point.
   void admit_joiners();
 
+  // Failover (async jobs with checkpoint.dir, docs/checkpoint-format.md "The coordinator"). The
+  // job's live data position (which shards of which epoch are done, the steps) is rewritten
+  // beside the checkpoints after every change. A coordinator that finds it at start was
+  // restarted while the job ran: it answers unknown members coordinatorRestarted, takes their
+  // registrations again (each with the table version it works with and the work it holds), and
+  // once every member is back (or, for workers, after cluster.dead_after_seconds) goes on from
+  // that position when a server kept its state, else from the newest checkpoint as any restart.
+  void write_live_state();
+  void note_rejoin(wire::Register::Reader reg, const std::string& id);
+  bool takeover_assembled(Clock::time_point now) const;
+  // Builds the book from the live state (or the checkpoint), hands back the work members hold
+  // and counts the reports that came before.
+  void take_over(Clock::time_point now);
+
   Network& network_;
   const JobConfig& config_;
   const std::string settings_text_;  // job_settings_text(config_): what every member must share
@@ -146,7 +173,7 @@ class Coordinator : private SnapshotOrders {
   RendezvousTable store_;             // the rendezvous store (sync jobs)
   std::map<std::string, bool> told_;  // members told that the job is over
   Clock::time_point started_;
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false}, vanish_{false};
   CoordinatorResult result_;
   std::optional<JobEnd> end_;  // set once the job is over
 
@@ -174,8 +201,22 @@ class Coordinator : private SnapshotOrders {
   std::optional<Recovery> recovering_;  // a process was lost: until the next completed shard
   const std::atomic<bool>* term_ = nullptr;
   bool terminating_ = false;
-  bool preempted_ = false;       // the job stopped on SIGTERM (exit 0, to be resumed)
-  std::int64_t stop_step_ = -1;  // sync: the step the world agreed to stop at
+  std::string live_state_path_;            // "": no failover (sync, or no checkpoint.dir)
+  std::optional<std::string> taken_over_;  // the live state this coordinator found at start
+  std::uint64_t rejoined_table_version_ = 0;
+  int servers_kept_state_ = 0, servers_fresh_ = 0;
+  std::map<std::string, HeldWork> held_;  // worker -> what it held when it registered again
+  struct Deferred {                       // reports that came before the takeover
+    std::string worker;
+    bool evaluation = false;
+    ShardDone shard;
+    double loss = 0, accuracy = 0;
+    std::int64_t eval_samples = 0;
+  };
+  std::vector<Deferred> deferred_;
+  std::optional<Clock::time_point> took_over_;  // until the next completed shard: the recovery time
+  bool preempted_ = false;                      // the job stopped on SIGTERM (exit 0, to be resumed)
+  std::int64_t stop_step_ = -1;                 // sync: the step the world agreed to stop at
 };
 
 }  // namespace shoal

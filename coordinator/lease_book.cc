@@ -102,6 +102,31 @@ bool LeaseBook::evaluated(const std::string& worker, std::int64_t epoch, double 
   return true;
 }
 
+bool LeaseBook::hold(const std::string& worker, bool evaluation, std::int64_t epoch, std::int64_t index,
+                     TimePoint now) {
+  if (evaluation) {
+    auto it = std::find(eval_queue_.begin(), eval_queue_.end(), epoch);
+    if (it == eval_queue_.end()) return false;
+    eval_queue_.erase(it);
+    eval_leases_[epoch] = Lease{worker, now + timeout_};
+    return true;
+  }
+  // An epoch opened after the position was written (its first shards were leased, none was
+  // reported yet): opened again, as then.
+  while (opened_ < epoch && opened_ < epochs_) open_next_epoch(now);
+  auto it = std::find(queue_.begin(), queue_.end(), std::make_pair(epoch, index));
+  if (it == queue_.end()) return false;
+  queue_.erase(it);
+  leases_[{epoch, index}] = Lease{worker, now + timeout_};
+  return true;
+}
+
+bool LeaseBook::shard_done(std::int64_t epoch, std::int64_t index) const {
+  auto d = done_.find(epoch);
+  return d != done_.end() && index >= 0 && index < static_cast<std::int64_t>(d->second.size()) &&
+         d->second[static_cast<std::size_t>(index)];
+}
+
 int LeaseBook::reclaim(const std::function<bool(const Lease&)>& lost) {
   int n = 0;
   for (auto it = leases_.begin(); it != leases_.end();) {

@@ -33,6 +33,8 @@ class LeaseBook final : public WorkBook {
                 double seconds, TimePoint now) override;
   bool evaluated(const std::string& worker, std::int64_t epoch, double loss, double accuracy) override;
   bool pass_evaluation(const std::string& /*worker*/, std::int64_t /*epoch*/) override { return false; }
+  bool hold(const std::string& worker, bool evaluation, std::int64_t epoch, std::int64_t index, TimePoint now) override;
+  bool shard_done(std::int64_t epoch, std::int64_t index) const override;
   // A worker died: its shards and evaluation go back to the queue.
   int release(const std::string& worker) override;
   // Leases past their deadline go back to the queue; returns how many.

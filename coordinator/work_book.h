@@ -58,6 +58,15 @@ class WorkBook {
   // rank whose world evaluated it before it joined, or before the world changed). False where
   // that cannot happen (async: evaluations are leased) or the worker was not evaluating it.
   virtual bool pass_evaluation(const std::string& worker, std::int64_t epoch) = 0;
+  // Failover: `worker` held this shard (or, `evaluation`, the evaluation of `epoch`) when the
+  // coordinator was restarted: it is leased to it again instead of to whoever asks first. False
+  // when it is not waiting in the queue (done already, or leased to another). Sync: never.
+  virtual bool hold(const std::string& /*worker*/, bool /*evaluation*/, std::int64_t /*epoch*/, std::int64_t /*index*/,
+                    TimePoint /*now*/) {
+    return false;
+  }
+  // Whether shard `index` of `epoch` is done (async; sync: never asked).
+  virtual bool shard_done(std::int64_t /*epoch*/, std::int64_t /*index*/) const { return false; }
   // A worker died: its work goes back to the queue; returns how many shards did.
   virtual int release(const std::string& worker) = 0;
   // Leases past their deadline go back to the queue; returns how many.

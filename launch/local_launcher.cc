@@ -1,5 +1,4 @@
 #include "launch/local_launcher.h"
-#include "base/cpus.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -17,9 +16,10 @@
 #include <optional>
 #include <thread>
 
-#include "checkpoint/checkpoint.h"
+#include "base/cpus.h"
 #include "base/error.h"
 #include "base/process.h"
+#include "checkpoint/checkpoint.h"
 #include "ps/parameter_server.h"
 
 namespace shoal {
@@ -210,7 +210,8 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
   // that runs it (rank 0, or mpirun for the mpi backend).
   std::string decider = "coordinator";
   const bool sync = config.sync();
-  const bool use_mpirun = sync && (config.sync_backend == SyncBackend::mpi || config.sync_backend == SyncBackend::auto_select);
+  const bool use_mpirun =
+      sync && (config.sync_backend == SyncBackend::mpi || config.sync_backend == SyncBackend::auto_select);
   // A sync world is started as a whole and, when a rank dies, restarted as a whole from the last
   // checkpoint (mpi, nccl, a sync job that is not elastic, or the loss of rank 0, which runs the
   // coordinator). With sync.elastic the survivors of any other rank re-form the world in place.
@@ -354,8 +355,13 @@ int run_local_launch(const std::string& job_file, const std::vector<std::string>
         // The supervisor: a dead parameter server is restarted (it restores its shard from the
         // last checkpoint), and a dead worker with launch.restart_workers (it rejoins the job; in
         // an elastic sync job it joins the re-formed world and takes the state of its members).
+        // An async job's coordinator that died (a signal, a crash; not a job it ended with a code)
+        // takes the job over from its live state when started again, while the others work on.
+        const bool coordinator_died = c.name == "coordinator" && config.coordinator_failover() &&
+                                      (c.code >= 128 || c.code == static_cast<int>(ExitCode::internal) ||
+                                       c.code == static_cast<int>(ExitCode::io));
         const bool restartable =
-            c.name.rfind("ps.", 0) == 0 ||
+            c.name.rfind("ps.", 0) == 0 || coordinator_died ||
             (config.launch_restart_workers && c.name.rfind("worker.", 0) == 0 && (!sync || healed_in_place));
         // A parameter server preempted (SIGTERM) exits 0 while the job goes on: its state is in a
         // checkpoint and the job waits for it, as a StatefulSet restarts its pod.

@@ -74,10 +74,9 @@ void run_server_role(Network& network, const JobConfig& config, Logger log, cons
   ControlClient control(network, config.coordinator_address, "ps.starting-" + std::to_string(getpid()), log, timeout);
   const std::string settings = job_settings_text(config, SettingsRegistry());
   control.set_job_settings(settings, settings_digest(settings));
-  auto registered =
-      control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank),
-                            ParameterServer::advertised(server.endpoint(), config.node_advertise, this_host_fqdn()),
-                            Seconds(config.startup_timeout_seconds), stop);
+  const std::string address = ParameterServer::advertised(server.endpoint(), config.node_advertise, this_host_fqdn());
+  auto registered = control.register_node(wire::Role::SERVER, static_cast<int>(config.node_rank), address,
+                                          Seconds(config.startup_timeout_seconds), stop);
   if (!registered) {
     SHOAL_LOG(log, info, "stopped on request before it registered (it had no part in the job yet)");
     return;
@@ -125,6 +124,16 @@ void run_server_role(Network& network, const JobConfig& config, Logger log, cons
 
   Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
+  if (config.coordinator_failover()) {
+    // The coordinator may die and be restarted: this shard keeps serving and registers again.
+    heartbeat.enable_rejoin(Heartbeat::Identity{wire::Role::SERVER, rank_of_member(id), address, "cpu", settings,
+                                                settings_digest(settings)},
+                            Seconds(config.coordinator_grace_seconds));
+    heartbeat.set_claim(RejoinClaim{table.version, {}});
+    // Its requests (checkpoint files, a preemption) are not worth a stalled shard: given up
+    // when the coordinator goes silent.
+    control.watch_coordinator(&heartbeat, /*when_silent=*/true);
+  }
   std::uint64_t generation = 0;
   std::optional<JobEnd> end;
   // SIGTERM: asked the coordinator whether it may go; stays (serving) until told so, or until

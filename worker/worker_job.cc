@@ -139,7 +139,15 @@ void save_state(JobContext& job, const LeaseTask& task, std::optional<WithinEpoc
     report.files.push_back(write_file_atomic(task.dir, checkpoint_file::kTrainer, text));
   }
   report.write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  job.control.report_checkpoint(report);
+  try {
+    job.control.report_checkpoint(report);
+  } catch (const DetachedError&) {
+    throw;  // the job failed, or this process was dropped from it
+  } catch (const Error& e) {
+    // The checkpoint was abandoned meanwhile, or died with a coordinator that was restarted:
+    // the files stay without a MANIFEST (never restored) and training goes on.
+    SHOAL_LOG(job.log, warn, "checkpoint step " << task.step << " not taken: " << e.what());
+  }
 }
 
 // Resuming: the batch-norm buffers of the checkpoint, when it has them.
@@ -241,6 +249,27 @@ void run_job_loop(JobContext& job) {
     goodbye();
     SHOAL_LOG(log, info, "stopped on request " << when << " after " << strategy.clock() << " steps; left the job");
   };
+  // Failover (Heartbeat::enable_rejoin): a request that a coordinator could not answer because
+  // it died, or that a restarted one refused because it does not know this process yet, is sent
+  // again once the Heartbeat has registered this process with the restarted one. Meanwhile the
+  // work in hand was done; check() ends the wait once cluster.coordinator_grace_seconds are over.
+  auto ask = [&](auto&& call) {
+    for (bool again = false;; again = true) {
+      const std::uint64_t seen = heartbeat.rejoins();
+      bool timed_out = false;
+      try {
+        return call(again);
+      } catch (const CoordinatorRestarted&) {
+        if (!heartbeat.rejoins_enabled()) throw;
+      } catch (const DetachedError&) {
+        throw;
+      } catch (const TimeoutError&) {
+        if (!heartbeat.rejoins_enabled() || !heartbeat.coordinator_silent() || heartbeat.job_end()) throw;
+        timed_out = true;  // the coordinator went silent: it may come back as it was, or restarted
+      }
+      if (!heartbeat.await_rejoin(seen, stop, timed_out)) throw StopRequested{};
+    }
+  };
   try {
     bool started = false;
     while (true) {
@@ -263,7 +292,8 @@ void run_job_loop(JobContext& job) {
         // every worker's step c is drawn from the shards handed out for step c.
         strategy.before_task();
         heartbeat.set_clock(strategy.clock());
-        LeaseTask task = control.request_lease();
+        heartbeat.set_held(HeldWork{});
+        LeaseTask task = ask([&](bool) { return control.request_lease(); });
         if (task.kind == LeaseTask::finished) {
           strategy.leave();
           if (task.job_end.code != ExitCode::ok) throw_job_failure(task.job_end);
@@ -286,16 +316,17 @@ void run_job_loop(JobContext& job) {
                     (task.kind == LeaseTask::evaluate ? "evaluation" : "training")
                         << " of epoch " << task.epoch << " was done by the world before it changed: passed");
           if (task.kind == LeaseTask::evaluate)
-            control.report_evaluation(task.epoch, 0, 0, 0);
+            ask([&](bool) { control.report_evaluation(task.epoch, 0, 0, 0); });
           else
-            control.report_shard(task.epoch, task.index, 0, 0, 0, 0);
+            ask([&](bool again) { control.report_shard(task.epoch, task.index, 0, 0, 0, 0, 0, again); });
           continue;
         }
         if (task.kind == LeaseTask::evaluate) {
           SHOAL_LOG(log, info, "evaluating the model after epoch " << task.epoch);
+          heartbeat.set_held(HeldWork{HeldWork::evaluation, task.epoch, 0});
           EvalResult r = strategy.evaluate(trainer, *data.test);
           if (stopped()) return leave("while evaluating");  // not reported: leaving hands the evaluation back
-          control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples);
+          ask([&](bool) { control.report_evaluation(task.epoch, r.loss, r.accuracy, r.samples); });
           continue;
         }
         if (task.epoch != permutation_epoch) {
@@ -309,6 +340,7 @@ void run_job_loop(JobContext& job) {
           SHOAL_LOG(log, info, "training epoch " << task.epoch << " (first shard: " << task.index << ")");
           logged_epoch = task.epoch;
         }
+        heartbeat.set_held(HeldWork{HeldWork::shard, task.epoch, task.index});
         auto started = std::chrono::steady_clock::now();
         const double waited = trainer.total_data_wait_seconds();
         LossStats s =
@@ -316,7 +348,9 @@ void run_job_loop(JobContext& job) {
         if (stopped()) return leave("mid-shard");  // a partial shard is not reported; leaving returns it
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         const double data_wait = trainer.total_data_wait_seconds() - waited;
-        control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds, data_wait);
+        ask([&](bool again) {
+          control.report_shard(task.epoch, task.index, s.count, s.loss_sum, s.correct, seconds, data_wait, again);
+        });
         if (gauges) gauges->shard_done(task.epoch, strategy.clock(), s, seconds, data_wait);
         ++shards;
         samples += s.count;
@@ -464,6 +498,13 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
   const std::string& id = joined->id;
   Heartbeat heartbeat(network, config.coordinator_address, id, log, Seconds(config.heartbeat_seconds),
                       Seconds(config.dead_after_seconds));
+  if (config.coordinator_failover()) {
+    heartbeat.enable_rejoin(Heartbeat::Identity{wire::Role::WORKER, rank_of_member(id), "", l.backend->device().str(),
+                                                settings, settings_digest(settings)},
+                            Seconds(config.coordinator_grace_seconds));
+    heartbeat.set_claim(RejoinClaim{joined->table.version, {}});
+    control.watch_coordinator(&heartbeat, /*when_silent=*/false);
+  }
 
   AsyncPsOptions options;
   options.client.max_in_flight = static_cast<int>(config.max_in_flight);
@@ -493,6 +534,7 @@ void run_async_worker(Network& network, const JobConfig& config, Logger log, con
     auto table = control.fetch_table(2 * startup, stop);
     if (!table) return false;
     table_version = table->version;
+    heartbeat.set_claim(RejoinClaim{table_version, {}});
     strategy.retarget(network, *table);
     return true;
   };

@@ -6,7 +6,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shoal::wire");
 
-const protocolVersion :UInt16 = 7;
+const protocolVersion :UInt16 = 8;
 
 enum Role {
   coordinator @0;
@@ -21,6 +21,8 @@ enum ErrorCode {
   timeout @3;         # a bounded wait expired on the server
   shuttingDown @4;    # the job is over
   settingsDiffer @5;  # registration: the member's job-wide settings are not the coordinator's
+  coordinatorRestarted @6;  # a coordinator restarted while the job ran does not know the sender
+                            # yet: register again (Register.rejoin) and send the request again
 }
 
 struct Envelope {
@@ -70,6 +72,22 @@ struct Register {
   settings @5 :Text;    # the settings every member must share, "key = value" per line
                         # (job_settings_text); empty: not checked
   settingsDigest @6 :UInt64;  # their FNV-1a digest: equal digests, equal settings
+  # Registering again with a coordinator restarted while the job ran (it answered
+  # coordinatorRestarted): the member kept its state and reports what it holds.
+  rejoin @7 :Bool;
+  tableVersion @8 :UInt64;   # the partition table it works with
+  held @9 :HeldWork;         # workers: the shard or evaluation it was leased and has not reported
+}
+
+struct HeldWork {
+  kind @0 :Kind;
+  enum Kind {
+    none @0;
+    shard @1;
+    evaluation @2;
+  }
+  epoch @1 :UInt32;
+  index @2 :UInt32;          # shard: its index in the epoch
 }
 
 struct RegisterReply {
@@ -165,6 +183,8 @@ struct LeaseDone {
   correct @4 :UInt64;
   seconds @5 :Float64;
   dataWaitSeconds @6 :Float64;  # of `seconds`, waiting for the input pipeline
+  resent @7 :Bool;              # sent again after a coordinator failover: when the shard is done
+                                # already, this report is (it is not counted as processed twice)
 }
 
 struct EvalDone {

@@ -24,6 +24,9 @@ std::uint64_t draw_nonce() {
 void throw_if_dropped(const Incoming& reply, const std::string& self) {
   if (reply.kind() != wire::Envelope::Body::ERROR) return;
   auto err = reply.envelope().getBody().getError();
+  if (err.getCode() == wire::ErrorCode::COORDINATOR_RESTARTED)
+    throw CoordinatorRestarted(
+        self + ": the coordinator was restarted and does not know this process yet: " + err.getMessage().cStr());
   if (err.getCode() == wire::ErrorCode::UNKNOWN_SENDER)
     throw DetachedError(self + " was dropped from the job: the coordinator says: " + err.getMessage().cStr(),
                         ExitCode::timeout);
@@ -39,6 +42,17 @@ void throw_if_job_failed(const Incoming& reply) {
   if (end.code != ExitCode::ok) throw_job_failure(end);
 }
 }  // namespace
+
+int rank_of_member(const std::string& id) {
+  const auto dot = id.rfind('.');
+  if (dot == std::string::npos || dot + 1 >= id.size() || id.size() - dot > 8) return -1;
+  int rank = 0;
+  for (std::size_t i = dot + 1; i < id.size(); ++i) {
+    if (id[i] < '0' || id[i] > '9') return -1;
+    rank = rank * 10 + (id[i] - '0');
+  }
+  return rank;
+}
 
 JobEnd job_end_from_wire(wire::JobEnd::Reader end) {
   JobEnd out;
@@ -76,6 +90,7 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::a
   std::uint64_t id = message.envelope().getRequestId();
   if (accept_from == 0) accept_from = id;
   auto kind = message.envelope().getBody().which();
+  const std::uint64_t rejoins = watched_ != nullptr ? watched_->rejoins() : 0;
   socket_.send(message, to_ms(timeout));
   auto deadline = std::chrono::steady_clock::now() + to_ms(timeout);
   while (true) {
@@ -84,6 +99,15 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::a
     // A stop request is noticed within 50 ms even while waiting.
     if (stop != nullptr) {
       if (stop->load()) SHOAL_THROW(TimeoutError, "stopped while waiting for the coordinator");
+      left = std::min(left, std::chrono::milliseconds(50));
+    }
+    if (watched_ != nullptr) {
+      if (watched_->rejoins() != rejoins)
+        throw CoordinatorRestarted("the coordinator was restarted while " + std::string(kind_name(kind)) +
+                                   " waited for its reply");
+      if (abandon_when_silent_ && watched_->coordinator_silent())
+        throw CoordinatorRestarted("the coordinator stopped answering while " + std::string(kind_name(kind)) +
+                                   " waited for its reply");
       left = std::min(left, std::chrono::milliseconds(50));
     }
     auto reply = socket_.receive(left);
@@ -97,7 +121,8 @@ Incoming ControlClient::request(Outgoing& message, Seconds timeout, const std::a
 }
 
 std::optional<std::string> ControlClient::register_node(wire::Role role, int rank, const std::string& address,
-                                                        Seconds deadline, const std::atomic<bool>* stop) {
+                                                        Seconds deadline, const std::atomic<bool>* stop,
+                                                        const RejoinClaim* rejoin) {
   auto give_up = std::chrono::steady_clock::now() + to_ms(deadline);
   // Short waits at first, so a process started just before the coordinator joins quickly.
   Seconds wait = std::min<Seconds>(timeout_, Seconds(0.25));
@@ -112,6 +137,16 @@ std::optional<std::string> ControlClient::register_node(wire::Role role, int ran
     reg.setNonce(nonce_);
     reg.setSettings(settings_);
     reg.setSettingsDigest(settings_digest_);
+    if (rejoin != nullptr) {
+      reg.setRejoin(true);
+      reg.setTableVersion(rejoin->table_version);
+      auto held = reg.initHeld();
+      held.setKind(rejoin->held.kind == HeldWork::shard        ? wire::HeldWork::Kind::SHARD
+                   : rejoin->held.kind == HeldWork::evaluation ? wire::HeldWork::Kind::EVALUATION
+                                                               : wire::HeldWork::Kind::NONE);
+      held.setEpoch(static_cast<std::uint32_t>(rejoin->held.epoch));
+      held.setIndex(static_cast<std::uint32_t>(rejoin->held.index));
+    }
     ++attempts;
     try {
       // The answer to any attempt will do: they are one registration (the nonce), and the
@@ -276,7 +311,7 @@ std::optional<LeaseTask> ControlClient::sync_cut(const SyncCutRequest& cut) {
 }
 
 void ControlClient::report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum,
-                                 std::int64_t correct, double seconds, double data_wait_seconds) {
+                                 std::int64_t correct, double seconds, double data_wait_seconds, bool resent) {
   Outgoing msg = make();
   auto d = msg.body().initLeaseDone();
   d.setEpoch(static_cast<std::uint32_t>(epoch));
@@ -286,6 +321,7 @@ void ControlClient::report_shard(std::int64_t epoch, std::int64_t index, std::in
   d.setCorrect(static_cast<std::uint64_t>(correct));
   d.setSeconds(seconds);
   d.setDataWaitSeconds(data_wait_seconds);
+  d.setResent(resent);
   throw_if_dropped(request(msg, timeout_), sender_);
 }
 
@@ -418,8 +454,41 @@ bool ControlClient::leave() {
 
 Heartbeat::Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log,
                      Seconds interval, Seconds dead_after)
-    : network_(network), log_(std::move(log)) {
+    : network_(network), log_(std::move(log)), interval_(interval) {
+  last_ok_ns_ = std::chrono::steady_clock::now().time_since_epoch().count();
   thread_ = std::thread(&Heartbeat::loop, this, coordinator, sender, interval, dead_after);
+}
+
+void Heartbeat::enable_rejoin(Identity identity, Seconds grace) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  identity_ = std::move(identity);
+  grace_ = grace;
+  rejoin_enabled_ = grace.count() > 0;
+}
+
+void Heartbeat::set_claim(const RejoinClaim& claim) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  claim_ = claim;
+}
+
+void Heartbeat::set_held(const HeldWork& held) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  claim_.held = held;
+}
+
+bool Heartbeat::coordinator_silent() const {
+  const auto last = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(last_ok_ns_.load()));
+  return std::chrono::steady_clock::now() - last > 2 * to_ms(interval_) + std::chrono::milliseconds(100);
+}
+
+bool Heartbeat::await_rejoin(std::uint64_t seen, const std::atomic<bool>* stop, bool or_answering) const {
+  while (rejoins_ == seen && !(or_answering && !coordinator_silent())) {
+    if (stopped(stop)) return false;
+    if (auto end = job_end(); end && end->code != ExitCode::ok) throw_job_failure(*end);
+    check();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 Heartbeat::~Heartbeat() {
@@ -443,6 +512,33 @@ void Heartbeat::check() const {
   if (failure_) throw Error(failure_->message, failure_->code);
 }
 
+void Heartbeat::rejoin(std::unique_ptr<ControlClient>& registration, const std::string& coordinator,
+                       const std::string& sender) {
+  Identity who;
+  RejoinClaim claim;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    who = identity_;
+    claim = claim_;
+  }
+  // One client (one nonce) for every attempt: a registration whose reply was lost is answered
+  // again the same way, not refused as a second one.
+  if (!registration) registration = std::make_unique<ControlClient>(network_, coordinator, sender, log_, interval_);
+  registration->set_device(who.device);
+  registration->set_job_settings(who.settings, who.settings_digest);
+  auto id =
+      registration->register_node(who.role, who.rank, who.address, std::max(interval_, Seconds(0.5)), &stop_, &claim);
+  if (!id) return;  // stopped
+  SHOAL_REQUIRE(*id == sender, ProtocolError, "the restarted coordinator registered " << sender << " again as " << *id);
+  SHOAL_LOG(log_, warn,
+            "registered again with the restarted coordinator"
+                << (claim.held.kind == HeldWork::shard ? ", holding epoch " + std::to_string(claim.held.epoch) +
+                                                             " shard " + std::to_string(claim.held.index)
+                    : claim.held.kind == HeldWork::evaluation ? ", evaluating epoch " + std::to_string(claim.held.epoch)
+                                                              : std::string()));
+  ++rejoins_;
+}
+
 void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interval, Seconds dead_after) {
   // The thread's boundary: nothing escapes it (an escaping exception is std::terminate).
   auto fail = [&](Failure f, bool detached = false) {
@@ -454,6 +550,13 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
   try {
     ControlClient client(network_, coordinator, sender, log_, interval);
     auto last_ok = std::chrono::steady_clock::now();
+    bool silence_logged = false;
+    std::unique_ptr<ControlClient> registration;  // failover: registering again
+    auto heard = [&] {
+      last_ok = std::chrono::steady_clock::now();
+      last_ok_ns_ = last_ok.time_since_epoch().count();
+      silence_logged = false;
+    };
     while (!stop_ && !ended_) {
       auto started = std::chrono::steady_clock::now();
       try {
@@ -474,10 +577,14 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
             live_workers_ = std::move(live);
             if (end) job_end_ = end;
           }
-          generation_ = r.getGeneration();
-          table_version_ = r.getTableVersion();
+          // A coordinator that took the job over says table version 0 until every member is back:
+          // its live set is not the job's yet.
+          if (r.getTableVersion() != 0 || end) {
+            generation_ = r.getGeneration();
+            table_version_ = r.getTableVersion();
+          }
           if (end) ended_ = true;
-          last_ok = std::chrono::steady_clock::now();
+          heard();
         } else if (reply.kind() == wire::Envelope::Body::ERROR) {
           auto err = reply.envelope().getBody().getError();
           if (err.getCode() == wire::ErrorCode::SHUTTING_DOWN && err.hasEnd()) {
@@ -485,6 +592,9 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
             std::lock_guard<std::mutex> lock(mutex_);
             job_end_ = end;
             ended_ = true;
+          } else if (err.getCode() == wire::ErrorCode::COORDINATOR_RESTARTED && rejoin_enabled_) {
+            rejoin(registration, coordinator, sender);
+            heard();
           } else {
             // The coordinator no longer counts us (declared dead while we were unreachable).
             fail(Failure{ExitCode::timeout,
@@ -499,10 +609,24 @@ void Heartbeat::loop(std::string coordinator, std::string sender, Seconds interv
         if (f.code != ExitCode::protocol) throw;
         SHOAL_LOG(log_, warn, "heartbeat reply dropped: " << f.message);  // a malformed reply: try again
       }
-      if (std::chrono::steady_clock::now() - last_ok > dead_after) {
-        SHOAL_LOG(log_, error, "no heartbeat reply from the coordinator for " << dead_after.count() << " s");
+      Seconds grace = dead_after;
+      if (rejoin_enabled_) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        grace = std::max(grace, grace_);
+      }
+      const auto silent = std::chrono::steady_clock::now() - last_ok;
+      if (silent > dead_after && grace > dead_after && !silence_logged) {
+        SHOAL_LOG(log_, warn,
+                  "no heartbeat reply from the coordinator for "
+                      << dead_after.count() << " s: working on with what this process holds for up to " << grace.count()
+                      << " s (cluster.coordinator_grace_seconds) while a restarted coordinator takes the job over");
+        silence_logged = true;
+      }
+      if (silent > grace) {
+        SHOAL_LOG(log_, error, "no heartbeat reply from the coordinator for " << grace.count() << " s");
         std::ostringstream what;
-        what << sender << " lost the coordinator (no heartbeat reply for " << dead_after.count() << " s)";
+        what << sender << " lost the coordinator (no heartbeat reply for " << grace.count() << " s"
+             << (grace > dead_after ? ", cluster.coordinator_grace_seconds" : "") << ")";
         fail(Failure{ExitCode::timeout, what.str()}, /*detached=*/true);
         return;
       }

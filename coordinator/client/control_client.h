@@ -34,6 +34,9 @@ struct JobEnd {
   ExitCode code = ExitCode::ok;
   std::string reason;
 };
+// The rank in a member id ("worker.3" -> 3; -1 for an id without one).
+int rank_of_member(const std::string& id);
+
 // Checked: an exit code outside the documented table is a ProtocolError.
 JobEnd job_end_from_wire(wire::JobEnd::Reader end);
 void job_end_to_wire(const JobEnd& end, wire::JobEnd::Builder out);
@@ -57,6 +60,30 @@ struct SyncCutRequest {
   bool stop = false;  // the world agreed to stop here
 };
 
+class Heartbeat;
+
+// A coordinator restarted while the job ran answered (wire coordinatorRestarted), or the one asked
+// was replaced while this request waited: register again (the Heartbeat does, see
+// Heartbeat::enable_rejoin) and send the request again. Without failover, a timeout.
+class CoordinatorRestarted final : public TimeoutError {
+ public:
+  using TimeoutError::TimeoutError;
+};
+
+// The work a worker was leased and has not reported: what it tells a restarted coordinator, so
+// that nobody else is handed it.
+struct HeldWork {
+  enum Kind { none, shard, evaluation } kind = none;
+  std::int64_t epoch = 0, index = 0;
+};
+
+// What a member registers again with (a restarted coordinator): who it is, the table it works
+// with and what it holds.
+struct RejoinClaim {
+  std::uint64_t table_version = 0;
+  HeldWork held;
+};
+
 // Files of a checkpoint one process wrote, for the coordinator's MANIFEST.
 struct CheckpointReport {
   std::int64_t step = 0;
@@ -74,8 +101,11 @@ class ControlClient {
   // the coordinator had not registered us; if it had (its answer crossed the stop), the id,
   // so that the caller leaves the job instead of being declared dead later.
   // Throws TimeoutError, ProtocolError, or the job's failure if it ended before we joined.
+  // With `rejoin`: registering again with a coordinator restarted while the job ran, keeping
+  // this process's state (Register.rejoin).
   std::optional<std::string> register_node(wire::Role role, int rank, const std::string& address, Seconds deadline,
-                                           const std::atomic<bool>* stop = nullptr);
+                                           const std::atomic<bool>* stop = nullptr,
+                                           const RejoinClaim* rejoin = nullptr);
   // Waits until the coordinator publishes the partition table; nothing if `stop` turned true.
   std::optional<PartitionTable> fetch_table(Seconds deadline, const std::atomic<bool>* stop = nullptr);
   LeaseTask request_lease();
@@ -83,8 +113,9 @@ class ControlClient {
   // the step and directory), or nothing when the coordinator takes none now (checkpoints off,
   // or one still being completed).
   std::optional<LeaseTask> sync_cut(const SyncCutRequest& cut);
+  // `resent`: the same report again, after a coordinator failover.
   void report_shard(std::int64_t epoch, std::int64_t index, std::int64_t samples, double loss_sum, std::int64_t correct,
-                    double seconds, double data_wait_seconds = 0);
+                    double seconds, double data_wait_seconds = 0, bool resent = false);
   void report_evaluation(std::int64_t epoch, double loss, double accuracy, std::int64_t samples);
   // Tells the coordinator which files of a checkpoint this process wrote.
   void report_checkpoint(const CheckpointReport& report);
@@ -124,6 +155,13 @@ class ControlClient {
   Incoming request(Outgoing& message, Seconds timeout, const std::atomic<bool>* stop = nullptr,
                    std::uint64_t accept_from = 0);
   Outgoing make(std::uint64_t* request_id = nullptr);
+  // Failover: a waiting request ends within 50 ms with CoordinatorRestarted once `heartbeat`
+  // has registered this process again with a restarted coordinator (the one asked may have died
+  // with the request) or, with `when_silent`, once the coordinator stopped answering heartbeats.
+  void watch_coordinator(const Heartbeat* heartbeat, bool when_silent) {
+    watched_ = heartbeat;
+    abandon_when_silent_ = when_silent;
+  }
 
  private:
   ClientSocket socket_;
@@ -135,6 +173,8 @@ class ControlClient {
   std::string device_ = "cpu";
   std::string settings_;
   std::uint64_t settings_digest_ = 0;
+  const Heartbeat* watched_ = nullptr;
+  bool abandon_when_silent_ = false;
 };
 
 // The coordinator's store as a RendezvousStore (for forming Gloo and NCCL worlds). Uses the
@@ -172,18 +212,49 @@ class Heartbeat {
   // How the job ended, once the coordinator has said so.
   std::optional<JobEnd> job_end() const;
   // Throws what stopped the heartbeat other than the job's end: the coordinator silent for
-  // dead_after (TimeoutError), this process dropped from the job (TimeoutError: the
-  // coordinator declared it dead), or a failure of the heartbeat thread itself.
+  // dead_after (TimeoutError; with failover, for the grace), this process dropped from the job
+  // (TimeoutError: the coordinator declared it dead), or a failure of the heartbeat thread itself.
   void check() const;
+
+  // Failover (async jobs with checkpoint.dir, docs/checkpoint-format.md "The coordinator"): a
+  // coordinator silent for dead_after is waited for up to `grace` (cluster.coordinator_grace_seconds)
+  // instead, and when a restarted one answers coordinatorRestarted this thread registers the
+  // process again as `role` `rank` (servers: at `address`), reporting the table version and the
+  // work it holds (set_claim), then counts a rejoin.
+  struct Identity {
+    wire::Role role = wire::Role::WORKER;
+    int rank = 0;
+    std::string address, device = "cpu", settings;
+    std::uint64_t settings_digest = 0;
+  };
+  void enable_rejoin(Identity identity, Seconds grace);
+  bool rejoins_enabled() const { return rejoin_enabled_; }
+  void set_claim(const RejoinClaim& claim);
+  void set_held(const HeldWork& held);
+  // Times this process registered again with a restarted coordinator.
+  std::uint64_t rejoins() const { return rejoins_; }
+  // No reply from the coordinator for longer than two heartbeat periods.
+  bool coordinator_silent() const;
+  // Waits until this process has registered again since `seen` rejoins, or, with
+  // `or_answering`, until the coordinator answers heartbeats (true); false when stopped. Throws
+  // what check() throws once the grace is over, and a failed job's end.
+  bool await_rejoin(std::uint64_t seen, const std::atomic<bool>* stop, bool or_answering) const;
 
  private:
   void loop(std::string coordinator, std::string sender, Seconds interval, Seconds dead_after);
+  void rejoin(std::unique_ptr<ControlClient>& registration, const std::string& coordinator, const std::string& sender);
 
   Network& network_;
   Logger log_;
   std::atomic<bool> stop_{false}, ended_{false};
-  std::atomic<std::uint64_t> clock_{0}, generation_{0}, table_version_{0};
+  std::atomic<std::uint64_t> clock_{0}, generation_{0}, table_version_{0}, rejoins_{0};
+  std::atomic<std::int64_t> last_ok_ns_{0};  // steady clock of the last reply
+  Seconds interval_;
+  std::atomic<bool> rejoin_enabled_{false};
   mutable std::mutex mutex_;
+  Identity identity_;  // guarded by mutex_, as are claim_ and grace_
+  RejoinClaim claim_;
+  Seconds grace_{0};
   std::vector<std::string> live_workers_;
   std::optional<JobEnd> job_end_;
   std::optional<Failure> failure_;

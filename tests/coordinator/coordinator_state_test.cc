@@ -5,13 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <tuple>
 
+#include "base/error.h"
 #include "coordinator/lease_book.h"
 #include "coordinator/membership.h"
-#include "coordinator/rendezvous_table.h"
 #include "coordinator/partitioner.h"
+#include "coordinator/rendezvous_table.h"
 #include "coordinator/sync_book.h"
-#include "base/error.h"
 
 namespace shoal {
 namespace {
@@ -188,6 +189,57 @@ TEST(LeaseBook, ExpiredLeasesAndEvaluationsGoBackToTheQueue) {
   ASSERT_EQ(eval.kind, LeaseBook::Task::evaluate);
   EXPECT_EQ(book.release("fast"), 0);
   EXPECT_EQ(book.next("other", now + 13s).kind, LeaseBook::Task::evaluate) << "the evaluation is reassigned";
+}
+
+// Failover: a restarted coordinator rebuilds the book from the live position and the work the
+// members say they hold. Held shards (even of an epoch opened after the position was written)
+// and a held evaluation go to their holders, never to whoever asks first; what is done or
+// leased to nobody is refused; every shard is done once.
+TEST(LeaseBook, WorkHeldWhenTheCoordinatorDiedGoesBackToItsHolderAfterARestore) {
+  auto now = Clock::now();
+  LeaseBook before(1000, 250, 3, 60s);
+  // Epoch 1 done and evaluated but for its evaluation; epoch 2: shards 0 and 1 done.
+  for (int i = 0; i < 4; ++i) {
+    auto t = before.next("a", now);
+    ASSERT_EQ(t.kind, LeaseBook::Task::train);
+    before.complete("a", 1, t.shard.index, ShardStats{250, 1.0, 100}, 0, now);
+  }
+  ASSERT_EQ(before.next("b", now).kind, LeaseBook::Task::evaluate);  // b evaluates epoch 1
+  for (int i = 0; i < 2; ++i) {
+    auto t = before.next("a", now);
+    before.complete("a", 2, t.shard.index, ShardStats{250, 1.0, 100}, 0, now);
+  }
+  const std::string position = before.save();
+  // After the position was written: a took shard 2, c shard 3, and a shard of epoch 3 was
+  // handed to d (epoch 3 opened).
+  LeaseBook after(1000, 250, 3, 60s);
+  after.restore(position, now);
+  EXPECT_TRUE(after.hold("b", /*evaluation=*/true, 1, 0, now));
+  EXPECT_FALSE(after.hold("x", true, 1, 0, now)) << "the evaluation is b's";
+  EXPECT_TRUE(after.hold("a", false, 2, 2, now));
+  EXPECT_TRUE(after.hold("c", false, 2, 3, now));
+  EXPECT_FALSE(after.hold("x", false, 2, 0, now)) << "done before the restart";
+  EXPECT_FALSE(after.hold("x", false, 2, 3, now)) << "held by c";
+  EXPECT_FALSE(after.hold("x", false, 9, 0, now)) << "no such epoch";
+  EXPECT_TRUE(after.hold("d", false, 3, 1, now));
+  EXPECT_TRUE(after.shard_done(2, 1));
+  EXPECT_FALSE(after.shard_done(2, 2));
+  // Everyone else is handed the rest of epoch 3, nothing held.
+  std::set<std::pair<std::int64_t, std::int64_t>> handed;
+  while (true) {
+    auto t = after.next("e", now);
+    if (t.kind != LeaseBook::Task::train) break;
+    handed.insert({t.shard.epoch, t.shard.index});
+  }
+  EXPECT_EQ(handed, (std::set<std::pair<std::int64_t, std::int64_t>>{{3, 0}, {3, 2}, {3, 3}}));
+  for (auto [epoch, index] : handed) after.complete("e", epoch, index, ShardStats{250, 0, 0}, 0, now);
+  for (auto [who, epoch, index] : std::vector<std::tuple<std::string, int, int>>{{"a", 2, 2}, {"c", 2, 3}, {"d", 3, 1}})
+    EXPECT_TRUE(after.complete(who, epoch, index, ShardStats{250, 0, 0}, 0, now));
+  EXPECT_TRUE(after.evaluated("b", 1, 0.5, 0.8));
+  for (std::int64_t e = 1; e <= 3; ++e) {
+    EXPECT_EQ(after.reports().at(e).samples_done, 1000) << e;
+    EXPECT_EQ(after.reports().at(e).samples_processed, 1000) << "epoch " << e << ": every shard once";
+  }
 }
 
 // The per-rank plan of a sync epoch: every rank takes the same number of steps, the ranks'

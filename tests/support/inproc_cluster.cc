@@ -9,6 +9,7 @@
 #include "data/dataset.h"
 #include "ps/server_role.h"
 #include "telemetry/metrics_file.h"
+#include "tests/support/subprocess.h"
 #include "worker/worker_job.h"
 
 namespace shoal::testing {
@@ -139,13 +140,14 @@ std::string dataset_subset(const std::string& source, std::int64_t train, std::i
 }
 }  // namespace
 
-InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults)
+InprocCluster::InprocCluster(JobConfig config, FaultPlan* faults, bool coordinator_over_tcp)
     : config_(std::move(config)),
       sink_(std::make_shared<CapturingSink>(std::getenv("SHOAL_TEST_ECHO_LOGS") != nullptr)),
       network_(faults) {
   // Unique endpoints: inproc names are per context, but a test may build several clusters.
   std::string tag = std::to_string(++g_clusters);
-  config_.coordinator_address = "inproc://coordinator-" + tag;
+  config_.coordinator_address =
+      coordinator_over_tcp ? "tcp://127.0.0.1:" + std::to_string(free_port()) : "inproc://coordinator-" + tag;
   config_.node_address = "inproc://ps-" + tag + "-";
   if (config_.data.format == DataFormat::idx && config_.data.train_limit > 0 && config_.data.test_limit > 0)
     config_.data.dir = dataset_subset(config_.data.dir, config_.data.train_limit, config_.data.test_limit);
@@ -252,6 +254,15 @@ void InprocCluster::start_worker(int rank, const std::function<void(JobConfig&)>
   }
   launch("worker." + std::to_string(rank),
          [this, c, stop] { run_worker_role(network_, c, Logger("worker", LogLevel::debug, sink_), stop); });
+}
+
+void InprocCluster::kill_coordinator() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    SHOAL_ASSERT(coordinator_ != nullptr, "kill_coordinator: no coordinator runs");
+    coordinator_->vanish();
+  }
+  SHOAL_ASSERT(wait("coordinator", std::chrono::seconds(30)) >= 0, "the coordinator did not stop");
 }
 
 void InprocCluster::start_all() {

@@ -57,7 +57,10 @@ JobConfig small_job();
 class InprocCluster {
  public:
   // `faults` (optional) must outlive the cluster.
-  explicit InprocCluster(JobConfig config, FaultPlan* faults = nullptr);
+  // `coordinator_over_tcp`: the coordinator listens on a loopback port instead of inproc://, so
+  // that one started again after kill_coordinator() is reached again (an inproc:// peer that
+  // went away is not reconnected).
+  explicit InprocCluster(JobConfig config, FaultPlan* faults = nullptr, bool coordinator_over_tcp = false);
   ~InprocCluster();  // stops whatever still runs and joins every thread
   InprocCluster(const InprocCluster&) = delete;
   InprocCluster& operator=(const InprocCluster&) = delete;
@@ -75,6 +78,9 @@ class InprocCluster {
   // What SIGTERM does to a `shoal coordinator` process (the job's preemption): the job stops at a
   // step boundary and every role exits 0.
   void preempt_coordinator() { coordinator_term_ = true; }
+  // What kill -9 does to a `shoal coordinator` process: it stops at once, telling nobody.
+  // Returns once it has.
+  void kill_coordinator();
 
   // The exit code of "coordinator", "ps.N" or "worker.N" (-1: still running after `timeout`).
   int wait(const std::string& role, std::chrono::milliseconds timeout);
