@@ -332,7 +332,8 @@ void Coordinator::publish_table() {
     for (const EpochReport& r : book_->restore(restored_position_, Clock::now()))
       result_.final_test_accuracy = r.test_accuracy;
     table_->restore = restored_from_;
-    if (!taken_over_) SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
+    if (!taken_over_ || servers_kept_state_ == 0)
+      SHOAL_LOG(log_, info, "resuming from " << restored_from_ << " (step " << steps_ << ")");
   }
   std::string layout;
   for (const auto& s : t.servers)
@@ -614,6 +615,12 @@ void Coordinator::handle_lease_request(const Incoming& in, const Member& member,
   // cluster.stall_seconds counts from here (or its last step): a worker that waited for the
   // job to assemble, or for work, was not stalled meanwhile.
   if (task.kind == LeaseBook::Task::train) members_.progressed(sender, now);
+  // A new epoch opened: in the live position before its first shard is out, so that a coordinator
+  // taking the job over knows the epoch that shard's report counts in.
+  if (task.kind == LeaseBook::Task::train && task.shard.epoch > live_epoch_) {
+    live_epoch_ = task.shard.epoch;
+    write_live_state();
+  }
   switch (task.kind) {
     case LeaseBook::Task::train: {
       auto s = grant.initShard();
@@ -691,7 +698,8 @@ void Coordinator::record_shard(const Member& member, const ShardDone& done, Cloc
   }
   if (!book_->complete(sender, done.epoch, done.index, stats, done.seconds, now))
     SHOAL_LOG(log_, debug,
-              sender << " finished epoch " << done.epoch << " shard " << done.index << ", which was already done");
+              sender << " finished epoch " << done.epoch << " shard " << done.index
+                     << ", which was already done or is not in the book");
   else
     write_live_state();
 }

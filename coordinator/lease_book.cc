@@ -34,6 +34,24 @@ void LeaseBook::requeue(std::int64_t epoch, std::int64_t index) {
 
 LeaseBook::Task LeaseBook::next(const std::string& worker, TimePoint now) {
   Task task;
+  // A worker asks only when it holds nothing: one that asks while a lease is its own never got
+  // the grant (its reply was lost, or its request was answered by a coordinator that had just
+  // taken the job over while the worker gave up on it): the same work again, not a second lease.
+  for (auto& [key, lease] : leases_) {
+    if (lease.worker != worker) continue;
+    lease.deadline = now + timeout_;
+    const std::int64_t begin = key.second * shard_size_;
+    task.kind = Task::train;
+    task.shard = DataShard{key.first, key.second, begin, std::min(samples_, begin + shard_size_)};
+    return task;
+  }
+  for (auto& [epoch, lease] : eval_leases_) {
+    if (lease.worker != worker) continue;
+    lease.deadline = now + timeout_;
+    task.kind = Task::evaluate;
+    task.epoch = epoch;
+    return task;
+  }
   if (!eval_queue_.empty()) {
     task.kind = Task::evaluate;
     task.epoch = eval_queue_.front();

@@ -26,6 +26,7 @@ class LeaseBook final : public WorkBook {
   LeaseBook(std::int64_t samples, std::int64_t shard_size, std::int64_t epochs,
             std::chrono::steady_clock::duration lease_timeout);
 
+  // A worker that asks while it holds a lease is handed that lease again (it never got the grant).
   Task next(const std::string& worker, TimePoint now) override;
   // A worker reports a finished shard. Returns false if the shard was unknown or already
   // done (the samples still count as processed).

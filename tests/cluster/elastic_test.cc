@@ -423,35 +423,48 @@ TEST(Elastic, WorkerKilledIsRestartedRejoinsAndTheJobGoesOnWithinFiveSeconds) {
   for (const auto& e : epochs) EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
 }
 
-// kill -9 of the coordinator of an async job with checkpoints: the launcher starts it again at
-// once; the servers and workers worked on, register again, and it takes the job over from the
-// live position beside the checkpoints. Every epoch trains every sample once.
+// kill -9 of the coordinator of an async job with checkpoints, at three moments: while it
+// trains, once a checkpoint begins (its drain, or the servers writing it) and once a worker
+// evaluates (a larger test set, so the kill lands inside). The launcher starts it again at once;
+// the servers and workers worked on, register again, and it takes the job over from the live
+// position beside the checkpoints. Every epoch trains every sample once.
 TEST(Elastic, CoordinatorKilledIsRestartedTakesTheJobOverAndEveryShardIsTrainedOnce) {
-  TempDir ckpt, dir;
-  Subprocess launch(launch_argv(ckpt, dir, {}));
-  ASSERT_TRUE(wait_for(launch, "training epoch 2", 120s)) << launch.output();
-  const pid_t coordinator = pid_of(launch.output(), "coordinator");
-  ASSERT_GT(coordinator, 0) << launch.output();
-  ASSERT_EQ(kill(coordinator, SIGKILL), 0);
-  ASSERT_EQ(launch.wait(240s), 0) << launch.output();
-  const std::string out = launch.output();
-  EXPECT_NE(out.find("coordinator exited with code 137; restarting it"), std::string::npos) << out;
-  EXPECT_NE(out.find("took the job over"), std::string::npos) << out;
-  EXPECT_EQ(count_of(out, "registered again with the restarted coordinator"), 4u) << out;
-  for (const char* member : {"ps.0", "ps.1", "worker.0", "worker.1"})
-    EXPECT_EQ(count_of(out, std::string(member) + " exited with code"), 0u) << member << " worked on\n" << out;
-  // The new coordinator measures it: from its start to the first shard completed under it.
-  auto recovery = lines_with(read_file(dir.file("metrics.jsonl")), "\"lost\": \"coordinator\"");
-  ASSERT_EQ(recovery.size(), 1u) << out;
-  const double seconds = json_number(recovery[0], "seconds");
-  std::printf("from the restarted coordinator's start to the first completed shard: %.2f s (default settings)\n",
-              seconds);
-  EXPECT_LT(seconds, 5.0 * kSlowdown) << recovery[0];
-  auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
-  ASSERT_EQ(epochs.size(), 3u) << out;
-  for (const auto& e : epochs) {
-    EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
-    EXPECT_EQ(json_number(e, "samples_processed"), 6000) << "every shard trained once: " << e;
+  struct Moment {
+    std::string name, needle;
+    std::pair<std::string, std::string> swap;
+  };
+  const std::vector<Moment> moments{
+      {"training", "training epoch 2", {}},
+      {"a checkpoint", "draining (no new shard", {}},
+      {"an evaluation", "evaluating the model after epoch 1", {"--data.test_limit=2000", "--data.test_limit=10000"}}};
+  for (const Moment& moment : moments) {
+    SCOPED_TRACE("kill -9 of the coordinator during " + moment.name);
+    TempDir ckpt, dir;
+    Subprocess launch(launch_argv(ckpt, dir, moment.swap));
+    ASSERT_TRUE(wait_for(launch, moment.needle, 120s)) << launch.output();
+    const pid_t coordinator = pid_of(launch.output(), "coordinator");
+    ASSERT_GT(coordinator, 0) << launch.output();
+    ASSERT_EQ(kill(coordinator, SIGKILL), 0);
+    ASSERT_EQ(launch.wait(240s), 0) << launch.output();
+    const std::string out = launch.output();
+    EXPECT_NE(out.find("coordinator exited with code 137; restarting it"), std::string::npos) << out;
+    EXPECT_NE(out.find("took the job over"), std::string::npos) << out;
+    EXPECT_EQ(count_of(out, "registered again with the restarted coordinator"), 4u) << out;
+    for (const char* member : {"ps.0", "ps.1", "worker.0", "worker.1"})
+      EXPECT_EQ(count_of(out, std::string(member) + " exited with code"), 0u) << member << " worked on\n" << out;
+    // The new coordinator measures it: from its start to the first shard completed under it.
+    auto recovery = lines_with(read_file(dir.file("metrics.jsonl")), "\"lost\": \"coordinator\"");
+    ASSERT_EQ(recovery.size(), 1u) << out;
+    const double seconds = json_number(recovery[0], "seconds");
+    std::printf("kill -9 of the coordinator during %s: from its restart to the first completed shard %.2f s\n",
+                moment.name.c_str(), seconds);
+    EXPECT_LT(seconds, 5.0 * kSlowdown) << recovery[0];
+    auto epochs = lines_with(read_file(dir.file("metrics.jsonl")), "\"event\": \"epoch\"");
+    ASSERT_EQ(epochs.size(), 3u) << out;
+    for (const auto& e : epochs) {
+      EXPECT_EQ(json_number(e, "samples_done"), 6000) << e;
+      EXPECT_EQ(json_number(e, "samples_processed"), 6000) << "every shard trained once: " << e;
+    }
   }
 }
 

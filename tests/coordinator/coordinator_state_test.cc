@@ -152,7 +152,10 @@ TEST(LeaseBook, DeadWorkersShardsAreRedoneByOthers) {
   auto now = Clock::now();
   auto a1 = book.next("a", now), b1 = book.next("b", now), a2 = book.next("a", now);
   ASSERT_EQ(a1.kind, LeaseBook::Task::train);
-  EXPECT_EQ(book.release("a"), 2) << "both of a's leases return";
+  // a asked again before it reported: it never got the first grant (a lost reply), so it is
+  // handed the same shard, not a second one.
+  EXPECT_EQ(a2.shard.index, a1.shard.index);
+  EXPECT_EQ(book.release("a"), 1) << "a's one lease returns";
   std::set<std::int64_t> done;
   book.complete("b", 1, b1.shard.index, ShardStats{250, 0, 0}, 0, now);
   done.insert(b1.shard.index);
@@ -166,7 +169,7 @@ TEST(LeaseBook, DeadWorkersShardsAreRedoneByOthers) {
   EXPECT_TRUE(done.count(a1.shard.index) && done.count(a2.shard.index));
   const EpochReport& r = book.reports().at(1);
   EXPECT_EQ(r.samples_done, 1000);
-  EXPECT_EQ(r.shards_released, 2);
+  EXPECT_EQ(r.shards_released, 1);
   // A late completion from the dead worker counts as processed, not as done twice.
   EXPECT_FALSE(book.complete("a", 1, a1.shard.index, ShardStats{250, 0, 0}, 0, now));
   EXPECT_EQ(book.reports().at(1).samples_done, 1000);
@@ -226,13 +229,13 @@ TEST(LeaseBook, WorkHeldWhenTheCoordinatorDiedGoesBackToItsHolderAfterARestore) 
   EXPECT_FALSE(after.shard_done(2, 2));
   // Everyone else is handed the rest of epoch 3, nothing held.
   std::set<std::pair<std::int64_t, std::int64_t>> handed;
-  while (true) {
+  for (int guard = 0; guard < 100; ++guard) {
     auto t = after.next("e", now);
     if (t.kind != LeaseBook::Task::train) break;
     handed.insert({t.shard.epoch, t.shard.index});
+    after.complete("e", t.shard.epoch, t.shard.index, ShardStats{250, 0, 0}, 0, now);
   }
   EXPECT_EQ(handed, (std::set<std::pair<std::int64_t, std::int64_t>>{{3, 0}, {3, 2}, {3, 3}}));
-  for (auto [epoch, index] : handed) after.complete("e", epoch, index, ShardStats{250, 0, 0}, 0, now);
   for (auto [who, epoch, index] : std::vector<std::tuple<std::string, int, int>>{{"a", 2, 2}, {"c", 2, 3}, {"d", 3, 1}})
     EXPECT_TRUE(after.complete(who, epoch, index, ShardStats{250, 0, 0}, 0, now));
   EXPECT_TRUE(after.evaluated("b", 1, 0.5, 0.8));
