@@ -58,6 +58,23 @@ std::string config_ini(const JobConfig& config) {
 // Beside the checkpoints: the job's live data position (failover, write_live_state).
 constexpr const char* kLiveStateFile = "coordinator-state";
 
+// The end a live state records (`over CODE`, `reason TEXT`), if the job had ended.
+std::optional<JobEnd> ended_job(const std::string& state) {
+  std::istringstream in(state);
+  std::string line;
+  std::optional<JobEnd> end;
+  while (std::getline(in, line)) {
+    int code = 0;
+    if (line.rfind("over ", 0) == 0 && std::sscanf(line.c_str(), "over %d", &code) == 1) {
+      end.emplace();
+      if (!exit_code_from_int(code, &end->code)) end->code = ExitCode::internal;
+    } else if (end && line.rfind("reason ", 0) == 0) {
+      end->reason = line.substr(7);
+    }
+  }
+  return end;
+}
+
 std::int64_t position_step(const std::string& position, const std::string& file) {
   std::istringstream in(position);
   std::string key;
@@ -114,11 +131,33 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
       try {
         std::string text = read_whole_file(live_state_path_);
         position_step(text, live_state_path_);
-        taken_over_ = std::move(text);
-        SHOAL_LOG(log_, warn,
-                  "found " << live_state_path_
-                           << ": this coordinator was restarted while the job ran; it takes the job over once its "
-                              "members have registered again");
+        if (auto ended = ended_job(text)) {
+          // Killed after it decided the job's end, before it told everyone: the members still
+          // waiting for it (cluster.coordinator_grace_seconds) hear it now. Older than that,
+          // nobody waits: the file is left over, and this is a new run.
+          const auto age =
+              std::filesystem::file_time_type::clock::now() - std::filesystem::last_write_time(live_state_path_, ec);
+          if (!ec && age < std::chrono::duration_cast<std::filesystem::file_time_type::duration>(
+                               seconds_to_duration(config.coordinator_grace_seconds + config.dead_after_seconds))) {
+            end_ = *ended;
+            ended_before_restart_ = true;
+            taken_over_ = std::move(text);
+            SHOAL_LOG(log_, warn,
+                      "found " << live_state_path_ << ": the job had ended (" << ended->reason
+                               << ") before this coordinator was restarted; telling the members still waiting");
+          } else {
+            SHOAL_LOG(
+                log_, info,
+                "ignoring " << live_state_path_
+                            << ": left over from a run that ended longer ago than cluster.coordinator_grace_seconds");
+          }
+        } else {
+          taken_over_ = std::move(text);
+          SHOAL_LOG(log_, warn,
+                    "found " << live_state_path_
+                             << ": this coordinator was restarted while the job ran; it takes the job over once its "
+                                "members have registered again");
+        }
       } catch (const Error& e) {
         SHOAL_LOG(log_, warn, "not taking over from " << live_state_path_ << ": " << e.what());
       }
@@ -128,8 +167,13 @@ Coordinator::Coordinator(Network& network, const JobConfig& config, Logger log, 
 
 void Coordinator::write_live_state() {
   if (live_state_path_.empty() || !book_) return;
-  const std::string text = "format 1\nstep " + std::to_string(steps_) + "\nseed " + std::to_string(config_.seed) +
-                           "\ntable_version " + std::to_string(table_ ? table_->version : 0) + "\n" + book_->save();
+  std::string text = "format 1\nstep " + std::to_string(steps_) + "\nseed " + std::to_string(config_.seed) +
+                     "\ntable_version " + std::to_string(table_ ? table_->version : 0) + "\n" + book_->save();
+  if (end_) {
+    std::string reason = end_->reason;
+    std::replace(reason.begin(), reason.end(), '\n', ' ');
+    text += "over " + std::to_string(static_cast<int>(end_->code)) + "\nreason " + reason + "\n";
+  }
   try {
     std::error_code ec;
     std::filesystem::create_directories(config_.checkpoint_dir, ec);
@@ -282,6 +326,7 @@ void Coordinator::reply_job_over(const Incoming& in) {
 void Coordinator::end_job(ExitCode code, const std::string& reason) {
   if (end_) return;
   end_ = JobEnd{code, reason};
+  write_live_state();  // a coordinator restarted before every member heard it tells them
   if (code == ExitCode::ok)
     SHOAL_LOG(log_, info, "the job is over; telling every process");
   else
@@ -1393,7 +1438,9 @@ CoordinatorResult Coordinator::run() {
   }
   if (end_->code != ExitCode::ok) throw Error(end_->reason, end_->code);
   double total = seconds_between(started_, Clock::now());
-  if (preempted_)
+  if (ended_before_restart_)
+    std::printf("the job had ended before this coordinator was restarted: %s\n", end_->reason.c_str());
+  else if (preempted_)
     std::printf("stopped: %s; run the same command again to resume (checkpoint.resume = auto)\n", end_->reason.c_str());
   else if (sync_)
     std::printf("final test accuracy: %.2f%% (%s, sync, %lld workers, %lld epochs, %.1f s)\n",

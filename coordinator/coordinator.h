@@ -203,7 +203,8 @@ class Coordinator : private SnapshotOrders {
   bool terminating_ = false;
   std::string live_state_path_;            // "": no failover (sync, or no checkpoint.dir)
   std::optional<std::string> taken_over_;  // the live state this coordinator found at start
-  std::int64_t live_epoch_ = 0;  // the newest epoch the live position was written with
+  bool ended_before_restart_ = false;      // the live state said the job was over
+  std::int64_t live_epoch_ = 0;            // the newest epoch the live position was written with
   std::uint64_t rejoined_table_version_ = 0;
   int servers_kept_state_ = 0, servers_fresh_ = 0;
   std::map<std::string, HeldWork> held_;  // worker -> what it held when it registered again

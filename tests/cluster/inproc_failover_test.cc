@@ -7,6 +7,7 @@
 // ThreadSanitizer and AddressSanitizer.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <sstream>
 #include <thread>
 
@@ -136,6 +137,36 @@ TEST(InprocFailover, CoordinatorKilledDuringAnEvaluationIsTakenOverAndTheEvaluat
   faults.release(gate);
   restart_and_finish(c, checkpoints.path());
   EXPECT_TRUE(c.log().wait_for({"evaluates epoch 1"}, 0ms)) << c.log().text();
+}
+
+// Killed after it decided the job's end and before every member heard it: the live state says
+// how the job ended, and the restarted coordinator tells whoever still waits, then exits with the
+// job's code. A state that old that nobody can still be waiting is left over from another run:
+// ignored, and the job runs.
+TEST(InprocFailover, ACoordinatorRestartedAfterTheJobEndedTellsTheMembersStillWaitingHowItEnded) {
+  testing::TempDir checkpoints;
+  const std::string state = checkpoints.path() + "/coordinator-state";
+  testing::write_file(state,
+                      "format 1\nstep 40\nseed 0\ntable_version 1\nsamples 1200\nshard_size 200\nepochs_opened 0\n"
+                      "over 10\nreason lost worker.1 (rank 1), declared dead\n");
+  JobConfig job = failover_job(checkpoints.path());
+  {
+    InprocCluster c(job, nullptr, /*coordinator_over_tcp=*/true);
+    c.start_coordinator();
+    c.start_server(0);  // a member still waiting: it hears how the job ended
+    const int peer_lost = static_cast<int>(ExitCode::peer_lost);
+    EXPECT_EQ(c.wait("ps.0", 30s), peer_lost) << c.log().text();
+    EXPECT_NE(c.failure("ps.0").find("lost worker.1 (rank 1)"), std::string::npos) << c.failure("ps.0");
+    EXPECT_EQ(c.wait("coordinator", 30s), peer_lost) << c.log().text();
+  }
+  // The same file, written longer ago than the grace: a new run.
+  testing::write_file(state, "format 1\nstep 40\nseed 0\nover 10\nreason lost worker.1\n");
+  std::filesystem::last_write_time(state, std::filesystem::file_time_type::clock::now() - std::chrono::hours(1));
+  InprocCluster c(job, nullptr, /*coordinator_over_tcp=*/true);
+  c.start_all();
+  EXPECT_EQ(c.wait("coordinator", kJobTime), 0) << c.log().text();
+  EXPECT_TRUE(c.log().wait_for({"ignoring", "left over from a run"}, 0ms)) << c.log().text();
+  EXPECT_FALSE(std::filesystem::exists(state)) << "removed at the job's end";
 }
 
 // Without checkpoint.dir there is nothing to take over from: the members give up on the
