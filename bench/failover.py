@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from preemption import stop
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.dirname(HERE)
 SAMPLES, SHARD, WORKERS = 30000, 500, 2
@@ -99,13 +101,7 @@ def run_once(shoal, model, work):
         shard_time = statistics.median(e["seconds"] * WORKERS / shards for e in epochs)
         return restarted, takeover, first, shard, shard_time, once
     finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGTERM)
-            try:
-                launch.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(launch.pid, signal.SIGKILL)
-                launch.wait()
+        stop(launch)
         log.close()
 
 

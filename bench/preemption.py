@@ -74,6 +74,17 @@ def write_limit(folder, nbytes):
     return statistics.median(times)
 
 
+def stop(launch):
+    """Ends a `shoal launch` that still runs, with its process group: SIGTERM, SIGKILL after 20 s."""
+    if launch.poll() is None:
+        os.killpg(launch.pid, signal.SIGTERM)
+        try:
+            launch.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
+
+
 def run_case(shoal, case, model, work):
     root = tempfile.mkdtemp(dir=work, prefix=f"{case.replace(' ', '-')}-{model}-")
     ckpt = os.path.join(root, "ckpt")
@@ -127,13 +138,7 @@ def run_case(shoal, case, model, work):
         nbytes = size_of(ckpt, name) if name else 0
         return exit_seconds, durable_seconds, nbytes, ckpt
     finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGTERM)
-            try:
-                launch.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(launch.pid, signal.SIGKILL)
-                launch.wait()
+        stop(launch)
         log.close()
 
 
