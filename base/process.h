@@ -1,9 +1,8 @@
 // Process-wide settings a Shoal binary makes once in main(), never from library code.
 #pragma once
 
-#include <cstdint>
-
 #include <atomic>
+#include <cstdint>
 #include <thread>
 
 namespace shoal {
@@ -17,6 +16,13 @@ void tune_allocator();
 
 // This process's peak resident set (VmHWM), in bytes; 0 where /proc cannot say.
 std::int64_t peak_rss_bytes();
+
+// A TCP port on 127.0.0.1 that was free a moment ago, for a process started next to listen on
+// (`shoal launch --local`'s coordinator; tests). Drawn at random below the kernel's ephemeral
+// range (net.ipv4.ip_local_port_range): a port in that range, even one just found free, may be
+// taken meanwhile by the local end of any outgoing connection, including a member's connect to
+// that very port, which on loopback can connect to itself (a TCP self-connect) and keep it.
+int free_loopback_port();
 
 // Turns SIGTERM and SIGINT (pod eviction, preemption, a launcher stopping the job, Ctrl-C)
 // into a request to stop: requested() becomes true and the role finishes its step, leaves the

@@ -136,23 +136,7 @@ int status_code(int status) {
 
 }  // namespace
 
-int pick_free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  SHOAL_REQUIRE(fd >= 0, IoError, "socket failed: " << std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    SHOAL_THROW(IoError, "cannot find a free port: " << std::strerror(errno));
-  }
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
+int pick_free_port() { return free_loopback_port(); }
 
 int run_local_launch(const std::string& job_file, const std::vector<std::string>& overrides, const JobConfig& config,
                      Logger log) {

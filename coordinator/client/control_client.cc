@@ -454,7 +454,7 @@ bool ControlClient::leave() {
 
 Heartbeat::Heartbeat(Network& network, const std::string& coordinator, const std::string& sender, Logger log,
                      Seconds interval, Seconds dead_after)
-    : network_(network), log_(std::move(log)), interval_(interval) {
+    : network_(network), log_(std::move(log)), interval_(interval), dead_after_(dead_after) {
   last_ok_ns_ = std::chrono::steady_clock::now().time_since_epoch().count();
   thread_ = std::thread(&Heartbeat::loop, this, coordinator, sender, interval, dead_after);
 }
@@ -478,7 +478,7 @@ void Heartbeat::set_held(const HeldWork& held) {
 
 bool Heartbeat::coordinator_silent() const {
   const auto last = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(last_ok_ns_.load()));
-  return std::chrono::steady_clock::now() - last > 2 * to_ms(interval_) + std::chrono::milliseconds(100);
+  return std::chrono::steady_clock::now() - last > to_ms(dead_after_);
 }
 
 bool Heartbeat::await_rejoin(std::uint64_t seen, const std::atomic<bool>* stop, bool or_answering) const {

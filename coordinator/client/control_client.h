@@ -233,7 +233,9 @@ class Heartbeat {
   void set_held(const HeldWork& held);
   // Times this process registered again with a restarted coordinator.
   std::uint64_t rejoins() const { return rejoins_; }
-  // No reply from the coordinator for longer than two heartbeat periods.
+  // No reply from the coordinator for longer than dead_after (cluster.dead_after_seconds): what
+  // it would take for the coordinator to declare this process dead, so a coordinator that is
+  // merely slow (busy, or under a sanitizer) is not given up on.
   bool coordinator_silent() const;
   // Waits until this process has registered again since `seen` rejoins, or, with
   // `or_answering`, until the coordinator answers heartbeats (true); false when stopped. Throws
@@ -249,7 +251,7 @@ class Heartbeat {
   std::atomic<bool> stop_{false}, ended_{false};
   std::atomic<std::uint64_t> clock_{0}, generation_{0}, table_version_{0}, rejoins_{0};
   std::atomic<std::int64_t> last_ok_ns_{0};  // steady clock of the last reply
-  Seconds interval_;
+  Seconds interval_, dead_after_;
   std::atomic<bool> rejoin_enabled_{false};
   mutable std::mutex mutex_;
   Identity identity_;  // guarded by mutex_, as are claim_ and grace_
